@@ -1,0 +1,263 @@
+"""PCA embedding of LoRA descriptors, with calibration for out-of-sample LoRAs.
+
+Projection drift
+----------------
+A LoRA descriptor has far more dimensions (10^4 to 10^8) than a collection
+has LoRAs (10^2 to 10^4). PCA fitted on such data places its components partly
+along the training points' own noise, so a training LoRA's score on a leading
+component is inflated, while a new LoRA, whose noise is orthogonal to the
+fitted components, projects closer to the origin. New LoRAs therefore land
+systematically inward of the fitted ones in the map ("projection drift"; in
+statistics, the shrinkage of out-of-sample PC scores in high dimension, low
+sample size). The paper applies "a calibration step to mitigate projection
+drift" without defining it; this module's definition is ours:
+
+**Calibration (lorastyle's definition).** For each component k,
+
+    c_k = sqrt( sum_i s_ik^2 / sum_i t_ik^2 ),
+
+where s_ik is fitted LoRA i's in-sample score and t_ik its score on the k-th
+component of a PCA fitted without it (leave-one-out), over a random subset of
+at most ``n_calibration`` fitted LoRAs. :meth:`StyleEmbedding.transform`
+multiplies out-of-sample scores by c. Leave-one-out treats each fitted LoRA as
+a new one, so c_k estimates how much a new LoRA's k-th score is shrunk. Ratios
+of energies need no sign or rotation alignment between the leave-one-out and
+full fits. All leave-one-out fits run on the n x n kernel, so the cost does not
+grow with the descriptor's dimension.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import numpy as np
+import scipy.linalg
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.decomposition import PCA, IncrementalPCA
+from sklearn.utils.validation import check_array, check_is_fitted, check_random_state
+
+__all__ = ["StyleEmbedding", "calibration_factors", "center_kernel"]
+
+SOLVERS = ("full", "randomized", "incremental", "precomputed")
+
+
+def center_kernel(K_test: np.ndarray, K_train: np.ndarray) -> np.ndarray:
+    """Centre kernel rows against the training points' mean in feature space.
+
+    Parameters
+    ----------
+    K_test : ndarray of shape (n_test, n_train)
+        Inner products of test items with training items.
+    K_train : ndarray of shape (n_train, n_train)
+
+    Returns
+    -------
+    ndarray of shape (n_test, n_train)
+        ``<phi(x) - mu, phi(x_j) - mu>`` with mu the training mean.
+    """
+    col = K_train.mean(axis=0)
+    return K_test - col[None, :] - K_test.mean(axis=1, keepdims=True) + col.mean()
+
+
+def _top_eigen(Kc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Largest k eigenpairs of a symmetric matrix, in descending order."""
+    n = Kc.shape[0]
+    w, V = scipy.linalg.eigh(Kc, subset_by_index=[n - k, n - 1])
+    return w[::-1], V[:, ::-1]
+
+
+def calibration_factors(K: np.ndarray, n_components: int, *, n_calibration: int = 100,
+                        random_state=None) -> np.ndarray:
+    """Per-component calibration factors by leave-one-out (see the module docstring).
+
+    Parameters
+    ----------
+    K : ndarray of shape (n_samples, n_samples)
+        Uncentred linear kernel (inner products) of the fitted items.
+    n_components : int
+    n_calibration : int, default=100
+        Leave-one-out fits on at most this many items (a random subset).
+    random_state : int, Generator or None
+
+    Returns
+    -------
+    ndarray of shape (n_components,)
+        Factors >= 0; 1 where a component cannot be estimated.
+    """
+    n = K.shape[0]
+    if n - 1 <= n_components:
+        warnings.warn(f"calibration needs more than n_components + 1 = {n_components + 1} fitted items "
+                      f"(got {n}); using factors of 1", stacklevel=2)
+        return np.ones(n_components)
+    rng = check_random_state(random_state)
+    items = np.sort(rng.choice(n, size=min(n, n_calibration), replace=False))
+    w_full, V_full = _top_eigen(center_kernel(K, K), n_components)
+    s2 = (V_full[items] ** 2) * np.clip(w_full, 0, None)  # in-sample scores squared
+    t2 = np.zeros_like(s2)
+    for row, i in enumerate(items):
+        keep = np.delete(np.arange(n), i)
+        K_rest = K[np.ix_(keep, keep)]
+        w, V = _top_eigen(center_kernel(K_rest, K_rest), n_components)
+        k_i = center_kernel(K[i, keep][None, :], K_rest)[0]
+        good = w > 1e-12 * max(w[0], 1e-300)
+        t2[row, good] = (V[:, good].T @ k_i) ** 2 / w[good]
+    num, den = s2.sum(axis=0), t2.sum(axis=0)
+    factors = np.ones(n_components)
+    ok = den > 0
+    factors[ok] = np.sqrt(num[ok] / den[ok])
+    return factors
+
+
+class StyleEmbedding(TransformerMixin, BaseEstimator):
+    """PCA of LoRA descriptors, with calibrated out-of-sample projection.
+
+    Parameters
+    ----------
+    n_components : int, default=2
+        Dimension of the embedding.
+    solver : {"full", "randomized", "incremental", "precomputed"}, default="full"
+        ``full`` and ``randomized``: scikit-learn's PCA with that SVD solver;
+        ``incremental``: IncrementalPCA in batches of ``batch_size``;
+        ``precomputed``: kernel PCA on a linear kernel ``X`` of shape
+        (n_samples, n_samples), as given by
+        :func:`lorastyle.descriptors.delta_inner_products`; ``transform`` then
+        takes the kernel of new items against the fitted ones, of shape
+        (n_new, n_samples).
+    calibrate : bool, default=True
+        Multiply out-of-sample scores by the leave-one-out factors
+        :attr:`calibration_`.
+    n_calibration : int, default=100
+        Items used to estimate the calibration.
+    batch_size : int, optional
+        For ``incremental``; default is scikit-learn's ``5 * n_features``.
+    random_state : int, Generator or None
+        Seeds the randomized solver and the calibration subset.
+
+    Attributes
+    ----------
+    embedding_ : ndarray of shape (n_samples, n_components)
+        In-sample scores of the fitted items (never calibrated).
+    calibration_ : ndarray of shape (n_components,)
+        Out-of-sample factors (ones when ``calibrate=False``).
+    explained_variance_ : ndarray of shape (n_components,)
+    explained_variance_ratio_ : ndarray of shape (n_components,)
+    n_features_in_ : int
+
+    Notes
+    -----
+    ``transform`` is the projection of *new* items: applied to the fitted
+    items it returns their calibrated scores, not ``embedding_``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).normal(size=(20, 500))
+    >>> emb = StyleEmbedding(n_components=2, random_state=0).fit(X)
+    >>> emb.embedding_.shape, emb.transform(X[:3]).shape
+    ((20, 2), (3, 2))
+    """
+
+    def __init__(self, n_components: int = 2, *, solver: str = "full", calibrate: bool = True,
+                 n_calibration: int = 100, batch_size: int | None = None, random_state=None):
+        self.n_components = n_components
+        self.solver = solver
+        self.calibrate = calibrate
+        self.n_calibration = n_calibration
+        self.batch_size = batch_size
+        self.random_state = random_state
+
+    def _validate_params(self, n_samples: int, n_features: int) -> None:
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {list(SOLVERS)}, got {self.solver!r}")
+        if not isinstance(self.n_components, numbers.Integral) or self.n_components < 1:
+            raise ValueError(f"n_components must be a positive int, got {self.n_components!r}")
+        limit = min(n_samples - 1, n_features)
+        if self.n_components > limit:
+            raise ValueError(f"n_components={self.n_components} must be at most min(n_samples - 1, n_features) "
+                             f"= {limit} for {n_samples} samples of {n_features} features")
+        if not isinstance(self.n_calibration, numbers.Integral) or self.n_calibration < 2:
+            raise ValueError(f"n_calibration must be an int >= 2, got {self.n_calibration!r}")
+        if self.batch_size is not None and (not isinstance(self.batch_size, numbers.Integral)
+                                            or self.batch_size < self.n_components):
+            raise ValueError(f"batch_size must be an int >= n_components, got {self.batch_size!r}")
+
+    def fit(self, X, y=None):
+        """Fit the PCA (and the calibration) on descriptors or a kernel.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), or (n_samples, n_samples) for ``precomputed``
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        X = check_array(X, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        n = X.shape[0]
+        if self.solver == "precomputed":
+            if X.shape[0] != X.shape[1]:
+                raise ValueError(f"solver='precomputed' needs a square kernel, got shape {X.shape}")
+            if not np.allclose(X, X.T, rtol=1e-6, atol=1e-8 * np.abs(X).max()):
+                raise ValueError("solver='precomputed' needs a symmetric kernel")
+        self._validate_params(n, n if self.solver == "precomputed" else X.shape[1])
+        self.n_features_in_ = X.shape[1]
+        k = self.n_components
+        if self.solver == "precomputed":
+            K = X.astype(np.float64)
+            w, V = _top_eigen(center_kernel(K, K), k)
+            w = np.clip(w, 0, None)
+            self.embedding_ = V * np.sqrt(w)
+            self.kernel_fit_ = K
+            self.dual_coef_ = np.divide(V, np.sqrt(w), out=np.zeros_like(V), where=w > 0)
+            total = np.trace(center_kernel(K, K))
+            self.explained_variance_ = w / (n - 1)
+            self.explained_variance_ratio_ = w / total if total > 0 else np.zeros(k)
+        else:
+            if self.solver == "incremental":
+                self.pca_ = IncrementalPCA(n_components=k, batch_size=self.batch_size)
+            else:
+                self.pca_ = PCA(n_components=k, svd_solver=self.solver, random_state=self.random_state)
+            self.embedding_ = self.pca_.fit_transform(X)
+            self.explained_variance_ = self.pca_.explained_variance_
+            self.explained_variance_ratio_ = self.pca_.explained_variance_ratio_
+            K = None
+        if self.calibrate:
+            if K is None:
+                Xd = X.astype(np.float64)
+                K = Xd @ Xd.T
+            self.calibration_ = calibration_factors(K, k, n_calibration=self.n_calibration,
+                                                    random_state=self.random_state)
+        else:
+            self.calibration_ = np.ones(k)
+        return self
+
+    def fit_transform(self, X, y=None, **fit_params):
+        """Fit and return the in-sample embedding :attr:`embedding_`."""
+        return self.fit(X).embedding_
+
+    def transform(self, X, *, calibrated: bool | None = None) -> np.ndarray:
+        """Project new items, calibrated (see the module docstring).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_new, n_features), or (n_new, n_samples) kernel for ``precomputed``
+        calibrated : bool, optional
+            Override ``self.calibrate`` for this call (to show the drift).
+
+        Returns
+        -------
+        ndarray of shape (n_new, n_components)
+        """
+        check_is_fitted(self, "embedding_")
+        X = check_array(X, dtype=[np.float64, np.float32])
+        if X.shape[1] != self.n_features_in_:
+            what = "kernel columns (fitted items)" if self.solver == "precomputed" else "features"
+            raise ValueError(f"X has {X.shape[1]} {what}, but StyleEmbedding was fitted with {self.n_features_in_}")
+        if self.solver == "precomputed":
+            Z = center_kernel(X.astype(np.float64), self.kernel_fit_) @ self.dual_coef_
+        else:
+            Z = self.pca_.transform(X)
+        use = self.calibrate if calibrated is None else calibrated
+        return Z * self.calibration_ if use else Z

@@ -1,0 +1,256 @@
+"""A strict, pickle-free reader and writer for the safetensors format.
+
+LoRA files come from strangers. This reader checks every promise a file
+makes (header length, JSON, unique names, dtypes, shapes, offsets) before it
+touches tensor bytes, so a malformed file gives a :class:`LoraFormatError`
+that names the file and the reason, never a crash or a huge allocation.
+It needs only numpy, which keeps ``lorastyle inspect`` fast to start.
+
+Format (https://github.com/huggingface/safetensors): 8 bytes little-endian
+header length N, N bytes of JSON ``{name: {"dtype", "shape", "data_offsets"}}``
+plus an optional ``"__metadata__": {str: str}``, then the tensor bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["LoraFormatError", "read_safetensors", "read_safetensors_header", "write_safetensors"]
+
+# safetensors itself refuses headers above 100 MB; so do we, before reading them.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+# dtype name -> (numpy dtype of the stored bytes, itemsize)
+_DTYPES: dict[str, tuple[str, int]] = {
+    "F64": ("<f8", 8),
+    "F32": ("<f4", 4),
+    "F16": ("<f2", 2),
+    "BF16": ("<u2", 2),  # decoded by hand: numpy has no bfloat16
+    "I64": ("<i8", 8),
+    "I32": ("<i4", 4),
+    "I16": ("<i2", 2),
+    "I8": ("i1", 1),
+    "U8": ("u1", 1),
+    "BOOL": ("?", 1),
+}
+_UNSUPPORTED = {"F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "U16", "U32", "U64", "C64"}
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+
+PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
+_PICKLE_REASON = (
+    "pickle-based checkpoint: refusing to unpickle it, because unpickling runs "
+    "code from the file; convert it to .safetensors with a tool you trust"
+)
+
+
+class LoraFormatError(ValueError):
+    """A file that is not a usable LoRA; the message names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def _looks_like_pickle(head: bytes) -> bool:
+    # Pickle protocol 2-5 opcodes, or the zip container torch.save uses.
+    return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head[:4] == b"PK\x03\x04"
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate tensor name {key!r} in header")
+        seen[key] = value
+    return seen
+
+
+def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict[str, str], int]:
+    """Read and validate the header of a safetensors file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+
+    Returns
+    -------
+    entries : dict
+        ``{name: (dtype, shape, begin, end)}`` with offsets relative to the data section.
+    metadata : dict of str to str
+        The ``__metadata__`` block (empty if absent).
+    data_start : int
+        Byte offset of the data section in the file.
+
+    Raises
+    ------
+    LoraFormatError
+        If the file is a pickle, is empty, or its header is inconsistent.
+    """
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise LoraFormatError(path, _PICKLE_REASON)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if _looks_like_pickle(head):
+                raise LoraFormatError(path, _PICKLE_REASON)
+            if size == 0:
+                raise LoraFormatError(path, "empty file")
+            if len(head) < 8:
+                raise LoraFormatError(path, f"file of {size} bytes is too short for a safetensors header")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise LoraFormatError(path, f"header length {n} is larger than the file ({size} bytes)")
+            if n > MAX_HEADER_BYTES:
+                raise LoraFormatError(path, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
+            raw = fh.read(n)
+    except OSError as exc:
+        raise LoraFormatError(path, f"cannot read file: {exc.strerror or exc}") from None
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except UnicodeDecodeError:
+        raise LoraFormatError(path, "header is not UTF-8 text (not a safetensors file?)") from None
+    except ValueError as exc:  # JSONDecodeError and duplicates
+        msg = str(exc)
+        reason = msg if msg.startswith("duplicate tensor name") else f"header is not valid JSON ({msg})"
+        raise LoraFormatError(path, reason) from None
+    if not isinstance(header, dict):
+        raise LoraFormatError(path, "header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise LoraFormatError(path, "__metadata__ must map strings to strings")
+
+    data_size = size - 8 - n
+    entries = {}
+    spans = []
+    for name, info in header.items():
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+            raise LoraFormatError(path, f"tensor {name!r}: entry lacks dtype, shape or data_offsets")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype in _UNSUPPORTED:
+            raise LoraFormatError(path, f"tensor {name!r}: dtype {dtype} is not supported")
+        if dtype not in _DTYPES:
+            raise LoraFormatError(path, f"tensor {name!r}: unknown dtype {dtype!r}")
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise LoraFormatError(path, f"tensor {name!r}: shape {shape!r} is not a list of non-negative ints")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            raise LoraFormatError(path, f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end]")
+        begin, end = offsets
+        nbytes = _DTYPES[dtype][1] * int(np.prod(shape, dtype=object))
+        if begin < 0 or end < begin or end - begin != nbytes:
+            raise LoraFormatError(
+                path, f"tensor {name!r}: data_offsets {offsets} do not fit {dtype} of shape {shape} ({nbytes} bytes)"
+            )
+        if end > data_size:
+            raise LoraFormatError(
+                path, f"truncated tensor data: {name!r} ends at byte {end} but the data section has {data_size} bytes"
+            )
+        entries[name] = (dtype, tuple(shape), begin, end)
+        spans.append((begin, end, name))
+    spans.sort()
+    covered = 0
+    for begin, end, name in spans:
+        if begin < covered:
+            raise LoraFormatError(path, f"tensor {name!r} overlaps the previous tensor's bytes")
+        covered = end
+    return entries, metadata, 8 + n
+
+
+def _decode(buf: memoryview, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    np_dtype, _ = _DTYPES[dtype]
+    arr = np.frombuffer(buf, dtype=np_dtype)
+    if dtype == "BF16":
+        arr = (arr.astype(np.uint32) << 16).view(np.float32)
+    return arr.reshape(shape)
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read every tensor of a safetensors file into numpy arrays, safely.
+
+    bfloat16 is widened to float32 (numpy has no bfloat16); other dtypes keep
+    their type. Nothing is ever unpickled.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+
+    Returns
+    -------
+    tensors : dict of str to ndarray
+    metadata : dict of str to str
+
+    Raises
+    ------
+    LoraFormatError
+        For any inconsistency (see :func:`read_safetensors_header`) or a file
+        that changed size while being read.
+    """
+    entries, metadata, start = read_safetensors_header(path)
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            data = fh.read()
+    except OSError as exc:
+        raise LoraFormatError(path, f"cannot read file: {exc.strerror or exc}") from None
+    view = memoryview(data)
+    tensors = {}
+    for name, (dtype, shape, begin, end) in entries.items():
+        if end > len(view):
+            raise LoraFormatError(path, f"truncated tensor data: {name!r} (file changed while reading?)")
+        tensors[name] = _decode(view[begin:end], dtype, shape)
+    return tensors, metadata
+
+
+_TO_CODE = {np.dtype("<f8"): "F64", np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("<i8"): "I64",
+            np.dtype("<i4"): "I32", np.dtype("<i2"): "I16", np.dtype("i1"): "I8", np.dtype("u1"): "U8",
+            np.dtype("?"): "BOOL"}
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write numpy arrays as a safetensors file, atomically (temporary file, then rename).
+
+    Parameters
+    ----------
+    path : str or path-like
+        Destination.
+    tensors : dict of str to ndarray
+        Arrays of a dtype safetensors knows (float16/32/64, ints, bool).
+    metadata : dict of str to str, optional
+        Stored in ``__metadata__``.
+    """
+    header: dict = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    blobs = []
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        code = _TO_CODE.get(arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype)
+        if code is None:
+            raise ValueError(f"tensor {name!r}: dtype {arr.dtype} cannot be written to safetensors")
+        blob = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # align the data section, as safetensors does
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)))
+        fh.write(raw)
+        for blob in blobs:
+            fh.write(blob)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
