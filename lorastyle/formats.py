@@ -47,7 +47,7 @@ import numpy as np
 from .naming import module_group, sgm_to_diffusers, unmangle
 from .safetensors_io import FLOAT_DTYPES, LoraFormatError, read_safetensors, read_safetensors_header
 
-__all__ = ["LoraFormatError", "LoraModule", "LoRA", "load_lora", "BASE_FAMILIES", "LORA_SUFFIXES"]
+__all__ = ["LoraFormatError", "LoraModule", "LoRA", "load_lora", "build_module", "BASE_FAMILIES", "LORA_SUFFIXES"]
 
 BASE_FAMILIES = ("sd1", "sd2", "sdxl", "flux", "tiny", "unknown")
 # Files `index` looks at when it walks a folder (pickles are listed so they are reported, not silently ignored).
@@ -345,7 +345,12 @@ def _khatri_rao_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a[:, :, None] * b[:, None, :]).reshape(a.shape[0], -1)
 
 
-def _make_module(path: str, name: str, part: str, roles: dict[str, np.ndarray]) -> LoraModule:
+def build_module(path: str, name: str, part: str, roles: dict[str, np.ndarray]) -> LoraModule:
+    """Build a :class:`LoraModule` from its stored tensors, keyed by role.
+
+    Roles: ``lora_down``/``lora_up``, ``lokr_w1[_a|_b]``/``lokr_w2[_a|_b]``,
+    ``hada_w1_a``... and optionally ``alpha``. ``path`` is only for error messages.
+    """
     alpha_arr = roles.get("alpha")
     alpha = None
     if alpha_arr is not None:
@@ -510,7 +515,7 @@ def load_lora(path: str | os.PathLike) -> LoRA:
             if role not in ("alpha", "dora_scale"):
                 factor_dtypes.add(dtype)
             arrays[role] = arr.astype(np.float32, copy=False)
-        modules[name] = _make_module(path, name, part, arrays)
+        modules[name] = build_module(path, name, part, arrays)
         if "dora_scale" in roles:
             rest.append(roles["dora_scale"])
     if not modules:

@@ -1,0 +1,54 @@
+# lorastyle: build and test. GNU make. `make` alone lists the targets.
+#
+# `make test` and `make book` create or update $(VENV) from the pinned
+# requirements (requirements.txt, constrained by requirements-lock.txt) first.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY = $(VENV)/bin/python
+STAMP = $(VENV)/.installed
+
+# Thread caps and offline settings for every recipe (2-core machines; no hub downloads).
+export OMP_NUM_THREADS := 2
+export OPENBLAS_NUM_THREADS := 2
+export MKL_NUM_THREADS := 2
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE := 1
+export MPLBACKEND := Agg
+
+NOTEBOOKS := $(wildcard book/*.ipynb)
+
+.PHONY: help venv test book clean
+
+help:
+	@echo "Targets:"
+	@echo "  make venv   create/update $(VENV) from requirements.txt + requirements-lock.txt, install lorastyle (editable)"
+	@echo "  make test   run tests/ with pytest, then the book notebooks with nbval"
+	@echo "  make book   execute the notebooks and build the Jupyter Book into _build/html (warnings are errors)"
+	@echo "  make clean  remove _build"
+
+$(STAMP): requirements.txt requirements-lock.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt -c requirements-lock.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+venv: $(STAMP)
+
+# pytest exit code 5 means "no tests collected": not a failure here.
+test: $(STAMP)
+	$(PY) -m pytest tests || { rc=$$?; [ $$rc -eq 5 ] || exit $$rc; }
+ifneq ($(strip $(NOTEBOOKS)),)
+	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with book/nbval_sanitize.cfg \
+		-p no:cacheprovider $(NOTEBOOKS) || { rc=$$?; [ $$rc -eq 5 ] || exit $$rc; }
+endif
+
+book: $(STAMP)
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+
+clean:
+	rm -rf _build

@@ -1,0 +1,138 @@
+"""The ``lorastyle`` command: inspect LoRA files, index a collection, find similar styles.
+
+Contract (other tools call it exactly so):
+
+* ``lorastyle inspect FILE --json``: one JSON object with ``format``, ``base``,
+  ``parts``, ``n_modules``, ``ranks``, ``alphas``, ``dtype``.
+* ``lorastyle index DIR -o INDEX [--descriptor concat|delta|gram] [--components N]``:
+  embeds every LoRA file under DIR; bad files are skipped and reported; exit 0
+  when at least two files were embedded together.
+* ``lorastyle similar INDEX QUERY [-k K] --json``: ``[{"path", "score"}, ...]``, best first.
+
+Bad input: one line ``error: FILE: reason`` on stderr per file, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .descriptors import BLOCKS, DESCRIPTORS, LAYER_TYPES, ModuleSelection
+from .formats import LoraFormatError, load_lora
+
+EXIT_BAD_INPUT = 2
+
+
+def _error(path, reason: str) -> None:
+    print(f"error: {path}: {reason}", file=sys.stderr)
+
+
+def _inspect(args) -> int:
+    lora = load_lora(args.file)
+    summary = lora.summary()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{args.file}")
+        for key, value in summary.items():
+            print(f"  {key:10s} {value}")
+        if lora.extras:
+            print(f"  {'extras':10s} {len(lora.extras)} tensors that are not LoRA factors")
+    return 0
+
+
+def _index(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .index import build_index, find_lora_files
+
+    files, unreadable = find_lora_files(args.dir)
+    for path, reason in unreadable:
+        _error(path, reason)
+    if not files:
+        _error(args.dir, "no LoRA files (.safetensors) found")
+        return EXIT_BAD_INPUT
+    select = None
+    if args.layers or args.blocks or args.parts:
+        select = ModuleSelection(parts=args.parts, layers=args.layers, blocks=args.blocks)
+    bar = lambda it: tqdm(it, desc="loading", unit="file", file=sys.stderr)  # noqa: E731
+    try:
+        index, skipped = build_index(files, descriptor=args.descriptor, n_components=args.components,
+                                     select=select, progress=bar)
+    except ValueError as exc:
+        _error(args.dir, str(exc))
+        return EXIT_BAD_INPUT
+    for path, reason in skipped:
+        _error(path, reason)
+    index.save(args.output)
+    print(f"indexed {len(index.paths)} files ({args.descriptor}, {index.embedding.n_components} components, "
+          f"base {index.base}); skipped {len(skipped)}; wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _similar(args) -> int:
+    from .index import LoraIndex
+
+    index = LoraIndex.load(args.index)
+    query = load_lora(args.query)
+    results = index.similar(query, k=args.k)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for r in results:
+            print(f"{r['score']:+.4f}  {r['path']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``lorastyle`` command."""
+    parser = argparse.ArgumentParser(prog="lorastyle", description="Map, cluster and search LoRA files by style.")
+    parser.add_argument("--version", action="version", version=f"lorastyle {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect", help="describe one LoRA file: layout, base model, ranks, alphas")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_inspect)
+
+    p = sub.add_parser("index", help="embed every LoRA file under a folder into an index")
+    p.add_argument("dir")
+    p.add_argument("-o", "--output", required=True, help="index file to write")
+    p.add_argument("--descriptor", choices=DESCRIPTORS, default="concat",
+                   help="concat: the paper's flattened A,B; delta: delta-W inner products; "
+                        "gram: delta-W delta-W^T (default: concat)")
+    p.add_argument("--components", type=int, default=8, help="embedding dimension (default: 8)")
+    p.add_argument("--parts", nargs="+", help="only these parts (unet, text_encoder, ...)")
+    p.add_argument("--layers", nargs="+", choices=LAYER_TYPES, help="only these layer types")
+    p.add_argument("--blocks", nargs="+", choices=BLOCKS, help="only these U-Net stages")
+    p.set_defaults(run=_index)
+
+    p = sub.add_parser("similar", help="the indexed LoRAs closest in style to a query LoRA")
+    p.add_argument("index")
+    p.add_argument("query", help="a LoRA file, in the index or not")
+    p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of {path, score}")
+    p.set_defaults(run=_similar)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "components", 1) < 1:
+        _error("--components", "must be at least 1")
+        return EXIT_BAD_INPUT
+    if getattr(args, "k", 1) < 1:
+        _error("-k", "must be at least 1")
+        return EXIT_BAD_INPUT
+    try:
+        return args.run(args)
+    except LoraFormatError as exc:
+        _error(exc.path, exc.reason)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
