@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from . import __version__
 from .descriptors import BLOCKS, DESCRIPTORS, LAYER_TYPES, ModuleSelection
@@ -127,11 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "k", 1) < 1:
         _error("-k", "must be at least 1")
         return EXIT_BAD_INPUT
-    try:
-        return args.run(args)
-    except LoraFormatError as exc:
-        _error(exc.path, exc.reason)
-        return EXIT_BAD_INPUT
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            status = args.run(args)
+        except LoraFormatError as exc:
+            _error(exc.path, exc.reason)
+            status = EXIT_BAD_INPUT
+    for w in caught:  # one readable line each, not Python's two-line format
+        print(f"warning: {w.message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -45,9 +45,9 @@ from pathlib import Path
 import numpy as np
 
 from .naming import module_group, sgm_to_diffusers, unmangle
-from .safetensors_io import FLOAT_DTYPES, LoraFormatError, read_safetensors, read_safetensors_header
+from .safetensors_io import FLOAT_DTYPES, LoraFormatError, read_safetensors, read_safetensors_header, write_safetensors
 
-__all__ = ["LoraFormatError", "LoraModule", "LoRA", "load_lora", "build_module", "BASE_FAMILIES", "LORA_SUFFIXES"]
+__all__ = ["LoraFormatError", "LoraModule", "LoRA", "load_lora", "save_lora", "build_module", "BASE_FAMILIES", "LORA_SUFFIXES"]
 
 BASE_FAMILIES = ("sd1", "sd2", "sdxl", "flux", "tiny", "unknown")
 # Files `index` looks at when it walks a folder (pickles are listed so they are reported, not silently ignored).
@@ -611,3 +611,63 @@ def _split_cloneofsimo(path, keys, metadata):
         for i, mpath in enumerate(names):
             grouped[(part, mpath)] = {"lora_down": f"{part}:{i}:down", "lora_up": f"{part}:{i}:up"}
     return grouped, rest
+
+
+# ---------------------------------------------------------------------------
+# Writing
+
+WRITE_LAYOUTS = ("diffusers-peft", "kohya")
+_KOHYA_WRITE_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_",
+                       "transformer": "lora_unet_"}
+
+
+def save_lora(path: str | os.PathLike, factors: dict[str, tuple[np.ndarray, np.ndarray]], *, alpha: float,
+              layout: str = "diffusers-peft", base: str | None = None,
+              metadata: dict[str, str] | None = None, dtype=np.float32) -> None:
+    """Write a plain LoRA (A, B per module) as safetensors, in the diffusers/PEFT or kohya layout.
+
+    Parameters
+    ----------
+    path : str or path-like
+    factors : dict of str to (A, B)
+        Canonical module name (``unet.down_blocks.0...attn1.to_q``) to the
+        down factor A of shape (r, in) and the up factor B of shape (out, r).
+    alpha : float
+        LoRA alpha; the scale is alpha / r. kohya stores it per module, the
+        diffusers layout in the ``lora_adapter_metadata`` block as diffusers does.
+    layout : {"diffusers-peft", "kohya"}, default="diffusers-peft"
+    base : str, optional
+        Base family, stored under ``lorastyle.base`` so :func:`load_lora` reports
+        it (needed for the project's tiny model, which has no public signature).
+    metadata : dict of str to str, optional
+        Extra metadata (artist, genre, seed ...).
+    dtype : numpy dtype, default=float32
+    """
+    if layout not in WRITE_LAYOUTS:
+        raise ValueError(f"layout must be one of {list(WRITE_LAYOUTS)}, got {layout!r}")
+    meta = dict(metadata or {})
+    if base is not None:
+        meta[BASE_METADATA_KEY] = base
+    tensors: dict[str, np.ndarray] = {}
+    ranks: dict[str, int] = {}
+    for name, (A, B) in factors.items():
+        part, mpath = name.split(".", 1)
+        if A.shape[0] != B.shape[1]:
+            raise ValueError(f"module {name}: A {A.shape} and B {B.shape} do not share a rank")
+        ranks[part] = A.shape[0]
+        if layout == "kohya":
+            key = _KOHYA_WRITE_PREFIX.get(part, f"lora_{part}_") + mpath.replace(".", "_")
+            tensors[f"{key}.lora_down.weight"] = np.asarray(A, dtype=dtype)
+            tensors[f"{key}.lora_up.weight"] = np.asarray(B, dtype=dtype)
+            tensors[f"{key}.alpha"] = np.asarray(alpha, dtype=dtype)
+        else:
+            tensors[f"{name}.lora_A.weight"] = np.asarray(A, dtype=dtype)
+            tensors[f"{name}.lora_B.weight"] = np.asarray(B, dtype=dtype)
+    if layout == "diffusers-peft":
+        adapter = {}
+        for part, r in ranks.items():
+            adapter[f"{part}.r"] = r
+            adapter[f"{part}.lora_alpha"] = alpha
+        meta["lora_adapter_metadata"] = json.dumps(adapter, sort_keys=True)
+        meta.setdefault("format", "pt")
+    write_safetensors(path, tensors, meta)

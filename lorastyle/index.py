@@ -258,7 +258,7 @@ def build_index(paths: Iterable[str], *, descriptor: str = "concat", n_component
         LoRA files.
     descriptor : {"concat", "delta", "gram"}, default="concat"
     n_components : int, default=8
-        Capped at (number of embedded files - 1).
+        Capped at (number of embedded files - 2), so that calibration can be estimated.
     select : ModuleSelection, optional
         Sub-network to describe.
     random_state : int, default=0
@@ -297,7 +297,8 @@ def build_index(paths: Iterable[str], *, descriptor: str = "concat", n_component
         skipped.extend(more)
     if len(loras) < 2:
         raise ValueError(f"need at least 2 comparable LoRA files to fit an embedding, found {len(loras)}")
-    k = min(n_components, len(loras) - 1)
+    # n - 2 components leave the leave-one-out calibration something to estimate
+    k = max(1, min(n_components, len(loras) - 2))
     if descriptor == "concat":
         X = concat_vectors(loras)
         emb = StyleEmbedding(n_components=k, solver="full", random_state=random_state).fit(X)
