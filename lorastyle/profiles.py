@@ -1,0 +1,96 @@
+"""Profiles: one configuration per scale of the same pipeline (a config, never a fork of the code).
+
+``default``
+    The embedded collection the book stands on: every Met artist with two works
+    or more, the tiny SD-architecture model, offline encoders. Built by
+    ``make data`` on a CPU.
+``smoke``
+    Two artists, a handful of steps: the whole pipeline inside ``make test``.
+``paper``
+    The paper's setting: ArtBench-10 paintings, Stable Diffusion 1.5, CLIP and
+    DINO. Needs a GPU, internet for the weights, and a local ArtBench-10 copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+__all__ = ["Profile", "PROFILES", "get_profile"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every knob of the collection pipeline.
+
+    Attributes are grouped by stage: which artists and LoRAs (plan), the base
+    model, LoRA training, sampling, and the retrieval sweep over sampling settings.
+    """
+
+    name: str
+    # plan
+    n_artists: int | None = None  # None: every artist with min_works paintings
+    min_works: int = 2
+    loras_per_artist: int = 4
+    images_per_lora: int = 12
+    heldout: bool = True
+    real_pixels: bool = True
+    variant_artists: int = 3
+    variant_init_seeds: tuple[int, ...] = (1, 2)
+    variant_ranks: tuple[int, ...] = (2, 8)
+    memorisation_artists: int = 3
+    memorisation_images: int = 3
+    # images
+    resolution: int = 32
+    stylize_size: int = 128
+    # base model
+    base_images: int = 2000
+    base_steps: int = 1500
+    base_batch: int = 32
+    base_lr: float = 5e-4
+    # LoRAs
+    rank: int = 4
+    lora_steps: int = 80
+    lora_batch: int = 12
+    lora_lr: float = 2e-3
+    init_seed: int = 0  # one seed for A's initialisation across the collection, as the paper implies
+    # sampling (scenario S4 and the sample grids)
+    samples_per_lora: int = 8
+    sample_steps: int = 25
+    sample_guidance: float = 3.0
+    sweep_steps: tuple[int, ...] = (10, 25, 50)
+    sweep_guidance: tuple[float, ...] = (1.0, 3.0, 7.5)
+    sweep_samples: int = 4
+    sweep_loras_per_artist: int = 2
+    # image features
+    encoders: tuple[str, ...] = ("efficientnet", "vgg_gram", "magenta")
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+PROFILES: dict[str, Profile] = {
+    "default": Profile(name="default"),
+    "smoke": Profile(
+        name="smoke", n_artists=2, loras_per_artist=2, images_per_lora=4, variant_artists=1,
+        variant_init_seeds=(1,), variant_ranks=(2,), memorisation_artists=1, stylize_size=64, base_images=32,
+        base_steps=2, base_batch=8, lora_steps=2, lora_batch=4, samples_per_lora=2, sample_steps=2,
+        sweep_steps=(2,), sweep_guidance=(1.0, 3.0), sweep_samples=1, sweep_loras_per_artist=1,
+    ),
+    "paper": Profile(
+        name="paper", loras_per_artist=5, images_per_lora=15, resolution=512, stylize_size=512, base_steps=0,
+        lora_steps=1000, lora_batch=4, lora_lr=1e-4, rank=8, encoders=("clip", "dino"),
+        extra={"model_id": "stable-diffusion-v1-5/stable-diffusion-v1-5", "dataset": "artbench"},
+    ),
+}
+
+
+def get_profile(name: str, **overrides) -> Profile:
+    """A named profile, optionally with some fields replaced.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
+    """
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose from {sorted(PROFILES)}")
+    return replace(PROFILES[name], **overrides)
