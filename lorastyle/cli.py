@@ -47,7 +47,7 @@ def _inspect(args) -> int:
 def _index(args) -> int:
     from tqdm.auto import tqdm
 
-    from .index import build_index, find_lora_files
+    from .index import NotEnoughLorasError, build_index, find_lora_files
 
     files, unreadable = find_lora_files(args.dir)
     for path, reason in unreadable:
@@ -62,7 +62,9 @@ def _index(args) -> int:
     try:
         index, skipped = build_index(files, descriptor=args.descriptor, n_components=args.components,
                                      select=select, progress=bar)
-    except ValueError as exc:
+    except NotEnoughLorasError as exc:
+        for path, reason in exc.skipped:
+            _error(path, reason)
         _error(args.dir, str(exc))
         return EXIT_BAD_INPUT
     for path, reason in skipped:

@@ -235,8 +235,8 @@ def _canonical_kohya(raw: str) -> tuple[str, str]:
         if raw.startswith(prefix):
             path = unmangle(raw[len(prefix):])
             if part == "unet":
-                if any(w in path.split(".") for w in _FLUX_WORDS):
-                    part = "transformer"
+                if any(w in path.split(".") for w in _FLUX_WORDS) or path.startswith("transformer_blocks."):
+                    part = "transformer"  # a U-Net path never starts with transformer_blocks
                 else:
                     path = sgm_to_diffusers(path)
             return part, path
@@ -381,8 +381,12 @@ def build_module(path: str, name: str, part: str, roles: dict[str, np.ndarray]) 
         kind = "lokr"
         w1 = _lokr_factor(path, name, roles, "1")
         w2 = _lokr_factor(path, name, roles, "2")
-        # kron(U1 V1, U2 V2) = kron(U1, U2) @ kron(V1, V2): exact low-rank form
-        up, down = np.kron(w1[0], w2[0]), np.kron(w1[1], w2[1])
+        if w1[1] is not None and w2[1] is not None:
+            # kron(U1 V1, U2 V2) = kron(U1, U2) @ kron(V1, V2): exact low-rank form
+            up, down = np.kron(w1[0], w2[0]), np.kron(w1[1], w2[1])
+        else:  # a full factor: no useful low-rank form, keep the dense Kronecker product
+            dense = np.kron(w1[0] if w1[1] is None else w1[0] @ w1[1], w2[0] if w2[1] is None else w2[0] @ w2[1])
+            up, down = _dense_factors(dense)
         # lora_dim as LyCORIS and ComfyUI read it; two full factors have none
         dim_key = next((k for k in ("lokr_w2_b", "lokr_w1_b") if k in roles), None)
         rank = roles[dim_key].shape[0] if dim_key else min(up.shape[0], down.shape[1])
@@ -408,18 +412,22 @@ def build_module(path: str, name: str, part: str, roles: dict[str, np.ndarray]) 
         scale = alpha / rank
     if up.shape[1] > min(up.shape[0], down.shape[1]):
         # the factorisation is wider than the matrix: the dense delta-W is cheaper
-        dense = up @ down
-        up, down = (np.eye(dense.shape[0]), dense) if dense.shape[0] <= dense.shape[1] else (dense, np.eye(dense.shape[1]))
+        up, down = _dense_factors(up @ down)
     return LoraModule(name=name, part=part, kind=kind, up=up.astype(np.float32, copy=False),
                       down=down.astype(np.float32, copy=False), rank=int(rank), alpha=alpha, scale=float(scale),
                       factors=factors)
 
 
-def _lokr_factor(path: str, name: str, roles: dict, i: str) -> tuple[np.ndarray, np.ndarray]:
-    """One Kronecker factor W_i as a product (U_i, V_i)."""
+def _dense_factors(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A dense matrix as (up, down) with an identity on its smaller side (k = min(out, in))."""
+    m, n = dense.shape
+    return (np.eye(m, dtype=dense.dtype), dense) if m <= n else (dense, np.eye(n, dtype=dense.dtype))
+
+
+def _lokr_factor(path: str, name: str, roles: dict, i: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """One Kronecker factor W_i: (U_i, V_i) when stored decomposed, (W_i, None) when stored whole."""
     if f"lokr_w{i}" in roles:
-        w = _as_matrix(roles[f"lokr_w{i}"])
-        return w, np.eye(w.shape[1])
+        return _as_matrix(roles[f"lokr_w{i}"]), None
     a, b = roles.get(f"lokr_w{i}_a"), roles.get(f"lokr_w{i}_b")
     if a is None or b is None:
         raise LoraFormatError(path, f"module {name}: LoKr needs lokr_w{i} or lokr_w{i}_a and lokr_w{i}_b")
@@ -618,7 +626,7 @@ def _split_cloneofsimo(path, keys, metadata):
 
 WRITE_LAYOUTS = ("diffusers-peft", "kohya")
 _KOHYA_WRITE_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_",
-                       "transformer": "lora_unet_"}
+                       "transformer": "lora_transformer_"}  # OneTrainer's prefix for Flux
 
 
 def save_lora(path: str | os.PathLike, factors: dict[str, tuple[np.ndarray, np.ndarray]], *, alpha: float,

@@ -28,9 +28,17 @@ from .formats import LORA_SUFFIXES, LoRA, LoraFormatError, build_module, load_lo
 from .metrics import similarity_matrix
 from .safetensors_io import read_safetensors, write_safetensors
 
-__all__ = ["LoraIndex", "build_index", "find_lora_files", "file_sha256", "INDEX_FORMAT"]
+__all__ = ["LoraIndex", "NotEnoughLorasError", "build_index", "find_lora_files", "file_sha256", "INDEX_FORMAT"]
 
 INDEX_FORMAT = "lorastyle-index-1"
+
+
+class NotEnoughLorasError(ValueError):
+    """Fewer than two files could be embedded together; ``skipped`` says why the others were not."""
+
+    def __init__(self, message: str, skipped: list[tuple[str, str]]):
+        super().__init__(message)
+        self.skipped = skipped
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -273,8 +281,10 @@ def build_index(paths: Iterable[str], *, descriptor: str = "concat", n_component
 
     Raises
     ------
+    NotEnoughLorasError
+        If fewer than two files can be embedded together (with the skipped files).
     ValueError
-        If fewer than two files can be embedded together.
+        For an unknown descriptor or n_components < 1.
     """
     if descriptor not in DESCRIPTORS:
         raise ValueError(f"unknown descriptor {descriptor!r}; choose from {list(DESCRIPTORS)}")
@@ -296,7 +306,8 @@ def build_index(paths: Iterable[str], *, descriptor: str = "concat", n_component
         loras, more = _comparable_subset(loras, descriptor)
         skipped.extend(more)
     if len(loras) < 2:
-        raise ValueError(f"need at least 2 comparable LoRA files to fit an embedding, found {len(loras)}")
+        raise NotEnoughLorasError(
+            f"need at least 2 comparable LoRA files to fit an embedding, found {len(loras)}", skipped)
     # n - 2 components leave the leave-one-out calibration something to estimate
     k = max(1, min(n_components, len(loras) - 2))
     if descriptor == "concat":

@@ -118,6 +118,8 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict[str, st
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except UnicodeDecodeError:
         raise LoraFormatError(path, "header is not UTF-8 text (not a safetensors file?)") from None
+    except RecursionError:
+        raise LoraFormatError(path, "header is nested too deeply to be a safetensors header") from None
     except ValueError as exc:  # JSONDecodeError and duplicates
         msg = str(exc)
         reason = msg if msg.startswith("duplicate tensor name") else f"header is not valid JSON ({msg})"
@@ -135,6 +137,8 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict[str, st
         if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
             raise LoraFormatError(path, f"tensor {name!r}: entry lacks dtype, shape or data_offsets")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(dtype, str):
+            raise LoraFormatError(path, f"tensor {name!r}: dtype {dtype!r} is not a string")
         if dtype in _UNSUPPORTED:
             raise LoraFormatError(path, f"tensor {name!r}: dtype {dtype} is not supported")
         if dtype not in _DTYPES:
@@ -234,7 +238,9 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],
     offset = 0
     blobs = []
     for name in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[name])
+        arr = np.asarray(tensors[name])
+        if not arr.flags.c_contiguous:
+            arr = arr.copy(order="C")  # (np.ascontiguousarray would turn a 0-d alpha into shape [1])
         code = _TO_CODE.get(arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype)
         if code is None:
             raise ValueError(f"tensor {name!r}: dtype {arr.dtype} cannot be written to safetensors")
@@ -246,11 +252,15 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],
     raw += b" " * (-len(raw) % 8)  # align the data section, as safetensors does
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(struct.pack("<Q", len(raw)))
-        fh.write(raw)
-        for blob in blobs:
-            fh.write(blob)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(struct.pack("<Q", len(raw)))
+            fh.write(raw)
+            for blob in blobs:
+                fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

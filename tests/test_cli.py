@@ -1,0 +1,390 @@
+"""Tests for the ``lorastyle`` command (lorastyle.cli).
+
+The command runs in-process through ``lorastyle.cli.main`` with ``capsys``;
+one test runs the installed console script to prove the entry point works.
+Its contract: ``inspect FILE --json`` prints one JSON object; ``index DIR -o
+INDEX`` skips and reports bad files; ``similar INDEX QUERY --json`` prints
+``[{"path", "score"}, ...]`` best first; bad input gives one line
+``error: FILE: reason`` on stderr and exit status 2.
+"""
+
+import contextlib
+import io
+import json
+import pickle
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.numpy
+from safetensors import safe_open
+
+from lorastyle.cli import main
+from lorastyle.formats import save_lora
+
+DESCRIPTORS = ["concat", "delta", "gram"]
+RANK = 4
+TINY = {
+    # canonical name: (out, in); a made-up "tiny" model, so base comes from metadata
+    "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q": (16, 16),
+    "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k": (16, 12),
+    "unet.mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj": (32, 16),
+    "text_encoder.text_model.encoder.layers.0.self_attn.q_proj": (12, 12),
+}
+SUMMARY_KEYS = {"format", "base", "parts", "n_modules", "ranks", "alphas", "dtype"}
+
+
+def random_factors(seed):
+    rng = np.random.default_rng(seed)
+    return {n: ((0.1 * rng.standard_normal((RANK, i))).astype(np.float32),
+                (0.1 * rng.standard_normal((o, RANK))).astype(np.float32)) for n, (o, i) in TINY.items()}
+
+
+def write_good(path, seed, base="tiny"):
+    save_lora(path, random_factors(seed), alpha=4.0, base=base)
+    return path
+
+
+# ---- bad files --------------------------------------------------------------
+
+_KOHYA = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"
+
+
+def _raw(path, header: bytes, data=b"", length=None):
+    path.write_bytes(struct.pack("<Q", len(header) if length is None else length) + header + data)
+
+
+def _bad_empty(path):
+    path.write_bytes(b"")
+
+
+def _bad_header_too_long(path):
+    _raw(path, b'{"a": 1}', length=1 << 20)
+
+
+def _bad_header_not_json(path):
+    _raw(path, b"{not json at all}")
+
+
+def _bad_duplicate(path):
+    _raw(path, b'{"w.lora_down.weight":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
+               b'"w.lora_down.weight":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', b"\0" * 8)
+
+
+def _bad_truncated(path):
+    write_good(path, 99)
+    path.write_bytes(path.read_bytes()[:-7])
+
+
+def _bad_ab_mismatch(path):
+    safetensors.numpy.save_file({f"{_KOHYA}.lora_down.weight": np.zeros((4, 16), np.float32),
+                                 f"{_KOHYA}.lora_up.weight": np.zeros((16, 2), np.float32)}, str(path))
+
+
+def _bad_value(value):
+    def make(path):
+        down = np.full((4, 16), 0.1, np.float32)
+        down[1, 1] = value
+        safetensors.numpy.save_file({f"{_KOHYA}.lora_down.weight": down,
+                                     f"{_KOHYA}.lora_up.weight": np.ones((16, 4), np.float32)}, str(path))
+    return make
+
+
+def _bad_unknown_layout(path):
+    safetensors.numpy.save_file({"model.weight": np.ones((4, 4), np.float32)}, str(path))
+
+
+def _bad_pickle(path):
+    path.write_bytes(pickle.dumps({"state_dict": {"w": [1.0, 2.0]}}))
+
+
+# name: (file name, maker, reason regex)
+BAD = {
+    "empty": ("empty.safetensors", _bad_empty, r"empty file"),
+    "header_too_long": ("hlen.safetensors", _bad_header_too_long, r"header length \d+ is larger than the file"),
+    "header_not_json": ("nojson.safetensors", _bad_header_not_json, r"header is not valid JSON"),
+    "duplicate_names": ("dup.safetensors", _bad_duplicate, r"duplicate tensor name"),
+    "truncated": ("trunc.safetensors", _bad_truncated, r"truncated tensor data"),
+    "ab_mismatch": ("ab.safetensors", _bad_ab_mismatch, r"A/B shape mismatch"),
+    "nan": ("nan.safetensors", _bad_value(np.nan), r"holds NaN or Inf values"),
+    "inf": ("inf.safetensors", _bad_value(np.inf), r"holds NaN or Inf values"),
+    "unknown_layout": ("unknown.safetensors", _bad_unknown_layout, r"unknown layout"),
+    "pickle": ("model.ckpt", _bad_pickle, r"refusing to unpickle"),
+}
+
+
+def make_bad(folder, case):
+    name, maker, _ = BAD[case]
+    path = folder / name
+    maker(path)
+    return path
+
+
+def error_lines(stderr):
+    return [line for line in stderr.split("\n") if line.startswith("error: ")]
+
+
+def assert_single_error(captured, path, reason):
+    """stderr is exactly one line 'error: <path>: <reason>'; stdout is empty."""
+    lines = captured.err.strip("\n").split("\n")
+    assert len(lines) == 1, captured.err
+    prefix = f"error: {path}: "
+    assert lines[0].startswith(prefix), lines[0]
+    assert re.search(reason, lines[0][len(prefix):]), lines[0]
+    assert captured.out == ""
+
+
+def run_json(capsys, argv):
+    status = main(argv)
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    return json.loads(captured.out), captured.err
+
+
+# ---- fixtures -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """6 good tiny LoRAs (some in a subfolder), every bad file, 2 LoRAs of the sd1 family."""
+    root = tmp_path_factory.mktemp("collection")
+    (root / "sub").mkdir()
+    good = [write_good(root / ("sub" if i % 2 else ".") / f"good{i}.safetensors", seed=i) for i in range(6)]
+    bad = {case: make_bad(root / ("sub" if i % 2 else "."), case) for i, case in enumerate(BAD)}
+    other = [write_good(root / f"sd1_{i}.safetensors", seed=50 + i, base="sd1") for i in range(2)]
+    outside = write_good(tmp_path_factory.mktemp("outside") / "query.safetensors", seed=100)
+    return {"root": root, "good": [str(p) for p in good], "bad": {k: str(p) for k, p in bad.items()},
+            "other": [str(p) for p in other], "outside": str(outside)}
+
+
+@pytest.fixture(scope="module")
+def built_indexes(collection, tmp_path_factory):
+    """One index per descriptor, built through the command; its stderr is kept for the tests."""
+    out = {}
+    folder = tmp_path_factory.mktemp("indexes")
+    for descriptor in DESCRIPTORS:
+        path = folder / f"{descriptor}.safetensors"
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            status = main(["index", str(collection["root"]), "-o", str(path), "--descriptor", descriptor])
+        out[descriptor] = (status, str(path), err.getvalue())
+    return out
+
+
+# ---- inspect --------------------------------------------------------------------
+
+
+def test_inspect_json(tmp_path, capsys):
+    path = tmp_path / "mixed.safetensors"
+    rng = np.random.default_rng(0)
+    tensors = {}
+    # three kohya modules with ranks 8, 2, 4 and alphas 1, 8, 8 (fp16)
+    for name, rank, alpha in [("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", 8, 1.0),
+                              ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k", 2, 8.0),
+                              ("lora_te_text_model_encoder_layers_0_self_attn_q_proj", 4, 8.0)]:
+        tensors[f"{name}.lora_down.weight"] = rng.standard_normal((rank, 768 if "attn2" in name else 320)).astype(np.float16)
+        tensors[f"{name}.lora_up.weight"] = rng.standard_normal((320, rank)).astype(np.float16)
+        tensors[f"{name}.alpha"] = np.array(alpha, np.float16)
+    safetensors.numpy.save_file(tensors, str(path))
+
+    status = main(["inspect", str(path), "--json"])
+    captured = capsys.readouterr()
+    assert status == 0
+    assert captured.err == ""
+    assert captured.out.count("\n") == 1
+    summary = json.loads(captured.out)
+    assert set(summary) == SUMMARY_KEYS
+    assert summary == {"format": "kohya", "base": "sd1", "parts": ["text_encoder", "unet"], "n_modules": 3,
+                       "ranks": [2, 4, 8], "alphas": [1.0, 8.0], "dtype": "float16"}
+    assert all(type(r) is int for r in summary["ranks"])
+
+
+def test_inspect_text(tmp_path, capsys):
+    path = write_good(tmp_path / "g.safetensors", 0)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == str(path)
+    assert re.search(r"^\s+format\s+diffusers-peft$", out, re.M)
+    assert re.search(r"^\s+base\s+tiny$", out, re.M)
+
+
+def test_console_script_inspect(tmp_path):
+    script = Path(sys.executable).parent / "lorastyle"
+    assert script.exists(), f"console script not installed next to {sys.executable}"
+    path = write_good(tmp_path / "g.safetensors", 3)
+    out = subprocess.run([str(script), "inspect", str(path), "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"format": "diffusers-peft", "base": "tiny",
+                                      "parts": ["text_encoder", "unet"], "n_modules": 4,
+                                      "ranks": [4], "alphas": [4.0], "dtype": "float32"}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_inspect_bad_file(tmp_path, capsys, case):
+    path = make_bad(tmp_path, case)
+    assert main(["inspect", str(path), "--json"]) == 2
+    assert_single_error(capsys.readouterr(), path, BAD[case][2])
+
+
+def test_inspect_missing_file(tmp_path, capsys):
+    path = tmp_path / "missing.safetensors"
+    assert main(["inspect", str(path)]) == 2
+    assert_single_error(capsys.readouterr(), path, r"cannot read file")
+
+
+# ---- index and similar -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("descriptor", DESCRIPTORS)
+def test_index_skips_and_reports_bad_files(collection, built_indexes, descriptor):
+    status, index_path, stderr = built_indexes[descriptor]
+    assert status == 0, stderr
+    lines = error_lines(stderr)
+    reported = list(collection["bad"].values()) + collection["other"]
+    for case, path in collection["bad"].items():
+        mine = [line for line in lines if line.startswith(f"error: {path}: ")]
+        assert len(mine) == 1, (path, lines)
+        assert re.search(BAD[case][2], mine[0])
+    for path in collection["other"]:
+        mine = [line for line in lines if line.startswith(f"error: {path}: ")]
+        assert len(mine) == 1 and "base family sd1" in mine[0], (path, lines)
+    assert len(lines) == len(reported)  # no good file is reported
+    # the index is a safetensors file (read by the safetensors library) listing exactly the good files
+    with safe_open(index_path, "np") as fh:
+        meta = fh.metadata()
+    assert meta["descriptor"] == descriptor
+    assert meta["base"] == "tiny"
+    assert sorted(json.loads(meta["paths"])) == sorted(collection["good"])
+
+
+@pytest.mark.parametrize("descriptor", DESCRIPTORS)
+def test_similar_in_index_query(collection, built_indexes, capsys, descriptor):
+    index_path = built_indexes[descriptor][1]
+    good = collection["good"]
+    for query in good[:2]:
+        results, _ = run_json(capsys, ["similar", index_path, query, "-k", "3", "--json"])
+        assert isinstance(results, list) and len(results) == 3
+        assert all(set(r) == {"path", "score"} for r in results)
+        paths = [r["path"] for r in results]
+        scores = [r["score"] for r in results]
+        assert query not in paths
+        assert set(paths) <= set(good)
+        assert len(set(paths)) == 3
+        assert all(a >= b for a, b in zip(scores, scores[1:]))
+        assert all(-1.0 - 1e-9 <= s <= 1.0 + 1e-9 for s in scores)
+
+
+@pytest.mark.parametrize("descriptor", DESCRIPTORS)
+def test_similar_out_of_index_query(collection, built_indexes, capsys, descriptor):
+    index_path = built_indexes[descriptor][1]
+    results, _ = run_json(capsys, ["similar", index_path, collection["outside"], "-k", "4", "--json"])
+    assert len(results) == 4
+    assert {r["path"] for r in results} <= set(collection["good"])
+    scores = [r["score"] for r in results]
+    assert all(a >= b for a, b in zip(scores, scores[1:]))
+    # k larger than the index: every indexed file once
+    results, _ = run_json(capsys, ["similar", index_path, collection["outside"], "-k", "50", "--json"])
+    assert sorted(r["path"] for r in results) == sorted(collection["good"])
+
+
+@pytest.mark.parametrize("descriptor", DESCRIPTORS)
+def test_similar_query_of_another_family(collection, built_indexes, capsys, descriptor):
+    index_path = built_indexes[descriptor][1]
+    query = collection["other"][0]
+    assert main(["similar", index_path, query, "-k", "3", "--json"]) == 2
+    assert_single_error(capsys.readouterr(), query, r"base family sd1 differs from the index's tiny")
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_similar_bad_query(collection, built_indexes, capsys, case):
+    index_path = built_indexes["concat"][1]
+    query = collection["bad"][case]
+    assert main(["similar", index_path, query, "--json"]) == 2
+    assert_single_error(capsys.readouterr(), query, BAD[case][2])
+
+
+def test_similar_bad_index(collection, tmp_path, capsys):
+    not_index = collection["good"][0]  # a LoRA, not an index
+    assert main(["similar", not_index, collection["good"][1]]) == 2
+    assert_single_error(capsys.readouterr(), not_index, r"not a lorastyle index")
+    empty = make_bad(tmp_path, "empty")
+    assert main(["similar", str(empty), collection["good"][1]]) == 2
+    assert_single_error(capsys.readouterr(), empty, r"empty file")
+
+
+def test_index_with_one_good_file(tmp_path, capsys):
+    folder = tmp_path / "few"
+    folder.mkdir()
+    write_good(folder / "only.safetensors", 0)
+    out = tmp_path / "idx.safetensors"
+    assert main(["index", str(folder), "-o", str(out)]) == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: {folder}: ") and "at least 2" in lines[0]
+    assert not out.exists()
+
+
+def test_index_with_one_good_file_still_reports_bad_files(tmp_path, capsys):
+    folder = tmp_path / "few"
+    folder.mkdir()
+    write_good(folder / "only.safetensors", 0)
+    bad = make_bad(folder, "nan")
+    assert main(["index", str(folder), "-o", str(tmp_path / "idx.safetensors")]) == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert any(line.startswith(f"error: {bad}: ") for line in lines), lines
+
+
+def test_index_empty_folder(tmp_path, capsys):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a LoRA")
+    out = tmp_path / "idx.safetensors"
+    assert main(["index", str(folder), "-o", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert error_lines(captured.err) == [f"error: {folder}: no LoRA files (.safetensors) found"]
+    assert not out.exists()
+
+
+def test_bad_k_and_components(collection, built_indexes, capsys, tmp_path):
+    assert main(["similar", built_indexes["concat"][1], collection["good"][0], "-k", "0"]) == 2
+    assert error_lines(capsys.readouterr().err) == ["error: -k: must be at least 1"]
+    assert main(["index", str(collection["root"]), "-o", str(tmp_path / "i.safetensors"), "--components", "0"]) == 2
+    assert error_lines(capsys.readouterr().err) == ["error: --components: must be at least 1"]
+
+
+# ---- retrieval sanity ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def styles(tmp_path_factory):
+    """3 styles x 4 LoRAs: each LoRA is its style's random (A0, B0) plus small seeded noise."""
+    root = tmp_path_factory.mktemp("styles")
+    labels = {}
+    for s in range(3):
+        base = random_factors(1000 + s)
+        for j in range(4):
+            rng = np.random.default_rng(2000 + 10 * s + j)
+            factors = {n: ((A + 0.02 * rng.standard_normal(A.shape)).astype(np.float32),
+                           (B + 0.02 * rng.standard_normal(B.shape)).astype(np.float32))
+                       for n, (A, B) in base.items()}
+            path = root / f"s{s}" / f"lora{j}.safetensors"
+            path.parent.mkdir(exist_ok=True)
+            save_lora(path, factors, alpha=4.0, base="tiny")
+            labels[str(path)] = s
+    return root, labels
+
+
+@pytest.mark.parametrize("descriptor", DESCRIPTORS)
+def test_top1_is_same_style(styles, tmp_path, capsys, descriptor):
+    root, labels = styles
+    index_path = str(tmp_path / "styles.safetensors")
+    assert main(["index", str(root), "-o", index_path, "--descriptor", descriptor]) == 0
+    assert error_lines(capsys.readouterr().err) == []
+    for query, style in labels.items():
+        (top,), _ = run_json(capsys, ["similar", index_path, query, "-k", "1", "--json"])
+        assert top["path"] != query
+        assert labels[top["path"]] == style, (query, top)
