@@ -394,7 +394,7 @@ def _apply_lora(model: DiffusionModel, lora: TrainedLora) -> None:
     state = {}
     for name, (A, B) in lora.factors.items():
         path = name.split(".", 1)[1]
-        state[f"{path}.lora_A.weight"] = torch.from_numpy(A)
-        state[f"{path}.lora_B.weight"] = torch.from_numpy(B)
+        state[f"{path}.lora_A.weight"] = torch.from_numpy(np.array(A))  # a writable copy
+        state[f"{path}.lora_B.weight"] = torch.from_numpy(np.array(B))
     set_peft_model_state_dict(model.unet, state, adapter_name="sample")
     model.unet.set_adapter("sample")

@@ -44,23 +44,23 @@ class Profile:
     stylize_size: int = 128
     # base model
     base_images: int = 2000
-    base_steps: int = 1500
+    base_steps: int = 1200
     base_batch: int = 32
     base_lr: float = 5e-4
     # LoRAs
     rank: int = 4
-    lora_steps: int = 80
-    lora_batch: int = 12
+    lora_steps: int = 60
+    lora_batch: int = 8
     lora_lr: float = 2e-3
     init_seed: int = 0  # one seed for A's initialisation across the collection, as the paper implies
     # sampling (scenario S4 and the sample grids)
-    samples_per_lora: int = 8
+    samples_per_lora: int = 6
     sample_steps: int = 25
     sample_guidance: float = 3.0
     sweep_steps: tuple[int, ...] = (10, 25, 50)
     sweep_guidance: tuple[float, ...] = (1.0, 3.0, 7.5)
     sweep_samples: int = 4
-    sweep_loras_per_artist: int = 2
+    sweep_loras_per_artist: int = 1
     # image features
     encoders: tuple[str, ...] = ("efficientnet", "vgg_gram", "magenta")
     seed: int = 0

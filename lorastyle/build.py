@@ -1,0 +1,330 @@
+"""Build a LoRA collection end to end: base model, LoRAs, samples, features, manifest.
+
+``make data`` runs :func:`build_collection` with the ``default`` profile into
+``data/``; the ``smoke`` profile runs the same code in seconds inside the tests.
+Every stage is resumable: a LoRA file, a sample set or a feature vector that
+already exists for the same specification is not computed again, so an
+interrupted build continues where it stopped.
+
+Layout of the output folder::
+
+    plan.json                  every LoRA's specification (training images: content, box, style)
+    base.safetensors           the pre-trained tiny model (U-Net + condition table)
+    loras/<collection>/<id>.safetensors   LoRAs, diffusers/PEFT layout, metadata inside
+    losses.json                loss curves (base and every LoRA)
+    features/<encoder>.npz     per-LoRA mean features: train/<id> and gen/<T>-<w>/<id>
+    manifest.csv               file, sha256, artist, genre, collection, seeds, rank, training images
+    cache/                     rendered training images and samples (not committed)
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .collection import Artwork, LoraSpec, plan_collection
+from .formats import load_lora, save_lora
+from .profiles import Profile
+from .safetensors_io import read_safetensors, write_safetensors
+
+__all__ = ["build_collection", "source_artworks", "render_training_images", "load_base", "save_base"]
+
+CONDITION = 1  # the tiny model's generic "a painting" condition; 0 is the null condition
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def source_artworks(profile: Profile) -> tuple[list[Artwork], dict[str, str], list[Artwork], list[Artwork],
+                                                Callable[[str], np.ndarray]]:
+    """The default profile's sources.
+
+    Returns
+    -------
+    paintings : list of Artwork
+        Paintings of artists that have a genre (style references).
+    genres : dict of str to str
+    content : list of Artwork
+        Photos and paintings by other hands (content for stylisation).
+    base_pool : list of Artwork
+        Paintings used only to pre-train the base model (never in a LoRA).
+    load : callable
+        Artwork id -> RGB uint8 image.
+    """
+    from .datasets import artist_genres, content_images, met_paintings
+
+    genres = {a: g.genre for a, g in artist_genres().items()}
+    met = {f"met-{p.object_id}": p for p in met_paintings()}
+    photos = content_images()
+    counts: dict[str, int] = {}
+    for p in met.values():
+        counts[p.artist] = counts.get(p.artist, 0) + 1
+    is_style = {k: p.artist in genres and counts[p.artist] >= profile.min_works for k, p in met.items()}
+    paintings = [Artwork(k, p.artist, p.height, p.width) for k, p in sorted(met.items()) if is_style[k]]
+    others = sorted(k for k in met if not is_style[k])
+    # Half of the other hands' paintings pre-train the base, half are content: the base never saw a LoRA's image.
+    rng = np.random.default_rng(profile.seed)
+    order = rng.permutation(len(others))
+    base_ids = sorted(others[i] for i in order[: len(others) // 2 - 10])
+    content_ids = sorted(others[i] for i in order[len(others) // 2 - 10:])
+    content = [Artwork(k, None, met[k].height, met[k].width) for k in content_ids]
+    content += [Artwork(f"photo-{name}", None, *img.shape[:2]) for name, img in sorted(photos.items())]
+    base_pool = [Artwork(k, None, met[k].height, met[k].width) for k in base_ids]
+    cache: dict[str, np.ndarray] = {}
+
+    def load(art_id: str) -> np.ndarray:
+        if art_id not in cache:
+            cache[art_id] = photos[art_id[6:]] if art_id.startswith("photo-") else met[art_id].load_image()
+        return cache[art_id]
+
+    return paintings, genres, content, base_pool, load
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
+
+
+def render_training_images(spec: LoraSpec, load: Callable[[str], np.ndarray], profile: Profile,
+                           stylizer=None, style_vectors: dict | None = None) -> np.ndarray:
+    """The training images of one LoRA, rendered at ``profile.resolution``.
+
+    Stylised images: the content crop at ``stylize_size``, rendered in the style
+    painting's style by Magenta's network, then downsampled. Real-pixel images:
+    the crop itself, downsampled.
+    """
+    out = []
+    for im in spec.images:
+        x0, y0, x1, y1 = im.box
+        crop = load(im.content)[y0:y1, x0:x1]
+        if im.style is not None:
+            if style_vectors is not None and im.style not in style_vectors:
+                style_vectors[im.style] = stylizer.style_vector(load(im.style))
+            style = style_vectors[im.style] if style_vectors is not None else load(im.style)
+            crop = stylizer.stylize(_resize(crop, profile.stylize_size), style)
+        out.append(_resize(crop, profile.resolution))
+    return np.stack(out)
+
+
+def save_base(model, path: Path) -> None:
+    """Write the tiny model's weights as safetensors (never a pickle)."""
+    tensors = {f"unet.{k}": v.detach().numpy() for k, v in model.unet.state_dict().items()}
+    tensors.update({f"label_encoder.{k}": v.detach().numpy() for k, v in model.label_encoder.state_dict().items()})
+    write_safetensors(path, tensors, {"lorastyle.model": "tiny"})
+
+
+def load_base(path: Path, n_labels: int = 8):
+    """Read a tiny model written by :func:`save_base`."""
+    import torch
+
+    from .diffusion import tiny_model
+
+    model = tiny_model(n_labels=n_labels)
+    tensors, _ = read_safetensors(path)
+    for prefix, module in (("unet.", model.unet), ("label_encoder.", model.label_encoder)):
+        state = {k[len(prefix):]: torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith(prefix)}
+        module.load_state_dict(state)
+    model.unet.eval()
+    return model
+
+
+def _spec_hash(spec: LoraSpec, profile: Profile) -> str:
+    blob = json.dumps([spec.to_dict(), profile.lora_steps, profile.lora_batch, profile.lora_lr,
+                       profile.resolution, profile.stylize_size], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _lora_path(out: Path, spec: LoraSpec) -> Path:
+    return out / "loras" / spec.collection / f"{spec.id}.safetensors"
+
+
+def _train_base(out: Path, profile: Profile, base_pool, load, losses: dict):
+    from .datasets import painting_crops
+    from .diffusion import tiny_model, train_base
+
+    path = out / "base.safetensors"
+    if path.exists():
+        return load_base(path)
+    _log(f"base: {profile.base_images} crops of {len(base_pool)} paintings, {profile.base_steps} steps")
+    per = -(-profile.base_images // len(base_pool))
+    images = np.concatenate([painting_crops(load(a.id), per, profile.resolution, scale=(0.3, 1.0),
+                                            random_state=profile.seed + i)[0] for i, a in enumerate(base_pool)])
+    model = tiny_model(seed=profile.seed)
+    losses["base"] = train_base(model, images[: profile.base_images], [CONDITION] * min(len(images), profile.base_images),
+                                steps=profile.base_steps, batch_size=profile.base_batch, lr=profile.base_lr,
+                                seed=profile.seed)
+    save_base(model, path)
+    return model
+
+
+def build_collection(profile: Profile, out: str | os.PathLike, *, encoders: dict | None = None,
+                     stylizer=None, progress: bool = True) -> dict:
+    """Run every stage of the pipeline; skip what is already done.
+
+    Parameters
+    ----------
+    profile : Profile
+    out : path
+        Output folder (created).
+    encoders : dict of str to ImageEncoder, optional
+        Defaults to :func:`lorastyle.features.get_encoder` for ``profile.encoders``.
+    stylizer : MagentaStyleEncoder, optional
+        Defaults to the Magenta encoder.
+    progress : bool, default=True
+
+    Returns
+    -------
+    dict
+        Seconds spent per stage and counts (also written to ``out/build_log.json``).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .diffusion import TrainedLora, generate, train_lora
+    from .features import MagentaStyleEncoder, get_encoder, mean_features
+
+    out = Path(out)
+    (out / "cache").mkdir(parents=True, exist_ok=True)
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    paintings, genres, content, base_pool, load = source_artworks(profile)
+    specs = plan_collection(paintings, genres, content, profile)
+    (out / "plan.json").write_text(json.dumps({"profile": profile.name, "loras": [s.to_dict() for s in specs]},
+                                              indent=1))
+    losses_path = out / "losses.json"
+    losses = json.loads(losses_path.read_text()) if losses_path.exists() else {}
+
+    t = time.perf_counter()
+    model = _train_base(out, profile, base_pool, load, losses)
+    losses_path.write_text(json.dumps(losses))
+    timing["base_s"] = time.perf_counter() - t
+
+    stylizer = stylizer or MagentaStyleEncoder()
+    style_vectors: dict = {}
+    train_images: dict[str, np.ndarray] = {}
+    t = time.perf_counter()
+    trained = 0
+    for spec in tqdm(specs, desc="loras", disable=not progress):
+        cache = out / "cache" / "train" / f"{spec.id}.npy"
+        if cache.exists():
+            train_images[spec.id] = np.load(cache, allow_pickle=False)
+        else:
+            train_images[spec.id] = render_training_images(spec, load, profile, stylizer, style_vectors)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, train_images[spec.id], allow_pickle=False)
+        path = _lora_path(out, spec)
+        key = _spec_hash(spec, profile)
+        if path.exists() and load_lora(path).metadata.get("lorastyle.spec") == key:
+            continue
+        torch.manual_seed(spec.seed)
+        result = train_lora(model, train_images[spec.id], CONDITION, rank=spec.rank, alpha=spec.rank,
+                            steps=profile.lora_steps, batch_size=profile.lora_batch, lr=profile.lora_lr,
+                            seed=spec.seed, init_seed=spec.init_seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"artist": spec.artist, "genre": spec.genre, "collection": spec.collection, "id": spec.id,
+                "seed": str(spec.seed), "init_seed": str(spec.init_seed), "rank": str(spec.rank),
+                "training_images": json.dumps([[im.content, list(im.box), im.style] for im in spec.images]),
+                "lorastyle.spec": key}
+        save_lora(path, result.factors, alpha=result.alpha, base="tiny", metadata=meta)
+        losses[spec.id] = result.losses
+        losses_path.write_text(json.dumps(losses))
+        trained += 1
+    timing["loras_s"] = time.perf_counter() - t
+
+    # Samples: every LoRA of the evaluated collections at the default (T, w); the sweep on a subset.
+    t = time.perf_counter()
+    settings = {(profile.sample_steps, profile.sample_guidance, profile.samples_per_lora): None}
+    sweep = {(T, w, profile.sweep_samples) for T in profile.sweep_steps for w in profile.sweep_guidance}
+    per_artist: dict[str, int] = {}
+    generated: dict[tuple, dict[str, np.ndarray]] = {}
+    for spec in tqdm(specs, desc="samples", disable=not progress):
+        if spec.collection not in ("main", "heldout", "real", "memorisation"):
+            continue
+        wanted = set(settings)
+        if spec.collection == "main" and per_artist.get(spec.artist, 0) < profile.sweep_loras_per_artist:
+            per_artist[spec.artist] = per_artist.get(spec.artist, 0) + 1
+            wanted |= sweep
+        lora = None
+        for T, w, k in sorted(wanted):
+            cache = out / "cache" / "samples" / f"T{T}-w{w:g}-k{k}" / f"{spec.id}.npy"
+            if cache.exists():
+                images = np.load(cache, allow_pickle=False)
+            else:
+                if lora is None:
+                    loaded = load_lora(_lora_path(out, spec))
+                    lora = TrainedLora(factors={n: (m.down, m.up) for n, m in loaded.modules.items()},
+                                       rank=spec.rank, alpha=float(spec.rank), losses=[])
+                images = generate(model, k, CONDITION, steps=T, guidance=w, seed=spec.seed, lora=lora)
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                np.save(cache, images, allow_pickle=False)
+            generated.setdefault((T, w, k), {})[spec.id] = images
+    timing["samples_s"] = time.perf_counter() - t
+
+    # Features: per-LoRA mean of training images and of each sample setting.
+    t = time.perf_counter()
+    encoders = encoders or {name: get_encoder(name) for name in profile.encoders}
+    (out / "features").mkdir(exist_ok=True)
+    for name, enc in encoders.items():
+        arrays = {}
+        for item, feat in mean_features(enc, train_images, cache_dir=out / "cache" / "features",
+                                        progress=progress).items():
+            arrays[f"train/{item}"] = feat
+        for (T, w, k), by_id in sorted(generated.items()):
+            for item, feat in mean_features(enc, by_id, cache_dir=out / "cache" / "features",
+                                            progress=progress).items():
+                arrays[f"gen/T{T}-w{w:g}-k{k}/{item}"] = feat
+        np.savez(out / "features" / f"{name}.npz", **arrays)
+    timing["features_s"] = time.perf_counter() - t
+
+    _write_manifest(out, specs)
+    (out / "losses.json").write_text(json.dumps(losses))
+    timing["total_s"] = time.perf_counter() - t0
+    log = {"profile": profile.name, "n_loras": len(specs), "trained_now": trained, **timing}
+    (out / "build_log.json").write_text(json.dumps(log, indent=1))
+    return log
+
+
+def _write_manifest(out: Path, specs: list[LoraSpec]) -> None:
+    from .index import file_sha256
+
+    rows = []
+    for spec in specs:
+        path = _lora_path(out, spec)
+        rows.append({
+            "file": str(path.relative_to(out)), "sha256": file_sha256(path), "id": spec.id, "artist": spec.artist,
+            "genre": spec.genre, "collection": spec.collection, "seed": spec.seed, "init_seed": spec.init_seed,
+            "rank": spec.rank, "n_images": len(spec.images),
+            "training_images": ";".join(f"{im.content}@{','.join(map(str, im.box))}~{im.style or ''}"
+                                        for im in spec.images),
+        })
+    with open(out / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lorastyle.build --profile default --out data``: build or resume a collection."""
+    import argparse
+
+    from .profiles import PROFILES, get_profile
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--profile", default="default", choices=sorted(PROFILES))
+    parser.add_argument("--out", default="data")
+    args = parser.parse_args(argv)
+    log = build_collection(get_profile(args.profile), args.out)
+    _log(json.dumps(log))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
