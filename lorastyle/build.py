@@ -136,9 +136,10 @@ def load_base(path: Path, n_labels: int = 8):
     return model
 
 
-def _spec_hash(spec: LoraSpec, profile: Profile) -> str:
+def _spec_hash(spec: LoraSpec, profile: Profile, base_sha256: str) -> str:
+    """What a LoRA file must have been made from to be reused: its spec, the schedule, and the base model."""
     blob = json.dumps([spec.to_dict(), profile.lora_steps, profile.lora_batch, profile.lora_lr,
-                       profile.resolution, profile.stylize_size], sort_keys=True)
+                       profile.resolution, profile.stylize_size, base_sha256], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -207,6 +208,9 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, encoders: dict
     losses_path.write_text(json.dumps(losses))
     timing["base_s"] = time.perf_counter() - t
 
+    from .index import file_sha256
+
+    base_sha256 = file_sha256(out / "base.safetensors")
     stylizer = stylizer or MagentaStyleEncoder()
     style_vectors: dict = {}
     train_images: dict[str, np.ndarray] = {}
@@ -221,7 +225,7 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, encoders: dict
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.save(cache, train_images[spec.id], allow_pickle=False)
         path = _lora_path(out, spec)
-        key = _spec_hash(spec, profile)
+        key = _spec_hash(spec, profile, base_sha256)
         if path.exists() and load_lora(path).metadata.get("lorastyle.spec") == key:
             continue
         torch.manual_seed(spec.seed)

@@ -44,7 +44,7 @@ class Profile:
     stylize_size: int = 128
     # base model
     base_images: int = 2000
-    base_steps: int = 1200
+    base_steps: int = 600
     base_batch: int = 32
     base_lr: float = 5e-4
     # LoRAs
