@@ -1,0 +1,91 @@
+"""The whole pipeline on the smoke profile: real paintings, real encoders, a few steps."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from lorastyle.build import build_collection, load_base, save_base
+from lorastyle.diffusion import tiny_model
+from lorastyle.experiments import clustering_table, load_collection
+from lorastyle.formats import load_lora
+from lorastyle.index import file_sha256
+from lorastyle.profiles import get_profile
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    log = build_collection(get_profile("smoke"), out, progress=False)
+    return out, log
+
+
+def test_manifest_describes_every_lora(smoke):
+    out, log = smoke
+    plan = json.loads((out / "plan.json").read_text())["loras"]
+    with open(out / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["id"] for r in rows] == [p["id"] for p in plan]
+    assert log["n_loras"] == len(rows) == log["trained_now"]
+    for row, spec in zip(rows, plan):
+        path = out / row["file"]
+        assert file_sha256(path) == row["sha256"]
+        lora = load_lora(path)
+        assert lora.base == "tiny" and lora.format == "diffusers-peft"
+        assert lora.ranks == [spec["rank"]]
+        assert lora.metadata["artist"] == row["artist"] and lora.metadata["collection"] == row["collection"]
+        recorded = json.loads(lora.metadata["training_images"])
+        assert [r[0] for r in recorded] == [im["content"] for im in spec["images"]]
+        assert len(row["training_images"].split(";")) == len(spec["images"])
+
+
+def test_resume_trains_nothing_twice(smoke):
+    out, _ = smoke
+    before = {p: p.stat().st_mtime_ns for p in (out / "loras").rglob("*.safetensors")}
+    log = build_collection(get_profile("smoke"), out, progress=False)
+    assert log["trained_now"] == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "loras").rglob("*.safetensors")} == before
+
+
+def test_a_changed_spec_is_retrained(smoke, tmp_path):
+    out, _ = smoke
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    log = build_collection(get_profile("smoke", lora_steps=3), copy, progress=False)
+    assert log["trained_now"] == log["n_loras"]
+
+
+def test_features_cover_every_lora_and_setting(smoke):
+    out, _ = smoke
+    profile = get_profile("smoke")
+    ids = [p["id"] for p in json.loads((out / "plan.json").read_text())["loras"]]
+    for name, dim in (("efficientnet", 1280), ("magenta", 100)):
+        with np.load(out / "features" / f"{name}.npz", allow_pickle=False) as f:
+            assert {f"train/{i}" for i in ids} <= set(f.files)
+            default = f"gen/T{profile.sample_steps}-w{profile.sample_guidance:g}-k{profile.samples_per_lora}"
+            assert any(k.startswith(default) for k in f.files)
+            assert all(f[k].shape == (dim,) and np.all(np.isfinite(f[k])) for k in f.files)
+
+
+def test_base_round_trips(tmp_path):
+    import torch
+
+    model = tiny_model(seed=3)
+    save_base(model, tmp_path / "base.safetensors")
+    again = load_base(tmp_path / "base.safetensors")
+    a, b = model.unet.state_dict(), again.unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(model.label_encoder.table.weight, again.label_encoder.table.weight)
+
+
+def test_experiments_run_on_the_smoke_collection(smoke):
+    out, _ = smoke
+    coll = load_collection(out)
+    table = clustering_table(coll, collection=["main", "heldout"], encoders=("efficientnet",), n_components=2,
+                             seeds=(0, 1))
+    assert set(table["representation"]) == {"LoRA concat", "LoRA delta", "LoRA gram",
+                                            "EfficientNet-Lite0 (ImageNet)"}
+    assert table["ari"].between(-1, 1).all() and table["top1"].between(0, 1).all()
