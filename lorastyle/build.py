@@ -288,12 +288,55 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, encoders: dict
         np.savez(out / "features" / f"{name}.npz", **arrays)
     timing["features_s"] = time.perf_counter() - t
 
+    t = time.perf_counter()
+    write_figures(out, specs, train_images, generated[(profile.sample_steps, profile.sample_guidance,
+                                                        profile.samples_per_lora)],
+                  generate(model, profile.samples_per_lora, CONDITION, steps=profile.sample_steps,
+                           guidance=profile.sample_guidance, seed=profile.seed), losses)
+    timing["figures_s"] = time.perf_counter() - t
     _write_manifest(out, specs)
     (out / "losses.json").write_text(json.dumps(losses))
     timing["total_s"] = time.perf_counter() - t0
     log = {"profile": profile.name, "n_loras": len(specs), "trained_now": trained, **timing}
     (out / "build_log.json").write_text(json.dumps(log, indent=1))
     return log
+
+
+def write_figures(out: Path, specs: list[LoraSpec], train_images: dict[str, np.ndarray],
+                  samples: dict[str, np.ndarray], base_samples: np.ndarray, losses: dict[str, list[float]]) -> None:
+    """A sample grid per artist (training images beside generated ones) and the loss curves, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .viz import image_grid, loss_plot, use_style
+
+    folder = out / "figures"
+    (folder / "samples").mkdir(parents=True, exist_ok=True)
+    with use_style():
+        for artist in sorted({s.artist for s in specs}):
+            first = next(s for s in specs if s.artist == artist and s.collection == "main")
+            real = next((s for s in specs if s.artist == artist and s.collection == "real"), None)
+            rows = {"training images": train_images[first.id], "generated with the LoRA": samples[first.id],
+                    "base model, no LoRA": base_samples}
+            if real is not None and real.id in samples:
+                rows["real-pixel LoRA: crops"] = train_images[real.id]
+                rows["real-pixel LoRA: generated"] = samples[real.id]
+            fig = image_grid(rows, title=f"{artist} ({first.genre}): {first.id}", max_cols=8)
+            fig.savefig(folder / "samples" / f"{first.id.split('-', 1)[1].rsplit('-', 1)[0]}.png")
+            plt.close(fig)
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        if "base" in losses:
+            loss_plot(axes[0], {"base model": losses["base"]}, smooth=50, title="Base model pre-training loss")
+        by_collection: dict[str, list[float]] = {}
+        for spec in specs:
+            if spec.id in losses:
+                by_collection.setdefault(spec.collection, []).append(losses[spec.id])
+        loss_plot(axes[1], {c: list(np.mean(v, axis=0)) for c, v in sorted(by_collection.items())}, smooth=10,
+                  title="LoRA training loss, mean per collection")
+        fig.savefig(folder / "loss_curves.png")
+        plt.close(fig)
 
 
 def _write_manifest(out: Path, specs: list[LoraSpec]) -> None:

@@ -70,6 +70,14 @@ def test_features_cover_every_lora_and_setting(smoke):
             assert all(f[k].shape == (dim,) and np.all(np.isfinite(f[k])) for k in f.files)
 
 
+def test_figures_exist(smoke):
+    out, _ = smoke
+    grids = sorted((out / "figures" / "samples").glob("*.png"))
+    assert len(grids) == get_profile("smoke").n_artists
+    assert all(p.stat().st_size > 5000 for p in grids)
+    assert (out / "figures" / "loss_curves.png").stat().st_size > 5000
+
+
 def test_base_round_trips(tmp_path):
     import torch
 
