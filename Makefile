@@ -22,13 +22,14 @@ export MPLBACKEND := Agg
 
 NOTEBOOKS := $(wildcard book/*.ipynb)
 
-.PHONY: help venv test book clean
+.PHONY: help venv test book data clean
 
 help:
 	@echo "Targets:"
 	@echo "  make venv   create/update $(VENV) from requirements.txt + requirements-lock.txt, install lorastyle (editable)"
 	@echo "  make test   run tests/ with pytest, then the book notebooks with nbval"
 	@echo "  make book   execute the notebooks and build the Jupyter Book into _build/html (warnings are errors)"
+	@echo "  make data   build (or resume) the embedded LoRA collection in data/ (hours on 2 cores)"
 	@echo "  make clean  remove _build"
 
 $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
@@ -49,6 +50,10 @@ endif
 
 book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+
+# One thread: on a 2-core machine shared with other work, 2 torch threads run slower than 1.
+data: $(STAMP)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m lorastyle.build --profile default --out data
 
 clean:
 	rm -rf _build
