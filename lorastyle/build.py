@@ -243,19 +243,16 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, encoders: dict
         trained += 1
     timing["loras_s"] = time.perf_counter() - t
 
-    # Samples: every LoRA of the evaluated collections at the default (T, w); the sweep on a subset.
+    # Samples: every LoRA of the evaluated collections at the default (T, w). Held-out LoRAs (the
+    # unseen queries of retrieval scenario S4) also over the sweep of T and w.
     t = time.perf_counter()
-    settings = {(profile.sample_steps, profile.sample_guidance, profile.samples_per_lora): None}
+    default = (profile.sample_steps, profile.sample_guidance, profile.samples_per_lora)
     sweep = {(T, w, profile.sweep_samples) for T in profile.sweep_steps for w in profile.sweep_guidance}
-    per_artist: dict[str, int] = {}
     generated: dict[tuple, dict[str, np.ndarray]] = {}
     for spec in tqdm(specs, desc="samples", disable=not progress):
         if spec.collection not in ("main", "heldout", "real", "memorisation"):
             continue
-        wanted = set(settings)
-        if spec.collection == "main" and per_artist.get(spec.artist, 0) < profile.sweep_loras_per_artist:
-            per_artist[spec.artist] = per_artist.get(spec.artist, 0) + 1
-            wanted |= sweep
+        wanted = {default} | (sweep if spec.collection == "heldout" else set())
         lora = None
         for T, w, k in sorted(wanted):
             cache = out / "cache" / "samples" / f"T{T}-w{w:g}-k{k}" / f"{spec.id}.npy"
@@ -289,8 +286,7 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, encoders: dict
     timing["features_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    write_figures(out, specs, train_images, generated[(profile.sample_steps, profile.sample_guidance,
-                                                        profile.samples_per_lora)],
+    write_figures(out, specs, train_images, generated[default],
                   generate(model, profile.samples_per_lora, CONDITION, steps=profile.sample_steps,
                            guidance=profile.sample_guidance, seed=profile.seed), losses)
     timing["figures_s"] = time.perf_counter() - t

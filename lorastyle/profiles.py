@@ -53,14 +53,13 @@ class Profile:
     lora_batch: int = 8
     lora_lr: float = 2e-3
     init_seed: int = 0  # one seed for A's initialisation across the collection, as the paper implies
-    # sampling (scenario S4 and the sample grids)
+    # sampling (sample grids; scenario S4 sweeps T and w on the held-out LoRAs)
     samples_per_lora: int = 6
     sample_steps: int = 25
     sample_guidance: float = 3.0
     sweep_steps: tuple[int, ...] = (10, 25, 50)
     sweep_guidance: tuple[float, ...] = (1.0, 3.0, 7.5)
     sweep_samples: int = 4
-    sweep_loras_per_artist: int = 1
     # image features
     encoders: tuple[str, ...] = ("efficientnet", "vgg_gram", "magenta")
     seed: int = 0
@@ -73,7 +72,7 @@ PROFILES: dict[str, Profile] = {
         name="smoke", n_artists=2, loras_per_artist=2, images_per_lora=4, variant_artists=1,
         variant_init_seeds=(1,), variant_ranks=(2,), memorisation_artists=1, stylize_size=64, base_images=32,
         base_steps=2, base_batch=8, lora_steps=2, lora_batch=4, samples_per_lora=2, sample_steps=2,
-        sweep_steps=(2,), sweep_guidance=(1.0, 3.0), sweep_samples=1, sweep_loras_per_artist=1,
+        sweep_steps=(2,), sweep_guidance=(1.0, 3.0), sweep_samples=1,
     ),
     "paper": Profile(
         name="paper", loras_per_artist=5, images_per_lora=15, resolution=512, stylize_size=512, base_steps=0,
