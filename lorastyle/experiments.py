@@ -124,3 +124,183 @@ def clustering_table(coll: Collection, *, collection: str = "main", descriptors:
             row["top1"] = retrieval_scores(Z, y, k=(1,))["top1"]
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _lora_fit(coll: Collection, ids: Sequence[str], descriptor: str, n_components: int,
+              select: ModuleSelection | None = None, random_state: int = 0) -> tuple[StyleEmbedding, list[LoRA]]:
+    loras = [coll.lora(i) for i in ids]
+    K = descriptor_kernel(descriptor, loras, select=select)
+    emb = StyleEmbedding(min(n_components, len(ids) - 2), solver="precomputed", random_state=random_state).fit(K)
+    return emb, loras
+
+
+def retrieval_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTOR_NAMES,
+                    encoders: Sequence[str] = (), n_components: int = 16, k: Sequence[int] = (1, 5)):
+    """Retrieval by artist in the paper's scenarios, one row per (scenario, representation).
+
+    S1
+        The query LoRA is in the fitted set (leave-one-out over the main collection).
+    S2
+        Unseen query: each held-out LoRA is projected out of sample into the main
+        collection's embedding, calibration off and on; ``drift`` is the RMS norm
+        of the projected queries over that of the fitted LoRAs.
+    S3
+        Image features of the known training images: main collection as the
+        index, held-out LoRAs' training-image features as queries.
+    S4
+        Training images unknown: every LoRA is represented by images it
+        generates (index: the main collection at the default T and w; queries:
+        the held-out LoRAs at each T and w of the sweep).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``scenario``, ``representation``, ``setting``, ``top1``, ``map``, ``precision@k``, ``drift``.
+    """
+    import pandas as pd
+
+    from .metrics import query_scores
+
+    main, held = coll.ids("main"), coll.ids("heldout")
+    y_main, y_held = coll.labels(main, "artist"), coll.labels(held, "artist")
+    rows = []
+
+    def add(scenario, rep, setting, scores, drift=np.nan):
+        rows.append({"scenario": scenario, "representation": rep, "setting": setting,
+                     "top1": scores["top1"], "map": scores["map"],
+                     **{f"precision@{j}": scores[f"precision@{j}"] for j in k}, "drift": drift})
+
+    for d in descriptors:
+        emb, loras = _lora_fit(coll, main, d, n_components)
+        fitted = emb.embedding_
+        add("S1", f"LoRA {d}", "in the fitted set", retrieval_scores(fitted, y_main, k=k))
+        K_held = descriptor_kernel(d, [coll.lora(i) for i in held], loras)
+        for calibrated in (False, True):
+            Z = emb.transform(K_held, calibrated=calibrated)
+            drift = float(np.sqrt((Z**2).sum(1).mean() / (fitted**2).sum(1).mean()))
+            add("S2", f"LoRA {d}", "calibrated" if calibrated else "uncalibrated",
+                query_scores(fitted, y_main, Z, y_held, k=k), drift)
+    for e in encoders:
+        name = ENCODER_NAMES.get(e, e)
+        X_main, X_held = feature_matrix(coll, main, e), feature_matrix(coll, held, e)
+        add("S3", name, "training images", query_scores(X_main, y_main, X_held, y_held, k=k))
+        feats = coll.features(e)
+        settings = sorted({key.split("/")[1] for key in feats if key.startswith("gen/")})
+        default = max(settings, key=lambda s: sum(key.startswith(f"gen/{s}/main-") for key in feats))
+        X_index = feature_matrix(coll, main, e, f"gen/{default}")
+        for s in settings:
+            if all(f"gen/{s}/{i}" in feats for i in held):
+                add("S4", name, s, query_scores(X_index, y_main, feature_matrix(coll, held, e, f"gen/{s}"),
+                                                y_held, k=k))
+    return pd.DataFrame(rows)
+
+
+def structure_comparison(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTOR_NAMES,
+                         encoders: Sequence[str] = (), n_components: int = 16, k: int = 5,
+                         n_permutations: int = 999, random_state: int = 0):
+    """Structural similarity of LoRA embeddings and image embeddings of the same LoRAs (main collection).
+
+    A null row per pair compares the LoRA embedding with the image embedding of
+    randomly permuted LoRAs, the baseline any real agreement must beat.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``lora``, ``images``, ``null``, ``cka``, ``rsa_r``, ``rsa_p``, ``knn_overlap``, ``procrustes``.
+    """
+    import pandas as pd
+
+    from .metrics import structure_table
+
+    ids = coll.ids("main")
+    rng = np.random.default_rng(random_state)
+    perm = rng.permutation(len(ids))
+    rows = []
+    for d in descriptors:
+        Z = lora_embedding(coll, ids, d, n_components=n_components)
+        for e in encoders:
+            F = feature_embedding(coll, ids, e, n_components=n_components)
+            for null, other in ((False, F), (True, F[perm])):
+                s = structure_table(Z, other, k=k, n_permutations=n_permutations, random_state=random_state)
+                rows.append({"lora": d, "images": ENCODER_NAMES.get(e, e), "null": null, **s})
+    return pd.DataFrame(rows)
+
+
+SUBNETWORKS = {
+    "all modules": ModuleSelection(),
+    "self-attention": ModuleSelection(layers=["self_attention"]),
+    "cross-attention": ModuleSelection(layers=["cross_attention"]),
+    "feed-forward": ModuleSelection(layers=["feed_forward"]),
+    "down blocks": ModuleSelection(blocks=["down"]),
+    "mid block": ModuleSelection(blocks=["mid"]),
+    "up blocks": ModuleSelection(blocks=["up"]),
+}
+
+
+def subnetwork_curves(coll: Collection, *, descriptor: str = "concat",
+                      dimensions: Sequence[int] = (2, 4, 8, 16, 32), level: str = "artist",
+                      subnetworks: dict[str, ModuleSelection] | None = None):
+    """Leave-one-out top-1 retrieval and ARI by sub-network over PCA dimensions (main collection).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``subnetwork``, ``dimensions``, ``n_features``, ``top1``, ``ari``.
+    """
+    import pandas as pd
+
+    from .descriptors import concat_vectors
+
+    ids = coll.ids("main")
+    y = coll.labels(ids, level)
+    loras = [coll.lora(i) for i in ids]
+    rows = []
+    for name, select in (subnetworks or SUBNETWORKS).items():
+        K = descriptor_kernel(descriptor, loras, select=select)
+        n_features = concat_vectors(loras[:1], select=select).shape[1]
+        for dim in dimensions:
+            if dim > len(ids) - 2:
+                continue
+            Z = StyleEmbedding(dim, solver="precomputed", calibrate=False).fit_transform(K)
+            rows.append({"subnetwork": name, "dimensions": dim, "n_features": n_features,
+                         "top1": retrieval_scores(Z, y, k=(1,))["top1"], "ari": cluster_scores(Z, y, random_state=0)["ari"]})
+    return pd.DataFrame(rows)
+
+
+def invariance_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTOR_NAMES):
+    """How each descriptor sees a LoRA retrained with another A seed or another rank.
+
+    For each variant, the cosine similarity (in the descriptor's own feature
+    space) to the main LoRA it repeats, beside the mean cosine to the other
+    main LoRAs of the same artist and of other artists.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``descriptor``, ``variant``, ``cos_to_original``, ``cos_same_artist``, ``cos_other_artists``.
+    """
+    import pandas as pd
+
+    variants = coll.ids(["seed_variant", "rank_variant"])
+    main = coll.ids("main")
+    rows = []
+    for d in descriptors:
+        for v in variants:
+            artist = coll.by_id[v]["artist"]
+            original = next(i for i in main if coll.by_id[i]["artist"] == artist)  # main LoRA 0 of the artist
+            others = [i for i in main if i != original]
+            if d == "concat" and coll.lora(v).ranks != coll.lora(original).ranks:
+                continue  # concat cannot compare ranks: the table shows the gap
+            group = [v, original] + others
+            if d == "concat":
+                group = [i for i in group if coll.lora(i).ranks == coll.lora(v).ranks]
+            K = descriptor_kernel(d, [coll.lora(i) for i in group])
+            norms = np.sqrt(np.diag(K))
+            cos = K[0] / (norms[0] * norms)
+            same = [j for j, i in enumerate(group[2:], 2) if coll.by_id[i]["artist"] == artist]
+            other = [j for j, i in enumerate(group[2:], 2) if coll.by_id[i]["artist"] != artist]
+            rows.append({"descriptor": d, "variant": v, "collection": coll.by_id[v]["collection"],
+                         "cos_to_original": float(cos[1]),
+                         "cos_same_artist": float(np.mean(cos[same])) if same else np.nan,
+                         "cos_other_artists": float(np.mean(cos[other])) if other else np.nan})
+    return pd.DataFrame(rows)

@@ -97,3 +97,32 @@ def test_experiments_run_on_the_smoke_collection(smoke):
     assert set(table["representation"]) == {"LoRA concat", "LoRA delta", "LoRA gram",
                                             "EfficientNet-Lite0 (ImageNet)"}
     assert table["ari"].between(-1, 1).all() and table["top1"].between(0, 1).all()
+
+
+def test_book_tables_run_on_the_smoke_collection(smoke):
+    from lorastyle.experiments import invariance_table, retrieval_table, structure_comparison, subnetwork_curves
+
+    out, _ = smoke
+    coll = load_collection(out)
+    ret = retrieval_table(coll, encoders=("efficientnet", "magenta"), n_components=2, k=(1,))
+    assert set(ret["scenario"]) == {"S1", "S2", "S3", "S4"}
+    assert ret["top1"].between(0, 1).all() and ret["map"].between(0, 1).all()
+    s2 = ret[ret["scenario"] == "S2"]
+    assert set(s2["setting"]) == {"calibrated", "uncalibrated"} and (s2["drift"] > 0).all()
+    s4 = ret[ret["scenario"] == "S4"]
+    smoke_profile = get_profile("smoke")
+    # the sweep of T and w, plus the default setting every LoRA is sampled at, for each of 2 encoders
+    assert len(s4) == 2 * (len(smoke_profile.sweep_guidance) * len(smoke_profile.sweep_steps) + 1)
+    st = structure_comparison(coll, descriptors=("delta",), encoders=("efficientnet",), n_components=2, k=1,
+                              n_permutations=9)
+    assert list(st["null"]) == [False, True] and st["cka"].between(0, 1 + 1e-9).all()
+    sub = subnetwork_curves(coll, dimensions=(1, 2))
+    assert set(sub["subnetwork"]) >= {"self-attention", "cross-attention", "feed-forward"}
+    # feature counts add up: the three layer types partition the tiny model's adapted modules
+    n = sub.drop_duplicates("subnetwork").set_index("subnetwork")["n_features"]
+    assert n["self-attention"] + n["cross-attention"] + n["feed-forward"] == n["all modules"]
+    assert n["down blocks"] + n["mid block"] + n["up blocks"] == n["all modules"]
+    inv = invariance_table(coll)
+    assert set(inv["collection"]) == {"seed_variant", "rank_variant"}
+    assert not ((inv["descriptor"] == "concat") & (inv["collection"] == "rank_variant")).any()
+    assert inv["cos_to_original"].between(-1 - 1e-9, 1 + 1e-9).all()
