@@ -89,6 +89,26 @@ def source_artworks(profile: Profile) -> tuple[list[Artwork], dict[str, str], li
     return paintings, genres, content, base_pool, load
 
 
+def artbench_sources(root: str | os.PathLike) -> tuple[list[Artwork], dict[str, str], Callable[[str], np.ndarray]]:
+    """The paper profile's sources: a local ArtBench-10 copy (artist -> the style most of their images have)."""
+    from collections import Counter
+
+    from .datasets import artbench_paintings, load_image
+
+    images = artbench_paintings(root)
+    styles: dict[str, Counter] = {}
+    for im in images:
+        styles.setdefault(im.artist, Counter())[im.style] += 1
+    genres = {a: c.most_common(1)[0][0] for a, c in styles.items()}
+    paths = {str(im.path.relative_to(root)): im for im in images}
+    paintings = []
+    for key, im in sorted(paths.items()):
+        with Image.open(im.path) as img:  # the header only
+            width, height = img.size
+        paintings.append(Artwork(key, im.artist, height, width))
+    return paintings, genres, lambda key: load_image(paths[key].path)
+
+
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
 
@@ -166,7 +186,7 @@ def _train_base(out: Path, profile: Profile, base_pool, load, losses: dict):
     return model
 
 
-def build_collection(profile: Profile, out: str | os.PathLike, *, encoders: dict | None = None,
+def build_collection(profile: Profile, out: str | os.PathLike, *, model=None, encoders: dict | None = None,
                      stylizer=None, progress: bool = True) -> dict:
     """Run every stage of the pipeline; skip what is already done.
 
@@ -175,6 +195,9 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, encoders: dict
     profile : Profile
     out : path
         Output folder (created).
+    model : DiffusionModel, optional
+        A ready model (no base training). Default: the tiny model, pre-trained
+        here, or for a profile with ``extra["model_id"]`` that Stable Diffusion.
     encoders : dict of str to ImageEncoder, optional
         Defaults to :func:`lorastyle.features.get_encoder` for ``profile.encoders``.
     stylizer : MagentaStyleEncoder, optional
@@ -196,7 +219,11 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, encoders: dict
     (out / "cache").mkdir(parents=True, exist_ok=True)
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
-    paintings, genres, content, base_pool, load = source_artworks(profile)
+    if profile.extra.get("dataset") == "artbench":
+        paintings, genres, load = artbench_sources(profile.extra["artbench_root"])
+        content, base_pool = [], []
+    else:
+        paintings, genres, content, base_pool, load = source_artworks(profile)
     specs = plan_collection(paintings, genres, content, profile)
     (out / "plan.json").write_text(json.dumps({"profile": profile.name, "loras": [s.to_dict() for s in specs]},
                                               indent=1))
@@ -204,14 +231,25 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, encoders: dict
     losses = json.loads(losses_path.read_text()) if losses_path.exists() else {}
 
     t = time.perf_counter()
-    model = _train_base(out, profile, base_pool, load, losses)
-    losses_path.write_text(json.dumps(losses))
-    timing["base_s"] = time.perf_counter() - t
-
     from .index import file_sha256
 
-    base_sha256 = file_sha256(out / "base.safetensors")
-    stylizer = stylizer or MagentaStyleEncoder()
+    if model is None and "model_id" in profile.extra:
+        from .diffusion import stable_diffusion_model
+
+        model = stable_diffusion_model(profile.extra["model_id"], device="cuda" if torch.cuda.is_available() else "cpu")
+    if model is None:
+        model = _train_base(out, profile, base_pool, load, losses)
+        losses_path.write_text(json.dumps(losses))
+        base_sha256 = file_sha256(out / "base.safetensors")
+    else:  # a given model: identify it by its weights' checksum
+        digest = hashlib.sha256()
+        for k, v in sorted(model.unet.state_dict().items()):
+            digest.update(k.encode() + v.detach().cpu().float().numpy().tobytes())
+        base_sha256 = digest.hexdigest()
+    timing["base_s"] = time.perf_counter() - t
+    condition = CONDITION if model.label_encoder is not None else "a painting"
+    if stylizer is None and any(im.style for s in specs for im in s.images):
+        stylizer = MagentaStyleEncoder()
     style_vectors: dict = {}
     train_images: dict[str, np.ndarray] = {}
     t = time.perf_counter()
@@ -229,7 +267,7 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, encoders: dict
         if path.exists() and load_lora(path).metadata.get("lorastyle.spec") == key:
             continue
         torch.manual_seed(spec.seed)
-        result = train_lora(model, train_images[spec.id], CONDITION, rank=spec.rank, alpha=spec.rank,
+        result = train_lora(model, train_images[spec.id], condition, rank=spec.rank, alpha=spec.rank,
                             steps=profile.lora_steps, batch_size=profile.lora_batch, lr=profile.lora_lr,
                             seed=spec.seed, init_seed=spec.init_seed)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,7 +275,7 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, encoders: dict
                 "seed": str(spec.seed), "init_seed": str(spec.init_seed), "rank": str(spec.rank),
                 "training_images": json.dumps([[im.content, list(im.box), im.style] for im in spec.images]),
                 "lorastyle.spec": key}
-        save_lora(path, result.factors, alpha=result.alpha, base="tiny", metadata=meta)
+        save_lora(path, result.factors, alpha=result.alpha, base=model.base, metadata=meta)
         losses[spec.id] = result.losses
         losses_path.write_text(json.dumps(losses))
         trained += 1
@@ -263,7 +301,7 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, encoders: dict
                     loaded = load_lora(_lora_path(out, spec))
                     lora = TrainedLora(factors={n: (m.down, m.up) for n, m in loaded.modules.items()},
                                        rank=spec.rank, alpha=float(spec.rank), losses=[])
-                images = generate(model, k, CONDITION, steps=T, guidance=w, seed=spec.seed, lora=lora)
+                images = generate(model, k, condition, steps=T, guidance=w, seed=spec.seed, lora=lora)
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 np.save(cache, images, allow_pickle=False)
             generated.setdefault((T, w, k), {})[spec.id] = images
@@ -287,7 +325,7 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, encoders: dict
 
     t = time.perf_counter()
     write_figures(out, specs, train_images, generated[default],
-                  generate(model, profile.samples_per_lora, CONDITION, steps=profile.sample_steps,
+                  generate(model, profile.samples_per_lora, condition, steps=profile.sample_steps,
                            guidance=profile.sample_guidance, seed=profile.seed), losses)
     timing["figures_s"] = time.perf_counter() - t
     _write_manifest(out, specs)
@@ -314,10 +352,10 @@ def write_figures(out: Path, specs: list[LoraSpec], train_images: dict[str, np.n
         for artist in sorted({s.artist for s in specs}):
             first = next(s for s in specs if s.artist == artist and s.collection == "main")
             real = next((s for s in specs if s.artist == artist and s.collection == "real"), None)
-            rows = {"training images": train_images[first.id], "generated with the LoRA": samples[first.id],
+            rows = {"training images": train_images[first.id][:8], "generated with the LoRA": samples[first.id],
                     "base model, no LoRA": base_samples}
             if real is not None and real.id in samples:
-                rows["real-pixel LoRA: crops"] = train_images[real.id]
+                rows["real-pixel LoRA: crops"] = train_images[real.id][:8]
                 rows["real-pixel LoRA: generated"] = samples[real.id]
             fig = image_grid(rows, title=f"{artist} ({first.genre}): {first.id}", max_cols=8)
             fig.savefig(folder / "samples" / f"{first.id.split('-', 1)[1].rsplit('-', 1)[0]}.png")
@@ -363,8 +401,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--profile", default="default", choices=sorted(PROFILES))
     parser.add_argument("--out", default="data")
+    parser.add_argument("--artbench", help="paper profile: the local ArtBench-10 ImageFolder copy")
+    parser.add_argument("--model-id", help="paper profile: a Stable Diffusion 1.x model id or folder")
     args = parser.parse_args(argv)
-    log = build_collection(get_profile(args.profile), args.out)
+    profile = get_profile(args.profile)
+    extra = dict(profile.extra)
+    if args.artbench:
+        extra["artbench_root"] = args.artbench
+    if args.model_id:
+        extra["model_id"] = args.model_id
+    log = build_collection(get_profile(args.profile, extra=extra), args.out)
     _log(json.dumps(log))
     return 0
 

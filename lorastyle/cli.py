@@ -6,10 +6,23 @@ Contract (other tools call it exactly so):
   ``parts``, ``n_modules``, ``ranks``, ``alphas``, ``dtype``.
 * ``lorastyle index DIR -o INDEX [--descriptor concat|delta|gram] [--components N]``:
   embeds every LoRA file under DIR; bad files are skipped and reported; exit 0
-  when at least two files were embedded together.
+  when at least two files were embedded together. The last stderr line says
+  how many files came from the cache.
 * ``lorastyle similar INDEX QUERY [-k K] --json``: ``[{"path", "score"}, ...]``, best first.
 
 Bad input: one line ``error: FILE: reason`` on stderr per file, exit 2.
+
+``index`` is safe to interrupt and to re-run: the index file is replaced
+atomically; files already read are kept in ``INDEX.cache/`` (one entry per
+file content, see :class:`lorastyle.index.LoraCache`), so a re-run reads only
+new or changed files and refits; ``--no-cache`` turns that off. Only one
+``index`` run writes a given INDEX at a time: a second one is refused at once
+with ``error: INDEX: another lorastyle index is writing it`` and exit 2
+(``INDEX.lock``), rather than queued, so that a script sees the conflict.
+
+File names that are not valid UTF-8 are printed with their original bytes on
+text output, and as ``\udcXX`` escapes (Python's ``surrogateescape``, which
+``os.fsencode`` turns back into the bytes) in JSON.
 """
 
 from __future__ import annotations
@@ -27,7 +40,24 @@ EXIT_BAD_INPUT = 2
 
 
 def _error(path, reason: str) -> None:
-    print(f"error: {path}: {reason}", file=sys.stderr)
+    _print(f"error: {path}: {reason}", sys.stderr)
+
+
+def _print(text: str, stream=None) -> None:
+    """print(), but a file name that is not UTF-8 (kept as surrogates by os.fsdecode) cannot crash it."""
+    stream = sys.stdout if stream is None else stream
+    try:
+        print(text, file=stream)
+    except UnicodeEncodeError:
+        # Write the name's original bytes, as ls does, where the stream has a byte buffer.
+        data = (text + "\n").encode(getattr(stream, "encoding", None) or "utf-8", "surrogateescape")
+        buffer = getattr(stream, "buffer", None)
+        if buffer is not None:
+            stream.flush()
+            buffer.write(data)
+            buffer.flush()
+        else:
+            print(text.encode("utf-8", "backslashreplace").decode("ascii", "replace"), file=stream)
 
 
 def _inspect(args) -> int:
@@ -36,7 +66,7 @@ def _inspect(args) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{args.file}")
+        _print(f"{args.file}")
         for key, value in summary.items():
             print(f"  {key:10s} {value}")
         if lora.extras:
@@ -47,31 +77,33 @@ def _inspect(args) -> int:
 def _index(args) -> int:
     from tqdm.auto import tqdm
 
-    from .index import NotEnoughLorasError, build_index, find_lora_files
+    from .index import IndexBusyError, NotEnoughLorasError, index_folder
 
-    files, unreadable = find_lora_files(args.dir)
-    for path, reason in unreadable:
-        _error(path, reason)
-    if not files:
-        _error(args.dir, "no LoRA files (.safetensors) found")
-        return EXIT_BAD_INPUT
     select = None
     if args.layers or args.blocks or args.parts:
         select = ModuleSelection(parts=args.parts, layers=args.layers, blocks=args.blocks)
     bar = lambda it: tqdm(it, desc="loading", unit="file", file=sys.stderr)  # noqa: E731
     try:
-        index, skipped = build_index(files, descriptor=args.descriptor, n_components=args.components,
-                                     select=select, progress=bar)
+        run = index_folder(args.dir, args.output, descriptor=args.descriptor, n_components=args.components,
+                           select=select, use_cache=not args.no_cache, calibrate=not args.no_calibration,
+                           progress=bar)
+    except IndexBusyError as exc:
+        _error(exc.path, "another lorastyle index is writing it")
+        return EXIT_BAD_INPUT
     except NotEnoughLorasError as exc:
         for path, reason in exc.skipped:
             _error(path, reason)
         _error(args.dir, str(exc))
         return EXIT_BAD_INPUT
-    for path, reason in skipped:
+    except OSError as exc:  # the index, its lock or its folder cannot be written
+        _error(exc.filename or args.output, f"cannot write: {exc.strerror or exc}")
+        return EXIT_BAD_INPUT
+    for path, reason in run.skipped:
         _error(path, reason)
-    index.save(args.output)
-    print(f"indexed {len(index.paths)} files ({args.descriptor}, {index.embedding.n_components} components, "
-          f"base {index.base}); skipped {len(skipped)}; wrote {args.output}", file=sys.stderr)
+    index = run.index
+    cache = f"{run.from_cache} of {run.n_files} files from the cache" if run.cache_dir else "no cache"
+    _print(f"indexed {len(index.paths)} files ({args.descriptor}, {index.embedding.n_components} components, "
+           f"base {index.base}); skipped {len(run.skipped)}; {cache}; wrote {args.output}", sys.stderr)
     return 0
 
 
@@ -85,7 +117,7 @@ def _similar(args) -> int:
         print(json.dumps(results))
     else:
         for r in results:
-            print(f"{r['score']:+.4f}  {r['path']}")
+            _print(f"{r['score']:+.4f}  {r['path']}")
     return 0
 
 
@@ -110,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parts", nargs="+", help="only these parts (unet, text_encoder, ...)")
     p.add_argument("--layers", nargs="+", choices=LAYER_TYPES, help="only these layer types")
     p.add_argument("--blocks", nargs="+", choices=BLOCKS, help="only these U-Net stages")
+    p.add_argument("--no-cache", action="store_true",
+                   help="read every file again and keep no INDEX.cache/ (default: reuse and update it)")
+    p.add_argument("--no-calibration", action="store_true",
+                   help="skip the out-of-sample calibration, whose cost grows as n^3: for thousands of files")
     p.set_defaults(run=_index)
 
     p = sub.add_parser("similar", help="the indexed LoRAs closest in style to a query LoRA")

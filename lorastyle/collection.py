@@ -89,7 +89,8 @@ def select_artists(paintings: Sequence[Artwork], genres: Mapping[str, str], prof
     for p in paintings:
         if p.artist is not None:
             counts[p.artist] = counts.get(p.artist, 0) + 1
-    eligible = sorted((a for a, c in counts.items() if c >= profile.min_works and a in genres),
+    eligible = sorted((a for a, c in counts.items() if c >= profile.min_works and a in genres
+                       and (profile.genres is None or genres[a] in profile.genres)),
                       key=lambda a: (genres[a], a))
     if profile.n_artists is None:
         return eligible
@@ -140,10 +141,14 @@ def plan_collection(paintings: Sequence[Artwork], genres: Mapping[str, str], con
     ValueError
         If the content pool is too small for the rules.
     """
+    if profile.training_images not in ("stylized", "paintings"):
+        raise ValueError(f"training_images must be 'stylized' or 'paintings', got {profile.training_images!r}")
     rng = np.random.default_rng(profile.seed)
     artists = select_artists(paintings, genres, profile)
     if not artists:
         raise ValueError(f"no artist has {profile.min_works} paintings and a genre")
+    if profile.training_images == "paintings":
+        return _plan_on_paintings(paintings, genres, artists, profile, rng)
     content_ids = {c.id for c in content}
     if content_ids & {p.id for p in paintings if p.artist in artists}:
         raise ValueError("content sources must not include the artists' own paintings")
@@ -190,4 +195,44 @@ def plan_collection(paintings: Sequence[Artwork], genres: Mapping[str, str], con
             for w in works:
                 crops = tuple(TrainingImage(w.id, _square_box(rng, w, 0.3, 0.7), None) for _ in range(n))
                 specs.append(spec(f"real-{slug}-{w.id}", "real", crops))
+    return specs
+
+
+def _centre_box(art: Artwork) -> tuple[int, int, int, int]:
+    side = min(art.height, art.width)
+    x0, y0 = (art.width - side) // 2, (art.height - side) // 2
+    return (x0, y0, x0 + side, y0 + side)
+
+
+def _plan_on_paintings(paintings: Sequence[Artwork], genres: Mapping[str, str], artists: list[str],
+                       profile: Profile, rng: np.random.Generator) -> list[LoraSpec]:
+    """The paper's setting: each LoRA on its own ``images_per_lora`` paintings of the artist (disjoint sets)."""
+    n = profile.images_per_lora
+    per_artist = profile.loras_per_artist + int(profile.heldout)
+    specs: list[LoraSpec] = []
+    for a_index, artist in enumerate(artists):
+        works = sorted((p for p in paintings if p.artist == artist), key=lambda p: p.id)
+        if len(works) < per_artist * n:
+            raise ValueError(f"{artist} has {len(works)} paintings; {per_artist} LoRAs of {n} need {per_artist * n}")
+        order = rng.permutation(len(works))
+        chunks = [[works[j] for j in order[i * n:(i + 1) * n]] for i in range(per_artist)]
+        genre, slug = genres[artist], _slug(artist)
+        first = None
+        for k, chunk in enumerate(chunks):
+            heldout = profile.heldout and k == len(chunks) - 1
+            spec = LoraSpec(id=f"heldout-{slug}" if heldout else f"main-{slug}-{k}",
+                            collection="heldout" if heldout else "main", artist=artist, genre=genre,
+                            images=tuple(TrainingImage(w.id, _centre_box(w), None) for w in chunk),
+                            rank=profile.rank, init_seed=profile.init_seed, seed=profile.seed + len(specs))
+            specs.append(spec)
+            first = first or spec
+        if a_index < profile.variant_artists:
+            specs += [LoraSpec(f"seed-{slug}-{s}", "seed_variant", artist, genre, first.images, profile.rank, s,
+                               first.seed) for s in profile.variant_init_seeds]
+            specs += [LoraSpec(f"rank-{slug}-{r}", "rank_variant", artist, genre, first.images, r,
+                               profile.init_seed, first.seed) for r in profile.variant_ranks]
+        if a_index < profile.memorisation_artists:
+            specs.append(LoraSpec(f"memo-{slug}", "memorisation", artist, genre,
+                                  first.images[:profile.memorisation_images], profile.rank, profile.init_seed,
+                                  first.seed))
     return specs

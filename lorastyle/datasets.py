@@ -45,6 +45,8 @@ __all__ = [
     "load_image",
     "content_images",
     "painting_crops",
+    "artbench_paintings",
+    "ArtBenchImage",
     "ANONYMOUS_ARTISTS",
     "GENRES",
 ]
@@ -370,3 +372,67 @@ def painting_crops(
         crop = pil.crop(tuple(int(v) for v in box))
         crops[i] = np.asarray(crop.resize((size, size), resample=Image.Resampling.LANCZOS))
     return crops, boxes
+
+
+ARTBENCH_STYLES = (
+    "art_nouveau", "baroque", "expressionism", "impressionism", "post_impressionism",
+    "realism", "renaissance", "romanticism", "surrealism", "ukiyo_e",
+)
+
+
+@dataclass(frozen=True)
+class ArtBenchImage:
+    """One image of a user's ArtBench-10 copy."""
+
+    path: Path
+    artist: str
+    style: str
+    split: str
+
+
+def artbench_paintings(root: str | Path) -> list[ArtBenchImage]:
+    """Read a local ArtBench-10 copy in its ImageFolder layout (the paper profile's data).
+
+    Expected layout (the "256x256 a-la-ImageFolder" release of
+    https://github.com/liaopeiyuan/artbench): ``root/{train,test}/<style>/<artist>_<title>.jpg``.
+    The artist is the file name's part before the first underscore (ArtBench
+    names files ``claude-monet_water-lilies-1.jpg``); when ``root/ArtBench-10.csv``
+    (the released metadata) is present, its ``name`` and ``artist`` columns are used instead.
+
+    Parameters
+    ----------
+    root : str or path
+        The folder holding ``train`` and/or ``test``.
+
+    Returns
+    -------
+    list of ArtBenchImage
+        Sorted by path.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``root`` has no ``train`` or ``test`` folder of ArtBench styles, with
+        instructions to download it.
+    """
+    root = Path(root)
+    splits = [s for s in ("train", "test") if (root / s).is_dir()]
+    if not splits:
+        raise FileNotFoundError(
+            f"{root}: no ArtBench-10 'train' or 'test' folder. Download the 256x256 ImageFolder release "
+            "from https://github.com/liaopeiyuan/artbench and unpack it there."
+        )
+    artists: dict[str, str] = {}
+    meta = root / "ArtBench-10.csv"
+    if meta.exists():
+        with open(meta, newline="", encoding="utf-8") as fh:
+            artists = {row["name"]: row["artist"] for row in csv.DictReader(fh)}
+    images = []
+    for split in splits:
+        for style in ARTBENCH_STYLES:
+            for path in sorted((root / split / style).glob("*.jpg")):
+                artist = artists.get(path.name, path.stem.split("_", 1)[0])
+                images.append(ArtBenchImage(path=path, artist=artist, style=style, split=split))
+    if not images:
+        raise FileNotFoundError(f"{root}: found no .jpg files under <split>/<style>/ for the ten ArtBench styles")
+    return sorted(images, key=lambda im: im.path)

@@ -2,13 +2,25 @@
 
 The index is one safetensors file (never a pickle): the fitted embedding, the
 PCA (or, for the ``delta`` and ``gram`` kernels, the indexed LoRAs' low-rank
-factors, which new queries need), and a JSON block with the paths. It is
-written atomically.
+factors, which new queries need), and a JSON block with the paths.
 
 Collections downloaded from the internet are messy: :func:`build_index` skips
 files it cannot read, files of another base family than most of the
-collection, and files whose modules do not match the others', and reports each
-with the reason; it embeds the rest.
+collection, files whose modules do not match the others', and files whose
+weights are too large to embed, and reports each with the reason; it embeds
+the rest.
+
+Interrupted work (:func:`index_folder`, behind ``lorastyle index``):
+
+* the index file is written atomically (a temporary file, fsync, rename, and
+  an fsync of the folder), so after a crash or a ``kill -9`` it is either the
+  previous complete index or the new complete one;
+* every file read is recorded in a cache folder next to the index
+  (``INDEX.cache/``, see :class:`LoraCache`), one entry per file, each written
+  atomically; a re-run reads only new or changed files and refits the
+  embedding;
+* a lock (``INDEX.lock``, ``flock``) lets one run at a time write an index:
+  a second run on the same output is refused (:class:`IndexBusyError`).
 """
 
 from __future__ import annotations
@@ -16,21 +28,38 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import stat
+import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from . import __version__
 from .descriptors import DESCRIPTORS, ModuleSelection, concat_vectors, descriptor_kernel
 from .embedding import StyleEmbedding
 from .formats import LORA_SUFFIXES, LoRA, LoraFormatError, build_module, load_lora
 from .metrics import similarity_matrix
 from .safetensors_io import read_safetensors, write_safetensors
 
-__all__ = ["LoraIndex", "NotEnoughLorasError", "build_index", "find_lora_files", "file_sha256", "INDEX_FORMAT"]
+try:  # POSIX; elsewhere index runs are not serialised (documented)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+__all__ = ["LoraIndex", "LoraCache", "IndexBusyError", "IndexRun", "NotEnoughLorasError", "build_index",
+           "index_folder", "index_lock", "find_lora_files", "file_sha256", "INDEX_FORMAT", "CACHE_FORMAT"]
 
 INDEX_FORMAT = "lorastyle-index-1"
+CACHE_FORMAT = "lorastyle-cache-1"
+CACHE_SUFFIX = ".lorastyle-cache"
+# A descriptor whose squared norm exceeds this would overflow the embedding's arithmetic
+# (float32 PCA for concat, products of kernel values for gram); no trained LoRA comes near it.
+MAX_DESCRIPTOR_NORM2 = 1e30
 
 
 class NotEnoughLorasError(ValueError):
@@ -39,6 +68,14 @@ class NotEnoughLorasError(ValueError):
     def __init__(self, message: str, skipped: list[tuple[str, str]]):
         super().__init__(message)
         self.skipped = skipped
+
+
+class IndexBusyError(RuntimeError):
+    """Another process holds the lock of this index (it is writing it)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        super().__init__(f"{self.path}: another lorastyle index is writing it")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -50,19 +87,74 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def find_lora_files(root: str | os.PathLike) -> tuple[list[str], list[tuple[str, str]]]:
-    """Every LoRA-like file under ``root``, recursively, sorted; and the folders that could not be read.
+def find_lora_files(root: str | os.PathLike, *, exclude: Iterable[str | os.PathLike] = ()
+                    ) -> tuple[list[str], list[tuple[str, str]]]:
+    """Every LoRA-like file under ``root``, recursively, in walk order; and what could not be walked.
 
-    Symbolic links to folders are not followed (no loops); pickle suffixes are
-    listed too, so that they are reported as refused rather than ignored.
+    Parameters
+    ----------
+    root : str or path-like
+    exclude : iterable of paths, optional
+        Files or folders to leave out (an index's own file and cache).
+
+    Returns
+    -------
+    files : list of str
+        Regular files (or links to them) with a LoRA suffix, pickle suffixes
+        included so that they are reported as refused rather than ignored.
+        Names that are not valid UTF-8 come back as ``str`` with surrogate
+        escapes (``os.fsdecode``), which ``open`` accepts.
+    problems : list of (path, reason)
+        Folders that could not be listed, symbolic links to folders (not
+        followed, so a link loop cannot make the walk endless), and entries
+        with a LoRA suffix that are not regular files (a FIFO would block the
+        reader forever) or cannot be examined (a link loop).
     """
-    found, problems = [], []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=lambda e: problems.append((e.filename, e.strerror))):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.lower().endswith(LORA_SUFFIXES) and not name.startswith("."):
-                found.append(os.path.join(dirpath, name))
+    root = os.fspath(root)
+    skip = {os.path.abspath(os.fspath(p)) for p in exclude}
+    found: list[str] = []
+    problems: list[tuple[str, str]] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            problems.append((folder, f"cannot list folder: {exc.strerror or exc}"))
+            continue
+        subfolders = []
+        for entry in entries:
+            if os.path.abspath(entry.path) in skip:
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    subfolders.append(entry.path)
+                    continue
+                lora_like = entry.name.lower().endswith(LORA_SUFFIXES) and not entry.name.startswith(".")
+                if entry.is_symlink() and os.path.isdir(entry.path):
+                    problems.append((entry.path, "symbolic link to a folder: not followed"))
+                    continue
+                if not lora_like:
+                    continue
+                mode = os.stat(entry.path).st_mode  # follows links: the file that would be read
+            except OSError as exc:
+                problems.append((entry.path, f"cannot read file: {exc.strerror or exc}"))
+                continue
+            if not stat.S_ISREG(mode):
+                problems.append((entry.path, f"not a regular file ({_file_kind(mode)})"))
+                continue
+            found.append(entry.path)
+        stack.extend(reversed(subfolders))  # depth first, in name order, like os.walk
     return found, problems
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a file"
 
 
 @dataclass
@@ -93,6 +185,9 @@ class LoraIndex:
         """Calibrated out-of-sample embedding of one LoRA (shape (n_components,))."""
         if lora.base != self.base:
             raise LoraFormatError(lora.path, f"base family {lora.base} differs from the index's {self.base}")
+        norm2 = _descriptor_norm2(self.descriptor, lora)
+        if not norm2 <= MAX_DESCRIPTOR_NORM2:  # also catches nan
+            raise LoraFormatError(lora.path, _too_large(self.descriptor, norm2))
         if self.descriptor == "concat":
             x = _query_vector(lora, self)
         else:
@@ -136,47 +231,105 @@ class LoraIndex:
                 for name, m in lora.modules.items():
                     for role, arr in m.factors.items():
                         tensors[f"factors/{i}/{name}/{role}"] = arr
-                    if m.alpha is not None:
-                        tensors[f"factors/{i}/{name}/alpha"] = np.asarray(m.alpha, dtype=np.float32)
+                    if m.alpha is not None:  # float64: the scale alpha / rank comes back exactly
+                        tensors[f"factors/{i}/{name}/alpha"] = np.asarray(m.alpha, dtype=np.float64)
         meta = {"format": INDEX_FORMAT, "descriptor": self.descriptor, "base": self.base,
                 "paths": json.dumps(self.paths), "sha256": json.dumps(self.sha256),
                 "n_components": str(emb.n_components), "solver": emb.solver,
                 "modules": json.dumps(_module_names(self))}
         write_safetensors(path, tensors, meta)
+        _fsync_folder(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LoraIndex:
-        """Read an index written by :meth:`save`."""
+        """Read an index written by :meth:`save`.
+
+        Raises
+        ------
+        LoraFormatError
+            If the file is not a lorastyle index or any part of it is missing
+            or inconsistent (an index is a file like any other: it may be
+            damaged or hostile).
+        """
+        path = os.fspath(path)
         tensors, meta = read_safetensors(path)
         if meta.get("format") != INDEX_FORMAT:
             raise LoraFormatError(path, f"not a lorastyle index (format {meta.get('format')!r})")
         try:
-            paths, sha = json.loads(meta["paths"]), json.loads(meta["sha256"])
-            descriptor, k = meta["descriptor"], int(meta["n_components"])
-            emb = StyleEmbedding(n_components=k, solver=meta["solver"])
-            emb.embedding_ = tensors["embedding"].astype(np.float64)
-            emb.calibration_ = tensors["calibration"].astype(np.float64)
-            loras = []
-            if descriptor == "concat":
-                from sklearn.decomposition import PCA
-
-                pca = PCA(n_components=k)
-                pca.mean_ = tensors["pca_mean"]
-                pca.components_ = tensors["pca_components"]
-                pca.explained_variance_ = tensors["pca_explained_variance"]
-                pca.n_components_ = k
-                pca.n_features_in_ = pca.mean_.shape[0]
-                emb.pca_ = pca
-                emb.n_features_in_ = pca.n_features_in_
-                emb.module_names_ = json.loads(meta["modules"])
-            else:
-                emb.kernel_fit_ = tensors["kernel_fit"]
-                emb.dual_coef_ = tensors["dual_coef"]
-                emb.n_features_in_ = len(paths)
-                loras = _loras_from_factors(tensors, paths, meta["base"])
-        except (KeyError, ValueError) as exc:
+            index = cls._from_parts(path, tensors, meta)
+        except LoraFormatError as exc:
             raise LoraFormatError(path, f"damaged lorastyle index ({exc})") from None
-        return cls(paths=paths, sha256=sha, descriptor=descriptor, base=meta["base"], embedding=emb, loras=loras)
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError, ZeroDivisionError) as exc:
+            # build_module and numpy report inconsistent stored factors so; the file is the problem
+            raise LoraFormatError(path, f"damaged lorastyle index ({type(exc).__name__}: {exc})") from None
+        return index
+
+    @classmethod
+    def _from_parts(cls, path: str, tensors: dict[str, np.ndarray], meta: dict[str, str]) -> LoraIndex:
+        def need(condition: bool, what: str) -> None:
+            if not condition:
+                raise ValueError(what)
+
+        paths, sha = json.loads(meta["paths"]), json.loads(meta["sha256"])
+        need(isinstance(paths, list) and all(isinstance(p, str) for p in paths), "paths is not a list of strings")
+        need(isinstance(sha, list) and len(sha) == len(paths)
+             and all(isinstance(h, str) and re.fullmatch(r"[0-9a-f]{64}", h) for h in sha),
+             "sha256 is not one hex digest per path")
+        descriptor, k, solver, base = meta["descriptor"], int(meta["n_components"]), meta["solver"], meta["base"]
+        need(descriptor in DESCRIPTORS, f"unknown descriptor {descriptor!r}")
+        need(solver == ("full" if descriptor == "concat" else "precomputed"), f"solver {solver!r}")
+        n = len(paths)
+        need(1 <= k < max(n, 2), f"n_components {k} for {n} files")
+        emb = StyleEmbedding(n_components=k, solver=solver)
+        emb.embedding_ = _stored(tensors, "embedding", (n, k), float64=True)
+        emb.calibration_ = _stored(tensors, "calibration", (k,), float64=True)
+        loras: list[LoRA] = []
+        if descriptor == "concat":
+            from sklearn.decomposition import PCA
+
+            d = tensors["pca_mean"].shape[0] if tensors["pca_mean"].ndim == 1 else -1
+            pca = PCA(n_components=k)
+            pca.mean_ = _stored(tensors, "pca_mean", (d,))
+            pca.components_ = _stored(tensors, "pca_components", (k, d))
+            pca.explained_variance_ = _stored(tensors, "pca_explained_variance", (k,))
+            pca.n_components_ = k
+            pca.n_features_in_ = d
+            emb.pca_ = pca
+            emb.n_features_in_ = d
+            names = json.loads(meta["modules"])
+            need(isinstance(names, list) and all(isinstance(x, str) for x in names), "modules is not a list")
+            emb.module_names_ = names
+        else:
+            emb.kernel_fit_ = _stored(tensors, "kernel_fit", (n, n))
+            emb.dual_coef_ = _stored(tensors, "dual_coef", (n, k))
+            emb.n_features_in_ = n
+            loras = _loras_from_factors(tensors, paths, base)
+            need(all(lora.modules for lora in loras), "an indexed LoRA has no stored factors")
+        return cls(paths=paths, sha256=sha, descriptor=descriptor, base=base, embedding=emb, loras=loras)
+
+
+def _stored(tensors: dict[str, np.ndarray], name: str, shape: tuple[int, ...], float64: bool = False) -> np.ndarray:
+    """A stored array (as float64 if asked), checked for its shape and for finite values."""
+    arr = tensors[name]
+    if arr.shape != shape or arr.dtype.kind != "f":
+        raise ValueError(f"{name} has shape {arr.shape} and dtype {arr.dtype}, expected {shape} floats")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} holds NaN or Inf values")
+    return arr.astype(np.float64) if float64 else arr
+
+
+def _fsync_folder(path: str | os.PathLike) -> None:
+    """Make a rename inside the file's folder durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the rename itself is still atomic
+    finally:
+        os.close(fd)
 
 
 def _module_names(index: LoraIndex) -> list[str]:
@@ -217,47 +370,329 @@ def _majority(values: Sequence) -> object:
     return next(v for v in values if counts[v] == best)  # ties: the first file's value
 
 
+def _factor_signature(lora: LoRA) -> tuple:
+    return tuple((n, r, f.shape) for n, m in lora.modules.items() for r, f in sorted(m.factors.items()))
+
+
+def _concat_difference(lora: LoRA, ref: LoRA) -> str:
+    """How ``lora``'s stored factors differ from ``ref``'s, in words."""
+    if lora.ranks != ref.ranks:
+        return f"its rank is {_listed(lora.ranks)} where theirs is {_listed(ref.ranks)}"
+    missing = sorted(set(ref.modules) - set(lora.modules))
+    extra = sorted(set(lora.modules) - set(ref.modules))
+    if missing:
+        return f"it lacks module {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+    if extra:
+        return f"it has module {extra[0]} that they lack" + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
+    for name, m in lora.modules.items():
+        theirs = ref.modules[name].factors
+        for role, f in sorted(m.factors.items()):
+            if role not in theirs or theirs[role].shape != f.shape:
+                other = theirs[role].shape if role in theirs else "none"
+                return f"module {name} factor {role} has shape {f.shape} where theirs has {other}"
+        if set(theirs) - set(m.factors):
+            return f"module {name} lacks factor {sorted(set(theirs) - set(m.factors))[0]}"
+    return "its factors differ"
+
+
+def _listed(values: list) -> str:
+    return ", ".join(str(v) for v in values)
+
+
 def _comparable_subset(loras: list[LoRA], descriptor: str) -> tuple[list[LoRA], list[tuple[str, str]]]:
-    """Keep the LoRAs that share the majority's base family and module shapes; explain the others."""
+    """Keep the LoRAs that can share one descriptor space with the majority; explain each of the others.
+
+    Nothing incomparable is compared silently: a file of another base family,
+    a ``concat`` descriptor of other modules or ranks, a module of another
+    shape, or a file that shares no module with any other file (its kernel
+    similarity to every file would be 0 by construction) is skipped, and the
+    reason names what differs and a file of the majority.
+    """
     skipped = []
-    base = _majority([lora.base for lora in loras])
+    bases = [lora.base for lora in loras]
+    base = _majority(bases)
+    example = loras[bases.index(base)].path
     keep = []
     for lora in loras:
         if lora.base != base:
-            skipped.append((lora.path, f"base family {lora.base} differs from the index's {base}"))
+            skipped.append((lora.path, f"base family {lora.base} differs from {base}, the family of "
+                                       f"{bases.count(base)} of {len(loras)} files (such as {example}); "
+                                       "LoRAs of different base models cannot be compared"))
         else:
             keep.append(lora)
+    out = []
     if descriptor == "concat":
-        sigs = [tuple((n, r, f.shape) for n, m in lora.modules.items() for r, f in sorted(m.factors.items()))
-                for lora in keep]
-        ref = _majority(sigs)
-        out = []
+        sigs = [_factor_signature(lora) for lora in keep]
+        ref_sig = _majority(sigs)
+        ref = keep[sigs.index(ref_sig)]
+        n_ref = sigs.count(ref_sig)
         for lora, sig in zip(keep, sigs):
-            if sig == ref:
+            if sig == ref_sig:
                 out.append(lora)
             else:
-                skipped.append((lora.path, "concat needs the same modules and ranks as the other files "
-                                           f"({len(sig)} factors against {len(ref)}); try --descriptor delta"))
+                skipped.append((lora.path, f"concat needs the same modules, ranks and factor shapes as the "
+                                           f"{n_ref} other files (such as {ref.path}): "
+                                           f"{_concat_difference(lora, ref)}; --descriptor delta or gram "
+                                           "compare LoRAs of different ranks"))
         return out, skipped
     votes: dict[str, Counter] = {}
     for lora in keep:
         for name, m in lora.modules.items():
             votes.setdefault(name, Counter())[m.shape] += 1
     shape = {name: c.most_common(1)[0][0] for name, c in votes.items()}
-    out = []
+    shaped = []
     for lora in keep:
         bad = next((n for n, m in lora.modules.items() if m.shape != shape[n]), None)
         if bad is None:
+            shaped.append(lora)
+        else:
+            holder = next(x.path for x in keep if bad in x.modules and x.modules[bad].shape == shape[bad])
+            skipped.append((lora.path, f"module {bad} has shape {lora.modules[bad].shape}, where "
+                                       f"{votes[bad][shape[bad]]} other files have {shape[bad]} "
+                                       f"(such as {holder})"))
+    # a module adapted by one file only contributes nothing to its similarity with the others
+    holders = Counter(name for lora in shaped for name in lora.modules)
+    for lora in shaped:
+        if len(shaped) > 1 and all(holders[name] == 1 for name in lora.modules):
+            some = next(iter(lora.modules))
+            skipped.append((lora.path, f"shares no module with the other files (it adapts {len(lora.modules)} "
+                                       f"modules such as {some}, which no other file adapts); its similarity "
+                                       "to every file would be 0"))
+        else:
+            out.append(lora)
+    return out, skipped
+
+
+def _descriptor_norm2(descriptor: str, lora: LoRA) -> float:
+    """Squared norm of one LoRA's descriptor (its kernel value with itself), in float64."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if descriptor == "concat":
+            return float(sum(np.sum(np.square(f, dtype=np.float64)) for m in lora.modules.values()
+                             for f in m.factors.values()))
+        return float(descriptor_kernel(descriptor, [lora])[0, 0])
+
+
+def _too_large(descriptor: str, norm2: float) -> str:
+    return (f"weights too large to embed: the squared norm of its {descriptor} descriptor is {norm2:.3g}, "
+            f"above {MAX_DESCRIPTOR_NORM2:.0e}, where the embedding's arithmetic would overflow")
+
+
+def _embeddable(loras: list[LoRA], descriptor: str) -> tuple[list[LoRA], list[tuple[str, str]]]:
+    """Skip LoRAs whose descriptor would overflow the fit (finite stored weights can still be huge)."""
+    out, skipped = [], []
+    for lora in loras:
+        norm2 = _descriptor_norm2(descriptor, lora)
+        if norm2 <= MAX_DESCRIPTOR_NORM2:  # False for nan too
             out.append(lora)
         else:
-            skipped.append((lora.path, f"module {bad} has shape {lora.modules[bad].shape}, "
-                                       f"the other files have {shape[bad]}"))
+            skipped.append((lora.path, _too_large(descriptor, norm2)))
     return out, skipped
+
+
+def _warn_mixed_scales(loras: list[LoRA]) -> None:
+    """concat compares stored factors, which leave alpha out: say so when the files' scales differ."""
+    scales = [tuple(sorted({m.scale for m in lora.modules.values()})) for lora in loras]
+    counts = Counter(scales)
+    if len(counts) > 1:
+        parts = [f"{n} with {_listed(s)} (such as {loras[scales.index(s)].path})" for s, n in counts.most_common(3)]
+        warnings.warn("concat compares the stored factors and leaves alpha out, but the files' scales "
+                      f"(alpha / rank) differ: {'; '.join(parts)}; --descriptor delta or gram include the scale",
+                      stacklevel=3)
+
+
+# ---------------------------------------------------------------------------
+# The per-file cache
+
+
+class LoraCache:
+    """Loaded LoRAs kept on disk, so that a re-run of an index reads only new or changed files.
+
+    One entry per file content: ``directory/<sha256>.lorastyle-cache``, a
+    safetensors file holding the file's normalised module factors (float16
+    where that is exact, else float32) and alphas (float64), or, for a file
+    that is not a usable LoRA, the reason. Entries are written atomically
+    (temporary file, fsync, rename), so an interrupted run leaves whole entries
+    only.
+
+    The key is the file's sha256: a renamed or moved file is found again, a
+    changed file is read again. Entries written by another version of
+    lorastyle, or damaged ones, count as misses. The descriptor, the module
+    selection and the number of components are applied after the cache, so
+    one cache serves every setting. Reasons that depend on the moment (a file
+    that could not be read) are not cached.
+
+    Parameters
+    ----------
+    directory : str or path-like
+        Created on the first write.
+
+    Attributes
+    ----------
+    hits, misses : int
+        Look-ups answered from the cache, and not.
+    seen : set of str
+        Digests looked up (what :meth:`prune` keeps).
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        self.hits = 0
+        self.misses = 0
+        self.seen: set[str] = set()
+        self._write_error: str | None = None
+
+    def entry_path(self, digest: str) -> Path:
+        """Where the entry of a file with this sha256 lives."""
+        return self.directory / f"{digest}{CACHE_SUFFIX}"
+
+    def get(self, path: str, digest: str) -> LoRA | LoraFormatError | None:
+        """The cached LoRA (or the cached reason the file is not one) for a file; None on a miss.
+
+        Parameters
+        ----------
+        path : str
+            The file now (the entry may have been written under another name).
+        digest : str
+            Its sha256.
+        """
+        self.seen.add(digest)
+        item = None
+        try:
+            tensors, meta = read_safetensors(self.entry_path(digest))
+            item = self._decode(path, digest, tensors, meta)
+        except LoraFormatError:
+            pass  # no entry, or not one we can read
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError, ZeroDivisionError):
+            pass  # a damaged entry: read the file again, the entry is rewritten
+        if item is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return item
+
+    @staticmethod
+    def _decode(path: str, digest: str, tensors: dict, meta: dict) -> LoRA | LoraFormatError | None:
+        if (meta.get("format"), meta.get("version"), meta.get("sha256")) != (CACHE_FORMAT, __version__, digest):
+            return None
+        if "error" in meta:
+            return LoraFormatError(path, meta["error"])
+        roles: dict[str, dict[str, np.ndarray]] = {}
+        for key, arr in tensors.items():
+            name, role = key.rsplit("/", 1)
+            roles.setdefault(name, {})[role] = arr if role == "alpha" else arr.astype(np.float32)
+        if not roles:
+            return None
+        modules = {name: build_module(path, name, name.split(".", 1)[0], r) for name, r in sorted(roles.items())}
+        return LoRA(path=path, format=meta["layout"], base=meta["base"], modules=modules, dtype=meta["dtype"])
+
+    def put(self, digest: str, item: LoRA | LoraFormatError) -> None:
+        """Record a loaded LoRA or the reason a file is not one.
+
+        A cache that cannot be written (read-only folder, full disk) is not an
+        error: one warning, and the run goes on without it.
+        """
+        if self._write_error is not None:
+            return
+        meta = {"format": CACHE_FORMAT, "version": __version__, "sha256": digest}
+        tensors: dict[str, np.ndarray] = {}
+        if isinstance(item, LoraFormatError):
+            meta["error"] = item.reason
+        else:
+            meta.update(layout=item.format, base=item.base, dtype=item.dtype)
+            for name, m in item.modules.items():
+                for role, arr in m.factors.items():
+                    tensors[f"{name}/{role}"] = _compact(arr)
+                if m.alpha is not None:
+                    tensors[f"{name}/alpha"] = np.asarray(m.alpha, dtype=np.float64)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            write_safetensors(self.entry_path(digest), tensors, meta)
+        except OSError as exc:
+            self._write_error = f"{exc.strerror or exc}"
+            warnings.warn(f"{self.directory}: cannot write the cache ({self._write_error}); "
+                          "going on without it", stacklevel=2)
+
+    def prune(self, keep: Iterable[str] | None = None) -> int:
+        """Remove entries of files not in ``keep`` (default: :attr:`seen`); return how many were removed."""
+        keep = set(self.seen if keep is None else keep)
+        removed = 0
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return 0
+        for name in names:
+            if name.endswith(CACHE_SUFFIX) and name[: -len(CACHE_SUFFIX)] not in keep:
+                try:
+                    os.unlink(self.directory / name)
+                    removed += 1
+                except OSError:
+                    pass
+        return removed
+
+
+def _compact(arr: np.ndarray) -> np.ndarray:
+    """float16 when it holds the values exactly (LoRAs are mostly stored so), else float32."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        half = arr.astype(np.float16)
+        return half if np.array_equal(half.astype(arr.dtype), arr) else arr
+
+
+# ---------------------------------------------------------------------------
+# Reading one file
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _read_one(path: str | os.PathLike, cache: LoraCache | None) -> tuple[LoRA, str]:
+    """Load one file (from the cache when it has it); return the LoRA and the file's sha256.
+
+    Raises
+    ------
+    LoraFormatError
+        For a file that is not a usable LoRA, cannot be read, or changed while it was read.
+    """
+    try:
+        before = os.stat(path)
+        if not stat.S_ISREG(before.st_mode):  # a FIFO would block the reader forever
+            raise LoraFormatError(path, f"not a regular file ({_file_kind(before.st_mode)})")
+        digest = file_sha256(path)
+    except OSError as exc:
+        raise LoraFormatError(path, f"cannot read file: {exc.strerror or exc}") from None
+    if cache is not None:
+        hit = cache.get(os.fspath(path), digest)
+        if isinstance(hit, LoraFormatError):
+            raise hit
+        if hit is not None:
+            return hit, digest
+    lora, error = None, None
+    try:
+        lora = load_lora(path)
+    except LoraFormatError as exc:
+        error = exc
+    try:
+        changed = _identity(os.stat(path)) != _identity(before)
+    except OSError:
+        changed = True
+    if changed:  # the digest may not describe what was loaded: cache nothing, embed nothing
+        raise LoraFormatError(path, "the file changed or vanished while it was being read")
+    transient = error is not None and error.reason.startswith("cannot read file")
+    if cache is not None and not transient:
+        cache.put(digest, lora if error is None else error)
+    if error is not None:
+        raise error
+    return lora, digest
+
+
+# ---------------------------------------------------------------------------
+# Building
 
 
 def build_index(paths: Iterable[str], *, descriptor: str = "concat", n_components: int = 8,
                 select: ModuleSelection | None = None, random_state: int = 0,
-                progress: Callable[[Iterable], Iterable] | None = None) -> tuple[LoraIndex, list[tuple[str, str]]]:
+                progress: Callable[[Iterable], Iterable] | None = None, cache: LoraCache | None = None,
+                calibrate: bool = True) -> tuple[LoraIndex, list[tuple[str, str]]]:
     """Load, check and embed LoRA files.
 
     Parameters
@@ -272,6 +707,12 @@ def build_index(paths: Iterable[str], *, descriptor: str = "concat", n_component
     random_state : int, default=0
     progress : callable, optional
         Wraps the iteration over files (for example ``tqdm``).
+    cache : LoraCache, optional
+        Files it holds are not read again; files read are added to it.
+    calibrate : bool, default=True
+        Estimate the out-of-sample calibration (:class:`StyleEmbedding`). Its
+        leave-one-out fits cost about ``n_calibration * n**3``: minutes for a
+        thousand files, far more for ten thousand.
 
     Returns
     -------
@@ -291,19 +732,22 @@ def build_index(paths: Iterable[str], *, descriptor: str = "concat", n_component
     if n_components < 1:
         raise ValueError(f"n_components must be at least 1, got {n_components}")
     paths = list(paths)
-    loras, skipped = [], []
+    loras, skipped, digests = [], [], {}
     for path in (progress or (lambda x: x))(paths):
         try:
-            lora = load_lora(path)
+            lora, digest = _read_one(path, cache)
             if select is not None:
                 lora.modules = select.modules(lora)
                 if not lora.modules:
                     raise LoraFormatError(path, f"no module matches the selection {select}")
             loras.append(lora)
+            digests[id(lora)] = digest
         except LoraFormatError as exc:
             skipped.append((path, exc.reason))
     if loras:
         loras, more = _comparable_subset(loras, descriptor)
+        skipped.extend(more)
+        loras, more = _embeddable(loras, descriptor)
         skipped.extend(more)
     if len(loras) < 2:
         raise NotEnoughLorasError(
@@ -311,14 +755,150 @@ def build_index(paths: Iterable[str], *, descriptor: str = "concat", n_component
     # n - 2 components leave the leave-one-out calibration something to estimate
     k = max(1, min(n_components, len(loras) - 2))
     if descriptor == "concat":
+        _warn_mixed_scales(loras)
         X = concat_vectors(loras)
-        emb = StyleEmbedding(n_components=k, solver="full", random_state=random_state).fit(X)
+        emb = StyleEmbedding(n_components=k, solver="full", calibrate=calibrate, random_state=random_state).fit(X)
         emb.module_names_ = list(loras[0].modules)
         kept = []
     else:
         K = descriptor_kernel(descriptor, loras)
-        emb = StyleEmbedding(n_components=k, solver="precomputed", random_state=random_state).fit(K)
+        emb = StyleEmbedding(n_components=k, solver="precomputed", calibrate=calibrate,
+                             random_state=random_state).fit(K)
         kept = loras
-    index = LoraIndex(paths=[lora.path for lora in loras], sha256=[file_sha256(lora.path) for lora in loras],
+    index = LoraIndex(paths=[lora.path for lora in loras], sha256=[digests[id(lora)] for lora in loras],
                       descriptor=descriptor, base=loras[0].base, embedding=emb, loras=kept)
     return index, skipped
+
+
+# ---------------------------------------------------------------------------
+# Indexing a folder, safely
+
+
+@contextmanager
+def index_lock(output: str | os.PathLike) -> Iterator[None]:
+    """Hold ``OUTPUT.lock`` while an index is written; refuse if another process holds it.
+
+    The lock is ``flock`` on the lock file, released by the kernel when the
+    holder exits, however it exits (``kill -9`` included), so a crashed run
+    never leaves a stale lock. The lock file itself stays: deleting it would
+    let two runs lock two different files of the same name.
+
+    Raises
+    ------
+    IndexBusyError
+        If another process holds the lock.
+    OSError
+        If the lock file cannot be created (a missing or read-only folder).
+    """
+    if fcntl is None:  # pragma: no cover - not POSIX
+        warnings.warn("file locking is unavailable here: concurrent index runs are not prevented", stacklevel=3)
+        yield
+        return
+    fd = os.open(f"{os.fspath(output)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IndexBusyError(output) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for a person who wonders
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_stale_temporaries(output: str, cache_dir: str) -> int:
+    """Delete temporary files a killed run left (call with the lock held: no writer is running)."""
+    removed = 0
+    pattern = re.compile(rf"^\.{re.escape(os.path.basename(output))}\.tmp\d+$")
+    for folder, match in ((os.path.dirname(os.path.abspath(output)), pattern.match),
+                          (cache_dir, re.compile(rf"^\..*{re.escape(CACHE_SUFFIX)}\.tmp\d+$").match)):
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            if match(name):
+                try:
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
+
+
+@dataclass
+class IndexRun:
+    """What :func:`index_folder` did.
+
+    Attributes
+    ----------
+    index : LoraIndex
+    skipped : list of (path, reason)
+        Everything not embedded: entries the walk could not use, then files.
+    n_files : int
+        LoRA-like files found.
+    from_cache : int
+        Files answered by the cache (not read again).
+    cache_dir : str or None
+    """
+
+    index: LoraIndex
+    skipped: list[tuple[str, str]]
+    n_files: int
+    from_cache: int
+    cache_dir: str | None
+
+
+def index_folder(root: str | os.PathLike, output: str | os.PathLike, *, descriptor: str = "concat",
+                 n_components: int = 8, select: ModuleSelection | None = None, use_cache: bool = True,
+                 calibrate: bool = True, random_state: int = 0,
+                 progress: Callable[[Iterable], Iterable] | None = None) -> IndexRun:
+    """Index every LoRA file under a folder into ``output``, safely (what ``lorastyle index`` runs).
+
+    Holds the lock ``OUTPUT.lock`` throughout (:func:`index_lock`), removes
+    temporary files a killed run left, reads files through the cache
+    ``OUTPUT.cache/`` (:class:`LoraCache`), writes the index atomically, then
+    drops cache entries of files that are gone. The index's own file, lock and
+    cache are left out of the walk.
+
+    Parameters
+    ----------
+    root, output : str or path-like
+    descriptor, n_components, select, calibrate, random_state, progress
+        As in :func:`build_index`.
+    use_cache : bool, default=True
+
+    Returns
+    -------
+    IndexRun
+
+    Raises
+    ------
+    IndexBusyError
+        If another run holds the lock.
+    NotEnoughLorasError
+        If no file or fewer than two comparable files were found; ``skipped`` has every reason.
+    OSError
+        If the index, its lock or its folder cannot be written.
+    """
+    output = os.fspath(output)
+    cache_dir = f"{output}.cache"
+    with index_lock(output):
+        _remove_stale_temporaries(output, cache_dir)
+        files, problems = find_lora_files(root, exclude=[output, cache_dir, f"{output}.lock"])
+        if not files:
+            raise NotEnoughLorasError("no LoRA files (.safetensors) found", problems)
+        cache = LoraCache(cache_dir) if use_cache else None
+        try:
+            index, skipped = build_index(files, descriptor=descriptor, n_components=n_components, select=select,
+                                         random_state=random_state, progress=progress, cache=cache,
+                                         calibrate=calibrate)
+        except NotEnoughLorasError as exc:
+            raise NotEnoughLorasError(str(exc), problems + exc.skipped) from None
+        index.save(output)
+        if cache is not None:
+            cache.prune()
+    return IndexRun(index=index, skipped=problems + skipped, n_files=len(files),
+                    from_cache=cache.hits if cache is not None else 0,
+                    cache_dir=cache_dir if cache is not None else None)

@@ -28,7 +28,9 @@ class Profile:
 
     name: str
     # plan
+    training_images: str = "stylized"  # "stylized": varied content in the artist's style; "paintings": their own works
     n_artists: int | None = None  # None: every artist with min_works paintings
+    genres: tuple[str, ...] | None = None  # only artists of these genres
     min_works: int = 2
     loras_per_artist: int = 4
     images_per_lora: int = 12
@@ -74,10 +76,15 @@ PROFILES: dict[str, Profile] = {
         base_steps=2, base_batch=8, lora_steps=2, lora_batch=4, samples_per_lora=2, sample_steps=2,
         sweep_steps=(2,), sweep_guidance=(1.0, 3.0), sweep_samples=1,
     ),
+    # Figure 1's five genres, five artists each, several LoRAs per artist on their own paintings.
     "paper": Profile(
-        name="paper", loras_per_artist=5, images_per_lora=15, resolution=512, stylize_size=512, base_steps=0,
-        lora_steps=1000, lora_batch=4, lora_lr=1e-4, rank=8, encoders=("clip", "dino"),
-        extra={"model_id": "stable-diffusion-v1-5/stable-diffusion-v1-5", "dataset": "artbench"},
+        name="paper", training_images="paintings", n_artists=25,
+        genres=("art_nouveau", "baroque", "post_impressionism", "renaissance", "ukiyo_e"), min_works=90,
+        loras_per_artist=5, images_per_lora=15, real_pixels=False, resolution=512, base_steps=0,
+        lora_steps=1000, lora_batch=4, lora_lr=1e-4, rank=8, samples_per_lora=8, sweep_samples=8,
+        encoders=("clip", "dino"),
+        extra={"model_id": "stable-diffusion-v1-5/stable-diffusion-v1-5", "dataset": "artbench",
+               "artbench_root": "artbench-10-imagefolder-split"},
     ),
 }
 

@@ -126,3 +126,63 @@ def test_book_tables_run_on_the_smoke_collection(smoke):
     assert set(inv["collection"]) == {"seed_variant", "rank_variant"}
     assert not ((inv["descriptor"] == "concat") & (inv["collection"] == "rank_variant")).any()
     assert inv["cos_to_original"].between(-1 - 1e-9, 1 + 1e-9).all()
+
+
+def fake_artbench(root, artists_by_style, per_artist, size=40):
+    """An ArtBench-10-shaped folder of small random JPEGs: root/train/<style>/<artist>_<title>.jpg."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for style, artists in artists_by_style.items():
+        folder = root / "train" / style
+        folder.mkdir(parents=True, exist_ok=True)
+        for artist in artists:
+            base = rng.integers(0, 256, 3)
+            for i in range(per_artist):
+                img = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(folder / f"{artist}_work-{i}.jpg")
+
+
+def test_artbench_reader(tmp_path):
+    from lorastyle.datasets import artbench_paintings
+
+    fake_artbench(tmp_path, {"baroque": ["rembrandt", "vermeer"], "ukiyo_e": ["hokusai"]}, 3)
+    images = artbench_paintings(tmp_path)
+    assert len(images) == 9
+    assert {(im.artist, im.style) for im in images} == {("rembrandt", "baroque"), ("vermeer", "baroque"),
+                                                        ("hokusai", "ukiyo_e")}
+    (tmp_path / "ArtBench-10.csv").write_text("name,artist\nrembrandt_work-0.jpg,Rembrandt van Rijn\n")
+    assert {im.artist for im in artbench_paintings(tmp_path)} >= {"Rembrandt van Rijn", "rembrandt"}
+    with pytest.raises(FileNotFoundError, match="Download the 256x256 ImageFolder release"):
+        artbench_paintings(tmp_path / "nowhere")
+
+
+def test_paper_profile_runs_through_the_same_code(tmp_path):
+    """ArtBench layout, an SD-1.5-shaped model (tiny random components), CLIP features: the paper's path."""
+    from test_diffusion import tiny_sd_components
+
+    from lorastyle.diffusion import stable_diffusion_model
+    from lorastyle.features import OpenClipEncoder
+
+    fake_artbench(tmp_path / "artbench", {"baroque": ["rembrandt", "vermeer"], "ukiyo_e": ["hokusai", "hiroshige"]},
+                  6)
+    profile = get_profile(
+        "paper", n_artists=3, min_works=6, genres=None, loras_per_artist=2, images_per_lora=2, variant_artists=1,
+        variant_init_seeds=(1,), variant_ranks=(2,), memorisation_artists=0, resolution=32, lora_steps=1,
+        lora_batch=2, samples_per_lora=1, sample_steps=1, sweep_steps=(1,), sweep_guidance=(1.0,),
+        sweep_samples=1, extra={"dataset": "artbench", "artbench_root": str(tmp_path / "artbench")})
+    model = stable_diffusion_model(components=tiny_sd_components(tmp_path))
+    log = build_collection(profile, tmp_path / "out", model=model, encoders={"clip": OpenClipEncoder.tiny_random()},
+                           progress=False)
+    with open(tmp_path / "out" / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert log["trained_now"] == len(rows) == 3 * 3 + 2
+    assert {r["genre"] for r in rows} == {"baroque", "ukiyo_e"}
+    main = [r for r in rows if r["collection"] == "main"]
+    # each LoRA of an artist on its own paintings, never shared
+    for artist in {r["artist"] for r in main}:
+        sources = [set(s.split("@")[0] for s in r["training_images"].split(";")) for r in rows
+                   if r["artist"] == artist and r["collection"] in ("main", "heldout")]
+        assert sum(map(len, sources)) == len(set().union(*sources))
+    lora = load_lora(tmp_path / "out" / main[0]["file"])
+    assert lora.base == "sd1" and lora.ranks == [profile.rank]
