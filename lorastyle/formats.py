@@ -152,11 +152,6 @@ class LoRA:
         """Sorted distinct stored alphas (empty when the file stores none)."""
         return sorted({m.alpha for m in self.modules.values() if m.alpha is not None})
 
-    @property
-    def signature(self) -> tuple[tuple[str, int, int], ...]:
-        """(name, out, in) of every module: LoRAs with equal signatures adapt the same layers."""
-        return tuple((name, *m.shape) for name, m in self.modules.items())
-
     def summary(self) -> dict:
         """The ``lorastyle inspect --json`` object."""
         return {
