@@ -48,14 +48,39 @@ def test_resume_trains_nothing_twice(smoke):
     assert {p: p.stat().st_mtime_ns for p in (out / "loras").rglob("*.safetensors")} == before
 
 
-def test_a_changed_spec_is_retrained(smoke, tmp_path):
-    out, _ = smoke
+def test_rebuild_reproduces_the_collection(smoke, tmp_path):
+    """make data's promise: the same manifest entries and, on the same machine, the same weights."""
     import shutil
 
+    out, _ = smoke
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    log = build_collection(get_profile("smoke", lora_steps=3), copy, progress=False)
+    shutil.rmtree(copy / "loras")
+    (copy / "manifest.csv").unlink()
+    log = build_collection(get_profile("smoke"), copy, progress=False)
     assert log["trained_now"] == log["n_loras"]
+    read = lambda d: list(csv.DictReader(open(d / "manifest.csv", newline="")))  # noqa: E731
+    a, b = read(out), read(copy)
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "sha256"} for r in rows]  # noqa: E731
+    assert drop(a) == drop(b)
+    for row in a:
+        x, y = load_lora(out / row["file"]), load_lora(copy / row["file"])
+        for name, m in x.modules.items():
+            np.testing.assert_allclose(m.up, y.modules[name].up, rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(m.down, y.modules[name].down, rtol=1e-5, atol=1e-7)
+
+
+def test_a_changed_spec_or_base_changes_the_reuse_key():
+    from lorastyle.build import _spec_hash
+    from lorastyle.collection import LoraSpec, TrainingImage
+
+    spec = LoraSpec("main-x-0", "main", "x", "baroque", (TrainingImage("c", (0, 0, 8, 8), "s"),), 4, 0, 0)
+    p = get_profile("smoke")
+    key = _spec_hash(spec, p, "base-a")
+    assert key == _spec_hash(spec, p, "base-a")
+    assert key != _spec_hash(spec, get_profile("smoke", lora_steps=3), "base-a")
+    assert key != _spec_hash(spec, p, "base-b")
+    assert key != _spec_hash(LoraSpec(**{**spec.__dict__, "init_seed": 1}), p, "base-a")
 
 
 def test_features_cover_every_lora_and_setting(smoke):
