@@ -22,12 +22,17 @@ export MPLBACKEND := Agg
 
 NOTEBOOKS := $(wildcard book/*.ipynb)
 
-.PHONY: help venv test book data clean
+# `make fuzz`: inputs of the long fuzzing run, and real LoRA files used as extra seeds (if present).
+FUZZ_INPUTS ?= 100000
+REAL_LORAS ?= ../shared/real-loras
+
+.PHONY: help venv test fuzz book data clean
 
 help:
 	@echo "Targets:"
 	@echo "  make venv   create/update $(VENV) from requirements.txt + requirements-lock.txt, install lorastyle (editable)"
 	@echo "  make test   run tests/ with pytest, then the book notebooks with nbval"
+	@echo "  make fuzz   fuzz the file readers with $(FUZZ_INPUTS) mutated files; prints inputs and failures"
 	@echo "  make book   execute the notebooks and build the Jupyter Book into _build/html (warnings are errors)"
 	@echo "  make data   build (or resume) the embedded LoRA collection in data/ (hours on 2 cores)"
 	@echo "  make clean  remove _build"
@@ -47,6 +52,9 @@ ifneq ($(strip $(NOTEBOOKS)),)
 	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with book/nbval_sanitize.cfg \
 		-p no:cacheprovider $(NOTEBOOKS) || { rc=$$?; [ $$rc -eq 5 ] || exit $$rc; }
 endif
+
+fuzz: $(STAMP)
+	$(PY) -m lorastyle.fuzzing --inputs $(FUZZ_INPUTS) --real $(REAL_LORAS)
 
 book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going

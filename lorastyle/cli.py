@@ -21,7 +21,7 @@ with ``error: INDEX: another lorastyle index is writing it`` and exit 2
 (``INDEX.lock``), rather than queued, so that a script sees the conflict.
 
 File names that are not valid UTF-8 are printed with their original bytes on
-text output, and as ``\udcXX`` escapes (Python's ``surrogateescape``, which
+text output, and as ``\\udcXX`` escapes (Python's ``surrogateescape``, which
 ``os.fsencode`` turns back into the bytes) in JSON.
 """
 

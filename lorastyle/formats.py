@@ -330,9 +330,12 @@ def _cloneofsimo_names(part: str, count: int, targets: set[str]) -> list[str]:
 # Building modules from factors
 
 
-def _as_matrix(arr: np.ndarray) -> np.ndarray:
-    """Flatten a conv factor to 2-D (out, in*kh*kw); keep matrices."""
-    return arr.reshape(arr.shape[0], -1) if arr.ndim != 2 else arr
+def _as_matrix(arr: np.ndarray, path: str, what: str) -> np.ndarray:
+    """Flatten a conv factor to 2-D (out, in*kh*kw); keep matrices; refuse empty or other shapes."""
+    if arr.ndim not in (2, 4) or arr.size == 0:
+        raise LoraFormatError(path, f"{what} has shape {tuple(arr.shape)}: a factor must be a non-empty matrix "
+                                    "or 4-D conv kernel")
+    return arr.reshape(arr.shape[0], -1) if arr.ndim == 4 else arr
 
 
 def _khatri_rao_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -366,7 +369,8 @@ def build_module(path: str, name: str, part: str, roles: dict[str, np.ndarray]) 
         down_raw, up_raw = roles["lora_down"], roles["lora_up"]
         if up_raw.ndim == 4 and up_raw.shape[2:] != (1, 1):
             raise LoraFormatError(path, f"module {name}: up factor with a {up_raw.shape[2:]} kernel is not supported")
-        down, up = _as_matrix(down_raw), _as_matrix(up_raw)
+        down = _as_matrix(down_raw, path, f"module {name}: down factor")
+        up = _as_matrix(up_raw, path, f"module {name}: up factor")
         if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
             raise LoraFormatError(
                 path, f"module {name}: A/B shape mismatch: up {tuple(up_raw.shape)} and down {tuple(down_raw.shape)}"
@@ -382,15 +386,15 @@ def build_module(path: str, name: str, part: str, roles: dict[str, np.ndarray]) 
         else:  # a full factor: no useful low-rank form, keep the dense Kronecker product
             dense = np.kron(w1[0] if w1[1] is None else w1[0] @ w1[1], w2[0] if w2[1] is None else w2[0] @ w2[1])
             up, down = _dense_factors(dense)
-        # lora_dim as LyCORIS and ComfyUI read it; two full factors have none
-        dim_key = next((k for k in ("lokr_w2_b", "lokr_w1_b") if k in roles), None)
+        # lora_dim as LyCORIS and ComfyUI read it, from a factor actually used; two full factors have none
+        dim_key = next((f"lokr_w{i}_b" for i, w in (("2", w2), ("1", w1)) if w[1] is not None), None)
         rank = roles[dim_key].shape[0] if dim_key else min(up.shape[0], down.shape[1])
     elif any(k.startswith("hada_") for k in factors):
         kind = "loha"
         need = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
         if not all(k in roles for k in need):
             raise LoraFormatError(path, f"module {name}: LoHa needs {', '.join(need)}")
-        a1, b1, a2, b2 = (_as_matrix(roles[k]) for k in need)
+        a1, b1, a2, b2 = (_as_matrix(roles[k], path, f"module {name}: {k}") for k in need)
         if a1.shape[1] != b1.shape[0] or a2.shape[1] != b2.shape[0] or a1.shape[0] != a2.shape[0] \
                 or b1.shape[1] != b2.shape[1]:
             raise LoraFormatError(path, f"module {name}: LoHa factor shapes do not fit together")
@@ -401,6 +405,8 @@ def build_module(path: str, name: str, part: str, roles: dict[str, np.ndarray]) 
     else:
         raise LoraFormatError(path, f"module {name}: no LoRA factors")
 
+    if rank == 0:
+        raise LoraFormatError(path, f"module {name}: rank 0")
     if alpha is None or alpha == 0 or (kind == "lokr" and dim_key is None):
         scale = 1.0  # no alpha; kohya's alpha = 0; LyCORIS's full-factor LoKr
     else:
@@ -408,9 +414,13 @@ def build_module(path: str, name: str, part: str, roles: dict[str, np.ndarray]) 
     if up.shape[1] > min(up.shape[0], down.shape[1]):
         # the factorisation is wider than the matrix: the dense delta-W is cheaper
         up, down = _dense_factors(up @ down)
-    return LoraModule(name=name, part=part, kind=kind, up=up.astype(np.float32, copy=False),
-                      down=down.astype(np.float32, copy=False), rank=int(rank), alpha=alpha, scale=float(scale),
-                      factors=factors)
+    with np.errstate(over="ignore", invalid="ignore"):
+        up, down = up.astype(np.float32, copy=False), down.astype(np.float32, copy=False)
+        finite = np.isfinite(up).all() and np.isfinite(down).all() and np.isfinite(scale)
+    if not finite:
+        raise LoraFormatError(path, f"module {name}: delta-W overflows float32 (factors too large)")
+    return LoraModule(name=name, part=part, kind=kind, up=up, down=down, rank=int(rank), alpha=alpha,
+                      scale=float(scale), factors=factors)
 
 
 def _dense_factors(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -422,11 +432,13 @@ def _dense_factors(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _lokr_factor(path: str, name: str, roles: dict, i: str) -> tuple[np.ndarray, np.ndarray | None]:
     """One Kronecker factor W_i: (U_i, V_i) when stored decomposed, (W_i, None) when stored whole."""
     if f"lokr_w{i}" in roles:
-        return _as_matrix(roles[f"lokr_w{i}"]), None
+        if f"lokr_w{i}_a" in roles or f"lokr_w{i}_b" in roles:
+            raise LoraFormatError(path, f"module {name}: both lokr_w{i} and its factors lokr_w{i}_a/_b are stored")
+        return _as_matrix(roles[f"lokr_w{i}"], path, f"module {name}: lokr_w{i}"), None
     a, b = roles.get(f"lokr_w{i}_a"), roles.get(f"lokr_w{i}_b")
     if a is None or b is None:
         raise LoraFormatError(path, f"module {name}: LoKr needs lokr_w{i} or lokr_w{i}_a and lokr_w{i}_b")
-    a, b = _as_matrix(a), _as_matrix(b)
+    a, b = _as_matrix(a, path, f"module {name}: lokr_w{i}_a"), _as_matrix(b, path, f"module {name}: lokr_w{i}_b")
     if a.shape[1] != b.shape[0]:
         raise LoraFormatError(path, f"module {name}: lokr_w{i}_a {a.shape} and lokr_w{i}_b {b.shape} do not fit")
     return a, b
@@ -512,12 +524,13 @@ def load_lora(path: str | os.PathLike) -> LoRA:
             dtype = entries[key][0] if key in entries else "F32"  # alphas from metadata are synthetic keys
             if dtype not in FLOAT_DTYPES:
                 raise LoraFormatError(path, f"tensor {key!r}: dtype {dtype} is not a floating-point type")
-            arr = tensors[key]
+            with np.errstate(over="ignore"):
+                arr = tensors[key].astype(np.float32, copy=False)  # F64 beyond float32's range becomes inf here
             if not np.all(np.isfinite(arr)):
-                raise LoraFormatError(path, f"tensor {key!r} holds NaN or Inf values")
+                raise LoraFormatError(path, f"tensor {key!r} holds NaN or Inf values (or values beyond float32)")
             if role not in ("alpha", "dora_scale"):
                 factor_dtypes.add(dtype)
-            arrays[role] = arr.astype(np.float32, copy=False)
+            arrays[role] = arr
         modules[name] = build_module(path, name, part, arrays)
         if "dora_scale" in roles:
             rest.append(roles["dora_scale"])
@@ -549,7 +562,7 @@ def _split_layout(path, layout, keys, metadata, tensors) -> tuple[dict[tuple[str
     else:  # diffusers-peft, ai-toolkit
         raw, rest = _group(keys, _peft_split)
         canon = _canonical_peft
-        _apply_peft_alpha(raw, metadata, tensors)
+        _apply_peft_alpha(path, raw, metadata, tensors)
     grouped = {}
     for raw_name, roles in raw.items():
         if set(roles) <= {"alpha", "dora_scale"}:  # an alpha with no factors: not a module
@@ -564,17 +577,22 @@ def _split_layout(path, layout, keys, metadata, tensors) -> tuple[dict[tuple[str
     return {(part or denoiser, mpath): roles for (part, mpath), roles in grouped.items()}, rest
 
 
-def _apply_peft_alpha(raw: dict, metadata: dict[str, str], tensors: dict) -> None:
+def _apply_peft_alpha(path: str, raw: dict, metadata: dict[str, str], tensors: dict) -> None:
     """PEFT files keep lora_alpha outside the tensors; diffusers >= 0.35 puts it in metadata."""
     blob = metadata.get("lora_adapter_metadata")
     if not blob:
         return
     try:
         config = json.loads(blob)
-    except ValueError:
-        return
+    except (ValueError, RecursionError):
+        raise LoraFormatError(path, "lora_adapter_metadata is not valid JSON") from None
+    if not isinstance(config, dict):
+        raise LoraFormatError(path, "lora_adapter_metadata is not a JSON object")
     # Either {"r": .., "lora_alpha": ..} or {"unet.r": .., "unet.lora_alpha": ..}
     alphas = {k.rsplit(".", 1)[0] if "." in k else "": v for k, v in config.items() if k.endswith("lora_alpha")}
+    for key, value in alphas.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise LoraFormatError(path, f"lora_adapter_metadata: lora_alpha {value!r} is not a finite number")
     for raw_name, roles in raw.items():
         if "alpha" in roles:
             continue
@@ -596,6 +614,7 @@ def _split_cloneofsimo(path, keys, metadata):
         else:
             rest.append(key)
     grouped = {}
+    key_set = set(keys)
     for part, found in indices.items():
         if not found:
             continue
@@ -603,16 +622,23 @@ def _split_cloneofsimo(path, keys, metadata):
         if found != set(range(count)):
             raise LoraFormatError(path, f"cloneofsimo {part} indices are not contiguous from 0")
         try:
-            targets = set(json.loads(metadata.get(part, "[]")))
-        except ValueError:
-            targets = set()
+            targets = json.loads(metadata.get(part, "[]"))
+        except (ValueError, RecursionError):
+            targets = None
+        if not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+            raise LoraFormatError(path, f"cloneofsimo metadata {part!r} is not a JSON list of class names")
+        targets = set(targets)
         names = _cloneofsimo_names(part, count, targets)
         if not names:
             raise LoraFormatError(
                 path, f"cloneofsimo {part}: {count} modules do not match the SD U-Net/CLIP order for targets {sorted(targets)}"
             )
         for i, mpath in enumerate(names):
-            grouped[(part, mpath)] = {"lora_down": f"{part}:{i}:down", "lora_up": f"{part}:{i}:up"}
+            roles = {"lora_down": f"{part}:{i}:down", "lora_up": f"{part}:{i}:up"}
+            missing = [k for k in roles.values() if k not in key_set]
+            if missing:
+                raise LoraFormatError(path, f"cloneofsimo factor {missing[0]} is missing")
+            grouped[(part, mpath)] = roles
     return grouped, rest
 
 

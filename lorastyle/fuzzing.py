@@ -61,17 +61,7 @@ FORMATS = {"kohya", "kohya-dora", "diffusers-peft", "ai-toolkit", "diffusers-leg
 # (exception type, innermost lorastyle function). Each has a strict-xfail test in
 # tests/test_fuzz.py that reproduces it; when a bug is fixed that test passes,
 # pytest reports the XPASS as a failure, and the entry must go from this table.
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("ZeroDivisionError", "build_module"): "rank-0 module with an alpha: alpha / rank divides by zero",
-    ("IndexError", "_as_matrix"): "0-d (scalar) factor: _as_matrix reads shape[0] of a 0-d array",
-    ("ValueError", "_as_matrix"): "empty conv factor (a 0 dimension): reshape(0, -1) is ambiguous",
-    ("AttributeError", "_apply_peft_alpha"): "lora_adapter_metadata that is JSON but not an object",
-    ("TypeError", "_apply_peft_alpha"): "lora_adapter_metadata with a non-numeric lora_alpha (null, list)",
-    ("ValueError", "_apply_peft_alpha"): "lora_adapter_metadata with a string lora_alpha",
-    ("TypeError", "_split_cloneofsimo"): "cloneofsimo target metadata that is not a list of strings",
-    ("KeyError", "load_lora"): "cloneofsimo file with a down factor and no up factor at some index (or the reverse)",
-    ("invariant", "non-finite factors"): "finite stored factors whose LoKr/LoHa product overflows float32",
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 @dataclass
@@ -315,7 +305,12 @@ def layout_seeds(folder: str | os.PathLike, max_modules: int = 6) -> dict[str, b
                 shape = [_small(int(d)) for d in shape]
                 value = np.float32(8.0) if key.endswith(".alpha") else 0.1 * rng.standard_normal(shape)
                 tensors[key] = _t(np.asarray(value, np.float32).reshape(shape), "F16")
-        seeds[f"layout:{path.stem}"] = encode(tensors)
+        blob = encode(tensors)
+        if blob[0] == 0x80 and 2 <= blob[1] <= 5:
+            # A header of 640, 896, 1152 or 1408 bytes (mod 65536) starts like a pickle, and the
+            # reader refuses it as one (a known bug, see tests/test_fuzz.py): pad the seed past it.
+            blob = encode(tensors, {"padding": " " * 8})
+        seeds[f"layout:{path.stem}"] = blob
     return seeds
 
 
@@ -616,7 +611,7 @@ class Mutator:
         decoded = self.decoded.get(name)
         tensors = dict(decoded[0]) if decoded else {}
         dim = self._choice(_HUGE[:3])
-        shape = self._choice([[dim, dim], [dim], [1 << 16, 1 << 16], [dim, 0]])
+        shape = self._choice([[dim, dim], [dim], [1 << 16, 1 << 16], [dim, 0], [2**62, 0, 2**62]])
         nbytes = int(np.prod(shape, dtype=object)) * 4
         key = self._choice(sorted(tensors)) if tensors else "lora_unet_x.lora_down.weight"
         header, start = {}, 0

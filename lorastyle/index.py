@@ -44,7 +44,7 @@ from .descriptors import DESCRIPTORS, ModuleSelection, concat_vectors, descripto
 from .embedding import StyleEmbedding
 from .formats import LORA_SUFFIXES, LoRA, LoraFormatError, build_module, load_lora
 from .metrics import similarity_matrix
-from .safetensors_io import read_safetensors, write_safetensors
+from .safetensors_io import PICKLE_SUFFIXES, read_safetensors, write_safetensors
 
 try:  # POSIX; elsewhere index runs are not serialised (documented)
     import fcntl
@@ -660,7 +660,9 @@ def _read_one(path: str | os.PathLike, cache: LoraCache | None) -> tuple[LoRA, s
         digest = file_sha256(path)
     except OSError as exc:
         raise LoraFormatError(path, f"cannot read file: {exc.strerror or exc}") from None
-    if cache is not None:
+    # A pickle suffix is refused by name, whatever the bytes: ask load_lora (which refuses without
+    # reading), never the cache, so that a copy of a good file renamed .bin is refused too.
+    if cache is not None and os.path.splitext(os.fspath(path))[1].lower() not in PICKLE_SUFFIXES:
         hit = cache.get(os.fspath(path), digest)
         if isinstance(hit, LoraFormatError):
             raise hit
@@ -678,7 +680,8 @@ def _read_one(path: str | os.PathLike, cache: LoraCache | None) -> tuple[LoRA, s
     if changed:  # the digest may not describe what was loaded: cache nothing, embed nothing
         raise LoraFormatError(path, "the file changed or vanished while it was being read")
     transient = error is not None and error.reason.startswith("cannot read file")
-    if cache is not None and not transient:
+    by_name = os.path.splitext(os.fspath(path))[1].lower() in PICKLE_SUFFIXES
+    if cache is not None and not transient and not by_name:
         cache.put(digest, lora if error is None else error)
     if error is not None:
         raise error

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -24,6 +25,9 @@ __all__ = ["LoraFormatError", "read_safetensors", "read_safetensors_header", "wr
 
 # safetensors itself refuses headers above 100 MB; so do we, before reading them.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+# No LoRA tensor has a side this long; bounding it keeps numpy from being asked for absurd shapes.
+MAX_DIMENSION = 2**31 - 1
 
 # dtype name -> (numpy dtype of the stored bytes, itemsize)
 _DTYPES: dict[str, tuple[str, int]] = {
@@ -97,16 +101,21 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict[str, st
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise LoraFormatError(path, _PICKLE_REASON)
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+            raise LoraFormatError(path, "not a regular file")
+        size = info.st_size
         with open(path, "rb") as fh:
             head = fh.read(8)
-            if _looks_like_pickle(head):
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            # Pickle opcodes can also begin a valid header length (0x80 0x02 = 640 bytes), so a file
+            # is called a pickle only when its first bytes cannot be a header length for its size.
+            if (n is None or n > size - 8) and _looks_like_pickle(head):
                 raise LoraFormatError(path, _PICKLE_REASON)
             if size == 0:
                 raise LoraFormatError(path, "empty file")
-            if len(head) < 8:
+            if n is None:
                 raise LoraFormatError(path, f"file of {size} bytes is too short for a safetensors header")
-            (n,) = struct.unpack("<Q", head)
             if n > size - 8:
                 raise LoraFormatError(path, f"header length {n} is larger than the file ({size} bytes)")
             if n > MAX_HEADER_BYTES:
@@ -145,6 +154,9 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict[str, st
             raise LoraFormatError(path, f"tensor {name!r}: unknown dtype {dtype!r}")
         if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
             raise LoraFormatError(path, f"tensor {name!r}: shape {shape!r} is not a list of non-negative ints")
+        if any(d > MAX_DIMENSION for d in shape) or len(shape) > 8:
+            raise LoraFormatError(path, f"tensor {name!r}: shape {shape} is beyond any LoRA (a dimension above "
+                                        f"{MAX_DIMENSION} or more than 8 dimensions)")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
             raise LoraFormatError(path, f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end]")
         begin, end = offsets
