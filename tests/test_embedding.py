@@ -147,3 +147,18 @@ def test_transform_checks_width(data):
     emb = StyleEmbedding(2).fit(X)
     with pytest.raises(ValueError, match="X has 7 features, but StyleEmbedding was fitted with 500"):
         emb.transform(np.ones((2, 7)))
+
+
+def test_large_kernels_use_lanczos_with_the_same_result():
+    """Above 300 items the top eigenpairs come from ARPACK: same scores and factors as the dense solver."""
+    from lorastyle import embedding
+
+    rng = np.random.default_rng(5)
+    X, _ = spiked(rng, 400, dim=600)
+    K = X @ X.T
+    w_l, V_l = embedding._top_eigen(embedding.center_kernel(K, K), 3)
+    import scipy.linalg
+
+    w_d, V_d = scipy.linalg.eigh(embedding.center_kernel(K, K), subset_by_index=[397, 399])
+    np.testing.assert_allclose(w_l, w_d[::-1], rtol=1e-8)
+    same_up_to_sign(V_l, V_d[:, ::-1], atol=1e-6)
