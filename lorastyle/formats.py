@@ -339,8 +339,9 @@ def _as_matrix(arr: np.ndarray, path: str, what: str) -> np.ndarray:
 
 
 def _khatri_rao_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # (m, r1), (m, r2) -> (m, r1*r2): row-wise Kronecker product
-    return (a[:, :, None] * b[:, None, :]).reshape(a.shape[0], -1)
+    # (m, r1), (m, r2) -> (m, r1*r2): row-wise Kronecker product; overflow is caught by build_module
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (a[:, :, None] * b[:, None, :]).reshape(a.shape[0], -1)
 
 
 def build_module(path: str, name: str, part: str, roles: dict[str, np.ndarray]) -> LoraModule:
