@@ -381,12 +381,14 @@ def build_module(path: str, name: str, part: str, roles: dict[str, np.ndarray]) 
         kind = "lokr"
         w1 = _lokr_factor(path, name, roles, "1")
         w2 = _lokr_factor(path, name, roles, "2")
-        if w1[1] is not None and w2[1] is not None:
-            # kron(U1 V1, U2 V2) = kron(U1, U2) @ kron(V1, V2): exact low-rank form
-            up, down = np.kron(w1[0], w2[0]), np.kron(w1[1], w2[1])
-        else:  # a full factor: no useful low-rank form, keep the dense Kronecker product
-            dense = np.kron(w1[0] if w1[1] is None else w1[0] @ w1[1], w2[0] if w2[1] is None else w2[0] @ w2[1])
-            up, down = _dense_factors(dense)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused below, with a reason
+            if w1[1] is not None and w2[1] is not None:
+                # kron(U1 V1, U2 V2) = kron(U1, U2) @ kron(V1, V2): exact low-rank form
+                up, down = np.kron(w1[0], w2[0]), np.kron(w1[1], w2[1])
+            else:  # a full factor: no useful low-rank form, keep the dense Kronecker product
+                dense = np.kron(w1[0] if w1[1] is None else w1[0] @ w1[1],
+                                w2[0] if w2[1] is None else w2[0] @ w2[1])
+                up, down = _dense_factors(dense)
         # lora_dim as LyCORIS and ComfyUI read it, from a factor actually used; two full factors have none
         dim_key = next((f"lokr_w{i}_b" for i, w in (("2", w2), ("1", w1)) if w[1] is not None), None)
         rank = roles[dim_key].shape[0] if dim_key else min(up.shape[0], down.shape[1])
@@ -412,10 +414,10 @@ def build_module(path: str, name: str, part: str, roles: dict[str, np.ndarray]) 
         scale = 1.0  # no alpha; kohya's alpha = 0; LyCORIS's full-factor LoKr
     else:
         scale = alpha / rank
-    if up.shape[1] > min(up.shape[0], down.shape[1]):
-        # the factorisation is wider than the matrix: the dense delta-W is cheaper
-        up, down = _dense_factors(up @ down)
     with np.errstate(over="ignore", invalid="ignore"):
+        if up.shape[1] > min(up.shape[0], down.shape[1]):
+            # the factorisation is wider than the matrix: the dense delta-W is cheaper
+            up, down = _dense_factors(up @ down)
         up, down = up.astype(np.float32, copy=False), down.astype(np.float32, copy=False)
         finite = np.isfinite(up).all() and np.isfinite(down).all() and np.isfinite(scale)
     if not finite:
