@@ -594,8 +594,8 @@ def _apply_peft_alpha(path: str, raw: dict, metadata: dict[str, str], tensors: d
     # Either {"r": .., "lora_alpha": ..} or {"unet.r": .., "unet.lora_alpha": ..}
     alphas = {k.rsplit(".", 1)[0] if "." in k else "": v for k, v in config.items() if k.endswith("lora_alpha")}
     for key, value in alphas.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-            raise LoraFormatError(path, f"lora_adapter_metadata: lora_alpha {value!r} is not a finite number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) < 3.4e38:
+            raise LoraFormatError(path, f"lora_adapter_metadata: lora_alpha {value!r} is not a finite float32")
     for raw_name, roles in raw.items():
         if "alpha" in roles:
             continue
