@@ -40,6 +40,13 @@ __all__ = ["build_collection", "source_artworks", "render_training_images", "loa
 CONDITION = 1  # the tiny model's generic "a painting" condition; 0 is the null condition
 
 
+def _write_json(path: Path, obj, **kwargs) -> None:
+    """Write JSON atomically: an interrupted build never leaves a half-written file to resume from."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, **kwargs))
+    os.replace(tmp, path)
+
+
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -225,8 +232,7 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, model=None, en
     else:
         paintings, genres, content, base_pool, load = source_artworks(profile)
     specs = plan_collection(paintings, genres, content, profile)
-    (out / "plan.json").write_text(json.dumps({"profile": profile.name, "loras": [s.to_dict() for s in specs]},
-                                              indent=1))
+    _write_json(out / "plan.json", {"profile": profile.name, "loras": [s.to_dict() for s in specs]}, indent=1)
     losses_path = out / "losses.json"
     losses = json.loads(losses_path.read_text()) if losses_path.exists() else {}
 
@@ -239,7 +245,7 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, model=None, en
         model = stable_diffusion_model(profile.extra["model_id"], device="cuda" if torch.cuda.is_available() else "cpu")
     if model is None:
         model = _train_base(out, profile, base_pool, load, losses)
-        losses_path.write_text(json.dumps(losses))
+        _write_json(losses_path, losses)
         base_sha256 = file_sha256(out / "base.safetensors")
     else:  # a given model: identify it by its weights' checksum
         digest = hashlib.sha256()
@@ -277,7 +283,7 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, model=None, en
                 "lorastyle.spec": key}
         save_lora(path, result.factors, alpha=result.alpha, base=model.base, metadata=meta)
         losses[spec.id] = result.losses
-        losses_path.write_text(json.dumps(losses))
+        _write_json(losses_path, losses)
         trained += 1
     timing["loras_s"] = time.perf_counter() - t
 
@@ -329,10 +335,10 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, model=None, en
                            guidance=profile.sample_guidance, seed=profile.seed), losses)
     timing["figures_s"] = time.perf_counter() - t
     _write_manifest(out, specs)
-    (out / "losses.json").write_text(json.dumps(losses))
+    _write_json(out / "losses.json", losses)
     timing["total_s"] = time.perf_counter() - t0
     log = {"profile": profile.name, "n_loras": len(specs), "trained_now": trained, **timing}
-    (out / "build_log.json").write_text(json.dumps(log, indent=1))
+    _write_json(out / "build_log.json", log, indent=1)
     return log
 
 
