@@ -328,6 +328,7 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, model=None, en
                 arrays[f"gen/T{T}-w{w:g}-k{k}/{item}"] = feat
         np.savez(out / "features" / f"{name}.npz", **arrays)
     timing["features_s"] = time.perf_counter() - t
+    write_images(out / "images.npz", train_images, generated[default])
 
     t = time.perf_counter()
     write_figures(out, specs, train_images, generated[default],
@@ -340,6 +341,20 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, model=None, en
     log = {"profile": profile.name, "n_loras": len(specs), "trained_now": trained, **timing}
     _write_json(out / "build_log.json", log, indent=1)
     return log
+
+
+def write_images(path: Path, train_images: dict[str, np.ndarray], samples: dict[str, np.ndarray]) -> None:
+    """Every LoRA's training images and default-setting samples as one compressed uint8 file.
+
+    Small enough to commit (about 10 MB for the default collection), so the book draws
+    its image grids and the memorisation check without the rendering cache.
+    Keys are ``train/<id>`` and ``gen/<id>``.
+    """
+    arrays = {f"train/{i}": np.asarray(v, dtype=np.uint8) for i, v in sorted(train_images.items())}
+    arrays |= {f"gen/{i}": np.asarray(v, dtype=np.uint8) for i, v in sorted(samples.items())}
+    tmp = path.with_name(path.name + ".tmp.npz")  # np.savez adds .npz to names without it
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
 
 
 def write_figures(out: Path, specs: list[LoraSpec], train_images: dict[str, np.ndarray],

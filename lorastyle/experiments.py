@@ -22,7 +22,9 @@ from .formats import LoRA, load_lora
 from .metrics import cluster_scores, retrieval_scores
 
 __all__ = ["Collection", "load_collection", "lora_embedding", "feature_matrix", "feature_embedding",
-           "clustering_table", "DESCRIPTOR_NAMES", "ENCODER_NAMES"]
+           "clustering_table", "retrieval_table", "structure_comparison", "subnetwork_curves", "invariance_table",
+           "collection_summary", "artist_table", "map_panels", "sample_rows", "loss_curves", "memorisation_table",
+           "real_lora_similarity", "DESCRIPTOR_NAMES", "ENCODER_NAMES", "SUBNETWORKS"]
 
 DESCRIPTOR_NAMES = ("concat", "delta", "gram")
 # Stand-ins for CLIP and DINO in the default profile: named for what they are.
@@ -59,6 +61,14 @@ class Collection:
     def features(self, encoder: str) -> dict[str, np.ndarray]:
         with np.load(self.root / "features" / f"{encoder}.npz", allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
+
+    def images(self, lora_id: str, kind: str = "train") -> np.ndarray:
+        """uint8 images of a LoRA: ``train`` (its training images) or ``gen`` (generated at the default setting)."""
+        path = self.root / "images.npz"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no images; rebuild the collection with `make data`")
+        with np.load(path, allow_pickle=False) as data:
+            return data[f"{kind}/{lora_id}"]
 
 
 def load_collection(root: str | Path = "data") -> Collection:
@@ -104,7 +114,9 @@ def clustering_table(coll: Collection, *, collection: str = "main", descriptors:
     -------
     pandas.DataFrame
         One row per (representation, level): ``ari``, ``nmi``, ``purity`` (means over
-        seeds, with ``*_std``), ``silhouette`` and leave-one-out ``top1``.
+        k-means seeds, with ``*_std``), ``silhouette``, leave-one-out ``top1`` with its 95%
+        Wilson interval (``top1_low``, ``top1_high``: what n queries allow one to
+        conclude) and ``top1_chance``, the expected top-1 of a random neighbour.
     """
     import pandas as pd
 
@@ -122,8 +134,29 @@ def clustering_table(coll: Collection, *, collection: str = "main", descriptors:
                 row[key], row[f"{key}_std"] = float(np.mean(vals)), float(np.std(vals))
             row["silhouette"] = runs[0]["silhouette"]
             row["top1"] = retrieval_scores(Z, y, k=(1,))["top1"]
+            row["top1_low"], row["top1_high"] = wilson_interval(row["top1"], len(ids))
+            row["top1_chance"] = nearest_neighbour_chance(y)
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def wilson_interval(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion ``p`` measured on ``n`` trials."""
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+    return float(centre - half), float(centre + half)
+
+
+def nearest_neighbour_chance(labels: Sequence) -> float:
+    """Expected leave-one-out top-1 accuracy when the neighbour is drawn at random.
+
+    A query of class c is right with probability (n_c - 1) / (n - 1).
+    """
+    y = np.asarray(labels)
+    _, counts = np.unique(y, return_counts=True)
+    return float((counts * (counts - 1)).sum() / (len(y) * (len(y) - 1)))
 
 
 def _lora_fit(coll: Collection, ids: Sequence[str], descriptor: str, n_components: int,
@@ -304,3 +337,199 @@ def invariance_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTO
                          "cos_same_artist": float(np.mean(cos[same])) if same else np.nan,
                          "cos_other_artists": float(np.mean(cos[other])) if other else np.nan})
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# The collections (chapter 2), maps (chapter 3), real files (chapter 8), memorisation (chapter 9)
+# ---------------------------------------------------------------------------------------------
+
+def collection_summary(coll: Collection):
+    """One row per collection of the build: what it is for and how its LoRAs were trained.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``collection``, ``loras``, ``artists``, ``genres``, ``images_per_lora``, ``ranks``, ``A_init_seeds``.
+    """
+    import pandas as pd
+
+    rows = []
+    for name in dict.fromkeys(r["collection"] for r in coll.rows):
+        sub = [r for r in coll.rows if r["collection"] == name]
+        rows.append({"collection": name, "loras": len(sub), "artists": len({r["artist"] for r in sub}),
+                     "genres": len({r["genre"] for r in sub}),
+                     "images_per_lora": ", ".join(sorted({r["n_images"] for r in sub}, key=int)),
+                     "ranks": ", ".join(sorted({r["rank"] for r in sub}, key=int)),
+                     "A_init_seeds": ", ".join(sorted({r["init_seed"] for r in sub}, key=int))})
+    return pd.DataFrame(rows)
+
+
+def artist_table(coll: Collection):
+    """The artists of the collection with their genre, movement, dates and LoRA counts, by genre.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``genre``, ``artist``, ``movement``, ``dates``, ``paintings`` (in the Met
+        package), ``main`` and ``real`` (LoRAs in each collection).
+    """
+    import pandas as pd
+
+    from .datasets import artist_genres, met_paintings
+
+    genres = artist_genres()
+    works: dict[str, int] = {}
+    for p in met_paintings():
+        works[p.artist] = works.get(p.artist, 0) + 1
+    rows = []
+    for artist in sorted({r["artist"] for r in coll.rows}):
+        g = genres[artist]
+        count = {c: sum(r["artist"] == artist and r["collection"] == c for r in coll.rows) for c in ("main", "real")}
+        rows.append({"genre": g.genre, "artist": artist, "movement": g.movement, "dates": g.dates,
+                     "paintings": works.get(artist, 0), **count})
+    return pd.DataFrame(rows).sort_values(["genre", "artist"], ignore_index=True)
+
+
+def map_panels(coll: Collection, *, collection: str = "main", descriptors: Sequence[str] = ("concat",),
+               encoders: Sequence[str] = ()) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """2-D PCA maps of LoRA descriptors and image encoders, ready for :func:`lorastyle.viz.style_maps`.
+
+    Returns
+    -------
+    dict of str to (points, artists, genres)
+        Panel title to its first two principal components and labels, in the order
+        descriptors, then encoders. Every map is of the same LoRAs.
+    """
+    ids = coll.ids(collection)
+    artists, genres = coll.labels(ids, "artist"), coll.labels(ids, "genre")
+    panels = {f"LoRA weights ({d})": lora_embedding(coll, ids, d, n_components=2) for d in descriptors}
+    panels |= {f"{ENCODER_NAMES.get(e, e)} of training images": feature_embedding(coll, ids, e, n_components=2)
+               for e in encoders}
+    return {title: (Z[:, :2], artists, genres) for title, Z in panels.items()}
+
+
+def sample_rows(coll: Collection, artist: str, *, n: int = 6) -> dict[str, np.ndarray]:
+    """Training images beside generated images for one artist, for :func:`lorastyle.viz.image_grid`.
+
+    Rows: the first main LoRA's training images and samples, and the same for the
+    artist's first real-pixel LoRA when the collection has one.
+    """
+    rows = {}
+    for collection, label in (("main", "stylized"), ("real", "real-pixel")):
+        ids = [i for i in coll.ids(collection) if coll.by_id[i]["artist"] == artist]
+        if ids:
+            rows[f"{label} LoRA: training images"] = coll.images(ids[0], "train")[:n]
+            rows[f"{label} LoRA: generated"] = coll.images(ids[0], "gen")[:n]
+    if not rows:
+        raise ValueError(f"no main or real-pixel LoRA of {artist!r} in {coll.root}")
+    return rows
+
+
+def loss_curves(coll: Collection) -> dict[str, dict[str, list[float]]]:
+    """Training losses: ``{"base": {"base model": curve}, "loras": {collection: mean curve}}``."""
+    import json
+
+    losses = json.loads((coll.root / "losses.json").read_text())
+    by_collection: dict[str, list[list[float]]] = {}
+    for r in coll.rows:
+        if r["id"] in losses:
+            by_collection.setdefault(r["collection"], []).append(losses[r["id"]])
+    return {"base": {"base model": losses["base"]} if "base" in losses else {},
+            "loras": {c: list(np.mean(v, axis=0)) for c, v in by_collection.items()}}
+
+
+def _nearest_distances(images: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """RMS pixel distance (0-255 scale) of every image to its nearest reference image."""
+    x = images.reshape(len(images), -1).astype(np.float64)
+    y = references.reshape(len(references), -1).astype(np.float64)
+    d2 = (x**2).sum(1)[:, None] - 2 * x @ y.T + (y**2).sum(1)[None, :]
+    return np.sqrt(np.maximum(d2, 0).min(axis=1) / x.shape[1])
+
+
+def memorisation_table(coll: Collection, *, collections: Sequence[str] = ("memorisation", "main")):
+    """Do LoRAs trained on few images copy them? Nearest-neighbour distances of generated images.
+
+    For every LoRA, the RMS pixel distance of each generated image to the nearest
+    of its own training images (``d_own``) and to the nearest training image of
+    the other LoRAs of the same collection (``d_others``). Copying shows as
+    ``d_own`` far below ``d_others``; ``ratio = d_own / d_others``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per LoRA: ``collection``, ``id``, ``n_images``, ``d_own``, ``d_others``, ``ratio``.
+    """
+    import pandas as pd
+
+    ids = coll.ids(collections)
+    train = {i: coll.images(i, "train") for i in ids}
+    rows = []
+    for c in collections:
+        for i in coll.ids(c):
+            gen = coll.images(i, "gen")
+            others = np.concatenate([train[j] for j in ids if j != i])
+            d_own = _nearest_distances(gen, train[i]).mean()
+            d_others = _nearest_distances(gen, others).mean()
+            rows.append({"collection": c, "id": i, "n_images": int(coll.by_id[i]["n_images"]),
+                         "d_own": float(d_own), "d_others": float(d_others), "ratio": float(d_own / d_others)})
+    return pd.DataFrame(rows)
+
+
+REAL_LORA_MODULES = ModuleSelection(parts=["unet"], layers=["self_attention", "cross_attention"])
+
+
+def real_lora_similarity(folder: str | Path, *, descriptors: Sequence[str] = DESCRIPTOR_NAMES,
+                         select: ModuleSelection = REAL_LORA_MODULES):
+    """Cosine similarities between real LoRA files made by others, by each descriptor.
+
+    Only modules that every file adapts are compared (by default the U-Net's
+    attention projections). ``concat`` is defined only for pairs with the same
+    modules and ranks; other pairs are NaN, which is the point: it cannot compare
+    a rank-4 file with a rank-8 one.
+
+    Returns
+    -------
+    files : list of str
+        File names, sorted.
+    summary : pandas.DataFrame
+        ``file``, ``layout``, ``base``, ``ranks`` (set over the compared modules), ``modules``.
+    cosines : dict of str to pandas.DataFrame
+        Descriptor to a files x files cosine matrix.
+    """
+    import pandas as pd
+
+    from .descriptors import IncomparableLorasError
+
+    paths = sorted(Path(folder).glob("*.safetensors"))
+    loras = [load_lora(p) for p in paths]
+    shared = set.intersection(*(set(select.modules(lora)) for lora in loras))
+    if not shared:
+        raise ValueError(f"{folder}: the files share no module of {select}")
+
+    def only_shared(lora: LoRA) -> LoRA:
+        from dataclasses import replace
+
+        return replace(lora, modules={n: m for n, m in lora.modules.items() if n in shared})
+
+    loras = [only_shared(lora) for lora in loras]
+    names = [p.name.removesuffix(".safetensors") for p in paths]
+    summary = pd.DataFrame([{"file": n, "layout": lora.format, "base": lora.base,
+                             "ranks": ", ".join(map(str, sorted(set(lora.ranks)))), "modules": len(lora.modules)}
+                            for n, lora in zip(names, loras)])
+    cosines = {}
+    for d in descriptors:
+        C = np.full((len(loras), len(loras)), np.nan)
+        if d == "concat":
+            for i in range(len(loras)):
+                for j in range(i, len(loras)):
+                    try:
+                        K = descriptor_kernel(d, [loras[i], loras[j]])
+                    except IncomparableLorasError:
+                        continue
+                    C[i, j] = C[j, i] = K[0, 1] / np.sqrt(K[0, 0] * K[1, 1])
+        else:
+            K = descriptor_kernel(d, loras)
+            norms = np.sqrt(np.diag(K))
+            C = K / np.outer(norms, norms)
+        cosines[d] = pd.DataFrame(C, index=names, columns=names)
+    return names, summary, cosines

@@ -211,3 +211,33 @@ def test_paper_profile_runs_through_the_same_code(tmp_path):
         assert sum(map(len, sources)) == len(set().union(*sources))
     lora = load_lora(tmp_path / "out" / main[0]["file"])
     assert lora.base == "sd1" and lora.ranks == [profile.rank]
+
+
+def test_chapter_helpers_run_on_the_smoke_collection(smoke):
+    from lorastyle.experiments import (artist_table, collection_summary, loss_curves, map_panels,
+                                       memorisation_table, sample_rows)
+
+    out, _ = smoke
+    coll = load_collection(out)
+    summary = collection_summary(coll).set_index("collection")
+    assert summary["loras"].sum() == len(coll.rows)
+    assert summary.loc["main", "artists"] == get_profile("smoke").n_artists
+    artists = artist_table(coll)
+    assert len(artists) == len({r["artist"] for r in coll.rows})
+    assert (artists["main"] == get_profile("smoke").loras_per_artist).all()
+    assert (artists["paintings"] >= 2).all()
+    panels = map_panels(coll, descriptors=("concat", "gram"), encoders=("efficientnet",))
+    assert len(panels) == 3 and all(p.shape == (len(coll.ids("main")), 2) for p, _, _ in panels.values())
+    artist = coll.rows[0]["artist"]
+    rows = sample_rows(coll, artist, n=3)
+    first = next(i for i in coll.ids("main") if coll.by_id[i]["artist"] == artist)
+    # the grid shows the first main LoRA's own training images, as rendered by the build
+    np.testing.assert_array_equal(rows["stylized LoRA: training images"],
+                                  np.load(out / "cache" / "train" / f"{first}.npy")[:3])
+    assert all(v.dtype == np.uint8 and v.ndim == 4 for v in rows.values())
+    curves = loss_curves(coll)
+    assert len(curves["base"]["base model"]) == get_profile("smoke").base_steps
+    assert set(curves["loras"]) == set(summary.index)
+    mem = memorisation_table(coll)
+    assert set(mem["collection"]) == {"memorisation", "main"}
+    assert (mem["d_own"] >= 0).all() and np.allclose(mem["ratio"], mem["d_own"] / mem["d_others"])

@@ -1,0 +1,85 @@
+"""Book helpers of lorastyle.experiments against independent references (scipy, brute force)."""
+
+import csv
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from lorastyle.experiments import (_nearest_distances, load_collection, memorisation_table,
+                                   nearest_neighbour_chance, real_lora_similarity, wilson_interval)
+from lorastyle.formats import save_lora
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (7, 10), (10, 10), (93, 108), (1, 3)])
+def test_wilson_interval_matches_scipy(k, n):
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    np.testing.assert_allclose(wilson_interval(k / n, n), (ci.low, ci.high), atol=1e-6)
+
+
+def test_nearest_neighbour_chance_is_the_mean_over_queries_of_same_class_neighbours():
+    y = np.array(list("aaabbbbcdd"))
+    brute = np.mean([np.mean([y[j] == y[i] for j in range(len(y)) if j != i]) for i in range(len(y))])
+    assert nearest_neighbour_chance(y) == pytest.approx(brute)
+
+
+def test_nearest_distances_brute_force():
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 256, (4, 5, 5, 3)), rng.integers(0, 256, (6, 5, 5, 3))
+    brute = [min(np.sqrt(np.mean((x.astype(float) - z) ** 2)) for z in b) for x in a]
+    np.testing.assert_allclose(_nearest_distances(a, b), brute, rtol=1e-9)
+
+
+def _fake_collection(root, train, gen, collection="memorisation"):
+    rows = [{"file": f"{i}.safetensors", "id": i, "artist": f"artist {i}", "genre": "baroque",
+             "collection": collection, "n_images": str(len(train[i]))} for i in train]
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    np.savez(root / "images.npz", **{f"train/{i}": v for i, v in train.items()},
+             **{f"gen/{i}": v for i, v in gen.items()})
+    return load_collection(root)
+
+
+def test_memorisation_table_sees_a_copying_lora(tmp_path):
+    rng = np.random.default_rng(1)
+    train = {i: rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8) for i in ("a", "b", "c")}
+    gen = {"a": train["a"][[0, 1, 2, 0]],  # a copies its training images exactly
+           "b": rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8),
+           "c": rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)}
+    table = _fake_collection(tmp_path, train, gen)
+    mem = memorisation_table(table, collections=("memorisation",)).set_index("id")
+    assert mem.loc["a", "d_own"] == 0 and mem.loc["a", "ratio"] == 0
+    assert mem.loc["b", "ratio"] > 0.5 and mem.loc["c", "ratio"] > 0.5  # noise is as far from its own as from others
+
+
+def test_real_lora_similarity_sees_through_the_gauge_and_across_ranks(tmp_path):
+    rng = np.random.default_rng(2)
+    names = ["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+             "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"]
+    shapes = {names[0]: (16, 16), names[1]: (16, 24)}
+    base = {m: (rng.standard_normal((2, n)), rng.standard_normal((o, 2))) for m, (o, n) in shapes.items()}
+    G = rng.standard_normal((2, 2)) + 3 * np.eye(2)
+    gauge = {m: (G @ A, B @ np.linalg.inv(G)) for m, (A, B) in base.items()}
+    # the same update written at rank 4 (zero-padded factors): identical delta-W
+    padded = {m: (np.vstack([A, np.zeros((2, A.shape[1]))]), np.hstack([B, np.zeros((B.shape[0], 2))]))
+              for m, (A, B) in base.items()}
+    other = {m: (rng.standard_normal((2, n)), rng.standard_normal((o, 2))) for m, (o, n) in shapes.items()}
+    # an extra module only one file adapts: dropped, since not every file has it
+    other["unet.up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_v"] = (
+        rng.standard_normal((2, 8)), rng.standard_normal((8, 2)))
+    for name, f, alpha in (("a", base, 2.0), ("b_gauge", gauge, 2.0), ("c_rank4", padded, 4.0), ("d_other", other, 2.0)):
+        save_lora(tmp_path / f"{name}.safetensors", f, alpha=alpha, base="sd1")
+    files, summary, cos = real_lora_similarity(tmp_path)
+    assert files == ["a", "b_gauge", "c_rank4", "d_other"]
+    assert list(summary["modules"]) == [2, 2, 2, 2]
+    assert cos["delta"].loc["a", "b_gauge"] == pytest.approx(1) and cos["delta"].loc["a", "c_rank4"] == pytest.approx(1)
+    assert cos["gram"].loc["a", "c_rank4"] == pytest.approx(1)
+    assert cos["concat"].loc["a", "b_gauge"] < 0.99  # the gauge moves the paper's descriptor
+    assert np.isnan(cos["concat"].loc["a", "c_rank4"])  # and it cannot compare ranks
+    assert abs(cos["delta"].loc["a", "d_other"]) < 0.9
+    # reference: delta cosine from materialised delta-W on the shared modules
+    dw = lambda f: np.concatenate([(B @ A).ravel() for m, (A, B) in sorted(f.items()) if m in shapes])
+    x, y = dw(base), dw(other)
+    assert cos["delta"].loc["a", "d_other"] == pytest.approx(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
