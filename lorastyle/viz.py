@@ -19,8 +19,9 @@ Figures
     :func:`interactive_style_map` the same map as a self-contained plotly
     HTML page. :func:`curve_plot` (mean curves with ±std bands),
     :func:`image_grid` (labelled rows of images), :func:`loss_plot` (loss
-    curves with a moving average) and :func:`bar_table` (grouped bar chart of
-    a metric table) cover the other figures.
+    curves with a moving average), :func:`bar_table` (grouped bar chart of
+    a metric table) and :func:`similarity_heatmap` (an annotated square matrix
+    of similarities) cover the other figures.
 
 Nothing here draws at random: every function is deterministic, so no
 ``random_state`` is needed. Titles are always the caller's: a function never
@@ -65,6 +66,7 @@ __all__ = [
     "image_grid",
     "loss_plot",
     "bar_table",
+    "similarity_heatmap",
 ]
 
 # --------------------------------------------------------------------------- #
@@ -1043,4 +1045,71 @@ def bar_table(
         ax.grid(False, axis="x")
         if legend:
             ax.legend(title=hue, loc="best")
+    return ax
+
+
+def similarity_heatmap(
+    ax: Axes,
+    matrix: Any,
+    *,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+    vmin: float = -1.0,
+    vmax: float = 1.0,
+    fmt: str = "{:.2f}",
+    cmap: str = "cividis",
+    missing: str = "n/a",
+) -> Axes:
+    """An annotated heatmap of a square similarity matrix (e.g. cosines between LoRAs).
+
+    Every cell is written in figures, so the colour scale (``cividis``, readable
+    with every colour-vision deficiency) is a guide, not the only carrier of the
+    value. NaN cells (pairs that a descriptor cannot compare) are grey and
+    labelled ``missing``.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    matrix : array-like of shape (n, n) or pandas.DataFrame
+        A DataFrame's index gives the labels when ``labels`` is None.
+    labels : sequence of str, optional
+        Row and column names; default ``0 .. n-1``.
+    title : str, optional
+    vmin, vmax : float, default=-1, 1
+        Colour scale limits.
+    fmt : str, default="{:.2f}"
+    cmap : str, default="cividis"
+    missing : str, default="n/a"
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    if labels is None and hasattr(matrix, "index"):
+        labels = [str(i) for i in matrix.index]
+    M = np.asarray(matrix, dtype=float)
+    if M.ndim != 2 or M.shape[0] != M.shape[1]:
+        raise ValueError(f"matrix must be square, got shape {M.shape}")
+    n = M.shape[0]
+    labels = [str(i) for i in range(n)] if labels is None else list(labels)
+    if len(labels) != n:
+        raise ValueError(f"{len(labels)} labels for a {n} x {n} matrix")
+    colormap = mpl.colormaps[cmap].with_extremes(bad="#d9d9d9")
+    image = ax.imshow(np.ma.masked_invalid(M), cmap=colormap, vmin=vmin, vmax=vmax)
+    for i in range(n):
+        for j in range(n):
+            value = M[i, j]
+            if np.isnan(value):
+                text, colour = missing, _SPINE
+            else:
+                # dark text on the light (high) end of cividis, light text on the dark end
+                text = fmt.format(value)
+                colour = _DARK if (value - vmin) / (vmax - vmin) > 0.55 else "white"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
+    ax.set_xticks(range(n), labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels)
+    ax.grid(False)
+    ax.figure.colorbar(image, ax=ax, shrink=0.8)
+    if title is not None:
+        ax.set_title(title)
     return ax

@@ -372,3 +372,22 @@ def test_bar_table_grouped_with_errorbars(tmp_path):
         viz.bar_table(ax, rows + rows[:1], value="ari", group="descriptor", hue="level")
     with pytest.raises(ValueError, match="lacks column"):
         viz.bar_table(ax, rows, value="nmi", group="descriptor", hue="level")
+
+
+def test_similarity_heatmap_writes_every_value_and_marks_missing_pairs():
+    import pandas as pd
+
+    from lorastyle.viz import similarity_heatmap
+
+    M = np.array([[1.0, 0.25, np.nan], [0.25, 1.0, -0.5], [np.nan, -0.5, 1.0]])
+    fig, ax = plt.subplots()
+    similarity_heatmap(ax, pd.DataFrame(M, index=["a", "b", "c"]), title="t")
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["1.00", "0.25", "n/a", "0.25", "1.00", "-0.50", "n/a", "-0.50", "1.00"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c"]
+    assert ax.get_title() == "t"
+    data = ax.images[0].get_array()
+    assert data.mask[0, 2] and not data.mask[0, 1]  # NaN cells are masked (drawn grey)
+    with pytest.raises(ValueError, match="square"):
+        similarity_heatmap(ax, np.ones((2, 3)))
+    plt.close(fig)
