@@ -62,6 +62,13 @@ class Collection:
         with np.load(self.root / "features" / f"{encoder}.npz", allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
 
+    @property
+    def encoders(self) -> list[str]:
+        """Image encoders whose features the build computed (``features/<name>.npz``), in book order."""
+        found = {p.stem for p in (self.root / "features").glob("*.npz")}
+        order = list(ENCODER_NAMES)
+        return sorted(found, key=lambda e: (order.index(e) if e in order else len(order), e))
+
     def images(self, lora_id: str, kind: str = "train") -> np.ndarray:
         """uint8 images of a LoRA: ``train`` (its training images) or ``gen`` (generated at the default setting)."""
         path = self.root / "images.npz"
@@ -463,15 +470,18 @@ def memorisation_table(coll: Collection, *, collections: Sequence[str] = ("memor
 
     ids = coll.ids(collections)
     train = {i: coll.images(i, "train") for i in ids}
+    sources = {i: set(filter(None, coll.by_id[i].get("training_images", "").split(";"))) for i in ids}
     rows = []
     for c in collections:
         for i in coll.ids(c):
             gen = coll.images(i, "gen")
-            others = np.concatenate([train[j] for j in ids if j != i])
+            # a LoRA that saw any of the same training images is not an "other" (a memorisation
+            # LoRA's three images are the first images of a main LoRA)
+            others = np.concatenate([train[j] for j in ids if j != i and not sources[i] & sources[j]])
             d_own = _nearest_distances(gen, train[i]).mean()
             d_others = _nearest_distances(gen, others).mean()
             rows.append({"collection": c, "id": i, "n_images": int(coll.by_id[i]["n_images"]),
-                         "d_own": float(d_own), "d_others": float(d_others), "ratio": float(d_own / d_others)})
+                         "d_own": float(d_own), "d_others": float(d_others), "ratio": float(d_own / d_others) if d_others > 0 else np.nan})
     return pd.DataFrame(rows)
 
 

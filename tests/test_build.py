@@ -219,6 +219,7 @@ def test_chapter_helpers_run_on_the_smoke_collection(smoke):
 
     out, _ = smoke
     coll = load_collection(out)
+    assert coll.encoders == [e for e in ("efficientnet", "vgg_gram", "magenta") if e in get_profile("smoke").encoders]
     summary = collection_summary(coll).set_index("collection")
     assert summary["loras"].sum() == len(coll.rows)
     assert summary.loc["main", "artists"] == get_profile("smoke").n_artists

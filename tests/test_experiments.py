@@ -30,9 +30,11 @@ def test_nearest_distances_brute_force():
     np.testing.assert_allclose(_nearest_distances(a, b), brute, rtol=1e-9)
 
 
-def _fake_collection(root, train, gen, collection="memorisation"):
+def _fake_collection(root, train, gen, collection="memorisation", sources=None):
+    sources = sources or {}
     rows = [{"file": f"{i}.safetensors", "id": i, "artist": f"artist {i}", "genre": "baroque",
-             "collection": collection, "n_images": str(len(train[i]))} for i in train]
+             "collection": collection, "n_images": str(len(train[i])), "training_images": sources.get(i, f"src-{i}")}
+            for i in train]
     with open(root / "manifest.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
@@ -52,6 +54,18 @@ def test_memorisation_table_sees_a_copying_lora(tmp_path):
     mem = memorisation_table(table, collections=("memorisation",)).set_index("id")
     assert mem.loc["a", "d_own"] == 0 and mem.loc["a", "ratio"] == 0
     assert mem.loc["b", "ratio"] > 0.5 and mem.loc["c", "ratio"] > 0.5  # noise is as far from its own as from others
+
+
+def test_memorisation_table_keeps_loras_with_shared_training_images_out_of_the_others(tmp_path):
+    rng = np.random.default_rng(3)
+    train = {i: rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8) for i in ("a", "b", "c")}
+    train["b"][:2] = train["a"][:2]  # b saw two of a's images
+    gen = {i: train["a"][[0, 1]] for i in train}  # everyone generates a's first two images
+    sources = {"a": "x@0;y@1;z@2", "b": "x@0;y@1;w@5", "c": "u@0;v@1;t@2"}
+    mem = memorisation_table(_fake_collection(tmp_path, train, gen, sources=sources),
+                             collections=("memorisation",)).set_index("id")
+    assert mem.loc["a", "d_own"] == 0 and mem.loc["a", "d_others"] > 0  # b is not among a's others
+    assert mem.loc["c", "d_others"] == 0  # for c, a and b are others and hold the copied images
 
 
 def test_real_lora_similarity_sees_through_the_gauge_and_across_ranks(tmp_path):
