@@ -97,3 +97,22 @@ def test_real_lora_similarity_sees_through_the_gauge_and_across_ranks(tmp_path):
     dw = lambda f: np.concatenate([(B @ A).ravel() for m, (A, B) in sorted(f.items()) if m in shapes])
     x, y = dw(base), dw(other)
     assert cos["delta"].loc["a", "d_other"] == pytest.approx(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
+
+
+def test_isometric_coordinates_keep_every_inner_product_and_the_pca():
+    from sklearn.decomposition import PCA
+
+    from lorastyle.build import isometric_coordinates
+
+    rng = np.random.default_rng(4)
+    raw = {f"train/{i}": rng.standard_normal(500).astype(np.float32) for i in range(30)}
+    compact = isometric_coordinates(raw)
+    assert set(compact) == set(raw) and compact["train/0"].shape == (30,)
+    keys = sorted(raw)
+    X = np.stack([raw[k] for k in keys]).astype(np.float64)
+    C = np.stack([compact[k] for k in keys]).astype(np.float64)
+    np.testing.assert_allclose(C @ C.T, X @ X.T, rtol=1e-5, atol=1e-3)
+    zx, zc = PCA(5).fit_transform(X), PCA(5).fit_transform(C)
+    np.testing.assert_allclose(np.abs(zc), np.abs(zx), rtol=1e-4, atol=1e-4)  # equal up to sign
+    short = {"a": np.ones(3), "b": np.zeros(3), "c": np.arange(3.0), "d": np.ones(3)}
+    assert isometric_coordinates(short) is short  # nothing to gain: returned as given
