@@ -2,20 +2,20 @@
 
 Supported layouts (the ``format`` reported by :func:`load_lora`):
 
-==================  ================================================================
-``kohya``           ``lora_unet_<path>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``
-                    (kohya-ss sd-scripts, also ``lora_te_``, ``lora_te1_``, ``lora_te2_``)
-``kohya-dora``      the same with ``.dora_scale`` (OneTrainer DoRA)
-``diffusers-peft``  ``[unet.|text_encoder.|transformer.|base_model.model.]<path>.lora_A.weight``
-``ai-toolkit``      ``diffusion_model.<path>.lora_A.weight`` (ostris ai-toolkit, Flux)
-``diffusers-legacy`` ``<path>.processor.to_q_lora.down.weight`` (attention processors),
-                    ``<path>.lora_linear_layer.down.weight``, ``<path>.lora.down.weight``
-``cloneofsimo``     ``unet:<i>:down`` / ``text_encoder:<i>:up`` (lora_diffusion), with
-                    textual-inversion tokens kept as extras
-``xlabs``           ``double_blocks.<i>.processor.qkv_lora1.down.weight`` (XLabs Flux)
-``lycoris-lokr``    ``.lokr_w1[_a|_b]``, ``.lokr_w2[_a|_b]``: delta-W = scale * kron(W1, W2)
-``lycoris-loha``    ``.hada_w1_a`` ... : delta-W = scale * (W1a W1b) * (W2a W2b) (elementwise)
-==================  ================================================================
+====================  ================================================================
+``kohya``             ``lora_unet_<path>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``
+                      (kohya-ss sd-scripts, also ``lora_te_``, ``lora_te1_``, ``lora_te2_``)
+``kohya-dora``        the same with ``.dora_scale`` (OneTrainer DoRA)
+``diffusers-peft``    ``[unet.|text_encoder.|transformer.|base_model.model.]<path>.lora_A.weight``
+``ai-toolkit``        ``diffusion_model.<path>.lora_A.weight`` (ostris ai-toolkit, Flux)
+``diffusers-legacy``  ``<path>.processor.to_q_lora.down.weight`` (attention processors),
+                      ``<path>.lora_linear_layer.down.weight``, ``<path>.lora.down.weight``
+``cloneofsimo``       ``unet:<i>:down`` / ``text_encoder:<i>:up`` (lora_diffusion), with
+                      textual-inversion tokens kept as extras
+``xlabs``             ``double_blocks.<i>.processor.qkv_lora1.down.weight`` (XLabs Flux)
+``lycoris-lokr``      ``.lokr_w1[_a|_b]``, ``.lokr_w2[_a|_b]``: delta-W = scale * kron(W1, W2)
+``lycoris-loha``      ``.hada_w1_a`` ... : delta-W = scale * (W1a W1b) * (W2a W2b) (elementwise)
+====================  ================================================================
 
 Every module becomes a :class:`LoraModule` whose delta-W is ``scale * up @ down``
 in low-rank form (LoKr and LoHa are rewritten exactly as such products), with
