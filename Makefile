@@ -22,11 +22,16 @@ export MPLBACKEND := Agg
 
 NOTEBOOKS := $(wildcard book/*.ipynb)
 
+# `make bench`: threads of the benchmarks (1 on a machine shared with `make data`), temporary folder
+BENCH_THREADS ?= $(OMP_NUM_THREADS)
+BENCH_TMP ?=
+BENCHMARKS := b1_throughput b2_weights_vs_images b3_memory b4_retrieval b5_lowrank
+
 # `make fuzz`: inputs of the long fuzzing run, and real LoRA files used as extra seeds (if present).
 FUZZ_INPUTS ?= 100000
 REAL_LORAS ?= ../shared/real-loras
 
-.PHONY: help venv test fuzz book data clean
+.PHONY: help venv test fuzz book chapters data clean
 
 help:
 	@echo "Targets:"
@@ -34,7 +39,9 @@ help:
 	@echo "  make test   run tests/ with pytest, then the book notebooks with nbval"
 	@echo "  make fuzz   fuzz the file readers with $(FUZZ_INPUTS) mutated files; prints inputs and failures"
 	@echo "  make book   execute the notebooks and build the Jupyter Book into _build/html (warnings are errors)"
+	@echo "  make chapters  execute the notebooks in place (refresh the outputs nbval compares against)"
 	@echo "  make data   build (or resume) the embedded LoRA collection in data/ (hours on 2 cores)"
+	@echo "  make bench  run benchmarks/b1..b5 (about 30 min, 20 GB of temporary files); tables in benchmarks/results/"
 	@echo "  make clean  remove _build"
 
 $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
@@ -56,12 +63,21 @@ endif
 fuzz: $(STAMP)
 	$(PY) -m lorastyle.fuzzing --inputs $(FUZZ_INPUTS) --real $(REAL_LORAS)
 
+chapters: $(STAMP)
+	$(PY) book/run_chapters.py $(NOTEBOOKS)
+
 book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 
 # One thread: on a 2-core machine shared with other work, 2 torch threads run slower than 1.
 data: $(STAMP)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m lorastyle.build --profile default --out data
+
+# Not timed tests: each script writes benchmarks/results/bN.json and bN.md, whatever the machine's speed.
+bench: $(STAMP)
+	cd benchmarks && for b in $(BENCHMARKS); do \
+		OMP_NUM_THREADS=$(BENCH_THREADS) OPENBLAS_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
+		../$(PY) $$b.py $(if $(BENCH_TMP),--tmp $(BENCH_TMP)) || exit 1; done
 
 clean:
 	rm -rf _build

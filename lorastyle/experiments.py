@@ -499,10 +499,11 @@ def real_lora_similarity(folder: str | Path, *, descriptors: Sequence[str] = DES
 
     Returns
     -------
-    files : list of str
-        File names, sorted.
+    labels : list of str
+        One per file, sorted by file name: the part after ``__`` (the shared folder names
+        files ``<layout>__<name>.safetensors``), else the file's stem.
     summary : pandas.DataFrame
-        ``file``, ``layout``, ``base``, ``ranks`` (set over the compared modules), ``modules``.
+        ``file``, ``label``, ``layout``, ``base``, ``ranks`` (set over the compared modules), ``modules``.
     cosines : dict of str to pandas.DataFrame
         Descriptor to a files x files cosine matrix.
     """
@@ -522,10 +523,11 @@ def real_lora_similarity(folder: str | Path, *, descriptors: Sequence[str] = DES
         return replace(lora, modules={n: m for n, m in lora.modules.items() if n in shared})
 
     loras = [only_shared(lora) for lora in loras]
-    names = [p.name.removesuffix(".safetensors") for p in paths]
-    summary = pd.DataFrame([{"file": n, "layout": lora.format, "base": lora.base,
+    # "<layout>__<name>.safetensors" (the shared folder's naming) is labelled by its name part
+    names = [p.stem.split("__")[-1] for p in paths]
+    summary = pd.DataFrame([{"file": p.name, "label": n, "layout": lora.format, "base": lora.base,
                              "ranks": ", ".join(map(str, sorted(set(lora.ranks)))), "modules": len(lora.modules)}
-                            for n, lora in zip(names, loras)])
+                            for p, n, lora in zip(paths, names, loras)])
     cosines = {}
     for d in descriptors:
         C = np.full((len(loras), len(loras)), np.nan)

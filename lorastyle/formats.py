@@ -40,6 +40,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,7 @@ def _infer_part(path: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=1 << 16)  # pure, and the same few hundred names recur in every file of a collection
 def _canonical_kohya(raw: str) -> tuple[str, str]:
     for prefix, part in _KOHYA_PREFIXES.items():
         if raw.startswith(prefix):
@@ -508,14 +510,14 @@ def load_lora(path: str | os.PathLike) -> LoRA:
     ('kohya', 'sd1', [8])
     """
     path = os.fspath(path)
-    entries, _, _ = read_safetensors_header(path)
+    entries, header_metadata, start = read_safetensors_header(path)
     if not entries:
         raise LoraFormatError(path, "the file holds no tensors")
     keys = sorted(entries)
     layout = _detect_layout(keys)
     if layout is None:
         raise LoraFormatError(path, f"unknown layout: no LoRA key pattern recognised (first keys: {keys[:3]})")
-    tensors, metadata = read_safetensors(path)
+    tensors, metadata = read_safetensors(path, _header=(entries, header_metadata, start))
 
     grouped, rest = _split_layout(path, layout, keys, metadata, tensors)
     modules: dict[str, LoraModule] = {}

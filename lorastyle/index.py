@@ -34,14 +34,14 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
 from .descriptors import DESCRIPTORS, ModuleSelection, concat_vectors, descriptor_kernel
-from .embedding import StyleEmbedding
+from .embedding import StyleEmbedding, _top_eigen
 from .formats import LORA_SUFFIXES, LoRA, LoraFormatError, build_module, load_lora
 from .metrics import similarity_matrix
 from .safetensors_io import PICKLE_SUFFIXES, read_safetensors, write_safetensors
@@ -52,7 +52,8 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 __all__ = ["LoraIndex", "LoraCache", "IndexBusyError", "IndexRun", "NotEnoughLorasError", "build_index",
-           "index_folder", "index_lock", "find_lora_files", "file_sha256", "INDEX_FORMAT", "CACHE_FORMAT"]
+           "index_folder", "index_lock", "find_lora_files", "file_sha256", "INDEX_FORMAT", "CACHE_FORMAT",
+           "MEMORY_BUDGET", "SKETCH_DIM"]
 
 INDEX_FORMAT = "lorastyle-index-1"
 CACHE_FORMAT = "lorastyle-cache-1"
@@ -60,6 +61,10 @@ CACHE_SUFFIX = ".lorastyle-cache"
 # A descriptor whose squared norm exceeds this would overflow the embedding's arithmetic
 # (float32 PCA for concat, products of kernel values for gram); no trained LoRA comes near it.
 MAX_DESCRIPTOR_NORM2 = 1e30
+# Bytes of concat vectors (float32) build_index holds at once; beyond it the fit is streamed.
+MEMORY_BUDGET = 128 * 2**20
+# Length of the random-sign sketch of each concat vector in a streamed fit (its kernel's estimate).
+SKETCH_DIM = 2**13
 
 
 class NotEnoughLorasError(ValueError):
@@ -477,11 +482,15 @@ def _too_large(descriptor: str, norm2: float) -> str:
             f"above {MAX_DESCRIPTOR_NORM2:.0e}, where the embedding's arithmetic would overflow")
 
 
-def _embeddable(loras: list[LoRA], descriptor: str) -> tuple[list[LoRA], list[tuple[str, str]]]:
-    """Skip LoRAs whose descriptor would overflow the fit (finite stored weights can still be huge)."""
+def _embeddable(loras: list[LoRA], descriptor: str, norms: dict[int, float] | None = None
+                ) -> tuple[list[LoRA], list[tuple[str, str]]]:
+    """Skip LoRAs whose descriptor would overflow the fit (finite stored weights can still be huge).
+
+    ``norms`` maps ``id(lora)`` to its squared descriptor norm when already known.
+    """
     out, skipped = [], []
     for lora in loras:
-        norm2 = _descriptor_norm2(descriptor, lora)
+        norm2 = norms[id(lora)] if norms is not None else _descriptor_norm2(descriptor, lora)
         if norm2 <= MAX_DESCRIPTOR_NORM2:  # False for nan too
             out.append(lora)
         else:
@@ -556,19 +565,22 @@ class LoraCache:
             Its sha256.
         """
         self.seen.add(digest)
-        item = None
-        try:
-            tensors, meta = read_safetensors(self.entry_path(digest))
-            item = self._decode(path, digest, tensors, meta)
-        except LoraFormatError:
-            pass  # no entry, or not one we can read
-        except (KeyError, ValueError, TypeError, IndexError, AttributeError, ZeroDivisionError):
-            pass  # a damaged entry: read the file again, the entry is rewritten
+        item = self._lookup(path, digest)
         if item is None:
             self.misses += 1
         else:
             self.hits += 1
         return item
+
+    def _lookup(self, path: str, digest: str) -> LoRA | LoraFormatError | None:
+        """The entry of a file, without counting a hit or a miss (a later pass of the same run reads so)."""
+        try:
+            tensors, meta = read_safetensors(self.entry_path(digest))
+            return self._decode(path, digest, tensors, meta)
+        except LoraFormatError:
+            return None  # no entry, or not one we can read
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError, ZeroDivisionError):
+            return None  # a damaged entry: read the file again, the entry is rewritten
 
     @staticmethod
     def _decode(path: str, digest: str, tensors: dict, meta: dict) -> LoRA | LoraFormatError | None:
@@ -645,8 +657,11 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _read_one(path: str | os.PathLike, cache: LoraCache | None) -> tuple[LoRA, str]:
-    """Load one file (from the cache when it has it); return the LoRA and the file's sha256.
+def _read_one(path: str | os.PathLike, cache: LoraCache | None) -> tuple[LoRA, str, tuple[int, int, int, int]]:
+    """Load one file (from the cache when it has it); return the LoRA, the file's sha256 and its identity.
+
+    The identity (device, inode, size, mtime) lets a later pass over the same
+    file check that it has not changed since its digest was taken.
 
     Raises
     ------
@@ -667,7 +682,7 @@ def _read_one(path: str | os.PathLike, cache: LoraCache | None) -> tuple[LoRA, s
         if isinstance(hit, LoraFormatError):
             raise hit
         if hit is not None:
-            return hit, digest
+            return hit, digest, _identity(before)
     lora, error = None, None
     try:
         lora = load_lora(path)
@@ -685,7 +700,7 @@ def _read_one(path: str | os.PathLike, cache: LoraCache | None) -> tuple[LoRA, s
         cache.put(digest, lora if error is None else error)
     if error is not None:
         raise error
-    return lora, digest
+    return lora, digest, _identity(before)
 
 
 # ---------------------------------------------------------------------------
@@ -695,7 +710,8 @@ def _read_one(path: str | os.PathLike, cache: LoraCache | None) -> tuple[LoRA, s
 def build_index(paths: Iterable[str], *, descriptor: str = "concat", n_components: int = 8,
                 select: ModuleSelection | None = None, random_state: int = 0,
                 progress: Callable[[Iterable], Iterable] | None = None, cache: LoraCache | None = None,
-                calibrate: bool = True) -> tuple[LoraIndex, list[tuple[str, str]]]:
+                calibrate: bool = True, memory_budget: int = MEMORY_BUDGET
+                ) -> tuple[LoraIndex, list[tuple[str, str]]]:
     """Load, check and embed LoRA files.
 
     Parameters
@@ -709,13 +725,18 @@ def build_index(paths: Iterable[str], *, descriptor: str = "concat", n_component
         Sub-network to describe.
     random_state : int, default=0
     progress : callable, optional
-        Wraps the iteration over files (for example ``tqdm``).
+        Wraps the iteration over files (for example ``tqdm``); a streamed
+        ``concat`` fit wraps its two later passes too.
     cache : LoraCache, optional
         Files it holds are not read again; files read are added to it.
     calibrate : bool, default=True
         Estimate the out-of-sample calibration (:class:`StyleEmbedding`). Its
-        leave-one-out fits cost about ``n_calibration * n**3``: minutes for a
-        thousand files, far more for ten thousand.
+        leave-one-out fits cost about ``n_calibration * n**2`` with Lanczos.
+    memory_budget : int, default=MEMORY_BUDGET
+        Bytes of ``concat`` vectors (float32) held in memory at once. A
+        collection within it is fitted exactly (PCA of the whole matrix); a
+        larger one is streamed (see Notes), so that memory does not grow with
+        the number of files. Kernel descriptors keep every file's factors.
 
     Returns
     -------
@@ -728,49 +749,315 @@ def build_index(paths: Iterable[str], *, descriptor: str = "concat", n_component
     NotEnoughLorasError
         If fewer than two files can be embedded together (with the skipped files).
     ValueError
-        For an unknown descriptor or n_components < 1.
+        For an unknown descriptor, n_components < 1 or memory_budget < 1.
+
+    Notes
+    -----
+    A streamed ``concat`` fit reads the files three times and holds only
+    O(D) numbers (the mean and ``n_components`` component rows, D the vector
+    length) and O(n * SKETCH_DIM) for a sketch of the kernel:
+
+    1. while loading: the sum of the vectors, and a random-sign sketch of each
+       (D values folded into :data:`SKETCH_DIM` with independent +-1 signs, so
+       that sketch inner products are unbiased estimates of the vectors');
+    2. components: the leading eigenvectors of the sketched, centred kernel
+       give each file's coefficients, and the components are those
+       combinations of the (exact) vectors, orthonormalised;
+    3. scores: every file is projected on them exactly, and the components are
+       rotated to uncorrelated, descending-variance scores (PCA within that
+       subspace).
+
+    Steps 2-3 are one step of subspace iteration started from the sketch, so
+    the subspace is close to, not equal to, the exact PCA's; the calibration
+    uses the sketched kernel. ``tests/test_index_streaming.py`` measures both
+    against the exact fit. A file that changes between the passes is skipped
+    with a reason.
     """
     if descriptor not in DESCRIPTORS:
         raise ValueError(f"unknown descriptor {descriptor!r}; choose from {list(DESCRIPTORS)}")
     if n_components < 1:
         raise ValueError(f"n_components must be at least 1, got {n_components}")
+    if memory_budget < 1:
+        raise ValueError(f"memory_budget must be at least 1 byte, got {memory_budget}")
     paths = list(paths)
-    loras, skipped, digests = [], [], {}
+    concat = descriptor == "concat"
+    items: list[_Item] = []
+    skipped: list[tuple[str, str]] = []
+    # concat: vectors go into the accumulator as they are read, on the guess that the first usable
+    # file is of the majority; a wrong guess (rare) costs one more pass, never a wrong index.
+    acc = _ConcatAccumulator(memory_budget, random_state) if concat else None
+    reference, fed = None, []
     for path in (progress or (lambda x: x))(paths):
         try:
-            lora, digest = _read_one(path, cache)
+            lora, digest, ident = _read_one(path, cache)
             if select is not None:
                 lora.modules = select.modules(lora)
                 if not lora.modules:
                     raise LoraFormatError(path, f"no module matches the selection {select}")
-            loras.append(lora)
-            digests[id(lora)] = digest
         except LoraFormatError as exc:
             skipped.append((path, exc.reason))
+            continue
+        norm2 = _descriptor_norm2(descriptor, lora)
+        item = _Item(lora=lora, digest=digest, identity=ident, norm2=norm2)
+        if concat:
+            signature = (lora.base, _factor_signature(lora))
+            if reference is None and norm2 <= MAX_DESCRIPTOR_NORM2:
+                reference = signature
+            if signature == reference and norm2 <= MAX_DESCRIPTOR_NORM2:
+                acc.add(_concat_row(lora))
+                fed.append(item)
+            item.lora = _skeleton(lora)  # the factors are in the accumulator (or not needed): let them go
+        items.append(item)
+    by_lora = {id(item.lora): item for item in items}
+    loras = [item.lora for item in items]
     if loras:
         loras, more = _comparable_subset(loras, descriptor)
         skipped.extend(more)
-        loras, more = _embeddable(loras, descriptor)
+        loras, more = _embeddable(loras, descriptor, norms={id(x): by_lora[id(x)].norm2 for x in loras})
         skipped.extend(more)
     if len(loras) < 2:
         raise NotEnoughLorasError(
             f"need at least 2 comparable LoRA files to fit an embedding, found {len(loras)}", skipped)
+    kept = [by_lora[id(lora)] for lora in loras]
     # n - 2 components leave the leave-one-out calibration something to estimate
-    k = max(1, min(n_components, len(loras) - 2))
-    if descriptor == "concat":
+    k = max(1, min(n_components, len(kept) - 2))
+    if concat:
         _warn_mixed_scales(loras)
-        X = concat_vectors(loras)
-        emb = StyleEmbedding(n_components=k, solver="full", calibrate=calibrate, random_state=random_state).fit(X)
-        emb.module_names_ = list(loras[0].modules)
-        kept = []
+        again = _Rereader(cache, select, progress)
+        if [id(x) for x in fed] != [id(x) for x in kept]:  # the first file was not of the majority
+            acc = _ConcatAccumulator(memory_budget, random_state)
+            present = []
+            for item, lora in again.each(kept, skipped):
+                acc.add(_concat_row(lora))
+                present.append(item)
+            kept = present
+            if len(kept) < 2:
+                raise NotEnoughLorasError(
+                    f"need at least 2 comparable LoRA files to fit an embedding, found {len(kept)}", skipped)
+            k = max(1, min(n_components, len(kept) - 2))
+        if acc.streaming:
+            emb, kept = _fit_streamed(acc, kept, k, calibrate=calibrate, random_state=random_state,
+                                      again=again, skipped=skipped)
+        else:
+            emb = StyleEmbedding(n_components=k, solver="full", calibrate=calibrate,
+                                 random_state=random_state).fit(np.stack(acc.rows))
+        emb.module_names_ = list(kept[0].lora.modules)
+        stored = []
     else:
         K = descriptor_kernel(descriptor, loras)
         emb = StyleEmbedding(n_components=k, solver="precomputed", calibrate=calibrate,
                              random_state=random_state).fit(K)
-        kept = loras
-    index = LoraIndex(paths=[lora.path for lora in loras], sha256=[digests[id(lora)] for lora in loras],
-                      descriptor=descriptor, base=loras[0].base, embedding=emb, loras=kept)
+        stored = loras
+    index = LoraIndex(paths=[item.lora.path for item in kept], sha256=[item.digest for item in kept],
+                      descriptor=descriptor, base=kept[0].lora.base, embedding=emb, loras=stored)
     return index, skipped
+
+
+# ---------------------------------------------------------------------------
+# Streaming concat fit
+
+
+@dataclass(eq=False)
+class _Item:
+    """One loaded file of a build: its LoRA (a shape-only skeleton for concat), digest, identity, norm."""
+
+    lora: LoRA
+    digest: str
+    identity: tuple[int, int, int, int]
+    norm2: float
+
+
+def _concat_row(lora: LoRA) -> np.ndarray:
+    """One LoRA's concat vector (float32), in the order of :func:`concat_vectors`, with one copy."""
+    factors = [f for m in lora.modules.values() for _, f in sorted(m.factors.items())]
+    out = np.empty(sum(f.size for f in factors), dtype=np.float32)
+    start = 0
+    for f in factors:
+        out[start:start + f.size] = f.ravel()
+        start += f.size
+    return out
+
+
+def _skeleton(lora: LoRA) -> LoRA:
+    """The LoRA with every array replaced by a zero-stride view of its shape: what the checks need, no memory."""
+    def ghost(a: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(np.zeros((), dtype=a.dtype), a.shape)
+
+    modules = {name: replace(m, up=ghost(m.up), down=ghost(m.down),
+                             factors={r: ghost(f) for r, f in m.factors.items()})
+               for name, m in lora.modules.items()}
+    return LoRA(path=lora.path, format=lora.format, base=lora.base, modules=modules, dtype=lora.dtype)
+
+
+class _ConcatAccumulator:
+    """concat vectors of a build: kept while they fit the budget, then only their sum and sketches.
+
+    Parameters
+    ----------
+    budget : int
+        Bytes of vectors to hold before switching to streaming.
+    random_state : int
+        Seeds the sketch's signs.
+    """
+
+    def __init__(self, budget: int, random_state: int):
+        self.budget = budget
+        self.random_state = random_state
+        self.rows: list[np.ndarray] | None = []  # None once streaming
+        self.sketches: list[np.ndarray] = []
+        self.total: np.ndarray | None = None
+        self.n = 0
+        self._held = 0
+        self._signs: np.ndarray | None = None
+
+    @property
+    def streaming(self) -> bool:
+        return self.rows is None
+
+    def add(self, x: np.ndarray) -> None:
+        if self.total is None:
+            self.total = np.zeros(x.size)
+        self.total += x  # float64: the mean of thousands of float32 vectors
+        self.n += 1
+        if self.rows is None:
+            self.sketches.append(self._sketch(x))
+            return
+        self.rows.append(x)
+        self._held += x.nbytes
+        if self._held > self.budget:
+            self.sketches = [self._sketch(r) for r in self.rows]
+            self.rows = None
+
+    def _sketch(self, x: np.ndarray) -> np.ndarray:
+        """Fold x * signs into SKETCH_DIM values: <sketch(x), sketch(y)> is an unbiased estimate of <x, y>."""
+        p = SKETCH_DIM
+        if self._signs is None:
+            rng = np.random.default_rng(self.random_state)
+            self._signs = (rng.integers(0, 2, size=x.size, dtype=np.int8) * 2 - 1).astype(np.float32)
+        padded = np.zeros(-(-x.size // p) * p, dtype=np.float32)
+        np.multiply(x, self._signs, out=padded[:x.size])
+        return padded.reshape(-1, p).sum(axis=0, dtype=np.float64).astype(np.float32)
+
+
+class _Rereader:
+    """Reads the kept files again in a later pass: from the cache when it has them, checked unchanged."""
+
+    def __init__(self, cache: LoraCache | None, select: ModuleSelection | None,
+                 progress: Callable[[Iterable], Iterable] | None):
+        self.cache, self.select, self.progress = cache, select, progress or (lambda x: x)
+        self.gone: set[int] = set()  # items reported changed: left out of later passes, reported once
+
+    def each(self, items: list[_Item], skipped: list[tuple[str, str]]) -> Iterator[tuple[_Item, LoRA]]:
+        """Yield (item, full LoRA) for every item still as it was; report the others in ``skipped``."""
+        for item in self.progress([item for item in items if id(item) not in self.gone]):
+            path = item.lora.path
+            try:
+                lora = None
+                if self.cache is not None:
+                    hit = self.cache._lookup(path, item.digest)
+                    lora = hit if isinstance(hit, LoRA) else None
+                if lora is None:
+                    lora = load_lora(path)
+                if _identity(os.stat(path)) != item.identity:
+                    raise LoraFormatError(path, "the file changed or vanished while it was being read")
+                if self.select is not None:
+                    lora.modules = self.select.modules(lora)
+                if _factor_signature(lora) != _factor_signature(item.lora):
+                    raise LoraFormatError(path, "the file changed or vanished while it was being read")
+            except (LoraFormatError, OSError):
+                self.gone.add(id(item))
+                skipped.append((path, "the file changed or vanished while it was being read"))
+                continue
+            yield item, lora
+
+
+def _fit_streamed(acc: _ConcatAccumulator, items: list[_Item], k: int, *, calibrate: bool, random_state: int,
+                  again: _Rereader, skipped: list[tuple[str, str]]) -> tuple[StyleEmbedding, list[_Item]]:
+    """PCA of the accumulated vectors in two more passes (see :func:`build_index`'s Notes)."""
+    from sklearn.decomposition import PCA
+
+    from .embedding import calibration_factors, center_kernel
+
+    position = {id(item): i for i, item in enumerate(items)}
+    mean = acc.total / acc.n
+    S = np.stack(acc.sketches).astype(np.float64)
+    K = S @ S.T
+    w, V = _top_eigen(center_kernel(K, K), k)
+    coef = np.divide(V, np.sqrt(np.clip(w, 0, None)), out=np.zeros_like(V), where=w > 0)
+    # pass 2: components as combinations of the exact vectors, sum_i coef_i (x_i - mean), in blocks (one GEMM each)
+    C = np.zeros((k, mean.size), dtype=np.float32)
+    block, weights, held = [], [], 0
+    for item, lora in again.each(items, skipped):
+        block.append(_concat_row(lora))
+        weights.append(coef[position[id(item)]])
+        held += block[-1].nbytes
+        if held >= acc.budget or item is items[-1]:
+            C += np.asarray(weights, dtype=np.float32).T @ np.stack(block)
+            block, weights, held = [], [], 0
+    if block:
+        C += np.asarray(weights, dtype=np.float32).T @ np.stack(block)
+    del block
+    mean32 = mean.astype(np.float32)
+    for j, c in enumerate(coef.sum(axis=0)):  # row by row: no k x D float64 temporary
+        C[j] -= np.float32(c) * mean32
+    g, E = np.linalg.eigh(_gram64(C))
+    good = g > 1e-12 * max(g.max(), 1e-300)
+    Q = (E[:, good] / np.sqrt(g[good])).T.astype(np.float32) @ C  # orthonormal rows spanning C's
+    del C
+    # pass 3: exact scores on that subspace, and the exact total variance
+    present, rows, total = [], [], 0.0
+    for item, lora in again.each(items, skipped):
+        x = _concat_row(lora)
+        x -= mean32
+        present.append(item)
+        rows.append(Q @ x)
+        total += float(np.dot(x, x))
+    if len(present) < 2:
+        raise NotEnoughLorasError(f"need at least 2 comparable LoRA files to fit an embedding, found "
+                                  f"{len(present)}", skipped)
+    Z = np.asarray(rows, dtype=np.float64)
+    # PCA within the subspace: uncorrelated scores of descending variance
+    _, _, Wt = np.linalg.svd(Z - Z.mean(axis=0), full_matrices=False)
+    k = min(k, Wt.shape[0], max(1, len(present) - 2))
+    Wt = Wt[:k]
+    components = Wt.astype(np.float32) @ Q  # a rotation of orthonormal rows: float32 loses nothing here
+    del Q
+    # sklearn's sign convention (svd_flip on the components): each one's largest loading is positive
+    signs = np.sign(components[np.arange(k), np.argmax(np.abs(components), axis=1)])
+    signs[signs == 0] = 1
+    components *= signs[:, None]
+    Z = (Z @ Wt.T) * signs
+    pca = PCA(n_components=k)
+    pca.mean_ = mean32
+    pca.components_ = components
+    pca.n_components_ = k
+    pca.n_features_in_ = mean.size
+    pca.explained_variance_ = Z.var(axis=0, ddof=1)
+    total /= len(present) - 1
+    pca.explained_variance_ratio_ = pca.explained_variance_ / total if total > 0 else np.zeros(k)
+    emb = StyleEmbedding(n_components=k, solver="full", calibrate=calibrate, random_state=random_state)
+    emb.pca_ = pca
+    emb.n_features_in_ = mean.size
+    emb.embedding_ = Z
+    emb.explained_variance_ = pca.explained_variance_
+    emb.explained_variance_ratio_ = pca.explained_variance_ratio_
+    idx = [position[id(item)] for item in present]
+    K = K[np.ix_(idx, idx)]
+    if calibrate:
+        emb.calibration_ = calibration_factors(K, k, n_calibration=emb.n_calibration, random_state=random_state)
+    else:
+        emb.calibration_ = np.ones(k)
+    emb.fit_method_ = "streamed"  # not part of the saved index: the saved PCA is used the same way
+    return emb, present
+
+
+def _gram64(C: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
+    """C C^T in float64, over column chunks (no float64 copy of C)."""
+    G = np.zeros((C.shape[0], C.shape[0]))
+    for start in range(0, C.shape[1], chunk):
+        part = C[:, start:start + chunk].astype(np.float64)
+        G += part @ part.T
+    return G
 
 
 # ---------------------------------------------------------------------------
@@ -856,7 +1143,8 @@ class IndexRun:
 def index_folder(root: str | os.PathLike, output: str | os.PathLike, *, descriptor: str = "concat",
                  n_components: int = 8, select: ModuleSelection | None = None, use_cache: bool = True,
                  calibrate: bool = True, random_state: int = 0,
-                 progress: Callable[[Iterable], Iterable] | None = None) -> IndexRun:
+                 progress: Callable[[Iterable], Iterable] | None = None,
+                 memory_budget: int = MEMORY_BUDGET) -> IndexRun:
     """Index every LoRA file under a folder into ``output``, safely (what ``lorastyle index`` runs).
 
     Holds the lock ``OUTPUT.lock`` throughout (:func:`index_lock`), removes
@@ -868,7 +1156,7 @@ def index_folder(root: str | os.PathLike, output: str | os.PathLike, *, descript
     Parameters
     ----------
     root, output : str or path-like
-    descriptor, n_components, select, calibrate, random_state, progress
+    descriptor, n_components, select, calibrate, random_state, progress, memory_budget
         As in :func:`build_index`.
     use_cache : bool, default=True
 
@@ -896,7 +1184,7 @@ def index_folder(root: str | os.PathLike, output: str | os.PathLike, *, descript
         try:
             index, skipped = build_index(files, descriptor=descriptor, n_components=n_components, select=select,
                                          random_state=random_state, progress=progress, cache=cache,
-                                         calibrate=calibrate)
+                                         calibrate=calibrate, memory_budget=memory_budget)
         except NotEnoughLorasError as exc:
             raise NotEnoughLorasError(str(exc), problems + exc.skipped) from None
         index.save(output)

@@ -14,6 +14,7 @@ plus an optional ``"__metadata__": {str: str}``, then the tensor bytes.
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import struct
@@ -160,7 +161,7 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict[str, st
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
             raise LoraFormatError(path, f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end]")
         begin, end = offsets
-        nbytes = _DTYPES[dtype][1] * int(np.prod(shape, dtype=object))
+        nbytes = _DTYPES[dtype][1] * math.prod(shape)  # Python ints: no overflow
         if begin < 0 or end < begin or end - begin != nbytes:
             raise LoraFormatError(
                 path, f"tensor {name!r}: data_offsets {offsets} do not fit {dtype} of shape {shape} ({nbytes} bytes)"
@@ -188,7 +189,8 @@ def _decode(buf: memoryview, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     return arr.reshape(shape)
 
 
-def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def read_safetensors(path: str | os.PathLike, *, _header: tuple | None = None
+                     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read every tensor of a safetensors file into numpy arrays, safely.
 
     bfloat16 is widened to float32 (numpy has no bfloat16); other dtypes keep
@@ -210,7 +212,8 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
         For any inconsistency (see :func:`read_safetensors_header`) or a file
         that changed size while being read.
     """
-    entries, metadata, start = read_safetensors_header(path)
+    # _header: what read_safetensors_header returned for this file a moment ago (load_lora has it)
+    entries, metadata, start = _header if _header is not None else read_safetensors_header(path)
     try:
         with open(path, "rb") as fh:
             fh.seek(start)

@@ -1,0 +1,88 @@
+"""The benchmark scripts in quick mode: each writes a well-formed JSON and markdown table.
+
+Nothing here asserts a timing (a slow machine must not fail CI); the numbers are checked
+for being numbers, and the tables for saying whether each goal was met.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import _common  # noqa: E402
+
+SCRIPTS = {"b1": "b1_throughput.py", "b2": "b2_weights_vs_images.py", "b3": "b3_memory.py",
+           "b4": "b4_retrieval.py", "b5": "b5_lowrank.py"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+       "TQDM_DISABLE": "1"}
+
+
+def finite_numbers(obj):
+    """Every number in a JSON value."""
+    if isinstance(obj, bool):
+        return []
+    if isinstance(obj, (int, float)):
+        return [obj]
+    if isinstance(obj, dict):
+        return [x for v in obj.values() for x in finite_numbers(v)]
+    if isinstance(obj, list):
+        return [x for v in obj for x in finite_numbers(v)]
+    return []
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_script_writes_json_and_markdown_in_quick_mode(name, tmp_path):
+    if name == "b2" and len(list((ROOT / "data" / "loras" / "main").glob("*.safetensors"))) < 5:
+        pytest.skip("B2 needs the embedded collection (make data)")
+    proc = subprocess.run([sys.executable, str(BENCH / SCRIPTS[name]), "--quick", "--out", str(tmp_path),
+                           "--tmp", str(tmp_path)], capture_output=True, text=True, env=ENV, cwd=BENCH,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / f"{name}.json").read_text())
+    assert data["benchmark"] == name and data["quick"] is True
+    machine = data["machine"]
+    assert machine["cores"] >= 1 and machine["ram_gib"] > 0 and machine["cpu"]
+    assert {"python", "numpy", "torch"} <= set(machine["versions"])
+    numbers = finite_numbers({k: v for k, v in data.items() if k != "machine"})
+    assert numbers and all(math.isfinite(x) for x in numbers)
+    md = (tmp_path / f"{name}.md").read_text()
+    assert md.startswith(f"### {name.upper()}: ") and "(quick mode" in md
+    rows = [line for line in md.split("\n") if line.startswith("|")]
+    assert len(rows) >= 3 and set(rows[1].strip("|").split("|")) == {"---"}
+    width = rows[0].count("|")
+    assert all(row.count("|") == width for row in rows)  # a rectangular table
+    assert "**met**" in md or "**missed**" in md
+    assert "Machine: " in md and "cores" in md and "GiB RAM" in md
+    # temporary files are removed
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("lorastyle-")]
+
+
+def test_sd15_rules_give_the_real_key_layout():
+    """The naming-rule fallback builds exactly the modules and shapes of the real SD 1.5 file."""
+    if not _common.KEY_LAYOUT.exists():
+        pytest.skip("the real key layouts (../shared/real-loras) are absent")
+    real, source = _common.sd15_modules()
+    assert source.startswith("key layout") and len(real) == 264
+    assert _common._sd15_rule_modules() == real
+
+
+def test_written_sd15_file_loads_as_sd1_kohya(tmp_path):
+    from lorastyle.formats import load_lora
+
+    modules = _common._sd15_rule_modules()
+    _common.write_sd15_lora(tmp_path / "x.safetensors", modules, rank=4, seed=0)
+    lora = load_lora(tmp_path / "x.safetensors")
+    assert lora.summary() == {"format": "kohya", "base": "sd1", "parts": ["text_encoder", "unet"],
+                              "n_modules": 264, "ranks": [4], "alphas": [4.0], "dtype": "float16"}
+    ff = lora.modules["unet.down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj"]
+    assert ff.shape == (2560, 320)
