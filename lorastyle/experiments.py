@@ -19,7 +19,7 @@ import numpy as np
 from .descriptors import ModuleSelection, descriptor_kernel
 from .embedding import StyleEmbedding
 from .formats import LoRA, load_lora
-from .metrics import cluster_scores, retrieval_scores
+from .metrics import cluster_scores, retrieval_scores, similarity_matrix
 
 __all__ = ["Collection", "load_collection", "lora_embedding", "feature_matrix", "feature_embedding",
            "clustering_table", "retrieval_table", "structure_comparison", "subnetwork_curves", "invariance_table",
@@ -52,6 +52,12 @@ class Collection:
     def labels(self, ids: Sequence[str], level: str) -> np.ndarray:
         """``artist`` or ``genre`` of each id."""
         return np.asarray([self.by_id[i][level] for i in ids])
+
+    def source_paintings(self, lora_id: str) -> frozenset[str]:
+        """The paintings a LoRA's training images come from: each image's style reference
+        (``content@box~style`` in the manifest), or its content where it has none."""
+        images = self.by_id[lora_id]["training_images"].split(";")
+        return frozenset(im.split("~")[1] if "~" in im else im.split("@")[0] for im in images if im)
 
     def lora(self, lora_id: str) -> LoRA:
         if lora_id not in self._loras:
@@ -164,6 +170,77 @@ def nearest_neighbour_chance(labels: Sequence) -> float:
     y = np.asarray(labels)
     _, counts = np.unique(y, return_counts=True)
     return float((counts * (counts - 1)).sum() / (len(y) * (len(y) - 1)))
+
+
+def restricted_top1(Z: np.ndarray, labels: Sequence, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Leave-one-out top-1 (cosine) where each query may only retrieve the items ``allowed`` to it.
+
+    Parameters
+    ----------
+    Z : ndarray of shape (n, d)
+    labels : sequence of length n
+    allowed : bool ndarray of shape (n, n)
+        ``allowed[i, j]``: item j is a candidate for query i (the diagonal is ignored).
+
+    Returns
+    -------
+    queried : bool ndarray of shape (n,)
+        Queries that have at least one allowed candidate of their own label (the others
+        cannot succeed and are left out).
+    hit : bool ndarray of shape (n,)
+        Whether the most similar allowed candidate shares the query's label (False where not queried).
+    chance : ndarray of shape (n,)
+        Probability of a hit for a random allowed candidate (0 where not queried).
+    """
+    y = np.asarray(labels)
+    ok = np.asarray(allowed, dtype=bool).copy()
+    np.fill_diagonal(ok, False)
+    same = y[:, None] == y[None, :]
+    queried = (ok & same).any(axis=1)
+    S = np.where(ok, similarity_matrix(np.asarray(Z, dtype=np.float64), metric="cosine"), -np.inf)
+    hit = queried & same[np.arange(len(y)), S.argmax(axis=1)]
+    chance = np.where(queried, (ok & same).sum(axis=1) / np.maximum(ok.sum(axis=1), 1), 0.0)
+    return queried, hit, chance
+
+
+def style_reference_table(coll: Collection, *, collection: str = "main", descriptors: Sequence[str] = DESCRIPTOR_NAMES,
+                          encoders: Sequence[str] = (), n_components: int = 16):
+    """Is an artist found through another of their paintings, or only through the same one?
+
+    Two LoRAs of an artist may take the same painting as style reference. This table
+    separates the two: ``same_painting`` is the share of nearest neighbours that share a
+    source painting with the query; ``cross_top1`` is the artist top-1 when every LoRA
+    sharing a source painting with the query is removed from its candidates, over the
+    ``cross_n`` queries that still have a LoRA of their artist to find, with its 95% Wilson
+    interval and ``cross_chance`` (a random remaining candidate).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per representation.
+    """
+    import pandas as pd
+
+    ids = coll.ids(collection)
+    y = coll.labels(ids, "artist")
+    sources = [coll.source_paintings(i) for i in ids]
+    shares = np.array([[bool(a & b) for b in sources] for a in sources])
+    reps = {f"LoRA {d}": lora_embedding(coll, ids, d, n_components=n_components) for d in descriptors}
+    reps |= {ENCODER_NAMES.get(e, e): feature_embedding(coll, ids, e, n_components=n_components) for e in encoders}
+    rows = []
+    for name, Z in reps.items():
+        S = similarity_matrix(np.asarray(Z, dtype=np.float64), metric="cosine")
+        np.fill_diagonal(S, -np.inf)
+        nearest = S.argmax(axis=1)
+        queried, hit, chance = restricted_top1(Z, y, ~shares)
+        n = int(queried.sum())
+        top1 = float(hit[queried].mean()) if n else float("nan")
+        low, high = wilson_interval(top1, n) if n else (float("nan"), float("nan"))
+        rows.append({"representation": name, "top1": float((y[nearest] == y).mean()),
+                     "same_painting": float(shares[np.arange(len(ids)), nearest].mean()),
+                     "cross_n": n, "cross_top1": top1, "cross_low": low, "cross_high": high,
+                     "cross_chance": float(chance[queried].mean()) if n else float("nan")})
+    return pd.DataFrame(rows)
 
 
 def _lora_fit(coll: Collection, ids: Sequence[str], descriptor: str, n_components: int,

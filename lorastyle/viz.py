@@ -720,6 +720,7 @@ def curve_plot(
     marker: str | None = "o",
     legend: bool = True,
     colors: Mapping[str, Any] | None = None,
+    chance: float | None = None,
 ) -> Axes:
     """Mean curves with shaded ±std bands (e.g. accuracy over PCA dimensions).
 
@@ -744,6 +745,8 @@ def curve_plot(
         Draw a legend.
     colors : mapping of str to colour, optional
         Colour per series; by default the Okabe-Ito cycle in series order.
+    chance : float, optional
+        Score of a random guess, drawn as a dashed grey line labelled "chance".
 
     Returns
     -------
@@ -772,6 +775,8 @@ def curve_plot(
                     raise ValueError(f"std of series {label!r} has negative values")
                 ax.fill_between(xv, mean - std, mean + std, color=colour, alpha=band_alpha, linewidth=0,
                                 zorder=2)
+        if chance is not None:
+            ax.axhline(chance, color=_DARK, linestyle="--", linewidth=1, alpha=0.6, label="chance", zorder=1)
         _tidy_axes(ax, xlabel=xlabel, ylabel=ylabel, title=title)
         if legend:
             ax.legend(loc="best")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from lorastyle.experiments import (_nearest_distances, load_collection, memorisation_table,
+from lorastyle.experiments import (_nearest_distances, load_collection, memorisation_table, restricted_top1,
                                    nearest_neighbour_chance, real_lora_similarity, wilson_interval)
 from lorastyle.formats import save_lora
 
@@ -116,3 +116,43 @@ def test_isometric_coordinates_keep_every_inner_product_and_the_pca():
     np.testing.assert_allclose(np.abs(zc), np.abs(zx), rtol=1e-4, atol=1e-4)  # equal up to sign
     short = {"a": np.ones(3), "b": np.zeros(3), "c": np.arange(3.0), "d": np.ones(3)}
     assert isometric_coordinates(short) is short  # nothing to gain: returned as given
+
+
+def test_restricted_top1_brute_force():
+    rng = np.random.default_rng(3)
+    Z = rng.normal(size=(12, 4))
+    y = np.array(list("aaabbbccccdd"))
+    allowed = rng.random((12, 12)) < 0.6
+    queried, hit, chance = restricted_top1(Z, y, allowed)
+    cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)  # noqa: E731
+    for i in range(12):
+        cands = [j for j in range(12) if j != i and allowed[i, j]]
+        assert queried[i] == any(y[j] == y[i] for j in cands)
+        if queried[i]:
+            best = max(cands, key=lambda j: cos(Z[i], Z[j]))
+            assert hit[i] == (y[best] == y[i])
+            assert chance[i] == pytest.approx(np.mean([y[j] == y[i] for j in cands]))
+        else:
+            assert not hit[i] and chance[i] == 0
+
+
+def test_style_reference_table_separates_same_painting_from_other_paintings(tmp_path, monkeypatch):
+    # Four LoRAs of artist x: two styled by painting p1 (identical features), two by p2; artist z by q.
+    # Every nearest neighbour shares its painting; across paintings x is found only if p1 and p2 look alike.
+    sources = {"x1": "c1@0,0,1,1~p1", "x2": "c2@0,0,1,1~p1", "x3": "c3@0,0,1,1~p2", "x4": "c4@0,0,1,1~p2",
+               "z1": "c5@0,0,1,1~q", "z2": "c6@0,0,1,1~q2"}
+    train = {i: np.zeros((1, 2, 2, 3), np.uint8) for i in sources}
+    coll = _fake_collection(tmp_path, train, train, collection="main", sources=sources)
+    for r in coll.rows:
+        r["artist"] = r["id"][0]
+    assert coll.source_paintings("x1") == {"p1"}
+    feats = {"x1": [1, 0, 0], "x2": [1, 0.01, 0], "x3": [0, 1, 0], "x4": [0.01, 1, 0],
+             "z1": [0.7, 0.05, 0.7], "z2": [0.72, 0, 0.7]}
+    import lorastyle.experiments as ex
+    monkeypatch.setattr(ex, "feature_embedding", lambda c, ids, e, n_components: np.array([feats[i] for i in ids]))
+    row = ex.style_reference_table(coll, descriptors=(), encoders=("toy",)).iloc[0]
+    assert row.top1 == 1.0 and row.same_painting == pytest.approx(4 / 6)
+    # x1, x2 (p1) may only retrieve x3, x4, z1, z2: nearest is z1/z2 (cosine ~0.7 against 0.0): misses;
+    # x3, x4 likewise reach z (0.7 * 0.05 ...) or x1/x2 (~0.01): z wins; z1 and z2 find each other.
+    assert row.cross_n == 6 and row.cross_top1 == pytest.approx(2 / 6)
+    assert row.cross_low < row.cross_top1 < row.cross_high

@@ -329,6 +329,15 @@ def test_curve_plot_bands(tmp_path):
         viz.curve_plot(ax, x, {"bad": (mean[:2], None)}, xlabel="x", ylabel="y")
 
 
+def test_curve_plot_chance_line():
+    fig, ax = plt.subplots()
+    viz.curve_plot(ax, [10, 25, 50], {"w = 3": ([0.1, 0.2, 0.1], None)}, xlabel="T", ylabel="top-1", chance=1 / 27)
+    line = [ln for ln in ax.lines if ln.get_label() == "chance"]
+    assert len(line) == 1 and np.allclose(line[0].get_ydata(), 1 / 27)
+    assert "chance" in [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
+
+
 def test_loss_plot_moving_average(tmp_path):
     rng = np.random.default_rng(0)
     y = list(1.0 / np.arange(1, 201) + rng.normal(0, 0.05, 200))
