@@ -991,8 +991,7 @@ def _fit_streamed(acc: _ConcatAccumulator, items: list[_Item], k: int, *, calibr
 
     position = {id(item): i for i, item in enumerate(items)}
     mean = acc.total / acc.n
-    S = np.stack(acc.sketches).astype(np.float64)
-    K = S @ S.T
+    K = _sketch_kernel(acc.sketches)
     w, V = _top_eigen(center_kernel(K, K), k)
     coef = np.divide(V, np.sqrt(np.clip(w, 0, None)), out=np.zeros_like(V), where=w > 0)
     # pass 2: components as combinations of the exact vectors, sum_i coef_i (x_i - mean), in blocks (one GEMM each)
@@ -1063,6 +1062,15 @@ def _fit_streamed(acc: _ConcatAccumulator, items: list[_Item], k: int, *, calibr
         emb.calibration_ = np.ones(k)
     emb.fit_method_ = "streamed"  # not part of the saved index: the saved PCA is used the same way
     return emb, present
+
+
+def _sketch_kernel(sketches: list[np.ndarray], chunk: int = 1024) -> np.ndarray:
+    """Inner products of the sketches in float64, over column chunks (no n x SKETCH_DIM float64 copy)."""
+    K = np.zeros((len(sketches), len(sketches)))
+    for start in range(0, sketches[0].size, chunk):
+        part = np.stack([s[start:start + chunk] for s in sketches]).astype(np.float64)
+        K += part @ part.T
+    return K
 
 
 def _gram64(C: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:

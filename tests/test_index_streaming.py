@@ -176,3 +176,10 @@ def test_memory_budget_must_be_positive(tmp_path):
     paths = collection(tmp_path, 4)
     with pytest.raises(ValueError, match="memory_budget must be at least 1 byte, got 0"):
         build_index(paths, memory_budget=0)
+
+
+def test_sketch_kernel_is_the_float64_gram_of_the_sketches():
+    rng = np.random.default_rng(1)
+    sketches = [rng.normal(size=3000).astype(np.float32) for _ in range(7)]
+    S = np.stack(sketches).astype(np.float64)
+    np.testing.assert_allclose(index_module._sketch_kernel(sketches, chunk=1000), S @ S.T, rtol=1e-12)
