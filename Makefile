@@ -18,7 +18,7 @@ export OPENBLAS_NUM_THREADS := 2
 export MKL_NUM_THREADS := 2
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
-export MPLBACKEND := Agg
+# No MPLBACKEND here: notebook kernels must keep their inline backend, or figures vanish from the book.
 
 NOTEBOOKS := $(wildcard book/*.ipynb)
 
@@ -54,7 +54,7 @@ venv: $(STAMP)
 
 # pytest exit code 5 means "no tests collected": not a failure here.
 test: $(STAMP)
-	$(PY) -m pytest tests || { rc=$$?; [ $$rc -eq 5 ] || exit $$rc; }
+	MPLBACKEND=Agg $(PY) -m pytest tests || { rc=$$?; [ $$rc -eq 5 ] || exit $$rc; }
 ifneq ($(strip $(NOTEBOOKS)),)
 	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with book/nbval_sanitize.cfg \
 		-p no:cacheprovider $(NOTEBOOKS) || { rc=$$?; [ $$rc -eq 5 ] || exit $$rc; }
