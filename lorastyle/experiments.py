@@ -56,8 +56,8 @@ class Collection:
     def source_paintings(self, lora_id: str) -> frozenset[str]:
         """The paintings a LoRA's training images come from: each image's style reference
         (``content@box~style`` in the manifest), or its content where it has none."""
-        images = self.by_id[lora_id]["training_images"].split(";")
-        return frozenset(im.split("~")[1] if "~" in im else im.split("@")[0] for im in images if im)
+        images = filter(None, self.by_id[lora_id]["training_images"].split(";"))
+        return frozenset(im.partition("~")[2] or im.partition("@")[0] for im in images)
 
     def lora(self, lora_id: str) -> LoRA:
         if lora_id not in self._loras:
@@ -172,7 +172,8 @@ def nearest_neighbour_chance(labels: Sequence) -> float:
     return float((counts * (counts - 1)).sum() / (len(y) * (len(y) - 1)))
 
 
-def restricted_top1(Z: np.ndarray, labels: Sequence, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def restricted_top1(Z: np.ndarray, labels: Sequence, allowed: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Leave-one-out top-1 (cosine) where each query may only retrieve the items ``allowed`` to it.
 
     Parameters
@@ -191,6 +192,8 @@ def restricted_top1(Z: np.ndarray, labels: Sequence, allowed: np.ndarray) -> tup
         Whether the most similar allowed candidate shares the query's label (False where not queried).
     chance : ndarray of shape (n,)
         Probability of a hit for a random allowed candidate (0 where not queried).
+    nearest : int ndarray of shape (n,)
+        Index of each query's most similar allowed candidate (meaningless where none is allowed).
     """
     y = np.asarray(labels)
     ok = np.asarray(allowed, dtype=bool).copy()
@@ -198,9 +201,10 @@ def restricted_top1(Z: np.ndarray, labels: Sequence, allowed: np.ndarray) -> tup
     same = y[:, None] == y[None, :]
     queried = (ok & same).any(axis=1)
     S = np.where(ok, similarity_matrix(np.asarray(Z, dtype=np.float64), metric="cosine"), -np.inf)
-    hit = queried & same[np.arange(len(y)), S.argmax(axis=1)]
+    nearest = S.argmax(axis=1)
+    hit = queried & same[np.arange(len(y)), nearest]
     chance = np.where(queried, (ok & same).sum(axis=1) / np.maximum(ok.sum(axis=1), 1), 0.0)
-    return queried, hit, chance
+    return queried, hit, chance, nearest
 
 
 def style_reference_table(coll: Collection, *, collection: str = "main", descriptors: Sequence[str] = DESCRIPTOR_NAMES,
@@ -229,14 +233,12 @@ def style_reference_table(coll: Collection, *, collection: str = "main", descrip
     reps |= {ENCODER_NAMES.get(e, e): feature_embedding(coll, ids, e, n_components=n_components) for e in encoders}
     rows = []
     for name, Z in reps.items():
-        S = similarity_matrix(np.asarray(Z, dtype=np.float64), metric="cosine")
-        np.fill_diagonal(S, -np.inf)
-        nearest = S.argmax(axis=1)
-        queried, hit, chance = restricted_top1(Z, y, ~shares)
+        _, hit_any, _, nearest = restricted_top1(Z, y, np.ones_like(shares))
+        queried, hit, chance, _ = restricted_top1(Z, y, ~shares)
         n = int(queried.sum())
         top1 = float(hit[queried].mean()) if n else float("nan")
         low, high = wilson_interval(top1, n) if n else (float("nan"), float("nan"))
-        rows.append({"representation": name, "top1": float((y[nearest] == y).mean()),
+        rows.append({"representation": name, "top1": float(hit_any.mean()),
                      "same_painting": float(shares[np.arange(len(ids)), nearest].mean()),
                      "cross_n": n, "cross_top1": top1, "cross_low": low, "cross_high": high,
                      "cross_chance": float(chance[queried].mean()) if n else float("nan")})

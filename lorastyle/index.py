@@ -991,7 +991,7 @@ def _fit_streamed(acc: _ConcatAccumulator, items: list[_Item], k: int, *, calibr
 
     position = {id(item): i for i, item in enumerate(items)}
     mean = acc.total / acc.n
-    K = _sketch_kernel(acc.sketches)
+    K = _gram64(acc.sketches)
     w, V = _top_eigen(center_kernel(K, K), k)
     coef = np.divide(V, np.sqrt(np.clip(w, 0, None)), out=np.zeros_like(V), where=w > 0)
     # pass 2: components as combinations of the exact vectors, sum_i coef_i (x_i - mean), in blocks (one GEMM each)
@@ -1064,20 +1064,16 @@ def _fit_streamed(acc: _ConcatAccumulator, items: list[_Item], k: int, *, calibr
     return emb, present
 
 
-def _sketch_kernel(sketches: list[np.ndarray], chunk: int = 1024) -> np.ndarray:
-    """Inner products of the sketches in float64, over column chunks (no n x SKETCH_DIM float64 copy)."""
-    K = np.zeros((len(sketches), len(sketches)))
-    for start in range(0, sketches[0].size, chunk):
-        part = np.stack([s[start:start + chunk] for s in sketches]).astype(np.float64)
-        K += part @ part.T
-    return K
+def _gram64(rows: np.ndarray | list[np.ndarray], chunk_bytes: int = 16 << 20) -> np.ndarray:
+    """Inner products of equal-length rows (an array or a list of 1-D arrays) in float64.
 
-
-def _gram64(C: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
-    """C C^T in float64, over column chunks (no float64 copy of C)."""
-    G = np.zeros((C.shape[0], C.shape[0]))
-    for start in range(0, C.shape[1], chunk):
-        part = C[:, start:start + chunk].astype(np.float64)
+    Over column chunks of about ``chunk_bytes`` in float64: no float64 copy of all the rows.
+    """
+    n = len(rows)
+    chunk = max(1, chunk_bytes // (8 * n))
+    G = np.zeros((n, n))
+    for start in range(0, len(rows[0]), chunk):
+        part = np.stack([r[start:start + chunk] for r in rows]).astype(np.float64)
         G += part @ part.T
     return G
 

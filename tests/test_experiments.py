@@ -123,14 +123,14 @@ def test_restricted_top1_brute_force():
     Z = rng.normal(size=(12, 4))
     y = np.array(list("aaabbbccccdd"))
     allowed = rng.random((12, 12)) < 0.6
-    queried, hit, chance = restricted_top1(Z, y, allowed)
+    queried, hit, chance, nearest = restricted_top1(Z, y, allowed)
     cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)  # noqa: E731
     for i in range(12):
         cands = [j for j in range(12) if j != i and allowed[i, j]]
         assert queried[i] == any(y[j] == y[i] for j in cands)
         if queried[i]:
             best = max(cands, key=lambda j: cos(Z[i], Z[j]))
-            assert hit[i] == (y[best] == y[i])
+            assert hit[i] == (y[best] == y[i]) and nearest[i] == best
             assert chance[i] == pytest.approx(np.mean([y[j] == y[i] for j in cands]))
         else:
             assert not hit[i] and chance[i] == 0
@@ -156,3 +156,13 @@ def test_style_reference_table_separates_same_painting_from_other_paintings(tmp_
     # x3, x4 likewise reach z (0.7 * 0.05 ...) or x1/x2 (~0.01): z wins; z1 and z2 find each other.
     assert row.cross_n == 6 and row.cross_top1 == pytest.approx(2 / 6)
     assert row.cross_low < row.cross_top1 < row.cross_high
+
+
+def test_source_paintings_are_styles_or_else_the_cropped_painting(tmp_path):
+    # as lorastyle.build writes them: content@box~style, the style empty for real-pixel crops
+    sources = {"stylized": "photo-cat@0,0,9,9~met-1;met-7@1,1,5,5~met-2",
+               "real": "met-3@0,0,9,9~;met-3@2,2,8,8~"}
+    train = {i: np.zeros((1, 2, 2, 3), np.uint8) for i in sources}
+    coll = _fake_collection(tmp_path, train, train, collection="main", sources=sources)
+    assert coll.source_paintings("stylized") == {"met-1", "met-2"}
+    assert coll.source_paintings("real") == {"met-3"}

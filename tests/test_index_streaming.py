@@ -178,8 +178,10 @@ def test_memory_budget_must_be_positive(tmp_path):
         build_index(paths, memory_budget=0)
 
 
-def test_sketch_kernel_is_the_float64_gram_of_the_sketches():
+def test_gram64_of_rows_in_chunks_is_the_float64_gram():
     rng = np.random.default_rng(1)
     sketches = [rng.normal(size=3000).astype(np.float32) for _ in range(7)]
     S = np.stack(sketches).astype(np.float64)
-    np.testing.assert_allclose(index_module._sketch_kernel(sketches, chunk=1000), S @ S.T, rtol=1e-12)
+    # 7 rows x 8 bytes x 100 columns per chunk: 30 chunks, the last one short
+    np.testing.assert_allclose(index_module._gram64(sketches, chunk_bytes=5600), S @ S.T, rtol=1e-12)
+    np.testing.assert_allclose(index_module._gram64(np.stack(sketches), chunk_bytes=5600), S @ S.T, rtol=1e-12)
