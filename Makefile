@@ -61,7 +61,7 @@ ifneq ($(strip $(NOTEBOOKS)),)
 endif
 
 fuzz: $(STAMP)
-	$(PY) -m lorastyle.fuzzing --inputs $(FUZZ_INPUTS) --real $(REAL_LORAS)
+	$(PY) -m tools.fuzz.fuzzing --inputs $(FUZZ_INPUTS) --real $(REAL_LORAS)
 
 chapters: $(STAMP)
 	$(PY) book/run_chapters.py $(NOTEBOOKS)
@@ -71,7 +71,7 @@ book: $(STAMP)
 
 # One thread: on a 2-core machine shared with other work, 2 torch threads run slower than 1.
 data: $(STAMP)
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m lorastyle.build --profile default --out data
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m lorastyle.collection.build --profile default --out data
 
 # Not timed tests: each script writes benchmarks/results/bN.json and bN.md, whatever the machine's speed.
 bench: $(STAMP)

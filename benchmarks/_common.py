@@ -70,11 +70,11 @@ def machine() -> dict:
 def other_load() -> str:
     """A note when the collection build (a long CPU job) shares the machine."""
     try:
-        out = subprocess.run(["pgrep", "-f", "lorastyle.build"], capture_output=True, text=True).stdout.split()
+        out = subprocess.run(["pgrep", "-f", "lorastyle.collection.build"], capture_output=True, text=True).stdout.split()
     except OSError:
         return "unknown"
     others = [pid for pid in out if int(pid) != os.getpid()]
-    return ("shared: a `lorastyle.build` training job (1 thread) ran at the same time" if others
+    return ("shared: a `lorastyle.collection.build` training job (1 thread) ran at the same time" if others
             else "no other heavy job known")
 
 
@@ -173,7 +173,7 @@ def sd15_modules(layout: Path | None = KEY_LAYOUT) -> tuple[list[tuple[str, int,
 
 def write_sd15_lora(path: Path, modules, rank: int, seed: int, alpha: float | None = None) -> int:
     """One fp16 kohya LoRA file of SD 1.5 layout with random weights; returns its size in bytes."""
-    from lorastyle.safetensors_io import write_safetensors
+    from lorastyle.io.safetensors import write_safetensors
 
     rng = np.random.default_rng(seed)
     tensors = {}

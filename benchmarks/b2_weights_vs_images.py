@@ -4,7 +4,7 @@ Tiny model of the embedded collection (``data/base.safetensors``, read only) and
 trained LoRAs (``data/loras/main``). From weights: ``load_lora`` + descriptor + calibrated
 projection into an index of the collection (``LoraIndex.project``; the index is built once,
 untimed), for ``concat`` and ``delta``. From images: K = 8 images at T = 25 DDIM steps and
-guidance w = 3 (``lorastyle.diffusion.generate``, the LoRA applied), then each encoder's
+guidance w = 3 (``lorastyle.collection.diffusion.generate``, the LoRA applied), then each encoder's
 ``encode`` (encoders built once, untimed). Medians of ``--repeats`` runs, in the same run.
 """
 
@@ -29,10 +29,10 @@ def main() -> None:
     args = c.parser(__doc__.split("\n")[0]).parse_args()
     import torch
 
-    from lorastyle.build import CONDITION, load_base
-    from lorastyle.diffusion import TrainedLora, generate
-    from lorastyle.features import get_encoder
-    from lorastyle.formats import load_lora
+    from lorastyle.collection.build import CONDITION, load_base
+    from lorastyle.collection.diffusion import TrainedLora, generate
+    from lorastyle.collection.features import get_encoder
+    from lorastyle.io.formats import load_lora
     from lorastyle.index import build_index
 
     torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "1")))

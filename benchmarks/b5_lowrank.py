@@ -15,7 +15,7 @@ import numpy as np
 
 import _common as c
 from lorastyle.descriptors import delta_inner_products, gram_inner_products
-from lorastyle.formats import LoRA, build_module
+from lorastyle.io.formats import LoRA, build_module
 
 TOL = 1e-5
 # (name, in, out) of SD 1.5 layers (U-Net and text encoder)

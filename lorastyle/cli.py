@@ -28,15 +28,19 @@ text output, and as ``\\udcXX`` escapes (Python's ``surrogateescape``, which
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 import sys
 import warnings
 
 from . import __version__
-from .descriptors import BLOCKS, DESCRIPTORS, LAYER_TYPES, ModuleSelection
-from .formats import LoraFormatError, load_lora
+from .descriptors import BLOCKS, DESCRIPTORS, LAYER_TYPES, PARTS, ModuleSelection
+from .errors import LorastyleError
+from .io.formats import load_lora
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def _error(path, reason: str) -> None:
@@ -44,20 +48,22 @@ def _error(path, reason: str) -> None:
 
 
 def _print(text: str, stream=None) -> None:
-    """print(), but a file name that is not UTF-8 (kept as surrogates by os.fsdecode) cannot crash it."""
+    """print(), above any progress bar, and a file name that is not UTF-8 (surrogates) cannot crash it."""
     stream = sys.stdout if stream is None else stream
-    try:
-        print(text, file=stream)
-    except UnicodeEncodeError:
-        # Write the name's original bytes, as ls does, where the stream has a byte buffer.
-        data = (text + "\n").encode(getattr(stream, "encoding", None) or "utf-8", "surrogateescape")
-        buffer = getattr(stream, "buffer", None)
-        if buffer is not None:
-            stream.flush()
-            buffer.write(data)
-            buffer.flush()
-        else:
-            print(text.encode("utf-8", "backslashreplace").decode("ascii", "replace"), file=stream)
+    tqdm = sys.modules.get("tqdm")
+    with tqdm.tqdm.external_write_mode(file=stream) if tqdm is not None else contextlib.nullcontext():
+        try:
+            print(text, file=stream)
+        except UnicodeEncodeError:
+            # Write the name's original bytes, as ls does, where the stream has a byte buffer.
+            data = (text + "\n").encode(getattr(stream, "encoding", None) or "utf-8", "surrogateescape")
+            buffer = getattr(stream, "buffer", None)
+            if buffer is not None:
+                stream.flush()
+                buffer.write(data)
+                buffer.flush()
+            else:
+                print(text.encode("utf-8", "backslashreplace").decode("ascii", "replace"), file=stream)
 
 
 def _inspect(args) -> int:
@@ -77,19 +83,17 @@ def _inspect(args) -> int:
 def _index(args) -> int:
     from tqdm.auto import tqdm
 
-    from .index import IndexBusyError, NotEnoughLorasError, index_folder
+    from .index import NotEnoughLorasError, index_folder
 
     select = None
     if args.layers or args.blocks or args.parts:
         select = ModuleSelection(parts=args.parts, layers=args.layers, blocks=args.blocks)
-    bar = lambda it: tqdm(it, desc="loading", unit="file", file=sys.stderr)  # noqa: E731
+    # disable=None: no bar where stderr is not a terminal (a log file gets lines, not carriage returns)
+    bar = lambda it: tqdm(it, desc="loading", unit="file", file=sys.stderr, disable=None)  # noqa: E731
     try:
         run = index_folder(args.dir, args.output, descriptor=args.descriptor, n_components=args.components,
                            select=select, use_cache=not args.no_cache, calibrate=not args.no_calibration,
                            progress=bar)
-    except IndexBusyError as exc:
-        _error(exc.path, "another lorastyle index is writing it")
-        return EXIT_BAD_INPUT
     except NotEnoughLorasError as exc:
         for path, reason in exc.skipped:
             _error(path, reason)
@@ -121,11 +125,21 @@ def _similar(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command's error format: one ``error: OPTION: reason`` line, exit status 2."""
+
+    def error(self, message: str):
+        match = re.match(r"argument ([^:]+): (.*)", message, re.S)
+        where, reason = (match.group(1).split("/")[0], match.group(2)) if match else (self.prog, message)
+        _error(where, f"{reason} (see {self.prog} --help)")
+        self.exit(EXIT_BAD_INPUT)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lorastyle`` command."""
-    parser = argparse.ArgumentParser(prog="lorastyle", description="Map, cluster and search LoRA files by style.")
+    parser = _Parser(prog="lorastyle", description="Map, cluster and search LoRA files by style.")
     parser.add_argument("--version", action="version", version=f"lorastyle {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("inspect", help="describe one LoRA file: layout, base model, ranks, alphas")
     p.add_argument("file")
@@ -138,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--descriptor", choices=DESCRIPTORS, default="concat",
                    help="concat: the paper's flattened A,B; delta: delta-W inner products; "
                         "gram: delta-W delta-W^T (default: concat)")
-    p.add_argument("--components", type=int, default=8, help="embedding dimension (default: 8)")
-    p.add_argument("--parts", nargs="+", help="only these parts (unet, text_encoder, ...)")
+    p.add_argument("--components", type=_positive_int, default=8, help="embedding dimension (default: 8)")
+    p.add_argument("--parts", nargs="+", choices=PARTS, help="only these model parts")
     p.add_argument("--layers", nargs="+", choices=LAYER_TYPES, help="only these layer types")
     p.add_argument("--blocks", nargs="+", choices=BLOCKS, help="only these U-Net stages")
     p.add_argument("--no-cache", action="store_true",
@@ -151,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("similar", help="the indexed LoRAs closest in style to a query LoRA")
     p.add_argument("index")
     p.add_argument("query", help="a LoRA file, in the index or not")
-    p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
+    p.add_argument("-k", type=_positive_int, default=10, help="number of results (default: 10)")
     p.add_argument("--json", action="store_true", help="print a JSON list of {path, score}")
     p.set_defaults(run=_similar)
     return parser
@@ -159,23 +173,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    if getattr(args, "components", 1) < 1:
-        _error("--components", "must be at least 1")
-        return EXIT_BAD_INPUT
-    if getattr(args, "k", 1) < 1:
-        _error("-k", "must be at least 1")
-        return EXIT_BAD_INPUT
-    with warnings.catch_warnings(record=True) as caught:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a bad option (already reported)
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
+        warnings.showwarning = _show_warning  # one readable line each, when it happens
         try:
-            status = args.run(args)
-        except LoraFormatError as exc:
+            return args.run(args)
+        except LorastyleError as exc:
             _error(exc.path, exc.reason)
-            status = EXIT_BAD_INPUT
-    for w in caught:  # one readable line each, not Python's two-line format
-        print(f"warning: {w.message}", file=sys.stderr)
-    return status
+            return EXIT_BAD_INPUT
+        except KeyboardInterrupt:
+            _print("interrupted", sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    _print(f"warning: {message}", sys.stderr)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, checked when the options are parsed."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 if __name__ == "__main__":

@@ -29,20 +29,22 @@ cross-attention, feed-forward; down/mid/up blocks; U-Net or text encoder).
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .formats import LoRA, LoraModule
-from .naming import module_group
+from ._validation import check_option, check_options, check_positive_int
+from .comparability import check_comparable
+from .errors import IncomparableLorasError
+from .io.formats import LoRA, LoraModule
+from .io.naming import module_group
 
 __all__ = [
     "DESCRIPTORS",
     "LAYER_TYPES",
     "BLOCKS",
+    "PARTS",
     "ModuleSelection",
-    "IncomparableLorasError",
-    "check_comparable",
     "concat_vectors",
     "delta_inner_products",
     "gram_inner_products",
@@ -50,12 +52,9 @@ __all__ = [
 ]
 
 DESCRIPTORS = ("concat", "delta", "gram")
+PARTS = ("unet", "text_encoder", "text_encoder_2", "text_encoder_3", "transformer")
 LAYER_TYPES = ("self_attention", "cross_attention", "feed_forward", "other")
 BLOCKS = ("down", "mid", "up")
-
-
-class IncomparableLorasError(ValueError):
-    """LoRAs whose descriptors cannot be compared; the message names the files and why."""
 
 
 @dataclass(frozen=True)
@@ -83,17 +82,10 @@ class ModuleSelection:
     blocks: Collection[str] | None = None
 
     def __post_init__(self):
-        for value, allowed, what in ((self.layers, LAYER_TYPES, "layers"), (self.blocks, BLOCKS, "blocks")):
-            if value is not None:
-                bad = sorted(set(value) - set(allowed))
-                if bad:
-                    raise ValueError(f"unknown {what} {bad}; choose from {list(allowed)}")
-        for name in ("parts", "layers", "blocks"):
+        for name, allowed in (("parts", PARTS), ("layers", LAYER_TYPES), ("blocks", BLOCKS)):
             value = getattr(self, name)
             if value is not None:
-                if isinstance(value, str):
-                    value = [value]
-                object.__setattr__(self, name, tuple(sorted(value)))
+                object.__setattr__(self, name, check_options(value, name, allowed))
 
     def accepts(self, name: str) -> bool:
         """True if the module of canonical ``name`` is selected."""
@@ -113,63 +105,27 @@ class ModuleSelection:
 ALL_MODULES = ModuleSelection()
 
 
-def check_comparable(loras: Sequence[LoRA], *, descriptor: str = "delta",
-                     select: ModuleSelection | None = None) -> None:
-    """Raise :class:`IncomparableLorasError` unless the LoRAs can share a descriptor space.
+def _selected(loras: Sequence[LoRA], select: ModuleSelection | None) -> list[LoRA]:
+    """The LoRAs restricted to the selected modules (the same objects when nothing is deselected)."""
+    if select is None or select == ALL_MODULES:
+        return list(loras)
+    out = []
+    for lora in loras:
+        mods = select.modules(lora)
+        out.append(lora if len(mods) == len(lora.modules) else replace(lora, modules=mods))
+    return out
 
-    All must have the same base family and, per module name, the same delta-W
-    shape; ``concat`` further needs identical modules, factor names and shapes.
 
-    Parameters
-    ----------
-    loras : sequence of LoRA
-    descriptor : {"concat", "delta", "gram"}, default="delta"
-    select : ModuleSelection, optional
-
-    Raises
-    ------
-    IncomparableLorasError
-        Naming the first file that differs from the first file and how.
-    ValueError
-        For an unknown descriptor or an empty sequence.
-    """
-    if descriptor not in DESCRIPTORS:
-        raise ValueError(f"unknown descriptor {descriptor!r}; choose from {list(DESCRIPTORS)}")
+def _checked(loras: Sequence[LoRA], descriptor: str, select: ModuleSelection | None) -> list[LoRA]:
+    """Select modules, then apply the comparability rule (:func:`lorastyle.comparability.check_comparable`)."""
+    check_option(descriptor, "descriptor", DESCRIPTORS)
     if len(loras) == 0:
         raise ValueError("no LoRAs given")
-    select = select or ALL_MODULES
-    ref = loras[0]
-    ref_mods = select.modules(ref)
-    shapes = {name: m.shape for name, m in ref_mods.items()}
-    for lora in loras[1:]:
-        if lora.base != ref.base:
-            raise IncomparableLorasError(
-                f"{lora.path}: base family {lora.base} differs from {ref.base} of {ref.path}")
-        mods = select.modules(lora)
-        if descriptor == "concat":
-            a, b = _factor_signature(ref_mods), _factor_signature(mods)
-            if a != b:
-                raise IncomparableLorasError(
-                    f"{lora.path}: concat needs the same modules, factors and ranks as {ref.path} "
-                    f"({_first_difference(a, b)})")
-        for name, m in mods.items():
-            other = shapes.setdefault(name, m.shape)
-            if other != m.shape:
-                raise IncomparableLorasError(
-                    f"{lora.path}: module {name} has shape {m.shape}, not {other} as in the other files")
-    if not any(select.modules(lora) for lora in loras):
-        raise IncomparableLorasError(f"{ref.path}: no module matches the selection {select}")
-
-
-def _factor_signature(mods: dict[str, LoraModule]) -> list[tuple]:
-    return [(name, role, f.shape) for name, m in mods.items() for role, f in sorted(m.factors.items())]
-
-
-def _first_difference(a: list[tuple], b: list[tuple]) -> str:
-    for x, y in zip(a, b):
-        if x != y:
-            return f"{y[0]} {y[1]} {y[2]} where the first has {x[0]} {x[1]} {x[2]}"
-    return f"{len(b)} factors against {len(a)}"
+    chosen = _selected(loras, select)
+    check_comparable(chosen, descriptor=descriptor)
+    if not any(lora.modules for lora in chosen):
+        raise IncomparableLorasError(chosen[0].path, f"no module matches the selection {select}")
+    return chosen
 
 
 def concat_vectors(loras: Sequence[LoRA], *, select: ModuleSelection | None = None) -> np.ndarray:
@@ -188,20 +144,9 @@ def concat_vectors(loras: Sequence[LoRA], *, select: ModuleSelection | None = No
         Module order is canonical (sorted names); within a module, factors in
         sorted role order (``lora_down`` = A before ``lora_up`` = B).
     """
-    check_comparable(loras, descriptor="concat", select=select)
-    select = select or ALL_MODULES
-    rows = []
-    for lora in loras:
-        mods = select.modules(lora)
-        rows.append(np.concatenate([f.ravel() for m in mods.values() for _, f in sorted(m.factors.items())]))
+    rows = [np.concatenate([f.ravel() for m in lora.modules.values() for _, f in sorted(m.factors.items())])
+            for lora in _checked(loras, "concat", select)]
     return np.stack(rows).astype(np.float32, copy=False)
-
-
-def _module_names(loras: Sequence[LoRA], select: ModuleSelection) -> list[str]:
-    names: set[str] = set()
-    for lora in loras:
-        names.update(select.modules(lora))
-    return sorted(names)
 
 
 def _stack(loras: Sequence[LoRA], name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -227,11 +172,12 @@ def _block_sum(M: np.ndarray, wx: np.ndarray, wy: np.ndarray) -> np.ndarray:
 
 def _kernel(kind: str, X: Sequence[LoRA], Y: Sequence[LoRA] | None, select: ModuleSelection | None,
             batch_size: int) -> np.ndarray:
-    select = select or ALL_MODULES
+    batch_size = check_positive_int(batch_size, "batch_size")
     symmetric = Y is None
-    Y = X if Y is None else Y
-    check_comparable(list(X) + ([] if symmetric else list(Y)), descriptor=kind, select=select)
-    names = _module_names(list(X) + ([] if symmetric else list(Y)), select)
+    both = _checked(list(X) + ([] if symmetric else list(Y)), kind, select)
+    X = both[: len(X)]
+    Y = X if symmetric else both[len(X):]
+    names = sorted({name for lora in both for name in lora.modules})
     K = np.zeros((len(X), len(Y)))
     for i0 in range(0, len(X), batch_size):
         xs = X[i0:i0 + batch_size]
@@ -332,12 +278,13 @@ def descriptor_kernel(descriptor: str, X: Sequence[LoRA], Y: Sequence[LoRA] | No
     -------
     ndarray of shape (len(X), len(Y))
     """
+    check_option(descriptor, "descriptor", DESCRIPTORS)
     if descriptor == "concat":
-        vx = concat_vectors(X, select=select).astype(np.float64)
-        vy = vx if Y is None else concat_vectors(Y, select=select).astype(np.float64)
-        if Y is not None:
-            check_comparable([X[0], *Y], descriptor="concat", select=select)
-        return vx @ vy.T
+        if Y is None:
+            v = concat_vectors(X, select=select).astype(np.float64)
+            return v @ v.T
+        v = concat_vectors(list(X) + list(Y), select=select).astype(np.float64)
+        return v[: len(X)] @ v[len(X):].T
     if descriptor == "delta":
         return delta_inner_products(X, Y, select=select)
     if descriptor == "gram":

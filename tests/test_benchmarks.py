@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from support import ROOT
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
@@ -77,7 +77,7 @@ def test_sd15_rules_give_the_real_key_layout():
 
 
 def test_written_sd15_file_loads_as_sd1_kohya(tmp_path):
-    from lorastyle.formats import load_lora
+    from lorastyle.io.formats import load_lora
 
     modules = _common._sd15_rule_modules()
     _common.write_sd15_lora(tmp_path / "x.safetensors", modules, rank=4, seed=0)

@@ -24,7 +24,7 @@ import safetensors.numpy
 from safetensors import safe_open
 
 from lorastyle.cli import main
-from lorastyle.formats import save_lora
+from lorastyle.io.formats import save_lora
 
 DESCRIPTORS = ["concat", "delta", "gram"]
 RANK = 4
@@ -351,9 +351,10 @@ def test_index_empty_folder(tmp_path, capsys):
 
 def test_bad_k_and_components(collection, built_indexes, capsys, tmp_path):
     assert main(["similar", built_indexes["concat"][1], collection["good"][0], "-k", "0"]) == 2
-    assert error_lines(capsys.readouterr().err) == ["error: -k: must be at least 1"]
+    assert error_lines(capsys.readouterr().err) == ["error: -k: must be at least 1, got 0 (see lorastyle similar --help)"]
     assert main(["index", str(collection["root"]), "-o", str(tmp_path / "i.safetensors"), "--components", "0"]) == 2
-    assert error_lines(capsys.readouterr().err) == ["error: --components: must be at least 1"]
+    assert error_lines(capsys.readouterr().err) == [
+        "error: --components: must be at least 1, got 0 (see lorastyle index --help)"]
 
 
 # ---- retrieval sanity ----------------------------------------------------------------

@@ -11,7 +11,7 @@ from lorastyle.descriptors import (
     descriptor_kernel,
     gram_inner_products,
 )
-from lorastyle.formats import LoRA, LoraModule
+from lorastyle.io.formats import LoRA, LoraModule
 
 MODULES = {
     # name: (out, in)
@@ -108,9 +108,9 @@ def test_selection_classifies_modules():
 
 
 def test_selection_rejects_unknown_names():
-    with pytest.raises(ValueError, match=r"unknown layers \['attention'\]"):
+    with pytest.raises(ValueError, match=r"unknown layers 'attention'; choose from 'self_attention'"):
         ModuleSelection(layers=["attention"])
-    with pytest.raises(ValueError, match=r"unknown blocks \['middle'\]"):
+    with pytest.raises(ValueError, match=r"unknown blocks 'middle'; choose from 'down'"):
         ModuleSelection(blocks=["middle"])
 
 

@@ -1,0 +1,99 @@
+"""Parameter checks shared by every module: one message per kind of mistake.
+
+Each check raises ``ValueError`` naming the parameter and the value received,
+and returns the value in the form the caller needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from numbers import Integral, Real
+
+import numpy as np
+
+__all__ = [
+    "RandomState",
+    "check_positive_int",
+    "check_non_negative_int",
+    "check_int_at_least",
+    "check_positive_float",
+    "check_option",
+    "check_options",
+    "check_random_state",
+    "sklearn_seed",
+]
+
+RandomState = int | np.random.Generator | None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def check_int_at_least(value, name: str, minimum: int) -> int:
+    """``value`` as an int, if it is an integer (not a bool) of at least ``minimum``."""
+    if not _is_int(value) or value < minimum:
+        what = "a positive integer" if minimum == 1 else (
+            "a non-negative integer" if minimum == 0 else f"an integer of at least {minimum}")
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def check_positive_int(value, name: str) -> int:
+    """``value`` as an int, if it is an integer >= 1 (``2.5``, ``True`` and ``"3"`` are refused)."""
+    return check_int_at_least(value, name, 1)
+
+
+def check_non_negative_int(value, name: str) -> int:
+    """``value`` as an int, if it is an integer >= 0."""
+    return check_int_at_least(value, name, 0)
+
+
+def check_positive_float(value, name: str) -> float:
+    """``value`` as a float, if it is a finite real number > 0."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_option(value, name: str, allowed: Collection[str]) -> str:
+    """``value`` if it is one of ``allowed``; the message lists them."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; choose from {', '.join(repr(a) for a in allowed)}")
+    return value
+
+
+def check_options(values, name: str, allowed: Collection[str]) -> tuple[str, ...]:
+    """A collection of options (a single string counts as one, never as its letters), sorted and unique."""
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, Iterable):
+        raise ValueError(f"{name} must be a string or a collection of strings, got {values!r}")
+    values = list(values)
+    bad = sorted({repr(v) for v in values if not isinstance(v, str) or v not in allowed})
+    if bad:
+        raise ValueError(f"unknown {name} {', '.join(bad)}; choose from {', '.join(repr(a) for a in allowed)}")
+    return tuple(sorted(set(values)))
+
+
+def check_random_state(random_state: RandomState) -> np.random.Generator:
+    """A numpy ``Generator`` from an int seed, a ``Generator`` (used as is) or None (fresh entropy)."""
+    if random_state is None or _is_int(random_state):
+        if random_state is not None and random_state < 0:
+            raise ValueError(f"random_state must be a non-negative integer, got {random_state!r}")
+        return np.random.default_rng(random_state)
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    raise ValueError("random_state must be an int, a numpy.random.Generator or None, "
+                     f"got {type(random_state).__name__}")
+
+
+def sklearn_seed(random_state: RandomState) -> int | None:
+    """What scikit-learn accepts for ``random_state`` (it rejects Generators): an int or None.
+
+    A Generator gives one draw from it, so results follow the Generator's state.
+    """
+    check_random_state(random_state)  # the same checks and messages
+    if random_state is None or _is_int(random_state):
+        return random_state
+    return int(check_random_state(random_state).integers(2**31 - 1))

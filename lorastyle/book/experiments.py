@@ -1,0 +1,626 @@
+"""One function per table or figure of the book, over a built collection.
+
+Chapters stay thin: they call these functions and show what they return. Each
+function reads the collection folder written by :mod:`lorastyle.collection.build`
+(``data/`` by default) and returns a pandas DataFrame or arrays for
+:mod:`lorastyle.book.viz`.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from ..descriptors import ModuleSelection, descriptor_kernel
+from ..embedding import StyleEmbedding
+from ..io.formats import LoRA, load_lora
+from ..metrics import cluster_scores, retrieval_scores, similarity_matrix
+
+__all__ = ["Collection", "load_collection", "lora_embedding", "feature_matrix", "feature_embedding",
+           "clustering_table", "retrieval_table", "structure_comparison", "subnetwork_curves", "invariance_table",
+           "collection_summary", "artist_table", "map_panels", "sample_rows", "loss_curves", "memorisation_table",
+           "real_lora_similarity", "DESCRIPTOR_NAMES", "ENCODER_NAMES", "SUBNETWORKS"]
+
+DESCRIPTOR_NAMES = ("concat", "delta", "gram")
+# Stand-ins for CLIP and DINO in the default profile: named for what they are.
+ENCODER_NAMES = {"efficientnet": "EfficientNet-Lite0 (ImageNet)", "vgg_gram": "VGG19 Gram (Gatys)",
+                 "magenta": "Magenta style vector (circular)", "clip": "CLIP", "dino": "DINO"}
+
+
+@dataclass
+class Collection:
+    """A built collection: its manifest rows, LoRA files and cached image features."""
+
+    root: Path
+    rows: list[dict]
+    _loras: dict[str, LoRA] = field(default_factory=dict, repr=False)
+
+    def ids(self, collection: str | Sequence[str] = "main") -> list[str]:
+        """LoRA ids of one or more collections, in manifest order."""
+        wanted = {collection} if isinstance(collection, str) else set(collection)
+        return [r["id"] for r in self.rows if r["collection"] in wanted]
+
+    @cached_property
+    def by_id(self) -> dict[str, dict]:
+        return {r["id"]: r for r in self.rows}
+
+    def labels(self, ids: Sequence[str], level: str) -> np.ndarray:
+        """``artist`` or ``genre`` of each id."""
+        return np.asarray([self.by_id[i][level] for i in ids])
+
+    def source_paintings(self, lora_id: str) -> frozenset[str]:
+        """The paintings a LoRA's training images come from: each image's style reference
+        (``content@box~style`` in the manifest), or its content where it has none."""
+        images = filter(None, self.by_id[lora_id]["training_images"].split(";"))
+        return frozenset(im.partition("~")[2] or im.partition("@")[0] for im in images)
+
+    def lora(self, lora_id: str) -> LoRA:
+        if lora_id not in self._loras:
+            self._loras[lora_id] = load_lora(self.root / self.by_id[lora_id]["file"])
+        return self._loras[lora_id]
+
+    def features(self, encoder: str) -> dict[str, np.ndarray]:
+        with np.load(self.root / "features" / f"{encoder}.npz", allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+
+    @property
+    def encoders(self) -> list[str]:
+        """Image encoders whose features the build computed (``features/<name>.npz``), in book order."""
+        found = {p.stem for p in (self.root / "features").glob("*.npz")}
+        order = list(ENCODER_NAMES)
+        return sorted(found, key=lambda e: (order.index(e) if e in order else len(order), e))
+
+    def images(self, lora_id: str, kind: str = "train") -> np.ndarray:
+        """uint8 images of a LoRA: ``train`` (its training images) or ``gen`` (generated at the default setting)."""
+        path = self.root / "images.npz"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no images; rebuild the collection with `make data`")
+        with np.load(path, allow_pickle=False) as data:
+            return data[f"{kind}/{lora_id}"]
+
+
+def load_collection(root: str | Path = "data") -> Collection:
+    """Read a collection folder written by :func:`lorastyle.collection.build.build_collection`."""
+    root = Path(root)
+    path = root / "manifest.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no manifest; build the collection with `make data`")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return Collection(root=root, rows=rows)
+
+
+def lora_embedding(coll: Collection, ids: Sequence[str], descriptor: str, *, n_components: int = 16,
+                   select: ModuleSelection | None = None, random_state: int = 0) -> np.ndarray:
+    """In-sample PCA embedding of LoRAs by a descriptor (kernel form, exact)."""
+    loras = [coll.lora(i) for i in ids]
+    K = descriptor_kernel(descriptor, loras, select=select)
+    k = min(n_components, len(ids) - 2)
+    return StyleEmbedding(k, solver="precomputed", random_state=random_state).fit_transform(K)
+
+
+def feature_matrix(coll: Collection, ids: Sequence[str], encoder: str, source: str = "train") -> np.ndarray:
+    """Per-LoRA mean image features (``source`` is ``train`` or a sample setting like ``gen/T25-w3-k6``)."""
+    feats = coll.features(encoder)
+    return np.stack([feats[f"{source}/{i}"] for i in ids]).astype(np.float64)
+
+
+def feature_embedding(coll: Collection, ids: Sequence[str], encoder: str, source: str = "train", *,
+                      n_components: int = 16, random_state: int = 0) -> np.ndarray:
+    """In-sample PCA embedding of per-LoRA mean image features."""
+    X = feature_matrix(coll, ids, encoder, source)
+    k = min(n_components, len(ids) - 2, X.shape[1])
+    return StyleEmbedding(k, random_state=random_state, calibrate=False).fit_transform(X)
+
+
+def clustering_table(coll: Collection, *, collection: str = "main", descriptors: Sequence[str] = DESCRIPTOR_NAMES,
+                     encoders: Sequence[str] = (), levels: Sequence[str] = ("artist", "genre"),
+                     n_components: int = 16, seeds: Sequence[int] = (0, 1, 2, 3, 4)):
+    """Clustering and 1-NN scores of every representation, mean and spread over k-means seeds.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (representation, level): ``ari``, ``nmi``, ``purity`` (means over
+        k-means seeds, with ``*_std``), ``silhouette``, leave-one-out ``top1`` with its 95%
+        Wilson interval (``top1_low``, ``top1_high``: what n queries allow one to
+        conclude) and ``top1_chance``, the expected top-1 of a random neighbour.
+    """
+    import pandas as pd
+
+    ids = coll.ids(collection)
+    reps = {f"LoRA {d}": lora_embedding(coll, ids, d, n_components=n_components) for d in descriptors}
+    reps |= {ENCODER_NAMES.get(e, e): feature_embedding(coll, ids, e, n_components=n_components) for e in encoders}
+    rows = []
+    for name, Z in reps.items():
+        for level in levels:
+            y = coll.labels(ids, level)
+            runs = [cluster_scores(Z, y, random_state=s) for s in seeds]
+            row = {"representation": name, "level": level, "n": len(ids), "classes": len(set(y))}
+            for key in ("ari", "nmi", "purity"):
+                vals = [r[key] for r in runs]
+                row[key], row[f"{key}_std"] = float(np.mean(vals)), float(np.std(vals))
+            row["silhouette"] = runs[0]["silhouette"]
+            row["top1"] = retrieval_scores(Z, y, k=(1,))["top1"]
+            row["top1_low"], row["top1_high"] = wilson_interval(row["top1"], len(ids))
+            row["top1_chance"] = nearest_neighbour_chance(y)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def wilson_interval(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion ``p`` measured on ``n`` trials."""
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+    return float(centre - half), float(centre + half)
+
+
+def nearest_neighbour_chance(labels: Sequence) -> float:
+    """Expected leave-one-out top-1 accuracy when the neighbour is drawn at random.
+
+    A query of class c is right with probability (n_c - 1) / (n - 1).
+    """
+    y = np.asarray(labels)
+    _, counts = np.unique(y, return_counts=True)
+    return float((counts * (counts - 1)).sum() / (len(y) * (len(y) - 1)))
+
+
+def restricted_top1(Z: np.ndarray, labels: Sequence, allowed: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Leave-one-out top-1 (cosine) where each query may only retrieve the items ``allowed`` to it.
+
+    Parameters
+    ----------
+    Z : ndarray of shape (n, d)
+    labels : sequence of length n
+    allowed : bool ndarray of shape (n, n)
+        ``allowed[i, j]``: item j is a candidate for query i (the diagonal is ignored).
+
+    Returns
+    -------
+    queried : bool ndarray of shape (n,)
+        Queries that have at least one allowed candidate of their own label (the others
+        cannot succeed and are left out).
+    hit : bool ndarray of shape (n,)
+        Whether the most similar allowed candidate shares the query's label (False where not queried).
+    chance : ndarray of shape (n,)
+        Probability of a hit for a random allowed candidate (0 where not queried).
+    nearest : int ndarray of shape (n,)
+        Index of each query's most similar allowed candidate (meaningless where none is allowed).
+    """
+    y = np.asarray(labels)
+    ok = np.asarray(allowed, dtype=bool).copy()
+    np.fill_diagonal(ok, False)
+    same = y[:, None] == y[None, :]
+    queried = (ok & same).any(axis=1)
+    S = np.where(ok, similarity_matrix(np.asarray(Z, dtype=np.float64), metric="cosine"), -np.inf)
+    nearest = S.argmax(axis=1)
+    hit = queried & same[np.arange(len(y)), nearest]
+    chance = np.where(queried, (ok & same).sum(axis=1) / np.maximum(ok.sum(axis=1), 1), 0.0)
+    return queried, hit, chance, nearest
+
+
+def style_reference_table(coll: Collection, *, collection: str = "main", descriptors: Sequence[str] = DESCRIPTOR_NAMES,
+                          encoders: Sequence[str] = (), n_components: int = 16):
+    """Is an artist found through another of their paintings, or only through the same one?
+
+    Two LoRAs of an artist may take the same painting as style reference. This table
+    separates the two: ``same_painting`` is the share of nearest neighbours that share a
+    source painting with the query; ``cross_top1`` is the artist top-1 when every LoRA
+    sharing a source painting with the query is removed from its candidates, over the
+    ``cross_n`` queries that still have a LoRA of their artist to find, with its 95% Wilson
+    interval and ``cross_chance`` (a random remaining candidate).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per representation.
+    """
+    import pandas as pd
+
+    ids = coll.ids(collection)
+    y = coll.labels(ids, "artist")
+    sources = [coll.source_paintings(i) for i in ids]
+    shares = np.array([[bool(a & b) for b in sources] for a in sources])
+    reps = {f"LoRA {d}": lora_embedding(coll, ids, d, n_components=n_components) for d in descriptors}
+    reps |= {ENCODER_NAMES.get(e, e): feature_embedding(coll, ids, e, n_components=n_components) for e in encoders}
+    rows = []
+    for name, Z in reps.items():
+        _, hit_any, _, nearest = restricted_top1(Z, y, np.ones_like(shares))
+        queried, hit, chance, _ = restricted_top1(Z, y, ~shares)
+        n = int(queried.sum())
+        top1 = float(hit[queried].mean()) if n else float("nan")
+        low, high = wilson_interval(top1, n) if n else (float("nan"), float("nan"))
+        rows.append({"representation": name, "top1": float(hit_any.mean()),
+                     "same_painting": float(shares[np.arange(len(ids)), nearest].mean()),
+                     "cross_n": n, "cross_top1": top1, "cross_low": low, "cross_high": high,
+                     "cross_chance": float(chance[queried].mean()) if n else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def _lora_fit(coll: Collection, ids: Sequence[str], descriptor: str, n_components: int,
+              select: ModuleSelection | None = None, random_state: int = 0) -> tuple[StyleEmbedding, list[LoRA]]:
+    loras = [coll.lora(i) for i in ids]
+    K = descriptor_kernel(descriptor, loras, select=select)
+    emb = StyleEmbedding(min(n_components, len(ids) - 2), solver="precomputed", random_state=random_state).fit(K)
+    return emb, loras
+
+
+def retrieval_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTOR_NAMES,
+                    encoders: Sequence[str] = (), n_components: int = 16, k: Sequence[int] = (1, 5)):
+    """Retrieval by artist in the paper's scenarios, one row per (scenario, representation).
+
+    S1
+        The query LoRA is in the fitted set (leave-one-out over the main collection).
+    S2
+        Unseen query: each held-out LoRA is projected out of sample into the main
+        collection's embedding, calibration off and on; ``drift`` is the RMS norm
+        of the projected queries over that of the fitted LoRAs.
+    S3
+        Image features of the known training images: main collection as the
+        index, held-out LoRAs' training-image features as queries.
+    S4
+        Training images unknown: every LoRA is represented by images it
+        generates (index: the main collection at the default T and w; queries:
+        the held-out LoRAs at each T and w of the sweep).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``scenario``, ``representation``, ``setting``, ``top1``, ``map``, ``precision@k``, ``drift``.
+    """
+    import pandas as pd
+
+    from ..metrics import query_scores
+
+    main, held = coll.ids("main"), coll.ids("heldout")
+    y_main, y_held = coll.labels(main, "artist"), coll.labels(held, "artist")
+    rows = []
+
+    def add(scenario, rep, setting, scores, drift=np.nan):
+        rows.append({"scenario": scenario, "representation": rep, "setting": setting,
+                     "top1": scores["top1"], "map": scores["map"],
+                     **{f"precision@{j}": scores[f"precision@{j}"] for j in k}, "drift": drift})
+
+    for d in descriptors:
+        emb, loras = _lora_fit(coll, main, d, n_components)
+        fitted = emb.embedding_
+        add("S1", f"LoRA {d}", "in the fitted set", retrieval_scores(fitted, y_main, k=k))
+        K_held = descriptor_kernel(d, [coll.lora(i) for i in held], loras)
+        for calibrated in (False, True):
+            Z = emb.transform(K_held, calibrated=calibrated)
+            drift = float(np.sqrt((Z**2).sum(1).mean() / (fitted**2).sum(1).mean()))
+            add("S2", f"LoRA {d}", "calibrated" if calibrated else "uncalibrated",
+                query_scores(fitted, y_main, Z, y_held, k=k), drift)
+    for e in encoders:
+        name = ENCODER_NAMES.get(e, e)
+        X_main, X_held = feature_matrix(coll, main, e), feature_matrix(coll, held, e)
+        add("S3", name, "training images", query_scores(X_main, y_main, X_held, y_held, k=k))
+        feats = coll.features(e)
+        settings = sorted({key.split("/")[1] for key in feats if key.startswith("gen/")})
+        default = max(settings, key=lambda s: sum(key.startswith(f"gen/{s}/main-") for key in feats))
+        X_index = feature_matrix(coll, main, e, f"gen/{default}")
+        for s in settings:
+            if all(f"gen/{s}/{i}" in feats for i in held):
+                add("S4", name, s, query_scores(X_index, y_main, feature_matrix(coll, held, e, f"gen/{s}"),
+                                                y_held, k=k))
+    return pd.DataFrame(rows)
+
+
+def structure_comparison(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTOR_NAMES,
+                         encoders: Sequence[str] = (), n_components: int = 16, k: int = 5,
+                         n_permutations: int = 999, random_state: int = 0):
+    """Structural similarity of LoRA embeddings and image embeddings of the same LoRAs (main collection).
+
+    A null row per pair compares the LoRA embedding with the image embedding of
+    randomly permuted LoRAs, the baseline any real agreement must beat.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``lora``, ``images``, ``null``, ``cka``, ``rsa_r``, ``rsa_p``, ``knn_overlap``, ``procrustes``.
+    """
+    import pandas as pd
+
+    from ..metrics import structure_table
+
+    ids = coll.ids("main")
+    rng = np.random.default_rng(random_state)
+    perm = rng.permutation(len(ids))
+    rows = []
+    for d in descriptors:
+        Z = lora_embedding(coll, ids, d, n_components=n_components)
+        for e in encoders:
+            F = feature_embedding(coll, ids, e, n_components=n_components)
+            for null, other in ((False, F), (True, F[perm])):
+                s = structure_table(Z, other, k=k, n_permutations=n_permutations, random_state=random_state)
+                rows.append({"lora": d, "images": ENCODER_NAMES.get(e, e), "null": null, **s})
+    return pd.DataFrame(rows)
+
+
+SUBNETWORKS = {
+    "all modules": ModuleSelection(),
+    "self-attention": ModuleSelection(layers=["self_attention"]),
+    "cross-attention": ModuleSelection(layers=["cross_attention"]),
+    "feed-forward": ModuleSelection(layers=["feed_forward"]),
+    "down blocks": ModuleSelection(blocks=["down"]),
+    "mid block": ModuleSelection(blocks=["mid"]),
+    "up blocks": ModuleSelection(blocks=["up"]),
+}
+
+
+def subnetwork_curves(coll: Collection, *, descriptor: str = "concat",
+                      dimensions: Sequence[int] = (2, 4, 8, 16, 32), level: str = "artist",
+                      subnetworks: dict[str, ModuleSelection] | None = None):
+    """Leave-one-out top-1 retrieval and ARI by sub-network over PCA dimensions (main collection).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``subnetwork``, ``dimensions``, ``n_features``, ``top1``, ``ari``.
+    """
+    import pandas as pd
+
+    from ..descriptors import concat_vectors
+
+    ids = coll.ids("main")
+    y = coll.labels(ids, level)
+    loras = [coll.lora(i) for i in ids]
+    rows = []
+    for name, select in (subnetworks or SUBNETWORKS).items():
+        K = descriptor_kernel(descriptor, loras, select=select)
+        n_features = concat_vectors(loras[:1], select=select).shape[1]
+        for dim in dimensions:
+            if dim > len(ids) - 2:
+                continue
+            Z = StyleEmbedding(dim, solver="precomputed", calibrate=False).fit_transform(K)
+            rows.append({"subnetwork": name, "dimensions": dim, "n_features": n_features,
+                         "top1": retrieval_scores(Z, y, k=(1,))["top1"], "ari": cluster_scores(Z, y, random_state=0)["ari"]})
+    return pd.DataFrame(rows)
+
+
+def invariance_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTOR_NAMES):
+    """How each descriptor sees a LoRA retrained with another A seed or another rank.
+
+    For each variant, the cosine similarity (in the descriptor's own feature
+    space) to the main LoRA it repeats, beside the mean cosine to the other
+    main LoRAs of the same artist and of other artists.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``descriptor``, ``variant``, ``cos_to_original``, ``cos_same_artist``, ``cos_other_artists``.
+    """
+    import pandas as pd
+
+    variants = coll.ids(["seed_variant", "rank_variant"])
+    main = coll.ids("main")
+    rows = []
+    for d in descriptors:
+        for v in variants:
+            artist = coll.by_id[v]["artist"]
+            original = next(i for i in main if coll.by_id[i]["artist"] == artist)  # main LoRA 0 of the artist
+            others = [i for i in main if i != original]
+            if d == "concat" and coll.lora(v).ranks != coll.lora(original).ranks:
+                continue  # concat cannot compare ranks: the table shows the gap
+            group = [v, original] + others
+            if d == "concat":
+                group = [i for i in group if coll.lora(i).ranks == coll.lora(v).ranks]
+            K = descriptor_kernel(d, [coll.lora(i) for i in group])
+            norms = np.sqrt(np.diag(K))
+            cos = K[0] / (norms[0] * norms)
+            same = [j for j, i in enumerate(group[2:], 2) if coll.by_id[i]["artist"] == artist]
+            other = [j for j, i in enumerate(group[2:], 2) if coll.by_id[i]["artist"] != artist]
+            rows.append({"descriptor": d, "variant": v, "collection": coll.by_id[v]["collection"],
+                         "cos_to_original": float(cos[1]),
+                         "cos_same_artist": float(np.mean(cos[same])) if same else np.nan,
+                         "cos_other_artists": float(np.mean(cos[other])) if other else np.nan})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# The collections (chapter 2), maps (chapter 3), real files (chapter 8), memorisation (chapter 9)
+# ---------------------------------------------------------------------------------------------
+
+def collection_summary(coll: Collection):
+    """One row per collection of the build: what it is for and how its LoRAs were trained.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``collection``, ``loras``, ``artists``, ``genres``, ``images_per_lora``, ``ranks``, ``A_init_seeds``.
+    """
+    import pandas as pd
+
+    rows = []
+    for name in dict.fromkeys(r["collection"] for r in coll.rows):
+        sub = [r for r in coll.rows if r["collection"] == name]
+        rows.append({"collection": name, "loras": len(sub), "artists": len({r["artist"] for r in sub}),
+                     "genres": len({r["genre"] for r in sub}),
+                     "images_per_lora": ", ".join(sorted({r["n_images"] for r in sub}, key=int)),
+                     "ranks": ", ".join(sorted({r["rank"] for r in sub}, key=int)),
+                     "A_init_seeds": ", ".join(sorted({r["init_seed"] for r in sub}, key=int))})
+    return pd.DataFrame(rows)
+
+
+def artist_table(coll: Collection):
+    """The artists of the collection with their genre, movement, dates and LoRA counts, by genre.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``genre``, ``artist``, ``movement``, ``dates``, ``paintings`` (in the Met
+        package), ``main`` and ``real`` (LoRAs in each collection).
+    """
+    import pandas as pd
+
+    from ..collection.datasets import artist_genres, met_paintings
+
+    genres = artist_genres()
+    works: dict[str, int] = {}
+    for p in met_paintings():
+        works[p.artist] = works.get(p.artist, 0) + 1
+    rows = []
+    for artist in sorted({r["artist"] for r in coll.rows}):
+        g = genres[artist]
+        count = {c: sum(r["artist"] == artist and r["collection"] == c for r in coll.rows) for c in ("main", "real")}
+        rows.append({"genre": g.genre, "artist": artist, "movement": g.movement, "dates": g.dates,
+                     "paintings": works.get(artist, 0), **count})
+    return pd.DataFrame(rows).sort_values(["genre", "artist"], ignore_index=True)
+
+
+def map_panels(coll: Collection, *, collection: str = "main", descriptors: Sequence[str] = ("concat",),
+               encoders: Sequence[str] = ()) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """2-D PCA maps of LoRA descriptors and image encoders, ready for :func:`lorastyle.book.viz.style_maps`.
+
+    Returns
+    -------
+    dict of str to (points, artists, genres)
+        Panel title to its first two principal components and labels, in the order
+        descriptors, then encoders. Every map is of the same LoRAs.
+    """
+    ids = coll.ids(collection)
+    artists, genres = coll.labels(ids, "artist"), coll.labels(ids, "genre")
+    panels = {f"LoRA weights ({d})": lora_embedding(coll, ids, d, n_components=2) for d in descriptors}
+    panels |= {f"{ENCODER_NAMES.get(e, e)} of training images": feature_embedding(coll, ids, e, n_components=2)
+               for e in encoders}
+    return {title: (Z[:, :2], artists, genres) for title, Z in panels.items()}
+
+
+def sample_rows(coll: Collection, artist: str, *, n: int = 6) -> dict[str, np.ndarray]:
+    """Training images beside generated images for one artist, for :func:`lorastyle.book.viz.image_grid`.
+
+    Rows: the first main LoRA's training images and samples, and the same for the
+    artist's first real-pixel LoRA when the collection has one.
+    """
+    rows = {}
+    for collection, label in (("main", "stylized"), ("real", "real-pixel")):
+        ids = [i for i in coll.ids(collection) if coll.by_id[i]["artist"] == artist]
+        if ids:
+            rows[f"{label} LoRA: training images"] = coll.images(ids[0], "train")[:n]
+            rows[f"{label} LoRA: generated"] = coll.images(ids[0], "gen")[:n]
+    if not rows:
+        raise ValueError(f"no main or real-pixel LoRA of {artist!r} in {coll.root}")
+    return rows
+
+
+def loss_curves(coll: Collection) -> dict[str, dict[str, list[float]]]:
+    """Training losses: ``{"base": {"base model": curve}, "loras": {collection: mean curve}}``."""
+    import json
+
+    losses = json.loads((coll.root / "losses.json").read_text())
+    by_collection: dict[str, list[list[float]]] = {}
+    for r in coll.rows:
+        if r["id"] in losses:
+            by_collection.setdefault(r["collection"], []).append(losses[r["id"]])
+    return {"base": {"base model": losses["base"]} if "base" in losses else {},
+            "loras": {c: list(np.mean(v, axis=0)) for c, v in by_collection.items()}}
+
+
+def _nearest_distances(images: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """RMS pixel distance (0-255 scale) of every image to its nearest reference image."""
+    x = images.reshape(len(images), -1).astype(np.float64)
+    y = references.reshape(len(references), -1).astype(np.float64)
+    d2 = (x**2).sum(1)[:, None] - 2 * x @ y.T + (y**2).sum(1)[None, :]
+    return np.sqrt(np.maximum(d2, 0).min(axis=1) / x.shape[1])
+
+
+def memorisation_table(coll: Collection, *, collections: Sequence[str] = ("memorisation", "main")):
+    """Do LoRAs trained on few images copy them? Nearest-neighbour distances of generated images.
+
+    For every LoRA, the RMS pixel distance of each generated image to the nearest
+    of its own training images (``d_own``) and to the nearest training image of
+    the other LoRAs of the same collection (``d_others``). Copying shows as
+    ``d_own`` far below ``d_others``; ``ratio = d_own / d_others``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per LoRA: ``collection``, ``id``, ``n_images``, ``d_own``, ``d_others``, ``ratio``.
+    """
+    import pandas as pd
+
+    ids = coll.ids(collections)
+    train = {i: coll.images(i, "train") for i in ids}
+    sources = {i: set(filter(None, coll.by_id[i].get("training_images", "").split(";"))) for i in ids}
+    rows = []
+    for c in collections:
+        for i in coll.ids(c):
+            gen = coll.images(i, "gen")
+            # a LoRA that saw any of the same training images is not an "other" (a memorisation
+            # LoRA's three images are the first images of a main LoRA)
+            others = np.concatenate([train[j] for j in ids if j != i and not sources[i] & sources[j]])
+            d_own = _nearest_distances(gen, train[i]).mean()
+            d_others = _nearest_distances(gen, others).mean()
+            rows.append({"collection": c, "id": i, "n_images": int(coll.by_id[i]["n_images"]),
+                         "d_own": float(d_own), "d_others": float(d_others), "ratio": float(d_own / d_others) if d_others > 0 else np.nan})
+    return pd.DataFrame(rows)
+
+
+REAL_LORA_MODULES = ModuleSelection(parts=["unet"], layers=["self_attention", "cross_attention"])
+
+
+def real_lora_similarity(folder: str | Path, *, descriptors: Sequence[str] = DESCRIPTOR_NAMES,
+                         select: ModuleSelection = REAL_LORA_MODULES):
+    """Cosine similarities between real LoRA files made by others, by each descriptor.
+
+    Only modules that every file adapts are compared (by default the U-Net's
+    attention projections). ``concat`` is defined only for pairs with the same
+    modules and ranks; other pairs are NaN, which is the point: it cannot compare
+    a rank-4 file with a rank-8 one.
+
+    Returns
+    -------
+    labels : list of str
+        One per file, sorted by file name: the part after ``__`` (the shared folder names
+        files ``<layout>__<name>.safetensors``), else the file's stem.
+    summary : pandas.DataFrame
+        ``file``, ``label``, ``layout``, ``base``, ``ranks`` (set over the compared modules), ``modules``.
+    cosines : dict of str to pandas.DataFrame
+        Descriptor to a files x files cosine matrix.
+    """
+    import pandas as pd
+
+    from ..errors import IncomparableLorasError
+
+    paths = sorted(Path(folder).glob("*.safetensors"))
+    loras = [load_lora(p) for p in paths]
+    shared = set.intersection(*(set(select.modules(lora)) for lora in loras))
+    if not shared:
+        raise ValueError(f"{folder}: the files share no module of {select}")
+
+    def only_shared(lora: LoRA) -> LoRA:
+        from dataclasses import replace
+
+        return replace(lora, modules={n: m for n, m in lora.modules.items() if n in shared})
+
+    loras = [only_shared(lora) for lora in loras]
+    # "<layout>__<name>.safetensors" (the shared folder's naming) is labelled by its name part
+    names = [p.stem.split("__")[-1] for p in paths]
+    summary = pd.DataFrame([{"file": p.name, "label": n, "layout": lora.format, "base": lora.base,
+                             "ranks": ", ".join(map(str, sorted(set(lora.ranks)))), "modules": len(lora.modules)}
+                            for p, n, lora in zip(paths, names, loras)])
+    cosines = {}
+    for d in descriptors:
+        C = np.full((len(loras), len(loras)), np.nan)
+        if d == "concat":
+            for i in range(len(loras)):
+                for j in range(i, len(loras)):
+                    try:
+                        K = descriptor_kernel(d, [loras[i], loras[j]])
+                    except IncomparableLorasError:
+                        continue
+                    C[i, j] = C[j, i] = K[0, 1] / np.sqrt(K[0, 0] * K[1, 1])
+        else:
+            K = descriptor_kernel(d, loras)
+            norms = np.sqrt(np.diag(K))
+            C = K / np.outer(norms, norms)
+        cosines[d] = pd.DataFrame(C, index=names, columns=names)
+    return names, summary, cosines

@@ -1,0 +1,458 @@
+"""Build a LoRA collection end to end: base model, LoRAs, samples, features, manifest.
+
+``make data`` runs :func:`build_collection` with the ``default`` profile into
+``data/``; the ``smoke`` profile runs the same code in seconds inside the tests.
+Every stage is resumable: a LoRA file, a sample set or a feature vector that
+already exists for the same specification is not computed again, so an
+interrupted build continues where it stopped.
+
+Layout of the output folder::
+
+    plan.json                  every LoRA's specification (training images: content, box, style)
+    base.safetensors           the pre-trained tiny model (U-Net + condition table)
+    loras/<collection>/<id>.safetensors   LoRAs, diffusers/PEFT layout, metadata inside
+    losses.json                loss curves (base and every LoRA)
+    features/<encoder>.npz     per-LoRA mean features: train/<id> and gen/<T>-<w>/<id>
+    manifest.csv               file, sha256, artist, genre, collection, seeds, rank, training images
+    cache/                     rendered training images and samples (not committed)
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .plan import Artwork, LoraSpec, plan_collection
+from ..io.formats import load_lora, save_lora
+from .profiles import Profile
+from ..io.safetensors import read_safetensors, write_safetensors
+
+__all__ = ["build_collection", "source_artworks", "render_training_images", "load_base", "save_base"]
+
+CONDITION = 1  # the tiny model's generic "a painting" condition; 0 is the null condition
+
+
+def _write_json(path: Path, obj, **kwargs) -> None:
+    """Write JSON atomically: an interrupted build never leaves a half-written file to resume from."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, **kwargs))
+    os.replace(tmp, path)
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def source_artworks(profile: Profile) -> tuple[list[Artwork], dict[str, str], list[Artwork], list[Artwork],
+                                                Callable[[str], np.ndarray]]:
+    """The default profile's sources.
+
+    Returns
+    -------
+    paintings : list of Artwork
+        Paintings of artists that have a genre (style references).
+    genres : dict of str to str
+    content : list of Artwork
+        Photos and paintings by other hands (content for stylisation).
+    base_pool : list of Artwork
+        Paintings used only to pre-train the base model (never in a LoRA).
+    load : callable
+        Artwork id -> RGB uint8 image.
+    """
+    from .datasets import artist_genres, content_images, met_paintings
+
+    genres = {a: g.genre for a, g in artist_genres().items()}
+    met = {f"met-{p.object_id}": p for p in met_paintings()}
+    photos = content_images()
+    counts: dict[str, int] = {}
+    for p in met.values():
+        counts[p.artist] = counts.get(p.artist, 0) + 1
+    is_style = {k: p.artist in genres and counts[p.artist] >= profile.min_works for k, p in met.items()}
+    paintings = [Artwork(k, p.artist, p.height, p.width) for k, p in sorted(met.items()) if is_style[k]]
+    others = sorted(k for k in met if not is_style[k])
+    # Half of the other hands' paintings pre-train the base, half are content: the base never saw a LoRA's image.
+    rng = np.random.default_rng(profile.seed)
+    order = rng.permutation(len(others))
+    base_ids = sorted(others[i] for i in order[: len(others) // 2 - 10])
+    content_ids = sorted(others[i] for i in order[len(others) // 2 - 10:])
+    content = [Artwork(k, None, met[k].height, met[k].width) for k in content_ids]
+    content += [Artwork(f"photo-{name}", None, *img.shape[:2]) for name, img in sorted(photos.items())]
+    base_pool = [Artwork(k, None, met[k].height, met[k].width) for k in base_ids]
+    cache: dict[str, np.ndarray] = {}
+
+    def load(art_id: str) -> np.ndarray:
+        if art_id not in cache:
+            cache[art_id] = photos[art_id[6:]] if art_id.startswith("photo-") else met[art_id].load_image()
+        return cache[art_id]
+
+    return paintings, genres, content, base_pool, load
+
+
+def artbench_sources(root: str | os.PathLike) -> tuple[list[Artwork], dict[str, str], Callable[[str], np.ndarray]]:
+    """The paper profile's sources: a local ArtBench-10 copy (artist -> the style most of their images have)."""
+    from collections import Counter
+
+    from .datasets import artbench_paintings, load_image
+
+    images = artbench_paintings(root)
+    styles: dict[str, Counter] = {}
+    for im in images:
+        styles.setdefault(im.artist, Counter())[im.style] += 1
+    genres = {a: c.most_common(1)[0][0] for a, c in styles.items()}
+    paths = {str(im.path.relative_to(root)): im for im in images}
+    paintings = []
+    for key, im in sorted(paths.items()):
+        with Image.open(im.path) as img:  # the header only
+            width, height = img.size
+        paintings.append(Artwork(key, im.artist, height, width))
+    return paintings, genres, lambda key: load_image(paths[key].path)
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
+
+
+def render_training_images(spec: LoraSpec, load: Callable[[str], np.ndarray], profile: Profile,
+                           stylizer=None, style_vectors: dict | None = None) -> np.ndarray:
+    """The training images of one LoRA, rendered at ``profile.resolution``.
+
+    Stylised images: the content crop at ``stylize_size``, rendered in the style
+    painting's style by Magenta's network, then downsampled. Real-pixel images:
+    the crop itself, downsampled.
+    """
+    out = []
+    for im in spec.images:
+        x0, y0, x1, y1 = im.box
+        crop = load(im.content)[y0:y1, x0:x1]
+        if im.style is not None:
+            if style_vectors is not None and im.style not in style_vectors:
+                style_vectors[im.style] = stylizer.style_vector(load(im.style))
+            style = style_vectors[im.style] if style_vectors is not None else load(im.style)
+            crop = stylizer.stylize(_resize(crop, profile.stylize_size), style)
+        out.append(_resize(crop, profile.resolution))
+    return np.stack(out)
+
+
+def save_base(model, path: Path) -> None:
+    """Write the tiny model's weights as safetensors (never a pickle)."""
+    tensors = {f"unet.{k}": v.detach().numpy() for k, v in model.unet.state_dict().items()}
+    tensors.update({f"label_encoder.{k}": v.detach().numpy() for k, v in model.label_encoder.state_dict().items()})
+    write_safetensors(path, tensors, {"lorastyle.model": "tiny"})
+
+
+def load_base(path: Path, n_labels: int = 8):
+    """Read a tiny model written by :func:`save_base`."""
+    import torch
+
+    from .diffusion import tiny_model
+
+    model = tiny_model(n_labels=n_labels)
+    tensors, _ = read_safetensors(path)
+    for prefix, module in (("unet.", model.unet), ("label_encoder.", model.label_encoder)):
+        state = {k[len(prefix):]: torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith(prefix)}
+        module.load_state_dict(state)
+    model.unet.eval()
+    return model
+
+
+def _spec_hash(spec: LoraSpec, profile: Profile, base_sha256: str) -> str:
+    """What a LoRA file must have been made from to be reused: its spec, the schedule, and the base model."""
+    blob = json.dumps([spec.to_dict(), profile.lora_steps, profile.lora_batch, profile.lora_lr,
+                       profile.resolution, profile.stylize_size, base_sha256], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _lora_path(out: Path, spec: LoraSpec) -> Path:
+    return out / "loras" / spec.collection / f"{spec.id}.safetensors"
+
+
+def _train_base(out: Path, profile: Profile, base_pool, load, losses: dict):
+    from .datasets import painting_crops
+    from .diffusion import tiny_model, train_base
+
+    path = out / "base.safetensors"
+    if path.exists():
+        return load_base(path)
+    _log(f"base: {profile.base_images} crops of {len(base_pool)} paintings, {profile.base_steps} steps")
+    per = -(-profile.base_images // len(base_pool))
+    images = np.concatenate([painting_crops(load(a.id), per, profile.resolution, scale=(0.3, 1.0),
+                                            random_state=profile.seed + i)[0] for i, a in enumerate(base_pool)])
+    model = tiny_model(seed=profile.seed)
+    losses["base"] = train_base(model, images[: profile.base_images], [CONDITION] * min(len(images), profile.base_images),
+                                steps=profile.base_steps, batch_size=profile.base_batch, lr=profile.base_lr,
+                                seed=profile.seed)
+    save_base(model, path)
+    return model
+
+
+def build_collection(profile: Profile, out: str | os.PathLike, *, model=None, encoders: dict | None = None,
+                     stylizer=None, progress: bool = True) -> dict:
+    """Run every stage of the pipeline; skip what is already done.
+
+    Parameters
+    ----------
+    profile : Profile
+    out : path
+        Output folder (created).
+    model : DiffusionModel, optional
+        A ready model (no base training). Default: the tiny model, pre-trained
+        here, or for a profile with ``extra["model_id"]`` that Stable Diffusion.
+    encoders : dict of str to ImageEncoder, optional
+        Defaults to :func:`lorastyle.collection.features.get_encoder` for ``profile.encoders``.
+    stylizer : MagentaStyleEncoder, optional
+        Defaults to the Magenta encoder.
+    progress : bool, default=True
+
+    Returns
+    -------
+    dict
+        Seconds spent per stage and counts (also written to ``out/build_log.json``).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .diffusion import TrainedLora, generate, train_lora
+    from .features import MagentaStyleEncoder, get_encoder, mean_features
+
+    out = Path(out)
+    (out / "cache").mkdir(parents=True, exist_ok=True)
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if profile.extra.get("dataset") == "artbench":
+        paintings, genres, load = artbench_sources(profile.extra["artbench_root"])
+        content, base_pool = [], []
+    else:
+        paintings, genres, content, base_pool, load = source_artworks(profile)
+    specs = plan_collection(paintings, genres, content, profile)
+    _write_json(out / "plan.json", {"profile": profile.name, "loras": [s.to_dict() for s in specs]}, indent=1)
+    losses_path = out / "losses.json"
+    losses = json.loads(losses_path.read_text()) if losses_path.exists() else {}
+
+    t = time.perf_counter()
+    from ..index import file_sha256
+
+    if model is None and "model_id" in profile.extra:
+        from .diffusion import stable_diffusion_model
+
+        model = stable_diffusion_model(profile.extra["model_id"], device="cuda" if torch.cuda.is_available() else "cpu")
+    if model is None:
+        model = _train_base(out, profile, base_pool, load, losses)
+        _write_json(losses_path, losses)
+        base_sha256 = file_sha256(out / "base.safetensors")
+    else:  # a given model: identify it by its weights' checksum
+        digest = hashlib.sha256()
+        for k, v in sorted(model.unet.state_dict().items()):
+            digest.update(k.encode() + v.detach().cpu().float().numpy().tobytes())
+        base_sha256 = digest.hexdigest()
+    timing["base_s"] = time.perf_counter() - t
+    condition = CONDITION if model.label_encoder is not None else "a painting"
+    if stylizer is None and any(im.style for s in specs for im in s.images):
+        stylizer = MagentaStyleEncoder()
+    style_vectors: dict = {}
+    train_images: dict[str, np.ndarray] = {}
+    t = time.perf_counter()
+    trained = 0
+    for spec in tqdm(specs, desc="loras", disable=not progress):
+        cache = out / "cache" / "train" / f"{spec.id}.npy"
+        if cache.exists():
+            train_images[spec.id] = np.load(cache, allow_pickle=False)
+        else:
+            train_images[spec.id] = render_training_images(spec, load, profile, stylizer, style_vectors)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, train_images[spec.id], allow_pickle=False)
+        path = _lora_path(out, spec)
+        key = _spec_hash(spec, profile, base_sha256)
+        if path.exists() and load_lora(path).metadata.get("lorastyle.spec") == key:
+            continue
+        torch.manual_seed(spec.seed)
+        result = train_lora(model, train_images[spec.id], condition, rank=spec.rank, alpha=spec.rank,
+                            steps=profile.lora_steps, batch_size=profile.lora_batch, lr=profile.lora_lr,
+                            seed=spec.seed, init_seed=spec.init_seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"artist": spec.artist, "genre": spec.genre, "collection": spec.collection, "id": spec.id,
+                "seed": str(spec.seed), "init_seed": str(spec.init_seed), "rank": str(spec.rank),
+                "training_images": json.dumps([[im.content, list(im.box), im.style] for im in spec.images]),
+                "lorastyle.spec": key}
+        save_lora(path, result.factors, alpha=result.alpha, base=model.base, metadata=meta)
+        losses[spec.id] = result.losses
+        _write_json(losses_path, losses)
+        trained += 1
+    timing["loras_s"] = time.perf_counter() - t
+
+    # Samples: every LoRA of the evaluated collections at the default (T, w). Held-out LoRAs (the
+    # unseen queries of retrieval scenario S4) also over the sweep of T and w.
+    t = time.perf_counter()
+    default = (profile.sample_steps, profile.sample_guidance, profile.samples_per_lora)
+    sweep = {(T, w, profile.sweep_samples) for T in profile.sweep_steps for w in profile.sweep_guidance}
+    generated: dict[tuple, dict[str, np.ndarray]] = {}
+    for spec in tqdm(specs, desc="samples", disable=not progress):
+        if spec.collection not in ("main", "heldout", "real", "memorisation"):
+            continue
+        wanted = {default} | (sweep if spec.collection == "heldout" else set())
+        lora = None
+        for T, w, k in sorted(wanted):
+            cache = out / "cache" / "samples" / f"T{T}-w{w:g}-k{k}" / f"{spec.id}.npy"
+            if cache.exists():
+                images = np.load(cache, allow_pickle=False)
+            else:
+                if lora is None:
+                    loaded = load_lora(_lora_path(out, spec))
+                    lora = TrainedLora(factors={n: (m.down, m.up) for n, m in loaded.modules.items()},
+                                       rank=spec.rank, alpha=float(spec.rank), losses=[])
+                images = generate(model, k, condition, steps=T, guidance=w, seed=spec.seed, lora=lora)
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                np.save(cache, images, allow_pickle=False)
+            generated.setdefault((T, w, k), {})[spec.id] = images
+    timing["samples_s"] = time.perf_counter() - t
+
+    # Features: per-LoRA mean of training images and of each sample setting.
+    t = time.perf_counter()
+    encoders = encoders or {name: get_encoder(name) for name in profile.encoders}
+    (out / "features").mkdir(exist_ok=True)
+    for name, enc in encoders.items():
+        arrays = {}
+        for item, feat in mean_features(enc, train_images, cache_dir=out / "cache" / "features",
+                                        progress=progress).items():
+            arrays[f"train/{item}"] = feat
+        for (T, w, k), by_id in sorted(generated.items()):
+            for item, feat in mean_features(enc, by_id, cache_dir=out / "cache" / "features",
+                                            progress=progress).items():
+                arrays[f"gen/T{T}-w{w:g}-k{k}/{item}"] = feat
+        np.savez(out / "features" / f"{name}.npz", **isometric_coordinates(arrays))
+    timing["features_s"] = time.perf_counter() - t
+    write_images(out / "images.npz", train_images, generated[default])
+
+    t = time.perf_counter()
+    write_figures(out, specs, train_images, generated[default],
+                  generate(model, profile.samples_per_lora, condition, steps=profile.sample_steps,
+                           guidance=profile.sample_guidance, seed=profile.seed), losses)
+    timing["figures_s"] = time.perf_counter() - t
+    _write_manifest(out, specs)
+    _write_json(out / "losses.json", losses)
+    timing["total_s"] = time.perf_counter() - t0
+    log = {"profile": profile.name, "n_loras": len(specs), "trained_now": trained, **timing}
+    _write_json(out / "build_log.json", log, indent=1)
+    return log
+
+
+def isometric_coordinates(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same vectors in an orthonormal basis of their span, when that is shorter.
+
+    VGG Gram features have 43,232 dimensions but a collection has a few hundred
+    vectors: written in an orthonormal basis of their span (``X = C Q^T`` with
+    ``Q`` from a QR decomposition), every inner product, distance, cosine and PCA
+    among them is unchanged, and the file is 60 times smaller. Vectors are
+    returned as given when their dimension is no larger than their number.
+    """
+    keys = sorted(arrays)
+    X = np.stack([np.asarray(arrays[k], dtype=np.float64).ravel() for k in keys])
+    if X.shape[1] <= X.shape[0]:
+        return arrays
+    _, R = np.linalg.qr(X.T)  # X^T = Q R, so X = R^T Q^T and X X^T = R^T R
+    coords = R.T.astype(np.float32)
+    return {k: coords[i] for i, k in enumerate(keys)}
+
+
+def write_images(path: Path, train_images: dict[str, np.ndarray], samples: dict[str, np.ndarray]) -> None:
+    """Every LoRA's training images and default-setting samples as one compressed uint8 file.
+
+    Small enough to commit (about 10 MB for the default collection), so the book draws
+    its image grids and the memorisation check without the rendering cache.
+    Keys are ``train/<id>`` and ``gen/<id>``.
+    """
+    arrays = {f"train/{i}": np.asarray(v, dtype=np.uint8) for i, v in sorted(train_images.items())}
+    arrays |= {f"gen/{i}": np.asarray(v, dtype=np.uint8) for i, v in sorted(samples.items())}
+    tmp = path.with_name(path.name + ".tmp.npz")  # np.savez adds .npz to names without it
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def write_figures(out: Path, specs: list[LoraSpec], train_images: dict[str, np.ndarray],
+                  samples: dict[str, np.ndarray], base_samples: np.ndarray, losses: dict[str, list[float]]) -> None:
+    """A sample grid per artist (training images beside generated ones) and the loss curves, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..book.viz import image_grid, loss_plot, use_style
+
+    folder = out / "figures"
+    (folder / "samples").mkdir(parents=True, exist_ok=True)
+    with use_style():
+        for artist in sorted({s.artist for s in specs}):
+            first = next(s for s in specs if s.artist == artist and s.collection == "main")
+            real = next((s for s in specs if s.artist == artist and s.collection == "real"), None)
+            rows = {"training images": train_images[first.id][:8], "generated with the LoRA": samples[first.id],
+                    "base model, no LoRA": base_samples}
+            if real is not None and real.id in samples:
+                rows["real-pixel LoRA: crops"] = train_images[real.id][:8]
+                rows["real-pixel LoRA: generated"] = samples[real.id]
+            fig = image_grid(rows, title=f"{artist} ({first.genre}): {first.id}", max_cols=8)
+            fig.savefig(folder / "samples" / f"{first.id.split('-', 1)[1].rsplit('-', 1)[0]}.png")
+            plt.close(fig)
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        if "base" in losses:
+            loss_plot(axes[0], {"base model": losses["base"]}, smooth=50, title="Base model pre-training loss")
+        by_collection: dict[str, list[float]] = {}
+        for spec in specs:
+            if spec.id in losses:
+                by_collection.setdefault(spec.collection, []).append(losses[spec.id])
+        loss_plot(axes[1], {c: list(np.mean(v, axis=0)) for c, v in sorted(by_collection.items())}, smooth=10,
+                  title="LoRA training loss, mean per collection")
+        fig.savefig(folder / "loss_curves.png")
+        plt.close(fig)
+
+
+def _write_manifest(out: Path, specs: list[LoraSpec]) -> None:
+    from ..index import file_sha256
+
+    rows = []
+    for spec in specs:
+        path = _lora_path(out, spec)
+        rows.append({
+            "file": str(path.relative_to(out)), "sha256": file_sha256(path), "id": spec.id, "artist": spec.artist,
+            "genre": spec.genre, "collection": spec.collection, "seed": spec.seed, "init_seed": spec.init_seed,
+            "rank": spec.rank, "n_images": len(spec.images),
+            "training_images": ";".join(f"{im.content}@{','.join(map(str, im.box))}~{im.style or ''}"
+                                        for im in spec.images),
+        })
+    with open(out / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lorastyle.collection.build --profile default --out data``: build or resume a collection."""
+    import argparse
+
+    from .profiles import PROFILES, get_profile
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--profile", default="default", choices=sorted(PROFILES))
+    parser.add_argument("--out", default="data")
+    parser.add_argument("--artbench", help="paper profile: the local ArtBench-10 ImageFolder copy")
+    parser.add_argument("--model-id", help="paper profile: a Stable Diffusion 1.x model id or folder")
+    args = parser.parse_args(argv)
+    profile = get_profile(args.profile)
+    extra = dict(profile.extra)
+    if args.artbench:
+        extra["artbench_root"] = args.artbench
+    if args.model_id:
+        extra["model_id"] = args.model_id
+    log = build_collection(get_profile(args.profile, extra=extra), args.out)
+    _log(json.dumps(log))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,400 @@
+"""Diffusion models for the collections: base training, LoRA training, sampling.
+
+One code path serves two model kinds:
+
+* :func:`tiny_model`: a pixel-space, label-conditioned diffusers
+  ``UNet2DConditionModel`` with Stable Diffusion's module names (``attn1``,
+  ``attn2``, ``ff.net.0.proj``, ``ff.net.2``, ``to_q/k/v/out.0``), small enough to
+  train on a CPU (32 x 32 pixels, 1.66M parameters). Its "prompts" are indices
+  into a learned table of condition embeddings (0 is the null condition used by
+  classifier-free guidance).
+* :func:`stable_diffusion_model`: Stable Diffusion 1.5 from a model id or
+  folder (latents through its VAE, prompts through its CLIP text encoder), for
+  the paper profile on a GPU.
+
+Both are :class:`DiffusionModel` objects; :func:`train_base`, :func:`train_lora`
+and :func:`generate` do not care which. LoRAs are trained with peft on
+attention and feed-forward layers and returned as plain (A, B) factors keyed by
+canonical module names, ready for :func:`lorastyle.io.formats.save_lora`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+__all__ = [
+    "DiffusionModel",
+    "tiny_model",
+    "stable_diffusion_model",
+    "train_base",
+    "train_lora",
+    "generate",
+    "LORA_TARGETS",
+    "TINY_UNET_CONFIG",
+]
+
+# The six module kinds a style LoRA adapts (attention projections and feed-forward).
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+
+TINY_UNET_CONFIG = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(32, 64, 64),
+    layers_per_block=1,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=8,
+    norm_num_groups=8,
+)
+
+
+class _LabelEncoder(torch.nn.Module):
+    """Condition index -> a short sequence of embeddings (the tiny model's 'text encoder')."""
+
+    def __init__(self, n_labels: int, dim: int, tokens: int = 4):
+        super().__init__()
+        self.table = torch.nn.Embedding(n_labels, dim * tokens)
+        self.dim, self.tokens = dim, tokens
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.table(labels).view(len(labels), self.tokens, self.dim)
+
+
+@dataclass
+class DiffusionModel:
+    """A denoiser with the pieces around it.
+
+    Attributes
+    ----------
+    unet : diffusers.UNet2DConditionModel
+    scheduler_config : dict
+        DDPM/DDIM noise schedule (shared by training and sampling).
+    base : str
+        Base family written into saved LoRAs (``tiny`` or ``sd1``).
+    label_encoder : torch.nn.Module, optional
+        Tiny model: condition index -> embeddings.
+    text_encoder, tokenizer, vae : optional
+        Stable Diffusion: CLIP text encoder and tokenizer, and the VAE.
+    """
+
+    unet: torch.nn.Module
+    scheduler_config: dict
+    base: str
+    label_encoder: torch.nn.Module | None = None
+    text_encoder: torch.nn.Module | None = None
+    tokenizer: object | None = None
+    vae: torch.nn.Module | None = None
+    latent_scale: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def resolution(self) -> int:
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
+        return self.unet.config.sample_size * factor
+
+    def condition(self, prompts: Sequence) -> torch.Tensor:
+        """Encoder hidden states for condition indices (tiny) or text prompts (SD); None/0/"" is null."""
+        if self.label_encoder is not None:
+            labels = torch.as_tensor([int(p or 0) for p in prompts], dtype=torch.long)
+            return self.label_encoder(labels)
+        tokens = self.tokenizer([p or "" for p in prompts], padding="max_length", truncation=True,
+                                max_length=self.tokenizer.model_max_length, return_tensors="pt")
+        return self.text_encoder(tokens.input_ids.to(self.unet.device))[0]
+
+    def to_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] (N, 3, H, W) -> the denoiser's space."""
+        if self.vae is None:
+            return images
+        return self.vae.encode(images).latent_dist.mean * self.latent_scale
+
+    def to_images(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return latents
+        return self.vae.decode(latents / self.latent_scale).sample
+
+
+def _scheduler_config(steps: int = 1000) -> dict:
+    return dict(num_train_timesteps=steps, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                prediction_type="epsilon", clip_sample=True)
+
+
+def tiny_model(*, n_labels: int = 8, seed: int = 0) -> DiffusionModel:
+    """A fresh tiny SD-architecture model (random weights; train it with :func:`train_base`).
+
+    Parameters
+    ----------
+    n_labels : int, default=8
+        Size of the condition table; label 0 is the null condition.
+    seed : int, default=0
+    """
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
+    enc = _LabelEncoder(n_labels, TINY_UNET_CONFIG["cross_attention_dim"])
+    return DiffusionModel(unet=unet, scheduler_config=_scheduler_config(), base="tiny", label_encoder=enc)
+
+
+def stable_diffusion_model(model_id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5", *,
+                           dtype=torch.float32, device: str = "cpu", components: dict | None = None) -> DiffusionModel:
+    """Stable Diffusion 1.x as a :class:`DiffusionModel` (the paper profile).
+
+    Parameters
+    ----------
+    model_id : str
+        A Hugging Face model id or a local folder in the diffusers layout.
+    dtype : torch.dtype, default=float32
+    device : str, default="cpu"
+    components : dict, optional
+        Ready-made ``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and
+        ``scheduler_config`` (tests pass tiny random ones; nothing is downloaded).
+
+    Raises
+    ------
+    RuntimeError
+        When the weights are not available (no internet, no local copy), with
+        instructions.
+    """
+    if components is None:
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        try:
+            components = dict(
+                unet=UNet2DConditionModel.from_pretrained(model_id, subfolder="unet", torch_dtype=dtype),
+                vae=AutoencoderKL.from_pretrained(model_id, subfolder="vae", torch_dtype=dtype),
+                text_encoder=CLIPTextModel.from_pretrained(model_id, subfolder="text_encoder", torch_dtype=dtype),
+                tokenizer=CLIPTokenizer.from_pretrained(model_id, subfolder="tokenizer"),
+                scheduler_config=dict(DDPMScheduler.from_pretrained(model_id, subfolder="scheduler").config),
+            )
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(
+                f"cannot load Stable Diffusion from {model_id!r} ({exc}). The paper profile needs its weights: "
+                "run once with internet access (they are cached by huggingface_hub), or pass a local folder "
+                "in the diffusers layout."
+            ) from None
+    model = DiffusionModel(unet=components["unet"].to(device), scheduler_config=dict(components["scheduler_config"]),
+                           base="sd1", text_encoder=components["text_encoder"].to(device),
+                           tokenizer=components["tokenizer"], vae=components["vae"].to(device),
+                           latent_scale=float(getattr(components["vae"].config, "scaling_factor", 0.18215)))
+    for module in (model.vae, model.text_encoder):
+        module.requires_grad_(False)
+    return model
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+def _denoising_loss(model: DiffusionModel, x0: torch.Tensor, cond: torch.Tensor, gen: torch.Generator,
+                    noise_scheduler) -> torch.Tensor:
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
+    noisy = noise_scheduler.add_noise(x0, noise, t)
+    pred = model.unet(noisy, t, encoder_hidden_states=cond).sample
+    return torch.nn.functional.mse_loss(pred, noise)
+
+
+def _train(model: DiffusionModel, images: np.ndarray, labels: Sequence, params, *, steps: int, batch_size: int,
+           lr: float, seed: int, desc: str, progress: bool) -> list[float]:
+    from diffusers import DDPMScheduler
+
+    if len(images) == 0:
+        raise ValueError("no training images")
+    if len(labels) != len(images):
+        raise ValueError(f"{len(labels)} labels for {len(images)} images")
+    sched = DDPMScheduler(**model.scheduler_config)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    x_all = _to_tensor(images)
+    labels = list(labels)
+    losses = []
+    model.unet.train()
+    for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+        idx = torch.randint(0, len(x_all), (min(batch_size, len(x_all)),), generator=gen)
+        with torch.no_grad():
+            x0 = model.to_latents(x_all[idx])
+        # classifier-free guidance needs the null condition seen in training: drop 10% of labels
+        drop = torch.rand(len(idx), generator=gen) < 0.1
+        batch_labels = [None if d else labels[i] for i, d in zip(idx.tolist(), drop.tolist())]
+        cond = model.condition(batch_labels)
+        loss = _denoising_loss(model, x0, cond, gen, sched)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.unet.eval()
+    return losses
+
+
+def train_base(model: DiffusionModel, images: np.ndarray, labels: Sequence[int], *, steps: int = 2000,
+               batch_size: int = 32, lr: float = 2e-4, seed: int = 0, progress: bool = True) -> list[float]:
+    """Pre-train the whole tiny model (U-Net and condition table) on images.
+
+    Parameters
+    ----------
+    model : DiffusionModel
+    images : ndarray of shape (n, H, W, 3), uint8, at the model's resolution
+    labels : sequence of int
+        Condition index per image (0 is the null condition).
+    steps, batch_size, lr, seed : training schedule.
+    progress : bool, default=True
+
+    Returns
+    -------
+    list of float
+        The loss at every step.
+    """
+    params = list(model.unet.parameters())
+    if model.label_encoder is not None:
+        params += list(model.label_encoder.parameters())
+    return _train(model, images, labels, params, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                  desc="base", progress=progress)
+
+
+@dataclass
+class TrainedLora:
+    """A LoRA fresh from :func:`train_lora`."""
+
+    factors: dict[str, tuple[np.ndarray, np.ndarray]]  # canonical name -> (A, B)
+    rank: int
+    alpha: float
+    losses: list[float]
+
+
+def train_lora(model: DiffusionModel, images: np.ndarray, prompt, *, rank: int = 4, alpha: float | None = None,
+               steps: int = 100, batch_size: int = 12, lr: float = 1e-3, seed: int = 0, init_seed: int = 0,
+               targets: Sequence[str] = LORA_TARGETS, progress: bool = False) -> TrainedLora:
+    """Train a LoRA on the frozen model and return its factors.
+
+    Parameters
+    ----------
+    model : DiffusionModel
+        Left unchanged: the adapter is removed afterwards.
+    images : ndarray of shape (n, H, W, 3), uint8
+    prompt : int or str
+        The condition used for every training image.
+    rank : int, default=4
+    alpha : float, optional
+        Defaults to ``rank`` (scale 1).
+    steps, batch_size, lr : training schedule.
+    seed : int, default=0
+        Noise, timesteps and batches.
+    init_seed : int, default=0
+        Seeds the random initialisation of A (B starts at zero). The paper's
+        setup implies one shared seed across a collection.
+    targets : sequence of str
+        Module name suffixes to adapt.
+    progress : bool, default=False
+
+    Returns
+    -------
+    TrainedLora
+    """
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    alpha = float(rank if alpha is None else alpha)
+    model.unet.requires_grad_(False)
+    if model.label_encoder is not None:
+        model.label_encoder.requires_grad_(False)
+    torch.manual_seed(init_seed)
+    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(targets))
+    model.unet.add_adapter(config, adapter_name="style")
+    try:
+        params = [p for p in model.unet.parameters() if p.requires_grad]
+        losses = _train(model, images, [prompt] * len(images), params, steps=steps, batch_size=batch_size, lr=lr,
+                        seed=seed, desc="lora", progress=progress)
+        state = get_peft_model_state_dict(model.unet, adapter_name="style")
+    finally:
+        model.unet.unload_lora()  # removes the peft wrappers too, restoring the plain U-Net
+    factors: dict[str, list] = {}
+    for key, value in state.items():
+        name, which = key.rsplit(".lora_", 1)
+        slot = 0 if which.startswith("A") else 1
+        factors.setdefault(f"unet.{name}", [None, None])[slot] = value.detach().float().numpy().copy()
+    return TrainedLora(factors={k: (a, b) for k, (a, b) in sorted(factors.items())}, rank=rank, alpha=alpha,
+                       losses=losses)
+
+
+@torch.no_grad()
+def generate(model: DiffusionModel, n: int, prompt, *, steps: int = 25, guidance: float = 3.0, seed: int = 0,
+             lora: TrainedLora | None = None, batch_size: int = 16) -> np.ndarray:
+    """Sample images with DDIM and classifier-free guidance, optionally through a LoRA.
+
+    Parameters
+    ----------
+    model : DiffusionModel
+    n : int
+        Number of images.
+    prompt : int or str
+    steps : int, default=25
+        DDIM steps T.
+    guidance : float, default=3.0
+        Guidance scale w (1 means no guidance).
+    seed : int, default=0
+    lora : TrainedLora, optional
+        Applied for this call only.
+    batch_size : int, default=16
+
+    Returns
+    -------
+    ndarray of shape (n, H, W, 3), uint8
+    """
+    from diffusers import DDIMScheduler
+
+    if n < 1 or steps < 1:
+        raise ValueError(f"n and steps must be positive, got n={n}, steps={steps}")
+    sched = DDIMScheduler(**model.scheduler_config)
+    sched.set_timesteps(steps)
+    if lora is not None:
+        _apply_lora(model, lora)
+    try:
+        gen = torch.Generator().manual_seed(seed)
+        out = []
+        for start in range(0, n, batch_size):
+            m = min(batch_size, n - start)
+            cfg = model.unet.config
+            x = torch.randn((m, cfg.in_channels, cfg.sample_size, cfg.sample_size), generator=gen)
+            cond = model.condition([prompt] * m)
+            null = model.condition([None] * m)
+            for t in sched.timesteps:
+                if guidance == 1.0:
+                    eps = model.unet(x, t, encoder_hidden_states=cond).sample
+                else:
+                    both = model.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([null, cond])).sample
+                    eps_null, eps_cond = both.chunk(2)
+                    eps = eps_null + guidance * (eps_cond - eps_null)
+                x = sched.step(eps, t, x).prev_sample
+            img = model.to_images(x).clamp(-1, 1)
+            out.append(((img + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+        return np.concatenate(out)
+    finally:
+        if lora is not None:
+            model.unet.unload_lora()
+
+
+def _apply_lora(model: DiffusionModel, lora: TrainedLora) -> None:
+    """Attach a trained LoRA's factors to the U-Net as the adapter 'sample'."""
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+
+    targets = sorted({name.split(".", 1)[1] for name in lora.factors})
+    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=targets)
+    model.unet.add_adapter(config, adapter_name="sample")
+    state = {}
+    for name, (A, B) in lora.factors.items():
+        path = name.split(".", 1)[1]
+        state[f"{path}.lora_A.weight"] = torch.from_numpy(np.array(A))  # a writable copy
+        state[f"{path}.lora_B.weight"] = torch.from_numpy(np.array(B))
+    set_peft_model_state_dict(model.unet, state, adapter_name="sample")
+    model.unet.set_adapter("sample")

@@ -1,0 +1,168 @@
+"""Book helpers of lorastyle.book.experiments against independent references (scipy, brute force)."""
+
+import csv
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from lorastyle.book.experiments import (_nearest_distances, load_collection, memorisation_table, restricted_top1,
+                                   nearest_neighbour_chance, real_lora_similarity, wilson_interval)
+from lorastyle.io.formats import save_lora
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (7, 10), (10, 10), (93, 108), (1, 3)])
+def test_wilson_interval_matches_scipy(k, n):
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    np.testing.assert_allclose(wilson_interval(k / n, n), (ci.low, ci.high), atol=1e-6)
+
+
+def test_nearest_neighbour_chance_is_the_mean_over_queries_of_same_class_neighbours():
+    y = np.array(list("aaabbbbcdd"))
+    brute = np.mean([np.mean([y[j] == y[i] for j in range(len(y)) if j != i]) for i in range(len(y))])
+    assert nearest_neighbour_chance(y) == pytest.approx(brute)
+
+
+def test_nearest_distances_brute_force():
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 256, (4, 5, 5, 3)), rng.integers(0, 256, (6, 5, 5, 3))
+    brute = [min(np.sqrt(np.mean((x.astype(float) - z) ** 2)) for z in b) for x in a]
+    np.testing.assert_allclose(_nearest_distances(a, b), brute, rtol=1e-9)
+
+
+def _fake_collection(root, train, gen, collection="memorisation", sources=None):
+    sources = sources or {}
+    rows = [{"file": f"{i}.safetensors", "id": i, "artist": f"artist {i}", "genre": "baroque",
+             "collection": collection, "n_images": str(len(train[i])), "training_images": sources.get(i, f"src-{i}")}
+            for i in train]
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    np.savez(root / "images.npz", **{f"train/{i}": v for i, v in train.items()},
+             **{f"gen/{i}": v for i, v in gen.items()})
+    return load_collection(root)
+
+
+def test_memorisation_table_sees_a_copying_lora(tmp_path):
+    rng = np.random.default_rng(1)
+    train = {i: rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8) for i in ("a", "b", "c")}
+    gen = {"a": train["a"][[0, 1, 2, 0]],  # a copies its training images exactly
+           "b": rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8),
+           "c": rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)}
+    table = _fake_collection(tmp_path, train, gen)
+    mem = memorisation_table(table, collections=("memorisation",)).set_index("id")
+    assert mem.loc["a", "d_own"] == 0 and mem.loc["a", "ratio"] == 0
+    assert mem.loc["b", "ratio"] > 0.5 and mem.loc["c", "ratio"] > 0.5  # noise is as far from its own as from others
+
+
+def test_memorisation_table_keeps_loras_with_shared_training_images_out_of_the_others(tmp_path):
+    rng = np.random.default_rng(3)
+    train = {i: rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8) for i in ("a", "b", "c")}
+    train["b"][:2] = train["a"][:2]  # b saw two of a's images
+    gen = {i: train["a"][[0, 1]] for i in train}  # everyone generates a's first two images
+    sources = {"a": "x@0;y@1;z@2", "b": "x@0;y@1;w@5", "c": "u@0;v@1;t@2"}
+    mem = memorisation_table(_fake_collection(tmp_path, train, gen, sources=sources),
+                             collections=("memorisation",)).set_index("id")
+    assert mem.loc["a", "d_own"] == 0 and mem.loc["a", "d_others"] > 0  # b is not among a's others
+    assert mem.loc["c", "d_others"] == 0  # for c, a and b are others and hold the copied images
+
+
+def test_real_lora_similarity_sees_through_the_gauge_and_across_ranks(tmp_path):
+    rng = np.random.default_rng(2)
+    names = ["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+             "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"]
+    shapes = {names[0]: (16, 16), names[1]: (16, 24)}
+    base = {m: (rng.standard_normal((2, n)), rng.standard_normal((o, 2))) for m, (o, n) in shapes.items()}
+    G = rng.standard_normal((2, 2)) + 3 * np.eye(2)
+    gauge = {m: (G @ A, B @ np.linalg.inv(G)) for m, (A, B) in base.items()}
+    # the same update written at rank 4 (zero-padded factors): identical delta-W
+    padded = {m: (np.vstack([A, np.zeros((2, A.shape[1]))]), np.hstack([B, np.zeros((B.shape[0], 2))]))
+              for m, (A, B) in base.items()}
+    other = {m: (rng.standard_normal((2, n)), rng.standard_normal((o, 2))) for m, (o, n) in shapes.items()}
+    # an extra module only one file adapts: dropped, since not every file has it
+    other["unet.up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_v"] = (
+        rng.standard_normal((2, 8)), rng.standard_normal((8, 2)))
+    for name, f, alpha in (("a", base, 2.0), ("b_gauge", gauge, 2.0), ("c_rank4", padded, 4.0), ("d_other", other, 2.0)):
+        save_lora(tmp_path / f"{name}.safetensors", f, alpha=alpha, base="sd1")
+    files, summary, cos = real_lora_similarity(tmp_path)
+    assert files == ["a", "b_gauge", "c_rank4", "d_other"]
+    assert list(summary["modules"]) == [2, 2, 2, 2]
+    assert cos["delta"].loc["a", "b_gauge"] == pytest.approx(1) and cos["delta"].loc["a", "c_rank4"] == pytest.approx(1)
+    assert cos["gram"].loc["a", "c_rank4"] == pytest.approx(1)
+    assert cos["concat"].loc["a", "b_gauge"] < 0.99  # the gauge moves the paper's descriptor
+    assert np.isnan(cos["concat"].loc["a", "c_rank4"])  # and it cannot compare ranks
+    assert abs(cos["delta"].loc["a", "d_other"]) < 0.9
+    # reference: delta cosine from materialised delta-W on the shared modules
+    dw = lambda f: np.concatenate([(B @ A).ravel() for m, (A, B) in sorted(f.items()) if m in shapes])
+    x, y = dw(base), dw(other)
+    assert cos["delta"].loc["a", "d_other"] == pytest.approx(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
+
+
+def test_isometric_coordinates_keep_every_inner_product_and_the_pca():
+    from sklearn.decomposition import PCA
+
+    from lorastyle.collection.build import isometric_coordinates
+
+    rng = np.random.default_rng(4)
+    raw = {f"train/{i}": rng.standard_normal(500).astype(np.float32) for i in range(30)}
+    compact = isometric_coordinates(raw)
+    assert set(compact) == set(raw) and compact["train/0"].shape == (30,)
+    keys = sorted(raw)
+    X = np.stack([raw[k] for k in keys]).astype(np.float64)
+    C = np.stack([compact[k] for k in keys]).astype(np.float64)
+    np.testing.assert_allclose(C @ C.T, X @ X.T, rtol=1e-5, atol=1e-3)
+    zx, zc = PCA(5).fit_transform(X), PCA(5).fit_transform(C)
+    np.testing.assert_allclose(np.abs(zc), np.abs(zx), rtol=1e-4, atol=1e-4)  # equal up to sign
+    short = {"a": np.ones(3), "b": np.zeros(3), "c": np.arange(3.0), "d": np.ones(3)}
+    assert isometric_coordinates(short) is short  # nothing to gain: returned as given
+
+
+def test_restricted_top1_brute_force():
+    rng = np.random.default_rng(3)
+    Z = rng.normal(size=(12, 4))
+    y = np.array(list("aaabbbccccdd"))
+    allowed = rng.random((12, 12)) < 0.6
+    queried, hit, chance, nearest = restricted_top1(Z, y, allowed)
+    cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)  # noqa: E731
+    for i in range(12):
+        cands = [j for j in range(12) if j != i and allowed[i, j]]
+        assert queried[i] == any(y[j] == y[i] for j in cands)
+        if queried[i]:
+            best = max(cands, key=lambda j: cos(Z[i], Z[j]))
+            assert hit[i] == (y[best] == y[i]) and nearest[i] == best
+            assert chance[i] == pytest.approx(np.mean([y[j] == y[i] for j in cands]))
+        else:
+            assert not hit[i] and chance[i] == 0
+
+
+def test_style_reference_table_separates_same_painting_from_other_paintings(tmp_path, monkeypatch):
+    # Four LoRAs of artist x: two styled by painting p1 (identical features), two by p2; artist z by q.
+    # Every nearest neighbour shares its painting; across paintings x is found only if p1 and p2 look alike.
+    sources = {"x1": "c1@0,0,1,1~p1", "x2": "c2@0,0,1,1~p1", "x3": "c3@0,0,1,1~p2", "x4": "c4@0,0,1,1~p2",
+               "z1": "c5@0,0,1,1~q", "z2": "c6@0,0,1,1~q2"}
+    train = {i: np.zeros((1, 2, 2, 3), np.uint8) for i in sources}
+    coll = _fake_collection(tmp_path, train, train, collection="main", sources=sources)
+    for r in coll.rows:
+        r["artist"] = r["id"][0]
+    assert coll.source_paintings("x1") == {"p1"}
+    feats = {"x1": [1, 0, 0], "x2": [1, 0.01, 0], "x3": [0, 1, 0], "x4": [0.01, 1, 0],
+             "z1": [0.7, 0.05, 0.7], "z2": [0.72, 0, 0.7]}
+    import lorastyle.book.experiments as ex
+    monkeypatch.setattr(ex, "feature_embedding", lambda c, ids, e, n_components: np.array([feats[i] for i in ids]))
+    row = ex.style_reference_table(coll, descriptors=(), encoders=("toy",)).iloc[0]
+    assert row.top1 == 1.0 and row.same_painting == pytest.approx(4 / 6)
+    # x1, x2 (p1) may only retrieve x3, x4, z1, z2: nearest is z1/z2 (cosine ~0.7 against 0.0): misses;
+    # x3, x4 likewise reach z (0.7 * 0.05 ...) or x1/x2 (~0.01): z wins; z1 and z2 find each other.
+    assert row.cross_n == 6 and row.cross_top1 == pytest.approx(2 / 6)
+    assert row.cross_low < row.cross_top1 < row.cross_high
+
+
+def test_source_paintings_are_styles_or_else_the_cropped_painting(tmp_path):
+    # as lorastyle.collection.build writes them: content@box~style, the style empty for real-pixel crops
+    sources = {"stylized": "photo-cat@0,0,9,9~met-1;met-7@1,1,5,5~met-2",
+               "real": "met-3@0,0,9,9~;met-3@2,2,8,8~"}
+    train = {i: np.zeros((1, 2, 2, 3), np.uint8) for i in sources}
+    coll = _fake_collection(tmp_path, train, train, collection="main", sources=sources)
+    assert coll.source_paintings("stylized") == {"met-1", "met-2"}
+    assert coll.source_paintings("real") == {"met-3"}

@@ -1,0 +1,125 @@
+"""The tiny model and the SD 1.5 code path: LoRA training, saving, sampling."""
+
+import json
+import string
+
+import numpy as np
+from support import tiny_sd_components
+import pytest
+import torch
+
+from lorastyle.collection.diffusion import (
+    LORA_TARGETS,
+    _apply_lora,
+    _scheduler_config,
+    generate,
+    stable_diffusion_model,
+    tiny_model,
+    train_base,
+    train_lora,
+)
+from lorastyle.io.formats import load_lora, save_lora
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(2)
+    return tiny_model(seed=0)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def lora(model, images):
+    return train_lora(model, images, 1, rank=4, alpha=2.0, steps=4, batch_size=6, seed=0, init_seed=0)
+
+
+def test_training_a_lora_changes_only_lora_weights(model, images):
+    before = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    trained = train_lora(model, images, 1, steps=3, batch_size=6)
+    after = model.unet.state_dict()
+    assert after.keys() == before.keys()  # no adapter layers left behind
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # B starts at zero and moved; every targeted module kind is adapted
+    assert all(np.abs(B).max() > 0 for _, B in trained.factors.values())
+    kinds = {next(t for t in LORA_TARGETS if name.endswith(t)) for name in trained.factors}
+    assert kinds == set(LORA_TARGETS)
+
+
+def test_base_training_changes_the_base(images):
+    m = tiny_model(seed=1)
+    before = {k: v.clone() for k, v in m.unet.state_dict().items()}
+    losses = train_base(m, images, [1] * len(images), steps=2, batch_size=4, progress=False)
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert any(not torch.equal(before[k], v) for k, v in m.unet.state_dict().items())
+
+
+def test_training_is_deterministic_and_init_seed_matters(model, images, lora):
+    again = train_lora(model, images, 1, rank=4, alpha=2.0, steps=4, batch_size=6, seed=0, init_seed=0)
+    other = train_lora(model, images, 1, rank=4, alpha=2.0, steps=4, batch_size=6, seed=0, init_seed=1)
+    name = next(iter(lora.factors))
+    assert np.array_equal(lora.factors[name][0], again.factors[name][0])
+    assert np.array_equal(lora.factors[name][1], again.factors[name][1])
+    assert not np.allclose(lora.factors[name][0], other.factors[name][0])
+
+
+@pytest.mark.parametrize("layout", ["diffusers-peft", "kohya"])
+def test_saved_lora_loads_back_and_matches_peft(model, lora, layout, tmp_path):
+    """The file's delta-W (via load_lora) equals what peft adds to the layer's output."""
+    path = tmp_path / f"lora-{layout}.safetensors"
+    save_lora(path, lora.factors, alpha=lora.alpha, layout=layout, base="tiny", metadata={"artist": "test"})
+    loaded = load_lora(path)
+    assert loaded.format == layout and loaded.base == "tiny" and loaded.ranks == [4]
+    assert loaded.metadata["artist"] == "test"
+    assert list(loaded.modules) == list(lora.factors)
+    _apply_lora(model, lora)
+    try:
+        for name in list(lora.factors)[::7]:
+            layer = model.unet.get_submodule(name.split(".", 1)[1])
+            x = torch.randn(3, layer.in_features)
+            with torch.no_grad():
+                added = (layer(x) - layer.base_layer(x)).numpy()
+            expected = x.numpy() @ loaded.modules[name].delta().T
+            np.testing.assert_allclose(added, expected, rtol=1e-4, atol=1e-6)
+            assert loaded.modules[name].scale == pytest.approx(0.5)  # alpha 2 / rank 4
+    finally:
+        model.unet.unload_lora()
+
+
+def test_generate_is_deterministic_and_uses_the_lora(model, lora):
+    a = generate(model, 3, 1, steps=4, guidance=3.0, seed=5, lora=lora)
+    b = generate(model, 3, 1, steps=4, guidance=3.0, seed=5, lora=lora)
+    plain = generate(model, 3, 1, steps=4, guidance=3.0, seed=5)
+    unguided = generate(model, 3, 1, steps=4, guidance=1.0, seed=5, lora=lora)
+    assert a.shape == (3, 32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, plain)
+    assert not np.array_equal(a, unguided)
+    assert "base_layer" not in "".join(model.unet.state_dict())  # the LoRA was detached again
+
+
+def test_generate_validates(model):
+    with pytest.raises(ValueError, match="n and steps must be positive"):
+        generate(model, 0, 1)
+
+
+def test_stable_diffusion_path_with_tiny_components(tmp_path, images):
+    """The SD 1.5 code path (VAE latents, CLIP prompts) trains, saves and samples."""
+    sd = stable_diffusion_model(components=tiny_sd_components(tmp_path))
+    assert sd.resolution == 32 and sd.base == "sd1"
+    trained = train_lora(sd, images[:4], "a painting", steps=2, batch_size=2)
+    assert trained.factors and all(name.startswith("unet.") for name in trained.factors)
+    out = generate(sd, 2, "a painting", steps=2, guidance=3.0, lora=trained)
+    assert out.shape == (2, 32, 32, 3)
+    path = tmp_path / "sd.safetensors"
+    save_lora(path, trained.factors, alpha=trained.alpha, layout="kohya")
+    assert load_lora(path).format == "kohya"
+
+
+def test_stable_diffusion_without_weights_says_how_to_get_them(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="run once with internet access"):
+        stable_diffusion_model(str(tmp_path / "no-such-model"))

@@ -1,0 +1,360 @@
+"""Hostile folders for ``lorastyle index``: every odd entry is reported, none is fatal, good files are embedded.
+
+Symbolic link loops, dangling links, FIFOs, unreadable files and folders, files
+that vanish between the walk and the read, names that are not UTF-8, and a
+large folder with a tenth of bad files. The large-folder size is
+``LORASTYLE_MANY_FILES`` (default 1,000; the README's figure is the run with
+10,000).
+"""
+
+import contextlib
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import lorastyle.index._old as index_module
+from lorastyle.cli import main
+from lorastyle.io.formats import save_lora
+from tools.fuzz.fuzzing import encode
+from lorastyle.index import LoraIndex, find_lora_files
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+NAME = "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q"
+KOHYA = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def good(path, seed):
+    rng = np.random.default_rng(seed)
+    save_lora(path, {NAME: (rng.standard_normal((2, 8)).astype(np.float32),
+                            rng.standard_normal((8, 2)).astype(np.float32))}, alpha=2.0, base="tiny")
+    return os.fspath(path)
+
+
+def run_index(*argv):
+    """``lorastyle index`` in-process; stderr through a StringIO, which takes any str (surrogates too)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = main(["index", *map(os.fspath, argv)])
+    return status, err.getvalue()
+
+
+def errors(stderr):
+    """{path: reason} of the ``error: PATH: reason`` lines; each path once."""
+    out = {}
+    for line in stderr.split("\n"):
+        if line.startswith("error: "):
+            path, reason = line[len("error: "):].split(": ", 1)
+            assert path not in out, f"{path} reported twice"
+            out[path] = reason
+    return out
+
+
+@contextlib.contextmanager
+def time_limit(seconds):
+    """Fail instead of hanging forever (a reader blocked on a FIFO would)."""
+    def on_alarm(signum, frame):
+        raise AssertionError(f"still running after {seconds} s: blocked?")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "loras"
+    root.mkdir()
+    for i in range(4):
+        good(root / f"good{i}.safetensors", i)
+    return root
+
+
+# ---------------------------------------------------------------------------
+# Links, FIFOs, unreadable entries
+
+
+def test_symlink_loops_and_dangling_links(folder, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    linked_target = good(outside / "elsewhere.safetensors", 10)
+    sub = folder / "sub"
+    sub.mkdir()
+    good(sub / "deep.safetensors", 11)
+    os.symlink("..", sub / "up")  # a folder loop: sub/up/sub/up/...
+    os.symlink(".", folder / "self")  # another
+    os.symlink("b.safetensors", folder / "a.safetensors")  # a file-link loop
+    os.symlink("a.safetensors", folder / "b.safetensors")
+    os.symlink("nowhere.safetensors", folder / "dangling.safetensors")
+    os.symlink(linked_target, folder / "linked.safetensors")  # a link to a good file: followed
+    out = tmp_path / "idx.safetensors"
+    with time_limit(60):
+        status, err = run_index(folder, "-o", out)
+    assert status == 0, err
+    reported = errors(err)
+    assert set(reported) == {str(sub / "up"), str(folder / "self"), str(folder / "a.safetensors"),
+                             str(folder / "b.safetensors"), str(folder / "dangling.safetensors")}
+    assert reported[str(sub / "up")] == "symbolic link to a folder: not followed"
+    assert reported[str(folder / "a.safetensors")] == "cannot read file: Too many levels of symbolic links"
+    assert reported[str(folder / "dangling.safetensors")] == "cannot read file: No such file or directory"
+    assert sorted(LoraIndex.load(out).paths) == sorted(
+        [str(folder / f"good{i}.safetensors") for i in range(4)] + [str(folder / "linked.safetensors"),
+                                                                    str(sub / "deep.safetensors")])
+
+
+def test_fifo_is_reported_not_opened(folder, tmp_path):
+    os.mkfifo(folder / "pipe.safetensors")  # opening it to read would block until a writer comes
+    out = tmp_path / "idx.safetensors"
+    with time_limit(60):
+        status, err = run_index(folder, "-o", out)
+    assert status == 0
+    assert errors(err) == {str(folder / "pipe.safetensors"): "not a regular file (a named pipe)"}
+    assert len(LoraIndex.load(out).paths) == 4
+
+
+def test_fifo_given_to_build_index_directly_is_refused(folder):
+    os.mkfifo(folder / "pipe.safetensors")
+    paths = [str(folder / "pipe.safetensors")] + [str(folder / f"good{i}.safetensors") for i in range(4)]
+    with time_limit(60):
+        index, skipped = index_module.build_index(paths)
+    assert skipped == [(paths[0], "not a regular file (a named pipe)")]
+    assert index.paths == paths[1:]
+
+
+@pytest.mark.skipif(IS_ROOT, reason="running as root: chmod 000 does not stop root from reading; "
+                                    "test_read_error_is_reported covers the same path by simulating EACCES")
+def test_unreadable_file_and_folder(folder, tmp_path):
+    locked_file = folder / "locked.safetensors"
+    good(locked_file, 20)
+    locked_dir = folder / "private"
+    locked_dir.mkdir()
+    good(locked_dir / "hidden.safetensors", 21)
+    os.chmod(locked_file, 0)
+    os.chmod(locked_dir, 0)
+    try:
+        status, err = run_index(folder, "-o", tmp_path / "idx.safetensors")
+    finally:
+        os.chmod(locked_file, 0o644)
+        os.chmod(locked_dir, 0o755)
+    assert status == 0
+    reported = errors(err)
+    assert reported == {str(locked_file): "cannot read file: Permission denied",
+                        str(locked_dir): "cannot list folder: Permission denied"}
+
+
+def test_read_error_is_reported(folder, tmp_path, monkeypatch):
+    """EACCES (or EIO) on one file, simulated where the file is first opened: reported, the rest embedded."""
+    victim = str(folder / "good2.safetensors")
+    real = index_module.file_sha256
+
+    def denied(path):
+        if os.fspath(path) == victim:
+            raise PermissionError(13, "Permission denied", victim)
+        return real(path)
+
+    monkeypatch.setattr(index_module, "file_sha256", denied)
+    out = tmp_path / "idx.safetensors"
+    status, err = run_index(folder, "-o", out)
+    assert status == 0
+    assert errors(err) == {victim: "cannot read file: Permission denied"}
+    assert victim not in LoraIndex.load(out).paths and len(LoraIndex.load(out).paths) == 3
+
+
+# ---------------------------------------------------------------------------
+# Files that vanish
+
+
+def test_file_vanishing_between_walk_and_read(folder, tmp_path, monkeypatch):
+    victim = str(folder / "good1.safetensors")
+    real_find = index_module.find_lora_files
+
+    def find_then_delete(root, **kwargs):
+        found = real_find(root, **kwargs)
+        os.unlink(victim)
+        return found
+
+    monkeypatch.setattr(index_module, "find_lora_files", find_then_delete)
+    out = tmp_path / "idx.safetensors"
+    status, err = run_index(folder, "-o", out)
+    assert status == 0
+    assert errors(err) == {victim: "cannot read file: No such file or directory"}
+    assert len(LoraIndex.load(out).paths) == 3
+
+
+def test_file_vanishing_between_hash_and_load(folder, tmp_path, monkeypatch):
+    victim = str(folder / "good3.safetensors")
+    real_load = index_module.load_lora
+
+    def delete_then_load(path):
+        if os.fspath(path) == victim:
+            os.unlink(victim)
+        return real_load(path)
+
+    monkeypatch.setattr(index_module, "load_lora", delete_then_load)
+    status, err = run_index(folder, "-o", tmp_path / "idx.safetensors")
+    assert status == 0
+    assert errors(err) == {victim: "the file changed or vanished while it was being read"}
+
+
+def test_file_vanishing_during_the_walk(folder, monkeypatch):
+    victim = str(folder / "good0.safetensors")
+    real_stat = os.stat
+
+    def stat_after_delete(path, *args, **kwargs):
+        if os.fspath(path) == victim and os.path.lexists(victim):
+            os.unlink(victim)  # gone between listing the folder and looking at the entry
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(index_module.os, "stat", stat_after_delete)
+    files, problems = find_lora_files(folder)
+    monkeypatch.undo()
+    assert victim not in files and len(files) == 3
+    assert problems == [(victim, "cannot read file: No such file or directory")]
+
+
+# ---------------------------------------------------------------------------
+# Names that are not UTF-8
+
+
+def test_non_utf8_names(tmp_path):
+    root = os.fsencode(tmp_path / "loras")
+    os.mkdir(root)
+    names = [b"caf\xe9.safetensors", b"\xff\xfe.safetensors", b"plain.safetensors"]  # latin-1, junk, ASCII
+    for i, name in enumerate(names):
+        good(os.fsdecode(os.path.join(root, name)), i)
+    bad = os.path.join(root, b"bad\x80.safetensors")
+    with open(bad, "wb") as fh:
+        fh.write(b"junk")
+    out = tmp_path / "idx.safetensors"
+    status, err = run_index(os.fsdecode(root), "-o", out)
+    assert status == 0, err
+    assert errors(err) == {os.fsdecode(bad): "file of 4 bytes is too short for a safetensors header"}
+    # the index keeps the names losslessly: os.fsencode gives back the bytes
+    stored = LoraIndex.load(out).paths
+    assert sorted(os.fsencode(p) for p in stored) == sorted(os.path.join(root, n) for n in names)
+
+    # the command's output, as bytes: text shows the original bytes, JSON the surrogate escapes
+    query = os.fsdecode(os.path.join(root, names[0]))
+    script = ("import sys; from lorastyle.cli import main; "
+              f"main(['similar', {str(out)!r}, {query!r}, '-k', '2']); "
+              f"main(['similar', {str(out)!r}, {query!r}, '-k', '2', '--json']); "
+              f"main(['inspect', {query!r}])")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, env=ENV, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+    lines = proc.stdout.split(b"\n")
+    text, raw_json, inspect_first = lines[:2], lines[2], lines[3]
+    assert all(re.match(rb"^[+-]\d\.\d{4}  ", line) for line in text)
+    assert {line.split(b"  ", 1)[1] for line in text} == {os.path.join(root, n) for n in names[1:]}
+    results = json.loads(raw_json)
+    assert {os.fsencode(r["path"]) for r in results} == {os.path.join(root, n) for n in names[1:]}
+    assert inspect_first == os.path.join(root, names[0])
+
+
+# ---------------------------------------------------------------------------
+# Many files, a tenth of them bad
+
+
+def _many_files(root, n, rng):
+    """n tiny LoRAs (1 module, rank 1), n // 10 of them bad in ten different ways; returns (good, bad)."""
+    def lora_bytes(rank=1, base="tiny", scale=1.0):
+        a = (scale * rng.standard_normal((rank, 8))).astype("<f4")
+        b = (scale * rng.standard_normal((8, rank))).astype("<f4")
+        return encode({f"{KOHYA}.lora_down.weight": ("F32", [rank, 8], a.tobytes()),
+                       f"{KOHYA}.lora_up.weight": ("F32", [8, rank], b.tobytes()),
+                       f"{KOHYA}.alpha": ("F32", [], np.float32(rank).tobytes())}, {"lorastyle.base": base})
+
+    def nan_bytes():
+        blob = bytearray(lora_bytes())
+        blob[-8:-4] = np.float32(np.nan).tobytes()
+        return bytes(blob)
+
+    kinds = [("truncated", lambda: lora_bytes()[:-5], "truncated tensor data"),
+             ("junk", lambda: b"\x10\0\0\0\0\0\0\0{not json at all}", "header is not valid JSON"),
+             ("nan", nan_bytes, "holds NaN or Inf values"),
+             ("pickle", lambda: b"\x80\x04\x95" + b"\0" * 20, "refusing to unpickle"),
+             ("layout", lambda: encode({"model.weight": ("F32", [2], b"\0" * 8)}), "unknown layout"),
+             ("base", lambda: lora_bytes(base="sd1"), "base family sd1 differs from tiny"),
+             ("rank", lambda: lora_bytes(rank=2), "its rank is 2 where theirs is 1"),
+             ("empty", lambda: b"", "empty file"),
+             ("length", lambda: b"\xff" * 8 + b"{}", "header length"),
+             ("huge", lambda: lora_bytes(scale=1e18), "weights too large to embed")]
+    good_paths, bad = [], {}
+    for i in range(n):
+        sub = os.path.join(root, f"d{i % 10}")  # nested a little, like real collections
+        os.makedirs(sub, exist_ok=True)
+        if i % 10 == 3:
+            kind, make, reason = kinds[(i // 10) % len(kinds)]
+            suffix = ".ckpt" if kind == "pickle" else ".safetensors"
+            path = os.path.join(sub, f"f{i:05d}_{kind}{suffix}")
+            data = make()
+            bad[path] = reason
+        else:
+            path = os.path.join(sub, f"f{i:05d}.safetensors")
+            data = lora_bytes()
+            good_paths.append(path)
+        with open(path, "wb") as fh:  # no fsync: building the folder is not what is tested
+            fh.write(data)
+    return good_paths, bad
+
+
+def test_many_files_a_tenth_bad(tmp_path):
+    n = int(os.environ.get("LORASTYLE_MANY_FILES", "1000"))
+    root = tmp_path / "many"
+    good_paths, bad = _many_files(str(root), n, np.random.default_rng(0))
+    assert len(bad) == n // 10
+    out = tmp_path / "idx.safetensors"
+    # calibration's leave-one-out fits cost n_calibration * n^3: off for thousands of files
+    status, err = run_index(root, "-o", out, "--no-calibration")
+    assert status == 0, err[-2000:]
+    reported = errors(err)
+    assert set(reported) == set(bad)  # every bad file, once, and no good one
+    for path, reason in bad.items():
+        assert reason in reported[path], (path, reported[path])
+    index = LoraIndex.load(out)
+    assert sorted(index.paths) == sorted(good_paths)
+    # files with equal bytes (the bad files of one kind) are read once: the others come from the cache
+    distinct = len({open(p, "rb").read() for p in [*good_paths, *bad] if not p.endswith(".ckpt")})
+    n_pickles = sum(p.endswith(".ckpt") for p in bad)
+    assert re.search(rf"indexed {len(good_paths)} files .*skipped {len(bad)}; "
+                     rf"{n - n_pickles - distinct} of {n} files from the cache", err)
+    # and a re-run reads none of them again
+    status, err = run_index(root, "-o", out, "--no-calibration")
+    assert status == 0 and f"{n - n_pickles} of {n} files from the cache" in err  # pickles: refused by name
+    assert set(errors(err)) == set(bad)
+
+
+def test_inspect_of_a_fifo_does_not_block(tmp_path):
+    import threading
+
+    from lorastyle.io.formats import LoraFormatError, load_lora
+
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def read():
+        try:
+            load_lora(fifo)
+        except LoraFormatError as exc:
+            outcome.append(exc.reason)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=2)
+    blocked = reader.is_alive()
+    if blocked:  # unblock the reader: open the FIFO for writing and close it at once
+        os.close(os.open(fifo, os.O_WRONLY))
+        reader.join(timeout=10)
+    assert not blocked, "load_lora blocked on a FIFO"
+    assert outcome  # refused with a LoraFormatError
