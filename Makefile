@@ -31,12 +31,13 @@ BENCHMARKS := b1_throughput b2_weights_vs_images b3_memory b4_retrieval b5_lowra
 FUZZ_INPUTS ?= 100000
 REAL_LORAS ?= ../shared/real-loras
 
-.PHONY: help venv test fuzz book chapters data clean
+.PHONY: help venv test lint format fuzz book chapters data clean
 
 help:
 	@echo "Targets:"
 	@echo "  make venv   create/update $(VENV) from requirements.txt + requirements-lock.txt, install lorastyle (editable)"
 	@echo "  make test   run tests/ with pytest, then the book notebooks with nbval"
+	@echo "  make lint   check formatting and lint rules with ruff (part of make test); make format fixes them"
 	@echo "  make fuzz   fuzz the file readers with $(FUZZ_INPUTS) mutated files; prints inputs and failures"
 	@echo "  make book   execute the notebooks and build the Jupyter Book into _build/html (warnings are errors)"
 	@echo "  make chapters  execute the notebooks in place (refresh the outputs nbval compares against)"
@@ -53,12 +54,21 @@ $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 venv: $(STAMP)
 
 # pytest exit code 5 means "no tests collected": not a failure here.
-test: $(STAMP)
+test: $(STAMP) lint
 	MPLBACKEND=Agg $(PY) -m pytest tests || { rc=$$?; [ $$rc -eq 5 ] || exit $$rc; }
 ifneq ($(strip $(NOTEBOOKS)),)
 	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with book/nbval_sanitize.cfg \
 		-p no:cacheprovider $(NOTEBOOKS) || { rc=$$?; [ $$rc -eq 5 ] || exit $$rc; }
 endif
+
+# ruff (pinned) formats and lints the code; a violation fails `make test`. `make format` fixes what it can.
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/ruff check --quiet .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 fuzz: $(STAMP)
 	$(PY) -m tools.fuzz.fuzzing --inputs $(FUZZ_INPUTS) --real $(REAL_LORAS)

@@ -22,7 +22,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
-KEY_LAYOUT = ROOT.parent / "shared" / "real-loras" / "key-layouts" / "invokeai_stripped__sd1_kohya__shinkai_makoto_offset.json"
+KEY_LAYOUT = (
+    ROOT.parent / "shared" / "real-loras" / "key-layouts" / "invokeai_stripped__sd1_kohya__shinkai_makoto_offset.json"
+)
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -62,7 +64,7 @@ def machine() -> dict:
         "os": f"{platform.system()} {platform.release()}",
         "versions": versions,
         "threads": {k: os.environ.get(k, "unset") for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "load": other_load(),
     }
 
@@ -70,12 +72,17 @@ def machine() -> dict:
 def other_load() -> str:
     """A note when the collection build (a long CPU job) shares the machine."""
     try:
-        out = subprocess.run(["pgrep", "-f", "lorastyle.collection.build"], capture_output=True, text=True).stdout.split()
+        out = subprocess.run(
+            ["pgrep", "-f", "lorastyle.collection.build"], capture_output=True, text=True
+        ).stdout.split()
     except OSError:
         return "unknown"
     others = [pid for pid in out if int(pid) != os.getpid()]
-    return ("shared: a `lorastyle.collection.build` training job (1 thread) ran at the same time" if others
-            else "no other heavy job known")
+    return (
+        "shared: a `lorastyle.collection.build` training job (1 thread) ran at the same time"
+        if others
+        else "no other heavy job known"
+    )
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
@@ -111,9 +118,11 @@ def table(header: list[str], rows: list[list]) -> str:
 
 def machine_line(m: dict) -> str:
     v = m["versions"]
-    return (f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']}; Python {v['python']}, "
-            f"torch {v['torch']}, numpy {v['numpy']}, scikit-learn {v['sklearn']}, faiss {v['faiss']}; "
-            f"OMP_NUM_THREADS={m['threads']['OMP_NUM_THREADS']}; {m['date']}. Load: {m['load']}.")
+    return (
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']}; Python {v['python']}, "
+        f"torch {v['torch']}, numpy {v['numpy']}, scikit-learn {v['sklearn']}, faiss {v['faiss']}; "
+        f"OMP_NUM_THREADS={m['threads']['OMP_NUM_THREADS']}; {m['date']}. Load: {m['load']}."
+    )
 
 
 def write_results(name: str, title: str, data: dict, body: str, out: Path, quick: bool) -> None:
@@ -130,6 +139,7 @@ def write_results(name: str, title: str, data: dict, body: str, out: Path, quick
 # ---------------------------------------------------------------------------
 # SD 1.5 kohya LoRA files of real layout, random weights
 
+
 def _sd15_rule_modules() -> list[tuple[str, int, int, bool]]:
     """(kohya module key, in, out, conv 1x1) of an SD 1.5 kohya LoRA (U-Net transformers + CLIP text encoder)."""
     mods = []
@@ -138,9 +148,11 @@ def _sd15_rule_modules() -> list[tuple[str, int, int, bool]]:
         for p in ("q_proj", "k_proj", "v_proj", "out_proj"):
             mods.append((pre + f"self_attn_{p}", 768, 768, False))
         mods += [(pre + "mlp_fc1", 768, 3072, False), (pre + "mlp_fc2", 3072, 768, False)]
-    blocks = ([(f"down_blocks_{b}_attentions_{a}", c) for b, c in enumerate((320, 640, 1280)) for a in range(2)]
-              + [("mid_block_attentions_0", 1280)]
-              + [(f"up_blocks_{b}_attentions_{a}", c) for b, c in ((1, 1280), (2, 640), (3, 320)) for a in range(3)])
+    blocks = (
+        [(f"down_blocks_{b}_attentions_{a}", c) for b, c in enumerate((320, 640, 1280)) for a in range(2)]
+        + [("mid_block_attentions_0", 1280)]
+        + [(f"up_blocks_{b}_attentions_{a}", c) for b, c in ((1, 1280), (2, 640), (3, 320)) for a in range(3)]
+    )
     for block, c in blocks:
         pre = f"lora_unet_{block}_"
         mods += [(pre + "proj_in", c, c, True), (pre + "proj_out", c, c, True)]
@@ -193,10 +205,12 @@ def peak_rss_mb_of(cmd: list[str], env: dict | None = None) -> tuple[float, floa
     The command runs under a fresh Python parent whose only child it is, so that the
     parent's ``RUSAGE_CHILDREN`` peak is this command's alone.
     """
-    probe = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-             "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); w = time.perf_counter() - t; "
-             "sys.stderr.write(p.stderr); "
-             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, w, p.returncode)")
+    probe = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); w = time.perf_counter() - t; "
+        "sys.stderr.write(p.stderr); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, w, p.returncode)"
+    )
     proc = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True, env=env)
     peak, wall, rc = proc.stdout.split()
     if int(rc) != 0 or proc.returncode != 0:

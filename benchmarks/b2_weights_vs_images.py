@@ -13,8 +13,6 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-import numpy as np
-
 import _common as c
 
 GOAL = 1000.0
@@ -32,8 +30,8 @@ def main() -> None:
     from lorastyle.collection.build import CONDITION, load_base
     from lorastyle.collection.diffusion import TrainedLora, generate
     from lorastyle.collection.features import get_encoder
-    from lorastyle.io.formats import load_lora
     from lorastyle.index import build_index
+    from lorastyle.io.formats import load_lora
 
     torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "1")))
     repeats = args.repeats or (1 if args.quick else 5)
@@ -48,14 +46,17 @@ def main() -> None:
     weights_s = {}
     for descriptor in ("concat", "delta"):
         index, _ = build_index(fitted, descriptor=descriptor, n_components=8)
-        t, _ = c.median_time(lambda: index.project(load_lora(new)), repeats=max(repeats, 5))
+        t, _ = c.median_time(lambda index=index: index.project(load_lora(new)), repeats=max(repeats, 5))
         weights_s[descriptor] = t
         rows.append([f"weights: load + {descriptor} + projection ({len(fitted)} indexed)", c.fmt(t * 1e3), "-"])
     lora = load_lora(new)
     mods = lora.modules.values()
-    trained = TrainedLora(factors={m.name: (m.factors["lora_down"], m.factors["lora_up"]) for m in mods},
-                          rank=lora.ranks[0], alpha=float(lora.alphas[0]) if lora.alphas else float(lora.ranks[0]),
-                          losses=[])
+    trained = TrainedLora(
+        factors={m.name: (m.factors["lora_down"], m.factors["lora_up"]) for m in mods},
+        rank=lora.ranks[0],
+        alpha=float(lora.alphas[0]) if lora.alphas else float(lora.ranks[0]),
+        losses=[],
+    )
     images = {}
 
     def gen():
@@ -66,42 +67,68 @@ def main() -> None:
     encode_s = {}
     for key in ("efficientnet", "vgg_gram", "magenta"):
         enc = get_encoder(key)
-        t_enc, _ = c.median_time(lambda: enc.encode(images["x"]), repeats=repeats)
+        t_enc, _ = c.median_time(lambda enc=enc: enc.encode(images["x"]), repeats=repeats)
         encode_s[key] = t_enc
     w = weights_s["concat"]
     for key, t_enc in encode_s.items():
         total = t_gen + t_enc
         ratio = total / w
-        results[key] = {"encode_s": t_enc, "images_total_s": total, "ratio_to_concat": ratio,
-                        "ratio_to_delta": total / weights_s["delta"]}
-        rows.append([f"images: generate + encode ({key})", c.fmt(total * 1e3),
-                     f"{c.fmt(ratio)}x ({c.verdict(ratio >= GOAL)})"])
+        results[key] = {
+            "encode_s": t_enc,
+            "images_total_s": total,
+            "ratio_to_concat": ratio,
+            "ratio_to_delta": total / weights_s["delta"],
+        }
+        rows.append(
+            [f"images: generate + encode ({key})", c.fmt(total * 1e3), f"{c.fmt(ratio)}x ({c.verdict(ratio >= GOAL)})"]
+        )
     # extrapolation to SD 1.5 at 512 px on a GPU, from the published per-step speed
     sd15_gen = k_images * steps / SD15_IT_PER_S if not args.quick else K_IMAGES * STEPS / SD15_IT_PER_S
-    body = c.table(["route to a descriptor of one new LoRA", "time ms (median)",
-                    f"images / weights (concat); goal >= {GOAL:g}x"], rows)
-    body += (f"\n\nTiny model (32 px, 1.66M-parameter U-Net) on this CPU; one LoRA of the collection "
-             f"({Path(new).name}) as the new one, projected into an index of the other {len(fitted)}. "
-             f"Medians of {repeats} runs (weights: of {max(repeats, 5)}). Encoders and the index are built "
-             "once, outside the timings, as a service would. Ratio of the image route to the weight route "
-             "(concat), measured in the same run: "
-             + ", ".join(f"{k} {c.fmt(v['ratio_to_concat'])}x" for k, v in results.items())
-             + f"; against delta: " + ", ".join(f"{k} {c.fmt(v['ratio_to_delta'])}x" for k, v in results.items())
-             + ".\n\n"
-             f"**Extrapolation to SD 1.5, 512 px, on a GPU** (on paper): the fal.ai benchmark ({SD15_SOURCE}) "
-             f"measures {SD15_IT_PER_S} denoising steps per second for SD 1.5 at 512x512, fp16, diffusers "
-             "with SDPA on an A100 80 GB (50 steps, classifier-free guidance, median 1.59 s per image end to "
-             f"end). K = {K_IMAGES} images at T = {STEPS} are {K_IMAGES * STEPS} steps: about "
-             f"{c.fmt(sd15_gen, 2)} s per LoRA before any encoder. The weight route for an SD 1.5 rank-8 LoRA "
-             "(9.5 MB) is a file read and a projection, about 0.1-0.3 s on this CPU (B1 gives the rate), so "
-             f"the ratio there is roughly {c.fmt(sd15_gen / 0.3, 2)}-{c.fmt(sd15_gen / 0.1, 2)}x on one GPU "
-             "against one CPU core, far below 1,000x: for full-size models the advantage is the GPU the "
-             "weight route does not need, not a thousandfold in time.")
-    c.write_results("b2", "Weights against images, per new LoRA",
-                    {"weights_s": weights_s, "generate_s": t_gen, "encoders": results, "k_images": k_images,
-                     "steps": steps, "guidance": GUIDANCE, "repeats": repeats, "new_lora": Path(new).name,
-                     "n_indexed": len(fitted), "sd15_extrapolated_generate_s": sd15_gen,
-                     "sd15_source": SD15_SOURCE, "sd15_it_per_s": SD15_IT_PER_S}, body, args.out, args.quick)
+    body = c.table(
+        ["route to a descriptor of one new LoRA", "time ms (median)", f"images / weights (concat); goal >= {GOAL:g}x"],
+        rows,
+    )
+    body += (
+        f"\n\nTiny model (32 px, 1.66M-parameter U-Net) on this CPU; one LoRA of the collection "
+        f"({Path(new).name}) as the new one, projected into an index of the other {len(fitted)}. "
+        f"Medians of {repeats} runs (weights: of {max(repeats, 5)}). Encoders and the index are built "
+        "once, outside the timings, as a service would. Ratio of the image route to the weight route "
+        "(concat), measured in the same run: "
+        + ", ".join(f"{k} {c.fmt(v['ratio_to_concat'])}x" for k, v in results.items())
+        + "; against delta: "
+        + ", ".join(f"{k} {c.fmt(v['ratio_to_delta'])}x" for k, v in results.items())
+        + ".\n\n"
+        f"**Extrapolation to SD 1.5, 512 px, on a GPU** (on paper): the fal.ai benchmark ({SD15_SOURCE}) "
+        f"measures {SD15_IT_PER_S} denoising steps per second for SD 1.5 at 512x512, fp16, diffusers "
+        "with SDPA on an A100 80 GB (50 steps, classifier-free guidance, median 1.59 s per image end to "
+        f"end). K = {K_IMAGES} images at T = {STEPS} are {K_IMAGES * STEPS} steps: about "
+        f"{c.fmt(sd15_gen, 2)} s per LoRA before any encoder. The weight route for an SD 1.5 rank-8 LoRA "
+        "(9.5 MB) is a file read and a projection, about 0.1-0.3 s on this CPU (B1 gives the rate), so "
+        f"the ratio there is roughly {c.fmt(sd15_gen / 0.3, 2)}-{c.fmt(sd15_gen / 0.1, 2)}x on one GPU "
+        "against one CPU core, far below 1,000x: for full-size models the advantage is the GPU the "
+        "weight route does not need, not a thousandfold in time."
+    )
+    c.write_results(
+        "b2",
+        "Weights against images, per new LoRA",
+        {
+            "weights_s": weights_s,
+            "generate_s": t_gen,
+            "encoders": results,
+            "k_images": k_images,
+            "steps": steps,
+            "guidance": GUIDANCE,
+            "repeats": repeats,
+            "new_lora": Path(new).name,
+            "n_indexed": len(fitted),
+            "sd15_extrapolated_generate_s": sd15_gen,
+            "sd15_source": SD15_SOURCE,
+            "sd15_it_per_s": SD15_IT_PER_S,
+        },
+        body,
+        args.out,
+        args.quick,
+    )
 
 
 if __name__ == "__main__":

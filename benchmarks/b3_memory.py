@@ -34,8 +34,9 @@ def main() -> None:
     try:
         pool = tmp / "all"
         pool.mkdir()
-        sizes_per_file = [c.write_sd15_lora(pool / f"l{i:05d}.safetensors", modules, 8, seed=i)
-                          for i in range(max(sizes))]
+        sizes_per_file = [
+            c.write_sd15_lora(pool / f"l{i:05d}.safetensors", modules, 8, seed=i) for i in range(max(sizes))
+        ]
         for descriptor in args.descriptors:
             for n in sizes:
                 folder = tmp / f"n{n}"
@@ -44,37 +45,56 @@ def main() -> None:
                     for i in range(n):
                         os.link(pool / f"l{i:05d}.safetensors", folder / f"l{i:05d}.safetensors")
                 out = tmp / f"n{n}-{descriptor}.index"
-                peak, wall, last = c.peak_rss_mb_of([lorastyle, "index", str(folder), "-o", str(out), "--no-cache",
-                                                     "--descriptor", descriptor], env=env)
+                peak, wall, last = c.peak_rss_mb_of(
+                    [lorastyle, "index", str(folder), "-o", str(out), "--no-cache", "--descriptor", descriptor], env=env
+                )
                 gb = sum(sizes_per_file[:n]) / 1e9
                 ok = peak < LIMIT_MB
-                results.append({"descriptor": descriptor, "n": n, "collection_gb": gb, "peak_rss_mb": peak,
-                                "wall_s": wall, "stderr_last": last, "under_limit": ok})
+                results.append(
+                    {
+                        "descriptor": descriptor,
+                        "n": n,
+                        "collection_gb": gb,
+                        "peak_rss_mb": peak,
+                        "wall_s": wall,
+                        "stderr_last": last,
+                        "under_limit": ok,
+                    }
+                )
                 rows.append([descriptor, n, c.fmt(gb), c.fmt(peak), c.fmt(wall), c.fmt(n / wall), c.verdict(ok)])
                 out.unlink(missing_ok=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     peaks = [r["peak_rss_mb"] for r in results if r["descriptor"] == "concat"]
     flat = (max(peaks) - min(peaks)) / min(peaks) if peaks else float("nan")
-    body = c.table(["descriptor", "N files", "collection GB", "peak RSS MB", "wall s", "LoRAs/s",
-                    f"under {LIMIT_MB} MB"], rows)
-    body += (f"\n\nFlatness (concat): the peak grows by {c.fmt(100 * flat, 2)}% from N = {min(sizes)} to "
-             f"N = {max(sizes)} ({c.fmt(max(sizes) / min(sizes), 2)}x the files); goal: flat in N (taken as under 25% growth) and under "
-             f"{LIMIT_MB} MB: {c.verdict(flat < 0.25 and all(r['under_limit'] for r in results))}.\n\n"
-             f"Files: rank-8 SD 1.5 kohya LoRAs of the {source}, fp16, random weights. How: above its memory "
-             "budget (128 MiB of float32 vectors, a dozen SD 1.5 rank-8 files) `build_index` streams the "
-             "`concat` fit: the first pass keeps, per file, only its shapes and a 8,192-value random-sign "
-             "sketch of its vector (and the running sum), the second builds the components from the exact "
-             "vectors with coefficients from the sketched kernel, the third projects every file exactly; "
-             "what grows with N is the sketch (32 kB per file) and the n x n kernel (32 MB at 2,000). "
-             "`tests/test_index_streaming.py` checks the streamed fit against the exact PCA: equal (1e-4) "
-             "when the vectors are shorter than the sketch; on longer vectors (folded 4x) leading scores "
-             "correlate above 0.999, explained variance within 1% and calibration within 5%. "
-             "`delta` and `gram` indexes keep every file's factors (they project new queries), about the "
-             "collection's size in float32: not streamed.")
-    c.write_results("b3", "Peak memory of `lorastyle index` against collection size",
-                    {"results": results, "sizes": sizes, "limit_mb": LIMIT_MB, "growth": flat,
-                     "layout_source": source}, body, args.out, args.quick)
+    body = c.table(
+        ["descriptor", "N files", "collection GB", "peak RSS MB", "wall s", "LoRAs/s", f"under {LIMIT_MB} MB"], rows
+    )
+    body += (
+        f"\n\nFlatness (concat): the peak grows by {c.fmt(100 * flat, 2)}% from N = {min(sizes)} to "
+        f"N = {max(sizes)} ({c.fmt(max(sizes) / min(sizes), 2)}x the files); "
+        "goal: flat in N (taken as under 25% growth) and under "
+        f"{LIMIT_MB} MB: {c.verdict(flat < 0.25 and all(r['under_limit'] for r in results))}.\n\n"
+        f"Files: rank-8 SD 1.5 kohya LoRAs of the {source}, fp16, random weights. How: above its memory "
+        "budget (128 MiB of float32 vectors, a dozen SD 1.5 rank-8 files) `build_index` streams the "
+        "`concat` fit: the first pass keeps, per file, only its shapes and a 8,192-value random-sign "
+        "sketch of its vector (and the running sum), the second builds the components from the exact "
+        "vectors with coefficients from the sketched kernel, the third projects every file exactly; "
+        "what grows with N is the sketch (32 kB per file) and the n x n kernel (32 MB at 2,000). "
+        "`tests/test_index_streaming.py` checks the streamed fit against the exact PCA: equal (1e-4) "
+        "when the vectors are shorter than the sketch; on longer vectors (folded 4x) leading scores "
+        "correlate above 0.999, explained variance within 1% and calibration within 5%. "
+        "`delta` and `gram` indexes keep every file's factors (they project new queries), about the "
+        "collection's size in float32: not streamed."
+    )
+    c.write_results(
+        "b3",
+        "Peak memory of `lorastyle index` against collection size",
+        {"results": results, "sizes": sizes, "limit_mb": LIMIT_MB, "growth": flat, "layout_source": source},
+        body,
+        args.out,
+        args.quick,
+    )
 
 
 if __name__ == "__main__":

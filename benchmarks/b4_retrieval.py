@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import gc
 import os
-import statistics
 import time
 
-import numpy as np
-
 import _common as c
+import numpy as np
 
 GOAL_MS, GOAL_RECALL = 5.0, 0.95
 
@@ -31,9 +29,10 @@ def clustered(rng, n, centres, noise=0.5, batch=200_000):
     out = np.empty((n, centres.shape[1]), dtype=np.float32)
     for s in range(0, n, batch):
         m = min(batch, n - s)
-        x = centres[rng.integers(0, len(centres), m)] + noise * rng.standard_normal((m, centres.shape[1]),
-                                                                                     dtype=np.float32)
-        out[s:s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        x = centres[rng.integers(0, len(centres), m)] + noise * rng.standard_normal(
+            (m, centres.shape[1]), dtype=np.float32
+        )
+        out[s : s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
 
 
@@ -99,25 +98,75 @@ def main() -> None:
     lat_ivf = latencies(lambda q: index.search(q[None, :], 10), test)
     p = lambda v, q: float(np.percentile(v, q))  # noqa: E731
     ok = p(lat_ivf, 50) < GOAL_MS and rec >= GOAL_RECALL
-    results = {"n": n, "d": d, "n_queries": n_queries, "nlist": nlist, "nprobe": index.nprobe, "sweep": sweep,
-               "data_mb": data_mb, "exact": {"p50_ms": p(lat_exact, 50), "p95_ms": p(lat_exact, 95), "recall": 1.0,
-                                             "build_s": 0.0, "memory_mb": data_mb},
-               "ivf": {"p50_ms": p(lat_ivf, 50), "p95_ms": p(lat_ivf, 95), "recall": rec, "build_s": build_s,
-                       "memory_mb": index_mb}, "goal_met": ok}
-    rows = [["exact (numpy matmul + argpartition)", "-", c.fmt(p(lat_exact, 50)), c.fmt(p(lat_exact, 95)), "1",
-             "0", c.fmt(data_mb), c.verdict(p(lat_exact, 50) < GOAL_MS)],
-            [f"faiss IndexIVFFlat (nlist {nlist})", index.nprobe, c.fmt(p(lat_ivf, 50)), c.fmt(p(lat_ivf, 95)),
-             c.fmt(rec), c.fmt(build_s), c.fmt(index_mb), c.verdict(ok)]]
+    results = {
+        "n": n,
+        "d": d,
+        "n_queries": n_queries,
+        "nlist": nlist,
+        "nprobe": index.nprobe,
+        "sweep": sweep,
+        "data_mb": data_mb,
+        "exact": {
+            "p50_ms": p(lat_exact, 50),
+            "p95_ms": p(lat_exact, 95),
+            "recall": 1.0,
+            "build_s": 0.0,
+            "memory_mb": data_mb,
+        },
+        "ivf": {
+            "p50_ms": p(lat_ivf, 50),
+            "p95_ms": p(lat_ivf, 95),
+            "recall": rec,
+            "build_s": build_s,
+            "memory_mb": index_mb,
+        },
+        "goal_met": ok,
+    }
+    rows = [
+        [
+            "exact (numpy matmul + argpartition)",
+            "-",
+            c.fmt(p(lat_exact, 50)),
+            c.fmt(p(lat_exact, 95)),
+            "1",
+            "0",
+            c.fmt(data_mb),
+            c.verdict(p(lat_exact, 50) < GOAL_MS),
+        ],
+        [
+            f"faiss IndexIVFFlat (nlist {nlist})",
+            index.nprobe,
+            c.fmt(p(lat_ivf, 50)),
+            c.fmt(p(lat_ivf, 95)),
+            c.fmt(rec),
+            c.fmt(build_s),
+            c.fmt(index_mb),
+            c.verdict(ok),
+        ],
+    ]
     sweep_text = ", ".join(f"{s['nprobe']}: {s['recall_tune']:.3f}" for s in sweep)
-    body = c.table(["method", "nprobe", "p50 ms", "p95 ms", "recall@10", "build s", "memory MB",
-                    f"p50 < {GOAL_MS} ms and recall >= {GOAL_RECALL}"], rows)
-    body += (f"\n\n{n:,} vectors of dimension {d} (float32, {c.fmt(n * d * 4 / 1e6)} MB), random with cluster "
-             "structure: 1,000 Gaussian centres, noise 0.5, L2-normalised; queries drawn the same way, single "
-             f"queries one at a time ({n_queries} timed; recall on those, nprobe tuned on {n_queries} others: "
-             f"{sweep_text}). Memory: resident memory "
-             "added by the data (exact) or by building the index (IVF keeps its own copy of the vectors). "
-             f"Speed-up of the approximate index at p50: {c.fmt(p(lat_exact, 50) / p(lat_ivf, 50), 3)}x. "
-             f"The exact search reads all {c.fmt(n * d * 4 / 1e6)} MB per query: memory bandwidth bounds it.")
+    body = c.table(
+        [
+            "method",
+            "nprobe",
+            "p50 ms",
+            "p95 ms",
+            "recall@10",
+            "build s",
+            "memory MB",
+            f"p50 < {GOAL_MS} ms and recall >= {GOAL_RECALL}",
+        ],
+        rows,
+    )
+    body += (
+        f"\n\n{n:,} vectors of dimension {d} (float32, {c.fmt(n * d * 4 / 1e6)} MB), random with cluster "
+        "structure: 1,000 Gaussian centres, noise 0.5, L2-normalised; queries drawn the same way, single "
+        f"queries one at a time ({n_queries} timed; recall on those, nprobe tuned on {n_queries} others: "
+        f"{sweep_text}). Memory: resident memory "
+        "added by the data (exact) or by building the index (IVF keeps its own copy of the vectors). "
+        f"Speed-up of the approximate index at p50: {c.fmt(p(lat_exact, 50) / p(lat_ivf, 50), 3)}x. "
+        f"The exact search reads all {c.fmt(n * d * 4 / 1e6)} MB per query: memory bandwidth bounds it."
+    )
     c.write_results("b4", "Retrieval at scale: exact against approximate top-10", results, body, args.out, args.quick)
 
 

@@ -33,8 +33,11 @@ def _is_int(value) -> bool:
 def check_int_at_least(value, name: str, minimum: int) -> int:
     """``value`` as an int, if it is an integer (not a bool) of at least ``minimum``."""
     if not _is_int(value) or value < minimum:
-        what = "a positive integer" if minimum == 1 else (
-            "a non-negative integer" if minimum == 0 else f"an integer of at least {minimum}")
+        what = (
+            "a positive integer"
+            if minimum == 1
+            else ("a non-negative integer" if minimum == 0 else f"an integer of at least {minimum}")
+        )
         raise ValueError(f"{name} must be {what}, got {value!r}")
     return int(value)
 
@@ -84,8 +87,9 @@ def check_random_state(random_state: RandomState) -> np.random.Generator:
         return np.random.default_rng(random_state)
     if isinstance(random_state, np.random.Generator):
         return random_state
-    raise ValueError("random_state must be an int, a numpy.random.Generator or None, "
-                     f"got {type(random_state).__name__}")
+    raise ValueError(
+        f"random_state must be an int, a numpy.random.Generator or None, got {type(random_state).__name__}"
+    )
 
 
 def sklearn_seed(random_state: RandomState) -> int | None:

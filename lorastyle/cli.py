@@ -91,9 +91,16 @@ def _index(args) -> int:
     # disable=None: no bar where stderr is not a terminal (a log file gets lines, not carriage returns)
     bar = lambda it: tqdm(it, desc="loading", unit="file", file=sys.stderr, disable=None)  # noqa: E731
     try:
-        run = index_folder(args.dir, args.output, descriptor=args.descriptor, n_components=args.components,
-                           select=select, use_cache=not args.no_cache, calibrate=not args.no_calibration,
-                           progress=bar)
+        run = index_folder(
+            args.dir,
+            args.output,
+            descriptor=args.descriptor,
+            n_components=args.components,
+            select=select,
+            use_cache=not args.no_cache,
+            calibrate=not args.no_calibration,
+            progress=bar,
+        )
     except NotEnoughLorasError as exc:
         for path, reason in exc.skipped:
             _error(path, reason)
@@ -106,8 +113,11 @@ def _index(args) -> int:
         _error(path, reason)
     index = run.index
     cache = f"{run.from_cache} of {run.n_files} files from the cache" if run.cache_dir else "no cache"
-    _print(f"indexed {len(index.paths)} files ({args.descriptor}, {index.embedding.n_components} components, "
-           f"base {index.base}); skipped {len(run.skipped)}; {cache}; wrote {args.output}", sys.stderr)
+    _print(
+        f"indexed {len(index.paths)} files ({args.descriptor}, {index.embedding.n_components} components, "
+        f"base {index.base}); skipped {len(run.skipped)}; {cache}; wrote {args.output}",
+        sys.stderr,
+    )
     return 0
 
 
@@ -149,17 +159,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="embed every LoRA file under a folder into an index")
     p.add_argument("dir")
     p.add_argument("-o", "--output", required=True, help="index file to write")
-    p.add_argument("--descriptor", choices=DESCRIPTORS, default="concat",
-                   help="concat: the paper's flattened A,B; delta: delta-W inner products; "
-                        "gram: delta-W delta-W^T (default: concat)")
+    p.add_argument(
+        "--descriptor",
+        choices=DESCRIPTORS,
+        default="concat",
+        help="concat: the paper's flattened A,B; delta: delta-W inner products; "
+        "gram: delta-W delta-W^T (default: concat)",
+    )
     p.add_argument("--components", type=_positive_int, default=8, help="embedding dimension (default: 8)")
     p.add_argument("--parts", nargs="+", choices=PARTS, help="only these model parts")
     p.add_argument("--layers", nargs="+", choices=LAYER_TYPES, help="only these layer types")
     p.add_argument("--blocks", nargs="+", choices=BLOCKS, help="only these U-Net stages")
-    p.add_argument("--no-cache", action="store_true",
-                   help="read every file again and keep no INDEX.cache/ (default: reuse and update it)")
-    p.add_argument("--no-calibration", action="store_true",
-                   help="skip the out-of-sample calibration, whose cost grows as n^3: for thousands of files")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="read every file again and keep no INDEX.cache/ (default: reuse and update it)",
+    )
+    p.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="skip the out-of-sample calibration, whose cost grows as n^3: for thousands of files",
+    )
     p.set_defaults(run=_index)
 
     p = sub.add_parser("similar", help="the indexed LoRAs closest in style to a query LoRA")

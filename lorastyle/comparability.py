@@ -68,9 +68,14 @@ class Reference:
     @classmethod
     def of(cls, lora: LoRA) -> Reference:
         """The reference given by one LoRA."""
-        return cls(base=lora.base, shapes={n: m.shape for n, m in lora.modules.items()},
-                   signature=factor_signature(lora.modules), ranks=lora.ranks,
-                   holders=dict.fromkeys(lora.modules, lora.path), example=lora.path)
+        return cls(
+            base=lora.base,
+            shapes={n: m.shape for n, m in lora.modules.items()},
+            signature=factor_signature(lora.modules),
+            ranks=lora.ranks,
+            holders=dict.fromkeys(lora.modules, lora.path),
+            example=lora.path,
+        )
 
     @classmethod
     def majority(cls, loras: Sequence[LoRA]) -> Reference:
@@ -93,14 +98,23 @@ class Reference:
         sigs = [factor_signature(lora.modules) for lora in same]
         sig = _majority(sigs)
         first = same[sigs.index(sig)]
-        return cls(base=base, shapes=shapes, signature=sig, ranks=first.ranks, holders=holders,
-                   example=first.path, count=sigs.count(sig))
+        return cls(
+            base=base,
+            shapes=shapes,
+            signature=sig,
+            ranks=first.ranks,
+            holders=holders,
+            example=first.path,
+            count=sigs.count(sig),
+        )
 
     def difference(self, lora: LoRA, descriptor: str) -> str | None:
         """Why ``lora`` cannot join this reference's space (None when it can), in words."""
         if lora.base != self.base:
-            return (f"base family {lora.base} differs from {self.base} of {self.example}; "
-                    "LoRAs of different base models cannot be compared")
+            return (
+                f"base family {lora.base} differs from {self.base} of {self.example}; "
+                "LoRAs of different base models cannot be compared"
+            )
         for name, m in lora.modules.items():
             want = self.shapes.get(name)
             if want is not None and m.shape != want:
@@ -108,9 +122,11 @@ class Reference:
         if descriptor == "concat":
             sig = factor_signature(lora.modules)
             if sig != self.signature:
-                return (f"concat needs the same modules, factors and ranks as {self.example}: "
-                        f"{self._concat_difference(lora, sig)}; --descriptor gram or delta compare "
-                        "LoRAs of different ranks")
+                return (
+                    f"concat needs the same modules, factors and ranks as {self.example}: "
+                    f"{self._concat_difference(lora, sig)}; --descriptor gram or delta compare "
+                    "LoRAs of different ranks"
+                )
         return None
 
     def _concat_difference(self, lora: LoRA, sig: tuple) -> str:
@@ -169,8 +185,7 @@ def check_comparable(loras: Sequence[LoRA], *, descriptor: str = "delta") -> Non
             raise IncomparableLorasError(lora.path, reason)
 
 
-def comparable_subset(loras: Sequence[LoRA], *, descriptor: str = "delta"
-                      ) -> tuple[list[LoRA], list[tuple[str, str]]]:
+def comparable_subset(loras: Sequence[LoRA], *, descriptor: str = "delta") -> tuple[list[LoRA], list[tuple[str, str]]]:
     """The LoRAs that share a descriptor space with the majority, and why each other one does not.
 
     Parameters

@@ -144,8 +144,10 @@ def concat_vectors(loras: Sequence[LoRA], *, select: ModuleSelection | None = No
         Module order is canonical (sorted names); within a module, factors in
         sorted role order (``lora_down`` = A before ``lora_up`` = B).
     """
-    rows = [np.concatenate([f.ravel() for m in lora.modules.values() for _, f in sorted(m.factors.items())])
-            for lora in _checked(loras, "concat", select)]
+    rows = [
+        np.concatenate([f.ravel() for m in lora.modules.values() for _, f in sorted(m.factors.items())])
+        for lora in _checked(loras, "concat", select)
+    ]
     return np.stack(rows).astype(np.float32, copy=False)
 
 
@@ -170,23 +172,24 @@ def _block_sum(M: np.ndarray, wx: np.ndarray, wy: np.ndarray) -> np.ndarray:
     return ex @ M @ ey.T
 
 
-def _kernel(kind: str, X: Sequence[LoRA], Y: Sequence[LoRA] | None, select: ModuleSelection | None,
-            batch_size: int) -> np.ndarray:
+def _kernel(
+    kind: str, X: Sequence[LoRA], Y: Sequence[LoRA] | None, select: ModuleSelection | None, batch_size: int
+) -> np.ndarray:
     batch_size = check_positive_int(batch_size, "batch_size")
     symmetric = Y is None
     both = _checked(list(X) + ([] if symmetric else list(Y)), kind, select)
     X = both[: len(X)]
-    Y = X if symmetric else both[len(X):]
+    Y = X if symmetric else both[len(X) :]
     names = sorted({name for lora in both for name in lora.modules})
     K = np.zeros((len(X), len(Y)))
     for i0 in range(0, len(X), batch_size):
-        xs = X[i0:i0 + batch_size]
+        xs = X[i0 : i0 + batch_size]
         j_start = i0 if symmetric else 0
         for j0 in range(j_start, len(Y), batch_size):
-            ys = Y[j0:j0 + batch_size]
-            K[i0:i0 + len(xs), j0:j0 + len(ys)] = _kernel_tile(kind, xs, ys, names)
+            ys = Y[j0 : j0 + batch_size]
+            K[i0 : i0 + len(xs), j0 : j0 + len(ys)] = _kernel_tile(kind, xs, ys, names)
             if symmetric and j0 != i0:
-                K[j0:j0 + len(ys), i0:i0 + len(xs)] = K[i0:i0 + len(xs), j0:j0 + len(ys)].T
+                K[j0 : j0 + len(ys), i0 : i0 + len(xs)] = K[i0 : i0 + len(xs), j0 : j0 + len(ys)].T
     return K
 
 
@@ -212,14 +215,15 @@ def _block_diag_products(v: np.ndarray, widths: np.ndarray) -> np.ndarray:
     out = np.zeros((v.shape[0], v.shape[0]))
     start = 0
     for w in widths:
-        block = v[start:start + w]
-        out[start:start + w, start:start + w] = block @ block.T
+        block = v[start : start + w]
+        out[start : start + w, start : start + w] = block @ block.T
         start += w
     return out
 
 
-def delta_inner_products(X: Sequence[LoRA], Y: Sequence[LoRA] | None = None, *,
-                         select: ModuleSelection | None = None, batch_size: int = 64) -> np.ndarray:
+def delta_inner_products(
+    X: Sequence[LoRA], Y: Sequence[LoRA] | None = None, *, select: ModuleSelection | None = None, batch_size: int = 64
+) -> np.ndarray:
     """Frobenius inner products of delta-W, summed over modules, in low rank.
 
     ``K[i, j] = sum_modules <s_i B_i A_i, s_j B_j A_j>_F``
@@ -242,8 +246,9 @@ def delta_inner_products(X: Sequence[LoRA], Y: Sequence[LoRA] | None = None, *,
     return _kernel("delta", X, Y, select, batch_size)
 
 
-def gram_inner_products(X: Sequence[LoRA], Y: Sequence[LoRA] | None = None, *,
-                        select: ModuleSelection | None = None, batch_size: int = 64) -> np.ndarray:
+def gram_inner_products(
+    X: Sequence[LoRA], Y: Sequence[LoRA] | None = None, *, select: ModuleSelection | None = None, batch_size: int = 64
+) -> np.ndarray:
     """Inner products of output-side Gram matrices ``dW dW^T``, summed over modules, in low rank.
 
     ``K[i, j] = sum_modules ||dW_i^T dW_j||_F^2 = trace(M^T R_i M R_j)`` with
@@ -264,8 +269,9 @@ def gram_inner_products(X: Sequence[LoRA], Y: Sequence[LoRA] | None = None, *,
     return _kernel("gram", X, Y, select, batch_size)
 
 
-def descriptor_kernel(descriptor: str, X: Sequence[LoRA], Y: Sequence[LoRA] | None = None, *,
-                      select: ModuleSelection | None = None) -> np.ndarray:
+def descriptor_kernel(
+    descriptor: str, X: Sequence[LoRA], Y: Sequence[LoRA] | None = None, *, select: ModuleSelection | None = None
+) -> np.ndarray:
     """Linear-kernel matrix of any descriptor: ``concat`` as X_c Y_c^T, ``delta``/``gram`` in low rank.
 
     Parameters
@@ -284,7 +290,7 @@ def descriptor_kernel(descriptor: str, X: Sequence[LoRA], Y: Sequence[LoRA] | No
             v = concat_vectors(X, select=select).astype(np.float64)
             return v @ v.T
         v = concat_vectors(list(X) + list(Y), select=select).astype(np.float64)
-        return v[: len(X)] @ v[len(X):].T
+        return v[: len(X)] @ v[len(X) :].T
     if descriptor == "delta":
         return delta_inner_products(X, Y, select=select)
     if descriptor == "gram":

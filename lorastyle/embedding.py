@@ -77,8 +77,7 @@ def _top_eigen(Kc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return w[::-1], V[:, ::-1]
 
 
-def calibration_factors(K: np.ndarray, n_components: int, *, n_calibration: int = 100,
-                        random_state=None) -> np.ndarray:
+def calibration_factors(K: np.ndarray, n_components: int, *, n_calibration: int = 100, random_state=None) -> np.ndarray:
     """Per-component calibration factors by leave-one-out (see the module docstring).
 
     Parameters
@@ -97,8 +96,11 @@ def calibration_factors(K: np.ndarray, n_components: int, *, n_calibration: int 
     """
     n = K.shape[0]
     if n - 1 <= n_components:
-        warnings.warn(f"calibration needs more than n_components + 1 = {n_components + 1} fitted items "
-                      f"(got {n}); using factors of 1", stacklevel=2)
+        warnings.warn(
+            f"calibration needs more than n_components + 1 = {n_components + 1} fitted items "
+            f"(got {n}); using factors of 1",
+            stacklevel=2,
+        )
         return np.ones(n_components)
     rng = check_random_state(random_state)
     items = np.sort(rng.choice(n, size=min(n, n_calibration), replace=False))
@@ -168,8 +170,16 @@ class StyleEmbedding(TransformerMixin, BaseEstimator):
     ((20, 2), (3, 2))
     """
 
-    def __init__(self, n_components: int = 2, *, solver: str = "full", calibrate: bool = True,
-                 n_calibration: int = 100, batch_size: int | None = None, random_state=None):
+    def __init__(
+        self,
+        n_components: int = 2,
+        *,
+        solver: str = "full",
+        calibrate: bool = True,
+        n_calibration: int = 100,
+        batch_size: int | None = None,
+        random_state=None,
+    ):
         self.n_components = n_components
         self.solver = solver
         self.calibrate = calibrate
@@ -184,12 +194,15 @@ class StyleEmbedding(TransformerMixin, BaseEstimator):
             raise ValueError(f"n_components must be a positive int, got {self.n_components!r}")
         limit = min(n_samples - 1, n_features)
         if self.n_components > limit:
-            raise ValueError(f"n_components={self.n_components} must be at most min(n_samples - 1, n_features) "
-                             f"= {limit} for {n_samples} samples of {n_features} features")
+            raise ValueError(
+                f"n_components={self.n_components} must be at most min(n_samples - 1, n_features) "
+                f"= {limit} for {n_samples} samples of {n_features} features"
+            )
         if not isinstance(self.n_calibration, numbers.Integral) or self.n_calibration < 2:
             raise ValueError(f"n_calibration must be an int >= 2, got {self.n_calibration!r}")
-        if self.batch_size is not None and (not isinstance(self.batch_size, numbers.Integral)
-                                            or self.batch_size < self.n_components):
+        if self.batch_size is not None and (
+            not isinstance(self.batch_size, numbers.Integral) or self.batch_size < self.n_components
+        ):
             raise ValueError(f"batch_size must be an int >= n_components, got {self.batch_size!r}")
 
     def fit(self, X, y=None):
@@ -237,8 +250,9 @@ class StyleEmbedding(TransformerMixin, BaseEstimator):
             if K is None:
                 Xd = X.astype(np.float64)
                 K = Xd @ Xd.T
-            self.calibration_ = calibration_factors(K, k, n_calibration=self.n_calibration,
-                                                    random_state=self.random_state)
+            self.calibration_ = calibration_factors(
+                K, k, n_calibration=self.n_calibration, random_state=self.random_state
+            )
         else:
             self.calibration_ = np.ones(k)
         return self

@@ -79,40 +79,30 @@ def _check_array(X: ArrayLike, name: str = "X", *, min_samples: int = 2) -> np.n
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise ValueError(
-            f"{name} must be a 2-D array of shape (n_samples, n_features); "
-            f"got an array of shape {X.shape}"
+            f"{name} must be a 2-D array of shape (n_samples, n_features); got an array of shape {X.shape}"
         )
     if X.shape[0] < min_samples:
-        raise ValueError(
-            f"{name} must have at least {min_samples} sample(s); got {X.shape[0]}"
-        )
+        raise ValueError(f"{name} must have at least {min_samples} sample(s); got {X.shape[0]}")
     if not np.all(np.isfinite(X)):
         raise ValueError(f"{name} contains NaN or infinite values")
     return X
 
 
-def _check_labels(
-    labels: ArrayLike, n_rows: int, name: str = "labels", x_name: str = "X"
-) -> np.ndarray:
+def _check_labels(labels: ArrayLike, n_rows: int, name: str = "labels", x_name: str = "X") -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"{name} must be 1-D; got an array of shape {labels.shape}")
     if labels.shape[0] != n_rows:
-        raise ValueError(
-            f"{name} has {labels.shape[0]} entries but {x_name} has {n_rows} rows"
-        )
+        raise ValueError(f"{name} has {labels.shape[0]} entries but {x_name} has {n_rows} rows")
     return labels
 
 
-def _check_pair(
-    X: ArrayLike, Y: ArrayLike, *, min_samples: int = 2
-) -> tuple[np.ndarray, np.ndarray]:
+def _check_pair(X: ArrayLike, Y: ArrayLike, *, min_samples: int = 2) -> tuple[np.ndarray, np.ndarray]:
     X = _check_array(X, "X", min_samples=min_samples)
     Y = _check_array(Y, "Y", min_samples=min_samples)
     if X.shape[0] != Y.shape[0]:
         raise ValueError(
-            f"X has {X.shape[0]} rows but Y has {Y.shape[0]}; "
-            "rows must describe the same items in the same order"
+            f"X has {X.shape[0]} rows but Y has {Y.shape[0]}; rows must describe the same items in the same order"
         )
     return X, Y
 
@@ -142,17 +132,10 @@ def _check_ks(k: int | Iterable[int], n_candidates: int, what: str) -> list[int]
 
 
 def _check_random_state(random_state: RandomState) -> RandomState:
-    valid_int = isinstance(random_state, Integral) and not isinstance(
-        random_state, bool
-    )
-    if not (
-        random_state is None
-        or valid_int
-        or isinstance(random_state, np.random.Generator)
-    ):
+    valid_int = isinstance(random_state, Integral) and not isinstance(random_state, bool)
+    if not (random_state is None or valid_int or isinstance(random_state, np.random.Generator)):
         raise ValueError(
-            "random_state must be an int, a numpy.random.Generator or None; "
-            f"got {type(random_state).__name__}"
+            f"random_state must be an int, a numpy.random.Generator or None; got {type(random_state).__name__}"
         )
     return random_state
 
@@ -201,13 +184,9 @@ def cluster_labels(
     _check_option(method, "method", _CLUSTER_METHODS)
     n_clusters = _check_positive_int(n_clusters, "n_clusters")
     if n_clusters > X.shape[0]:
-        raise ValueError(
-            f"n_clusters={n_clusters} exceeds the number of samples ({X.shape[0]})"
-        )
+        raise ValueError(f"n_clusters={n_clusters} exceeds the number of samples ({X.shape[0]})")
     if method == "kmeans":
-        model = KMeans(
-            n_clusters=n_clusters, n_init=10, random_state=_sklearn_seed(random_state)
-        )
+        model = KMeans(n_clusters=n_clusters, n_init=10, random_state=_sklearn_seed(random_state))
     else:
         model = AgglomerativeClustering(n_clusters=n_clusters, linkage="ward")
     return model.fit_predict(X)
@@ -234,12 +213,8 @@ def purity_score(labels_true: ArrayLike, labels_pred: ArrayLike) -> float:
     """
     labels_true = np.asarray(labels_true)
     if labels_true.ndim != 1 or labels_true.shape[0] == 0:
-        raise ValueError(
-            f"labels_true must be a non-empty 1-D array; got shape {labels_true.shape}"
-        )
-    labels_pred = _check_labels(
-        labels_pred, labels_true.shape[0], "labels_pred", "labels_true"
-    )
+        raise ValueError(f"labels_true must be a non-empty 1-D array; got shape {labels_true.shape}")
+    labels_pred = _check_labels(labels_pred, labels_true.shape[0], "labels_pred", "labels_true")
     # Rows are true classes, columns predicted clusters.
     contingency = contingency_matrix(labels_true, labels_pred)
     return float(contingency.max(axis=0).sum() / labels_true.shape[0])
@@ -346,9 +321,7 @@ def cluster_table(
 # --------------------------------------------------------------------------
 
 
-def similarity_matrix(
-    X: ArrayLike, Y: ArrayLike | None = None, *, metric: str = "cosine"
-) -> np.ndarray:
+def similarity_matrix(X: ArrayLike, Y: ArrayLike | None = None, *, metric: str = "cosine") -> np.ndarray:
     """Pairwise similarities between the rows of ``X`` and of ``Y``.
 
     Parameters
@@ -432,9 +405,7 @@ def retrieval_scores(
     )
     chunk_size = _check_positive_int(chunk_size, "chunk_size")
     _check_option(metric, "metric", _SIMILARITY_METRICS)
-    return _ranking_scores(
-        X, labels, X, labels, ks, metric, chunk_size, leave_one_out=True
-    )
+    return _ranking_scores(X, labels, X, labels, ks, metric, chunk_size, leave_one_out=True)
 
 
 def query_scores(
@@ -473,18 +444,11 @@ def query_scores(
         Same keys as :func:`retrieval_scores`.
     """
     X_index = _check_array(X_index, "X_index", min_samples=1)
-    labels_index = _check_labels(
-        labels_index, X_index.shape[0], "labels_index", "X_index"
-    )
+    labels_index = _check_labels(labels_index, X_index.shape[0], "labels_index", "X_index")
     X_query = _check_array(X_query, "X_query", min_samples=1)
-    labels_query = _check_labels(
-        labels_query, X_query.shape[0], "labels_query", "X_query"
-    )
+    labels_query = _check_labels(labels_query, X_query.shape[0], "labels_query", "X_query")
     if X_index.shape[1] != X_query.shape[1]:
-        raise ValueError(
-            f"X_index has {X_index.shape[1]} features "
-            f"but X_query has {X_query.shape[1]}"
-        )
+        raise ValueError(f"X_index has {X_index.shape[1]} features but X_query has {X_query.shape[1]}")
     n = X_index.shape[0]
     ks = _check_ks(k, n, f"the index has only {n} items")
     _check_option(metric, "metric", _SIMILARITY_METRICS)
@@ -543,8 +507,7 @@ def _ranking_scores(
         n_used += int(keep.sum())
     if n_used == 0:
         raise ValueError(
-            "No query has a relevant item (no other item shares its label); "
-            "retrieval scores are undefined"
+            "No query has a relevant item (no other item shares its label); retrieval scores are undefined"
         )
     scores = {}
     for c in ks:
@@ -647,10 +610,7 @@ def rsa_mantel(
         d = d - d.mean()
         norm = np.linalg.norm(d)
         if norm == 0:
-            raise ValueError(
-                f"All pairwise distances in {name} are equal; "
-                "the correlation is undefined"
-            )
+            raise ValueError(f"All pairwise distances in {name} are equal; the correlation is undefined")
         return squareform(d / norm, checks=False)
 
     # With unit-norm, zero-mean condensed vectors the correlation is their dot
@@ -670,9 +630,7 @@ def rsa_mantel(
     }
 
 
-def knn_overlap(
-    X: ArrayLike, Y: ArrayLike, *, k: int = 10, metric: str = "euclidean"
-) -> float:
+def knn_overlap(X: ArrayLike, Y: ArrayLike, *, k: int = 10, metric: str = "euclidean") -> float:
     """Mean overlap of k-nearest-neighbour sets in two embeddings.
 
     For each item ``i``, ``|N_k^X(i) & N_k^Y(i)| / k`` where ``N_k^X(i)`` are
@@ -701,9 +659,7 @@ def knn_overlap(
     n = X.shape[0]
     k = _check_positive_int(k, "k")
     if k >= n:
-        raise ValueError(
-            f"k={k} must be < n_samples ({n}): each item has only {n - 1} neighbours"
-        )
+        raise ValueError(f"k={k} must be < n_samples ({n}): each item has only {n - 1} neighbours")
 
     def neighbour_mask(points: np.ndarray) -> np.ndarray:
         distances = squareform(pdist(points, metric=metric))

@@ -11,20 +11,24 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from support import ROOT
+
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import _common  # noqa: E402
 
-SCRIPTS = {"b1": "b1_throughput.py", "b2": "b2_weights_vs_images.py", "b3": "b3_memory.py",
-           "b4": "b4_retrieval.py", "b5": "b5_lowrank.py"}
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-       "TQDM_DISABLE": "1"}
+SCRIPTS = {
+    "b1": "b1_throughput.py",
+    "b2": "b2_weights_vs_images.py",
+    "b3": "b3_memory.py",
+    "b4": "b4_retrieval.py",
+    "b5": "b5_lowrank.py",
+}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 
 
 def finite_numbers(obj):
@@ -44,9 +48,14 @@ def finite_numbers(obj):
 def test_script_writes_json_and_markdown_in_quick_mode(name, tmp_path):
     if name == "b2" and len(list((ROOT / "data" / "loras" / "main").glob("*.safetensors"))) < 5:
         pytest.skip("B2 needs the embedded collection (make data)")
-    proc = subprocess.run([sys.executable, str(BENCH / SCRIPTS[name]), "--quick", "--out", str(tmp_path),
-                           "--tmp", str(tmp_path)], capture_output=True, text=True, env=ENV, cwd=BENCH,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / SCRIPTS[name]), "--quick", "--out", str(tmp_path), "--tmp", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=BENCH,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / f"{name}.json").read_text())
     assert data["benchmark"] == name and data["quick"] is True
@@ -82,7 +91,14 @@ def test_written_sd15_file_loads_as_sd1_kohya(tmp_path):
     modules = _common._sd15_rule_modules()
     _common.write_sd15_lora(tmp_path / "x.safetensors", modules, rank=4, seed=0)
     lora = load_lora(tmp_path / "x.safetensors")
-    assert lora.summary() == {"format": "kohya", "base": "sd1", "parts": ["text_encoder", "unet"],
-                              "n_modules": 264, "ranks": [4], "alphas": [4.0], "dtype": "float16"}
+    assert lora.summary() == {
+        "format": "kohya",
+        "base": "sd1",
+        "parts": ["text_encoder", "unet"],
+        "n_modules": 264,
+        "ranks": [4],
+        "alphas": [4.0],
+        "dtype": "float16",
+    }
     ff = lora.modules["unet.down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj"]
     assert ff.shape == (2560, 320)

@@ -40,8 +40,13 @@ SUMMARY_KEYS = {"format", "base", "parts", "n_modules", "ranks", "alphas", "dtyp
 
 def random_factors(seed):
     rng = np.random.default_rng(seed)
-    return {n: ((0.1 * rng.standard_normal((RANK, i))).astype(np.float32),
-                (0.1 * rng.standard_normal((o, RANK))).astype(np.float32)) for n, (o, i) in TINY.items()}
+    return {
+        n: (
+            (0.1 * rng.standard_normal((RANK, i))).astype(np.float32),
+            (0.1 * rng.standard_normal((o, RANK))).astype(np.float32),
+        )
+        for n, (o, i) in TINY.items()
+    }
 
 
 def write_good(path, seed, base="tiny"):
@@ -71,8 +76,12 @@ def _bad_header_not_json(path):
 
 
 def _bad_duplicate(path):
-    _raw(path, b'{"w.lora_down.weight":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
-               b'"w.lora_down.weight":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', b"\0" * 8)
+    _raw(
+        path,
+        b'{"w.lora_down.weight":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
+        b'"w.lora_down.weight":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}',
+        b"\0" * 8,
+    )
 
 
 def _bad_truncated(path):
@@ -81,16 +90,23 @@ def _bad_truncated(path):
 
 
 def _bad_ab_mismatch(path):
-    safetensors.numpy.save_file({f"{_KOHYA}.lora_down.weight": np.zeros((4, 16), np.float32),
-                                 f"{_KOHYA}.lora_up.weight": np.zeros((16, 2), np.float32)}, str(path))
+    safetensors.numpy.save_file(
+        {
+            f"{_KOHYA}.lora_down.weight": np.zeros((4, 16), np.float32),
+            f"{_KOHYA}.lora_up.weight": np.zeros((16, 2), np.float32),
+        },
+        str(path),
+    )
 
 
 def _bad_value(value):
     def make(path):
         down = np.full((4, 16), 0.1, np.float32)
         down[1, 1] = value
-        safetensors.numpy.save_file({f"{_KOHYA}.lora_down.weight": down,
-                                     f"{_KOHYA}.lora_up.weight": np.ones((16, 4), np.float32)}, str(path))
+        safetensors.numpy.save_file(
+            {f"{_KOHYA}.lora_down.weight": down, f"{_KOHYA}.lora_up.weight": np.ones((16, 4), np.float32)}, str(path)
+        )
+
     return make
 
 
@@ -134,7 +150,7 @@ def assert_single_error(captured, path, reason):
     assert len(lines) == 1, captured.err
     prefix = f"error: {path}: "
     assert lines[0].startswith(prefix), lines[0]
-    assert re.search(reason, lines[0][len(prefix):]), lines[0]
+    assert re.search(reason, lines[0][len(prefix) :]), lines[0]
     assert captured.out == ""
 
 
@@ -157,8 +173,13 @@ def collection(tmp_path_factory):
     bad = {case: make_bad(root / ("sub" if i % 2 else "."), case) for i, case in enumerate(BAD)}
     other = [write_good(root / f"sd1_{i}.safetensors", seed=50 + i, base="sd1") for i in range(2)]
     outside = write_good(tmp_path_factory.mktemp("outside") / "query.safetensors", seed=100)
-    return {"root": root, "good": [str(p) for p in good], "bad": {k: str(p) for k, p in bad.items()},
-            "other": [str(p) for p in other], "outside": str(outside)}
+    return {
+        "root": root,
+        "good": [str(p) for p in good],
+        "bad": {k: str(p) for k, p in bad.items()},
+        "other": [str(p) for p in other],
+        "outside": str(outside),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -183,10 +204,14 @@ def test_inspect_json(tmp_path, capsys):
     rng = np.random.default_rng(0)
     tensors = {}
     # three kohya modules with ranks 8, 2, 4 and alphas 1, 8, 8 (fp16)
-    for name, rank, alpha in [("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", 8, 1.0),
-                              ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k", 2, 8.0),
-                              ("lora_te_text_model_encoder_layers_0_self_attn_q_proj", 4, 8.0)]:
-        tensors[f"{name}.lora_down.weight"] = rng.standard_normal((rank, 768 if "attn2" in name else 320)).astype(np.float16)
+    for name, rank, alpha in [
+        ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", 8, 1.0),
+        ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k", 2, 8.0),
+        ("lora_te_text_model_encoder_layers_0_self_attn_q_proj", 4, 8.0),
+    ]:
+        tensors[f"{name}.lora_down.weight"] = rng.standard_normal((rank, 768 if "attn2" in name else 320)).astype(
+            np.float16
+        )
         tensors[f"{name}.lora_up.weight"] = rng.standard_normal((320, rank)).astype(np.float16)
         tensors[f"{name}.alpha"] = np.array(alpha, np.float16)
     safetensors.numpy.save_file(tensors, str(path))
@@ -198,8 +223,15 @@ def test_inspect_json(tmp_path, capsys):
     assert captured.out.count("\n") == 1
     summary = json.loads(captured.out)
     assert set(summary) == SUMMARY_KEYS
-    assert summary == {"format": "kohya", "base": "sd1", "parts": ["text_encoder", "unet"], "n_modules": 3,
-                       "ranks": [2, 4, 8], "alphas": [1.0, 8.0], "dtype": "float16"}
+    assert summary == {
+        "format": "kohya",
+        "base": "sd1",
+        "parts": ["text_encoder", "unet"],
+        "n_modules": 3,
+        "ranks": [2, 4, 8],
+        "alphas": [1.0, 8.0],
+        "dtype": "float16",
+    }
     assert all(type(r) is int for r in summary["ranks"])
 
 
@@ -218,9 +250,15 @@ def test_console_script_inspect(tmp_path):
     path = write_good(tmp_path / "g.safetensors", 3)
     out = subprocess.run([str(script), "inspect", str(path), "--json"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"format": "diffusers-peft", "base": "tiny",
-                                      "parts": ["text_encoder", "unet"], "n_modules": 4,
-                                      "ranks": [4], "alphas": [4.0], "dtype": "float32"}
+    assert json.loads(out.stdout) == {
+        "format": "diffusers-peft",
+        "base": "tiny",
+        "parts": ["text_encoder", "unet"],
+        "n_modules": 4,
+        "ranks": [4],
+        "alphas": [4.0],
+        "dtype": "float32",
+    }
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -351,10 +389,13 @@ def test_index_empty_folder(tmp_path, capsys):
 
 def test_bad_k_and_components(collection, built_indexes, capsys, tmp_path):
     assert main(["similar", built_indexes["concat"][1], collection["good"][0], "-k", "0"]) == 2
-    assert error_lines(capsys.readouterr().err) == ["error: -k: must be at least 1, got 0 (see lorastyle similar --help)"]
+    assert error_lines(capsys.readouterr().err) == [
+        "error: -k: must be at least 1, got 0 (see lorastyle similar --help)"
+    ]
     assert main(["index", str(collection["root"]), "-o", str(tmp_path / "i.safetensors"), "--components", "0"]) == 2
     assert error_lines(capsys.readouterr().err) == [
-        "error: --components: must be at least 1, got 0 (see lorastyle index --help)"]
+        "error: --components: must be at least 1, got 0 (see lorastyle index --help)"
+    ]
 
 
 # ---- retrieval sanity ----------------------------------------------------------------
@@ -369,9 +410,13 @@ def styles(tmp_path_factory):
         base = random_factors(1000 + s)
         for j in range(4):
             rng = np.random.default_rng(2000 + 10 * s + j)
-            factors = {n: ((A + 0.02 * rng.standard_normal(A.shape)).astype(np.float32),
-                           (B + 0.02 * rng.standard_normal(B.shape)).astype(np.float32))
-                       for n, (A, B) in base.items()}
+            factors = {
+                n: (
+                    (A + 0.02 * rng.standard_normal(A.shape)).astype(np.float32),
+                    (B + 0.02 * rng.standard_normal(B.shape)).astype(np.float32),
+                )
+                for n, (A, B) in base.items()
+            }
             path = root / f"s{s}" / f"lora{j}.safetensors"
             path.parent.mkdir(exist_ok=True)
             save_lora(path, factors, alpha=4.0, base="tiny")

@@ -32,20 +32,36 @@ def make_lora(rng, rank=2, scale=0.5, skip=(), base="tiny", path="x", factors=No
         r = rank if np.isscalar(rank) else rank[i]
         A, B = factors[name] if factors else (rng.standard_normal((r, n)), rng.standard_normal((m, r)))
         A, B = A.astype(np.float32), B.astype(np.float32)
-        mods[name] = LoraModule(name=name, part=name.split(".")[0], kind="lora", up=B, down=A, rank=r,
-                                alpha=None, scale=scale, factors={"lora_down": A, "lora_up": B})
+        mods[name] = LoraModule(
+            name=name,
+            part=name.split(".")[0],
+            kind="lora",
+            up=B,
+            down=A,
+            rank=r,
+            alpha=None,
+            scale=scale,
+            factors={"lora_down": A, "lora_up": B},
+        )
     return LoRA(path=path, format="test", base=base, modules=dict(sorted(mods.items())), dtype="float32")
 
 
 def dense(lora, select=None):
     select = select or ModuleSelection()
-    return {n: m.scale * (m.up.astype(np.float64) @ m.down.astype(np.float64))
-            for n, m in lora.modules.items() if select.accepts(n)}
+    return {
+        n: m.scale * (m.up.astype(np.float64) @ m.down.astype(np.float64))
+        for n, m in lora.modules.items()
+        if select.accepts(n)
+    }
 
 
 def brute_delta(X, Y, select=None):
-    return np.array([[sum((a[n] * b[n]).sum() for n in a if n in b) for b in map(lambda l: dense(l, select), Y)]
-                     for a in map(lambda l: dense(l, select), X)])
+    return np.array(
+        [
+            [sum((a[n] * b[n]).sum() for n in a if n in b) for b in (dense(y, select) for y in Y)]
+            for a in (dense(x, select) for x in X)
+        ]
+    )
 
 
 def brute_gram(X, Y, select=None):
@@ -58,8 +74,13 @@ def brute_gram(X, Y, select=None):
 @pytest.fixture
 def loras():
     rng = np.random.default_rng(0)
-    return [make_lora(rng, rank=2), make_lora(rng, rank=[1, 3, 2, 4, 1, 2], scale=0.25),
-            make_lora(rng, rank=1, skip=(1, 4)), make_lora(rng, rank=3, scale=2.0), make_lora(rng, rank=2)]
+    return [
+        make_lora(rng, rank=2),
+        make_lora(rng, rank=[1, 3, 2, 4, 1, 2], scale=0.25),
+        make_lora(rng, rank=1, skip=(1, 4)),
+        make_lora(rng, rank=3, scale=2.0),
+        make_lora(rng, rank=2),
+    ]
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 64])
@@ -78,23 +99,26 @@ def test_gram_matches_materialised(loras, batch_size):
 
 
 def test_cross_kernels_rectangular(loras):
-    np.testing.assert_allclose(delta_inner_products(loras[:2], loras[1:]), brute_delta(loras[:2], loras[1:]),
-                               rtol=1e-5)
-    np.testing.assert_allclose(gram_inner_products(loras[3:], loras[:4]), brute_gram(loras[3:], loras[:4]),
-                               rtol=1e-5)
+    np.testing.assert_allclose(delta_inner_products(loras[:2], loras[1:]), brute_delta(loras[:2], loras[1:]), rtol=1e-5)
+    np.testing.assert_allclose(gram_inner_products(loras[3:], loras[:4]), brute_gram(loras[3:], loras[:4]), rtol=1e-5)
 
 
-@pytest.mark.parametrize("select", [
-    ModuleSelection(layers=["self_attention"]),
-    ModuleSelection(layers=["cross_attention", "feed_forward"]),
-    ModuleSelection(blocks=["up"]),
-    ModuleSelection(parts=["text_encoder"]),
-])
+@pytest.mark.parametrize(
+    "select",
+    [
+        ModuleSelection(layers=["self_attention"]),
+        ModuleSelection(layers=["cross_attention", "feed_forward"]),
+        ModuleSelection(blocks=["up"]),
+        ModuleSelection(parts=["text_encoder"]),
+    ],
+)
 def test_selection_restricts_kernels(loras, select):
-    np.testing.assert_allclose(delta_inner_products(loras, select=select), brute_delta(loras, loras, select),
-                               rtol=1e-5, atol=1e-9)
-    np.testing.assert_allclose(gram_inner_products(loras, select=select), brute_gram(loras, loras, select),
-                               rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(
+        delta_inner_products(loras, select=select), brute_delta(loras, loras, select), rtol=1e-5, atol=1e-9
+    )
+    np.testing.assert_allclose(
+        gram_inner_products(loras, select=select), brute_gram(loras, loras, select), rtol=1e-5, atol=1e-9
+    )
 
 
 def test_selection_classifies_modules():
@@ -166,12 +190,23 @@ def test_incomparable_base_and_shapes():
     rng = np.random.default_rng(4)
     a = make_lora(rng, path="a.safetensors")
     b = make_lora(rng, base="sd1", path="b.safetensors")
-    with pytest.raises(IncomparableLorasError, match=r"b.safetensors: base family sd1 differs from tiny of a.safetensors"):
+    with pytest.raises(
+        IncomparableLorasError, match=r"b.safetensors: base family sd1 differs from tiny of a.safetensors"
+    ):
         delta_inner_products([a, b])
     name = next(iter(a.modules))
     m = a.modules[name]
-    wide = LoraModule(name=name, part="unet", kind="lora", up=m.up, down=np.zeros((m.rank, 99), np.float32),
-                      rank=m.rank, alpha=None, scale=1.0, factors={})
+    wide = LoraModule(
+        name=name,
+        part="unet",
+        kind="lora",
+        up=m.up,
+        down=np.zeros((m.rank, 99), np.float32),
+        rank=m.rank,
+        alpha=None,
+        scale=1.0,
+        factors={},
+    )
     c = LoRA(path="c.safetensors", format="test", base="tiny", modules={**a.modules, name: wide}, dtype="float32")
     with pytest.raises(IncomparableLorasError, match=r"c.safetensors: module .* has shape \(8, 99\), not \(8, 8\)"):
         gram_inner_products([a, c])

@@ -86,7 +86,7 @@ def test_calibration_equals_brute_force_leave_one_out(data):
     num = (full.transform(Xs) ** 2).sum(axis=0)
     for i in range(n):
         loo = PCA(k).fit(np.delete(Xs, i, axis=0))
-        den += loo.transform(Xs[i:i + 1])[0] ** 2
+        den += loo.transform(Xs[i : i + 1])[0] ** 2
     np.testing.assert_allclose(calibration_factors(Xs @ Xs.T, k, n_calibration=n), np.sqrt(num / den), rtol=1e-6)
 
 
@@ -127,16 +127,23 @@ def test_calibration_needs_enough_items():
     np.testing.assert_array_equal(emb.calibration_, 1)
 
 
-@pytest.mark.parametrize("params, X, match", [
-    (dict(n_components=0), np.ones((5, 4)), "n_components must be a positive int"),
-    (dict(n_components=5), np.eye(5), r"n_components=5 must be at most min\(n_samples - 1, n_features\) = 4"),
-    (dict(solver="svd"), np.eye(5), "solver must be one of"),
-    (dict(n_calibration=1), np.eye(5), "n_calibration must be an int >= 2"),
-    (dict(solver="incremental", batch_size=1, n_components=2), np.eye(5), "batch_size must be an int >= n_components"),
-    (dict(solver="precomputed"), np.ones((5, 4)), "needs a square kernel"),
-    (dict(solver="precomputed"), np.triu(np.ones((5, 5))), "needs a symmetric kernel"),
-    (dict(), np.array([[1.0, np.nan], [0.0, 1.0], [1.0, 1.0]]), "NaN"),
-])
+@pytest.mark.parametrize(
+    "params, X, match",
+    [
+        (dict(n_components=0), np.ones((5, 4)), "n_components must be a positive int"),
+        (dict(n_components=5), np.eye(5), r"n_components=5 must be at most min\(n_samples - 1, n_features\) = 4"),
+        (dict(solver="svd"), np.eye(5), "solver must be one of"),
+        (dict(n_calibration=1), np.eye(5), "n_calibration must be an int >= 2"),
+        (
+            dict(solver="incremental", batch_size=1, n_components=2),
+            np.eye(5),
+            "batch_size must be an int >= n_components",
+        ),
+        (dict(solver="precomputed"), np.ones((5, 4)), "needs a square kernel"),
+        (dict(solver="precomputed"), np.triu(np.ones((5, 5))), "needs a symmetric kernel"),
+        (dict(), np.array([[1.0, np.nan], [0.0, 1.0], [1.0, 1.0]]), "NaN"),
+    ],
+)
 def test_invalid_parameters(params, X, match):
     with pytest.raises(ValueError, match=match):
         StyleEmbedding(**params).fit(X)

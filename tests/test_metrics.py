@@ -80,9 +80,7 @@ def test_purity_hand_worked():
     # Column maxima 2 + 2 + 2 = 6 of 8 samples -> purity 0.75.
     assert purity_score(labels_true, labels_pred) == pytest.approx(0.75)
     # Relabelling clusters or using strings does not matter.
-    assert purity_score(list("aaabbccc"), [5, 5, 9, 9, 9, 7, 7, 5]) == pytest.approx(
-        0.75
-    )
+    assert purity_score(list("aaabbccc"), [5, 5, 9, 9, 9, 7, 7, 5]) == pytest.approx(0.75)
 
 
 def test_purity_brute_force(rng):
@@ -103,9 +101,7 @@ def test_cluster_scores_match_sklearn(rng, method):
     assert set(scores) == {"ari", "nmi", "purity", "silhouette"}
     assert all(type(v) is float for v in scores.values())
     assert scores["ari"] == pytest.approx(adjusted_rand_score(labels, predicted))
-    assert scores["nmi"] == pytest.approx(
-        normalized_mutual_info_score(labels, predicted)
-    )
+    assert scores["nmi"] == pytest.approx(normalized_mutual_info_score(labels, predicted))
     assert scores["purity"] == pytest.approx(purity_score(labels, predicted))
     # Silhouette describes the true labels, whatever the clustering.
     assert scores["silhouette"] == pytest.approx(silhouette_score(X, labels))
@@ -150,9 +146,7 @@ def test_similarity_matrix_matches_sklearn(rng):
     S = similarity_matrix(X, Y)
     np.testing.assert_allclose(S, cosine_similarity(X, Y), atol=1e-12)
     np.testing.assert_array_equal(S[:, 2], 0.0)
-    np.testing.assert_allclose(
-        similarity_matrix(X, metric="euclidean"), -euclidean_distances(X), atol=1e-12
-    )
+    np.testing.assert_allclose(similarity_matrix(X, metric="euclidean"), -euclidean_distances(X), atol=1e-12)
 
 
 # Five points on a line, euclidean metric; labels a a b a b.
@@ -195,15 +189,9 @@ def test_retrieval_excludes_queries_without_relevant_items():
     assert scores == pytest.approx(LINE_EXPECTED)
 
 
-def brute_force_retrieval(
-    X_query, labels_query, X_index, labels_index, ks, metric, leave_one_out
-):
+def brute_force_retrieval(X_query, labels_query, X_index, labels_index, ks, metric, leave_one_out):
     """One query at a time with Python sorting."""
-    S = (
-        cosine_similarity(X_query, X_index)
-        if metric == "cosine"
-        else -euclidean_distances(X_query, X_index)
-    )
+    S = cosine_similarity(X_query, X_index) if metric == "cosine" else -euclidean_distances(X_query, X_index)
     per_query = []
     for i in range(len(X_query)):
         candidates = [j for j in range(len(X_index)) if not (leave_one_out and j == i)]
@@ -216,9 +204,7 @@ def brute_force_retrieval(
         for k in ks:
             row[f"precision@{k}"] = sum(rel[:k]) / k
             row[f"recall@{k}"] = sum(rel[:k]) / n_rel
-        row["map"] = (
-            sum(sum(rel[: r + 1]) / (r + 1) for r in range(len(rel)) if rel[r]) / n_rel
-        )
+        row["map"] = sum(sum(rel[: r + 1]) / (r + 1) for r in range(len(rel)) if rel[r]) / n_rel
         row["top1"] = float(rel[0])
         per_query.append(row)
     return {key: np.mean([row[key] for row in per_query]) for key in per_query[0]}
@@ -228,12 +214,8 @@ def brute_force_retrieval(
 def test_retrieval_brute_force(rng, metric):
     X = rng.standard_normal((40, 5))
     labels = rng.integers(0, 5, size=40)
-    expected = brute_force_retrieval(
-        X, labels, X, labels, (1, 3, 10), metric, leave_one_out=True
-    )
-    assert retrieval_scores(X, labels, k=(1, 3, 10), metric=metric) == pytest.approx(
-        expected
-    )
+    expected = brute_force_retrieval(X, labels, X, labels, (1, 3, 10), metric, leave_one_out=True)
+    assert retrieval_scores(X, labels, k=(1, 3, 10), metric=metric) == pytest.approx(expected)
 
 
 def test_retrieval_chunking_invariant(rng):
@@ -241,9 +223,7 @@ def test_retrieval_chunking_invariant(rng):
     labels = rng.integers(0, 4, size=37)
     full = retrieval_scores(X, labels, chunk_size=37)
     for chunk_size in (1, 5, 36):
-        assert retrieval_scores(X, labels, chunk_size=chunk_size) == pytest.approx(
-            full, abs=1e-12
-        )
+        assert retrieval_scores(X, labels, chunk_size=chunk_size) == pytest.approx(full, abs=1e-12)
 
 
 def test_retrieval_map_matches_sklearn_average_precision(rng):
@@ -299,14 +279,10 @@ def hsic_cka(X, Y):
     n = X.shape[0]
     H = np.eye(n) - np.ones((n, n)) / n
     K, L = X @ X.T, Y @ Y.T
-    return np.trace(K @ H @ L @ H) / np.sqrt(
-        np.trace(K @ H @ K @ H) * np.trace(L @ H @ L @ H)
-    )
+    return np.trace(K @ H @ L @ H) / np.sqrt(np.trace(K @ H @ K @ H) * np.trace(L @ H @ L @ H))
 
 
-@pytest.mark.parametrize(
-    "shape_x, shape_y", [((40, 5), (40, 3)), ((10, 30), (10, 20)), ((12, 4), (12, 50))]
-)
+@pytest.mark.parametrize("shape_x, shape_y", [((40, 5), (40, 3)), ((10, 30), (10, 20)), ((12, 4), (12, 50))])
 def test_linear_cka_matches_hsic(rng, shape_x, shape_y):
     X = rng.standard_normal(shape_x)
     Y = X[:, :1] + rng.standard_normal(shape_y)  # partly related
@@ -332,12 +308,8 @@ def test_rsa_mantel_correlation_matches_scipy(rng):
     Y = X[:, :2] + rng.standard_normal((20, 2))
     spearman = rsa_mantel(X, Y, n_permutations=9, random_state=0)
     assert spearman["r"] == pytest.approx(spearmanr(pdist(X), pdist(Y))[0])
-    pearson = rsa_mantel(
-        X, Y, metric="cosine", method="pearson", n_permutations=9, random_state=0
-    )
-    assert pearson["r"] == pytest.approx(
-        pearsonr(pdist(X, "cosine"), pdist(Y, "cosine"))[0]
-    )
+    pearson = rsa_mantel(X, Y, metric="cosine", method="pearson", n_permutations=9, random_state=0)
+    assert pearson["r"] == pytest.approx(pearsonr(pdist(X, "cosine"), pdist(Y, "cosine"))[0])
 
 
 def test_rsa_mantel_p_value_brute_force(rng):
@@ -358,14 +330,10 @@ def test_rsa_mantel_p_value_brute_force(rng):
 
 def test_rsa_mantel_significance(rng):
     X = rng.standard_normal((30, 5))
-    related = rsa_mantel(
-        X, X + 0.1 * rng.standard_normal((30, 5)), n_permutations=199, random_state=0
-    )
+    related = rsa_mantel(X, X + 0.1 * rng.standard_normal((30, 5)), n_permutations=199, random_state=0)
     assert related["r"] > 0.9
     assert related["p_value"] < 0.01
-    unrelated = rsa_mantel(
-        X, rng.standard_normal((30, 5)), n_permutations=199, random_state=0
-    )
+    unrelated = rsa_mantel(X, rng.standard_normal((30, 5)), n_permutations=199, random_state=0)
     assert unrelated["p_value"] > 0.05
 
 
@@ -404,15 +372,11 @@ def test_knn_overlap_brute_force(rng):
     Y = X + 0.5 * rng.standard_normal((25, 3))
 
     def neighbours(Z, i, k):
-        others = sorted(
-            (np.linalg.norm(Z[i] - Z[j]), j) for j in range(len(Z)) if j != i
-        )
+        others = sorted((np.linalg.norm(Z[i] - Z[j]), j) for j in range(len(Z)) if j != i)
         return {j for _, j in others[:k]}
 
     for k in (1, 4, 24):
-        expected = np.mean(
-            [len(neighbours(X, i, k) & neighbours(Y, i, k)) / k for i in range(25)]
-        )
+        expected = np.mean([len(neighbours(X, i, k) & neighbours(Y, i, k)) / k for i in range(25)])
         assert knn_overlap(X, Y, k=k) == pytest.approx(expected)
 
 

@@ -21,15 +21,38 @@ from ..embedding import StyleEmbedding
 from ..io.formats import LoRA, load_lora
 from ..metrics import cluster_scores, retrieval_scores, similarity_matrix
 
-__all__ = ["Collection", "load_collection", "lora_embedding", "feature_matrix", "feature_embedding",
-           "clustering_table", "retrieval_table", "structure_comparison", "subnetwork_curves", "invariance_table",
-           "collection_summary", "artist_table", "map_panels", "sample_rows", "loss_curves", "memorisation_table",
-           "real_lora_similarity", "DESCRIPTOR_NAMES", "ENCODER_NAMES", "SUBNETWORKS"]
+__all__ = [
+    "Collection",
+    "load_collection",
+    "lora_embedding",
+    "feature_matrix",
+    "feature_embedding",
+    "clustering_table",
+    "retrieval_table",
+    "structure_comparison",
+    "subnetwork_curves",
+    "invariance_table",
+    "collection_summary",
+    "artist_table",
+    "map_panels",
+    "sample_rows",
+    "loss_curves",
+    "memorisation_table",
+    "real_lora_similarity",
+    "DESCRIPTOR_NAMES",
+    "ENCODER_NAMES",
+    "SUBNETWORKS",
+]
 
 DESCRIPTOR_NAMES = ("concat", "delta", "gram")
 # Stand-ins for CLIP and DINO in the default profile: named for what they are.
-ENCODER_NAMES = {"efficientnet": "EfficientNet-Lite0 (ImageNet)", "vgg_gram": "VGG19 Gram (Gatys)",
-                 "magenta": "Magenta style vector (circular)", "clip": "CLIP", "dino": "DINO"}
+ENCODER_NAMES = {
+    "efficientnet": "EfficientNet-Lite0 (ImageNet)",
+    "vgg_gram": "VGG19 Gram (Gatys)",
+    "magenta": "Magenta style vector (circular)",
+    "clip": "CLIP",
+    "dino": "DINO",
+}
 
 
 @dataclass
@@ -95,8 +118,15 @@ def load_collection(root: str | Path = "data") -> Collection:
     return Collection(root=root, rows=rows)
 
 
-def lora_embedding(coll: Collection, ids: Sequence[str], descriptor: str, *, n_components: int = 16,
-                   select: ModuleSelection | None = None, random_state: int = 0) -> np.ndarray:
+def lora_embedding(
+    coll: Collection,
+    ids: Sequence[str],
+    descriptor: str,
+    *,
+    n_components: int = 16,
+    select: ModuleSelection | None = None,
+    random_state: int = 0,
+) -> np.ndarray:
     """In-sample PCA embedding of LoRAs by a descriptor (kernel form, exact)."""
     loras = [coll.lora(i) for i in ids]
     K = descriptor_kernel(descriptor, loras, select=select)
@@ -110,17 +140,31 @@ def feature_matrix(coll: Collection, ids: Sequence[str], encoder: str, source: s
     return np.stack([feats[f"{source}/{i}"] for i in ids]).astype(np.float64)
 
 
-def feature_embedding(coll: Collection, ids: Sequence[str], encoder: str, source: str = "train", *,
-                      n_components: int = 16, random_state: int = 0) -> np.ndarray:
+def feature_embedding(
+    coll: Collection,
+    ids: Sequence[str],
+    encoder: str,
+    source: str = "train",
+    *,
+    n_components: int = 16,
+    random_state: int = 0,
+) -> np.ndarray:
     """In-sample PCA embedding of per-LoRA mean image features."""
     X = feature_matrix(coll, ids, encoder, source)
     k = min(n_components, len(ids) - 2, X.shape[1])
     return StyleEmbedding(k, random_state=random_state, calibrate=False).fit_transform(X)
 
 
-def clustering_table(coll: Collection, *, collection: str = "main", descriptors: Sequence[str] = DESCRIPTOR_NAMES,
-                     encoders: Sequence[str] = (), levels: Sequence[str] = ("artist", "genre"),
-                     n_components: int = 16, seeds: Sequence[int] = (0, 1, 2, 3, 4)):
+def clustering_table(
+    coll: Collection,
+    *,
+    collection: str = "main",
+    descriptors: Sequence[str] = DESCRIPTOR_NAMES,
+    encoders: Sequence[str] = (),
+    levels: Sequence[str] = ("artist", "genre"),
+    n_components: int = 16,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+):
     """Clustering and 1-NN scores of every representation, mean and spread over k-means seeds.
 
     Returns
@@ -172,8 +216,9 @@ def nearest_neighbour_chance(labels: Sequence) -> float:
     return float((counts * (counts - 1)).sum() / (len(y) * (len(y) - 1)))
 
 
-def restricted_top1(Z: np.ndarray, labels: Sequence, allowed: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def restricted_top1(
+    Z: np.ndarray, labels: Sequence, allowed: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Leave-one-out top-1 (cosine) where each query may only retrieve the items ``allowed`` to it.
 
     Parameters
@@ -207,8 +252,14 @@ def restricted_top1(Z: np.ndarray, labels: Sequence, allowed: np.ndarray
     return queried, hit, chance, nearest
 
 
-def style_reference_table(coll: Collection, *, collection: str = "main", descriptors: Sequence[str] = DESCRIPTOR_NAMES,
-                          encoders: Sequence[str] = (), n_components: int = 16):
+def style_reference_table(
+    coll: Collection,
+    *,
+    collection: str = "main",
+    descriptors: Sequence[str] = DESCRIPTOR_NAMES,
+    encoders: Sequence[str] = (),
+    n_components: int = 16,
+):
     """Is an artist found through another of their paintings, or only through the same one?
 
     Two LoRAs of an artist may take the same painting as style reference. This table
@@ -238,23 +289,43 @@ def style_reference_table(coll: Collection, *, collection: str = "main", descrip
         n = int(queried.sum())
         top1 = float(hit[queried].mean()) if n else float("nan")
         low, high = wilson_interval(top1, n) if n else (float("nan"), float("nan"))
-        rows.append({"representation": name, "top1": float(hit_any.mean()),
-                     "same_painting": float(shares[np.arange(len(ids)), nearest].mean()),
-                     "cross_n": n, "cross_top1": top1, "cross_low": low, "cross_high": high,
-                     "cross_chance": float(chance[queried].mean()) if n else float("nan")})
+        rows.append(
+            {
+                "representation": name,
+                "top1": float(hit_any.mean()),
+                "same_painting": float(shares[np.arange(len(ids)), nearest].mean()),
+                "cross_n": n,
+                "cross_top1": top1,
+                "cross_low": low,
+                "cross_high": high,
+                "cross_chance": float(chance[queried].mean()) if n else float("nan"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def _lora_fit(coll: Collection, ids: Sequence[str], descriptor: str, n_components: int,
-              select: ModuleSelection | None = None, random_state: int = 0) -> tuple[StyleEmbedding, list[LoRA]]:
+def _lora_fit(
+    coll: Collection,
+    ids: Sequence[str],
+    descriptor: str,
+    n_components: int,
+    select: ModuleSelection | None = None,
+    random_state: int = 0,
+) -> tuple[StyleEmbedding, list[LoRA]]:
     loras = [coll.lora(i) for i in ids]
     K = descriptor_kernel(descriptor, loras, select=select)
     emb = StyleEmbedding(min(n_components, len(ids) - 2), solver="precomputed", random_state=random_state).fit(K)
     return emb, loras
 
 
-def retrieval_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTOR_NAMES,
-                    encoders: Sequence[str] = (), n_components: int = 16, k: Sequence[int] = (1, 5)):
+def retrieval_table(
+    coll: Collection,
+    *,
+    descriptors: Sequence[str] = DESCRIPTOR_NAMES,
+    encoders: Sequence[str] = (),
+    n_components: int = 16,
+    k: Sequence[int] = (1, 5),
+):
     """Retrieval by artist in the paper's scenarios, one row per (scenario, representation).
 
     S1
@@ -285,9 +356,17 @@ def retrieval_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTOR
     rows = []
 
     def add(scenario, rep, setting, scores, drift=np.nan):
-        rows.append({"scenario": scenario, "representation": rep, "setting": setting,
-                     "top1": scores["top1"], "map": scores["map"],
-                     **{f"precision@{j}": scores[f"precision@{j}"] for j in k}, "drift": drift})
+        rows.append(
+            {
+                "scenario": scenario,
+                "representation": rep,
+                "setting": setting,
+                "top1": scores["top1"],
+                "map": scores["map"],
+                **{f"precision@{j}": scores[f"precision@{j}"] for j in k},
+                "drift": drift,
+            }
+        )
 
     for d in descriptors:
         emb, loras = _lora_fit(coll, main, d, n_components)
@@ -297,8 +376,13 @@ def retrieval_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTOR
         for calibrated in (False, True):
             Z = emb.transform(K_held, calibrated=calibrated)
             drift = float(np.sqrt((Z**2).sum(1).mean() / (fitted**2).sum(1).mean()))
-            add("S2", f"LoRA {d}", "calibrated" if calibrated else "uncalibrated",
-                query_scores(fitted, y_main, Z, y_held, k=k), drift)
+            add(
+                "S2",
+                f"LoRA {d}",
+                "calibrated" if calibrated else "uncalibrated",
+                query_scores(fitted, y_main, Z, y_held, k=k),
+                drift,
+            )
     for e in encoders:
         name = ENCODER_NAMES.get(e, e)
         X_main, X_held = feature_matrix(coll, main, e), feature_matrix(coll, held, e)
@@ -309,14 +393,22 @@ def retrieval_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTOR
         X_index = feature_matrix(coll, main, e, f"gen/{default}")
         for s in settings:
             if all(f"gen/{s}/{i}" in feats for i in held):
-                add("S4", name, s, query_scores(X_index, y_main, feature_matrix(coll, held, e, f"gen/{s}"),
-                                                y_held, k=k))
+                add(
+                    "S4", name, s, query_scores(X_index, y_main, feature_matrix(coll, held, e, f"gen/{s}"), y_held, k=k)
+                )
     return pd.DataFrame(rows)
 
 
-def structure_comparison(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTOR_NAMES,
-                         encoders: Sequence[str] = (), n_components: int = 16, k: int = 5,
-                         n_permutations: int = 999, random_state: int = 0):
+def structure_comparison(
+    coll: Collection,
+    *,
+    descriptors: Sequence[str] = DESCRIPTOR_NAMES,
+    encoders: Sequence[str] = (),
+    n_components: int = 16,
+    k: int = 5,
+    n_permutations: int = 999,
+    random_state: int = 0,
+):
     """Structural similarity of LoRA embeddings and image embeddings of the same LoRAs (main collection).
 
     A null row per pair compares the LoRA embedding with the image embedding of
@@ -356,9 +448,14 @@ SUBNETWORKS = {
 }
 
 
-def subnetwork_curves(coll: Collection, *, descriptor: str = "concat",
-                      dimensions: Sequence[int] = (2, 4, 8, 16, 32), level: str = "artist",
-                      subnetworks: dict[str, ModuleSelection] | None = None):
+def subnetwork_curves(
+    coll: Collection,
+    *,
+    descriptor: str = "concat",
+    dimensions: Sequence[int] = (2, 4, 8, 16, 32),
+    level: str = "artist",
+    subnetworks: dict[str, ModuleSelection] | None = None,
+):
     """Leave-one-out top-1 retrieval and ARI by sub-network over PCA dimensions (main collection).
 
     Returns
@@ -381,8 +478,15 @@ def subnetwork_curves(coll: Collection, *, descriptor: str = "concat",
             if dim > len(ids) - 2:
                 continue
             Z = StyleEmbedding(dim, solver="precomputed", calibrate=False).fit_transform(K)
-            rows.append({"subnetwork": name, "dimensions": dim, "n_features": n_features,
-                         "top1": retrieval_scores(Z, y, k=(1,))["top1"], "ari": cluster_scores(Z, y, random_state=0)["ari"]})
+            rows.append(
+                {
+                    "subnetwork": name,
+                    "dimensions": dim,
+                    "n_features": n_features,
+                    "top1": retrieval_scores(Z, y, k=(1,))["top1"],
+                    "ari": cluster_scores(Z, y, random_state=0)["ari"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -418,16 +522,23 @@ def invariance_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTO
             cos = K[0] / (norms[0] * norms)
             same = [j for j, i in enumerate(group[2:], 2) if coll.by_id[i]["artist"] == artist]
             other = [j for j, i in enumerate(group[2:], 2) if coll.by_id[i]["artist"] != artist]
-            rows.append({"descriptor": d, "variant": v, "collection": coll.by_id[v]["collection"],
-                         "cos_to_original": float(cos[1]),
-                         "cos_same_artist": float(np.mean(cos[same])) if same else np.nan,
-                         "cos_other_artists": float(np.mean(cos[other])) if other else np.nan})
+            rows.append(
+                {
+                    "descriptor": d,
+                    "variant": v,
+                    "collection": coll.by_id[v]["collection"],
+                    "cos_to_original": float(cos[1]),
+                    "cos_same_artist": float(np.mean(cos[same])) if same else np.nan,
+                    "cos_other_artists": float(np.mean(cos[other])) if other else np.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------------------
 # The collections (chapter 2), maps (chapter 3), real files (chapter 8), memorisation (chapter 9)
 # ---------------------------------------------------------------------------------------------
+
 
 def collection_summary(coll: Collection):
     """One row per collection of the build: what it is for and how its LoRAs were trained.
@@ -442,11 +553,17 @@ def collection_summary(coll: Collection):
     rows = []
     for name in dict.fromkeys(r["collection"] for r in coll.rows):
         sub = [r for r in coll.rows if r["collection"] == name]
-        rows.append({"collection": name, "loras": len(sub), "artists": len({r["artist"] for r in sub}),
-                     "genres": len({r["genre"] for r in sub}),
-                     "images_per_lora": ", ".join(sorted({r["n_images"] for r in sub}, key=int)),
-                     "ranks": ", ".join(sorted({r["rank"] for r in sub}, key=int)),
-                     "A_init_seeds": ", ".join(sorted({r["init_seed"] for r in sub}, key=int))})
+        rows.append(
+            {
+                "collection": name,
+                "loras": len(sub),
+                "artists": len({r["artist"] for r in sub}),
+                "genres": len({r["genre"] for r in sub}),
+                "images_per_lora": ", ".join(sorted({r["n_images"] for r in sub}, key=int)),
+                "ranks": ", ".join(sorted({r["rank"] for r in sub}, key=int)),
+                "A_init_seeds": ", ".join(sorted({r["init_seed"] for r in sub}, key=int)),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -471,13 +588,26 @@ def artist_table(coll: Collection):
     for artist in sorted({r["artist"] for r in coll.rows}):
         g = genres[artist]
         count = {c: sum(r["artist"] == artist and r["collection"] == c for r in coll.rows) for c in ("main", "real")}
-        rows.append({"genre": g.genre, "artist": artist, "movement": g.movement, "dates": g.dates,
-                     "paintings": works.get(artist, 0), **count})
+        rows.append(
+            {
+                "genre": g.genre,
+                "artist": artist,
+                "movement": g.movement,
+                "dates": g.dates,
+                "paintings": works.get(artist, 0),
+                **count,
+            }
+        )
     return pd.DataFrame(rows).sort_values(["genre", "artist"], ignore_index=True)
 
 
-def map_panels(coll: Collection, *, collection: str = "main", descriptors: Sequence[str] = ("concat",),
-               encoders: Sequence[str] = ()) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def map_panels(
+    coll: Collection,
+    *,
+    collection: str = "main",
+    descriptors: Sequence[str] = ("concat",),
+    encoders: Sequence[str] = (),
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """2-D PCA maps of LoRA descriptors and image encoders, ready for :func:`lorastyle.book.viz.style_maps`.
 
     Returns
@@ -489,8 +619,10 @@ def map_panels(coll: Collection, *, collection: str = "main", descriptors: Seque
     ids = coll.ids(collection)
     artists, genres = coll.labels(ids, "artist"), coll.labels(ids, "genre")
     panels = {f"LoRA weights ({d})": lora_embedding(coll, ids, d, n_components=2) for d in descriptors}
-    panels |= {f"{ENCODER_NAMES.get(e, e)} of training images": feature_embedding(coll, ids, e, n_components=2)
-               for e in encoders}
+    panels |= {
+        f"{ENCODER_NAMES.get(e, e)} of training images": feature_embedding(coll, ids, e, n_components=2)
+        for e in encoders
+    }
     return {title: (Z[:, :2], artists, genres) for title, Z in panels.items()}
 
 
@@ -520,8 +652,10 @@ def loss_curves(coll: Collection) -> dict[str, dict[str, list[float]]]:
     for r in coll.rows:
         if r["id"] in losses:
             by_collection.setdefault(r["collection"], []).append(losses[r["id"]])
-    return {"base": {"base model": losses["base"]} if "base" in losses else {},
-            "loras": {c: list(np.mean(v, axis=0)) for c, v in by_collection.items()}}
+    return {
+        "base": {"base model": losses["base"]} if "base" in losses else {},
+        "loras": {c: list(np.mean(v, axis=0)) for c, v in by_collection.items()},
+    }
 
 
 def _nearest_distances(images: np.ndarray, references: np.ndarray) -> np.ndarray:
@@ -559,16 +693,25 @@ def memorisation_table(coll: Collection, *, collections: Sequence[str] = ("memor
             others = np.concatenate([train[j] for j in ids if j != i and not sources[i] & sources[j]])
             d_own = _nearest_distances(gen, train[i]).mean()
             d_others = _nearest_distances(gen, others).mean()
-            rows.append({"collection": c, "id": i, "n_images": int(coll.by_id[i]["n_images"]),
-                         "d_own": float(d_own), "d_others": float(d_others), "ratio": float(d_own / d_others) if d_others > 0 else np.nan})
+            rows.append(
+                {
+                    "collection": c,
+                    "id": i,
+                    "n_images": int(coll.by_id[i]["n_images"]),
+                    "d_own": float(d_own),
+                    "d_others": float(d_others),
+                    "ratio": float(d_own / d_others) if d_others > 0 else np.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 REAL_LORA_MODULES = ModuleSelection(parts=["unet"], layers=["self_attention", "cross_attention"])
 
 
-def real_lora_similarity(folder: str | Path, *, descriptors: Sequence[str] = DESCRIPTOR_NAMES,
-                         select: ModuleSelection = REAL_LORA_MODULES):
+def real_lora_similarity(
+    folder: str | Path, *, descriptors: Sequence[str] = DESCRIPTOR_NAMES, select: ModuleSelection = REAL_LORA_MODULES
+):
     """Cosine similarities between real LoRA files made by others, by each descriptor.
 
     Only modules that every file adapts are compared (by default the U-Net's
@@ -604,9 +747,19 @@ def real_lora_similarity(folder: str | Path, *, descriptors: Sequence[str] = DES
     loras = [only_shared(lora) for lora in loras]
     # "<layout>__<name>.safetensors" (the shared folder's naming) is labelled by its name part
     names = [p.stem.split("__")[-1] for p in paths]
-    summary = pd.DataFrame([{"file": p.name, "label": n, "layout": lora.format, "base": lora.base,
-                             "ranks": ", ".join(map(str, sorted(set(lora.ranks)))), "modules": len(lora.modules)}
-                            for p, n, lora in zip(paths, names, loras)])
+    summary = pd.DataFrame(
+        [
+            {
+                "file": p.name,
+                "label": n,
+                "layout": lora.format,
+                "base": lora.base,
+                "ranks": ", ".join(map(str, sorted(set(lora.ranks)))),
+                "modules": len(lora.modules),
+            }
+            for p, n, lora in zip(paths, names, loras)
+        ]
+    )
     cosines = {}
     for d in descriptors:
         C = np.full((len(loras), len(loras)), np.nan)

@@ -309,9 +309,7 @@ def _check_map_inputs(
     art = np.asarray([str(a) for a in artists], dtype=object)
     gen = np.asarray([str(g) for g in genres], dtype=object)
     if art.shape[0] != n or gen.shape[0] != n:
-        raise ValueError(
-            f"artists ({art.shape[0]}) and genres ({gen.shape[0]}) must have one entry per point ({n})"
-        )
+        raise ValueError(f"artists ({art.shape[0]}) and genres ({gen.shape[0]}) must have one entry per point ({n})")
     idv = None
     if ids is not None:
         idv = np.asarray([str(i) for i in ids], dtype=object)
@@ -374,8 +372,15 @@ def _genre_handles(palette: Mapping[str, str], genres: Iterable[str], hull_alpha
 
 def _star_handle(marker_size: float) -> Line2D:
     return Line2D(
-        [], [], linestyle="", marker="*", markersize=np.sqrt(marker_size * 5.0), markerfacecolor="#9a9a9a",
-        markeredgecolor=_DARK, markeredgewidth=0.8, label="artist centroid",
+        [],
+        [],
+        linestyle="",
+        marker="*",
+        markersize=np.sqrt(marker_size * 5.0),
+        markerfacecolor="#9a9a9a",
+        markeredgecolor=_DARK,
+        markeredgewidth=0.8,
+        label="artist centroid",
     )
 
 
@@ -464,28 +469,70 @@ def style_map(
                 kind, geom = _genre_shape(pts[gen == g], pad)
                 colour = pal[g]
                 if kind == "hull":
-                    ax.add_patch(Polygon(
-                        geom, closed=True, facecolor=to_rgba(colour, hull_alpha),
-                        edgecolor=to_rgba(colour, min(1.0, 0.35 + 2 * hull_alpha)), linewidth=1.1,
-                        joinstyle="round", zorder=1, gid=f"hull:{g}",
-                    ))
+                    ax.add_patch(
+                        Polygon(
+                            geom,
+                            closed=True,
+                            facecolor=to_rgba(colour, hull_alpha),
+                            edgecolor=to_rgba(colour, min(1.0, 0.35 + 2 * hull_alpha)),
+                            linewidth=1.1,
+                            joinstyle="round",
+                            zorder=1,
+                            gid=f"hull:{g}",
+                        )
+                    )
                 elif kind == "line":
-                    ax.plot(geom[:, 0], geom[:, 1], color=colour, alpha=min(1.0, 2 * hull_alpha),
-                            linewidth=12, solid_capstyle="round", zorder=1, gid=f"hull-degenerate:{g}")
+                    ax.plot(
+                        geom[:, 0],
+                        geom[:, 1],
+                        color=colour,
+                        alpha=min(1.0, 2 * hull_alpha),
+                        linewidth=12,
+                        solid_capstyle="round",
+                        zorder=1,
+                        gid=f"hull-degenerate:{g}",
+                    )
                 else:
-                    ax.plot([geom[0]], [geom[1]], linestyle="", marker="o", markersize=18, color=colour,
-                            alpha=min(1.0, 2 * hull_alpha), markeredgewidth=0, zorder=1,
-                            gid=f"hull-degenerate:{g}")
-        ax.scatter(pts[:, 0], pts[:, 1], s=marker_size, c=[apal[a] for a in art],
-                   edgecolors="white", linewidths=0.5, zorder=2, gid="points")
+                    ax.plot(
+                        [geom[0]],
+                        [geom[1]],
+                        linestyle="",
+                        marker="o",
+                        markersize=18,
+                        color=colour,
+                        alpha=min(1.0, 2 * hull_alpha),
+                        markeredgewidth=0,
+                        zorder=1,
+                        gid=f"hull-degenerate:{g}",
+                    )
+        ax.scatter(
+            pts[:, 0],
+            pts[:, 1],
+            s=marker_size,
+            c=[apal[a] for a in art],
+            edgecolors="white",
+            linewidths=0.5,
+            zorder=2,
+            gid="points",
+        )
         if show_stars:
             names, cents = _centroids(pts, art)
-            ax.scatter(cents[:, 0], cents[:, 1], s=5.0 * marker_size, marker="*",
-                       c=[apal[a] for a in names], edgecolors=_DARK, linewidths=0.9, zorder=3, gid="stars")
+            ax.scatter(
+                cents[:, 0],
+                cents[:, 1],
+                s=5.0 * marker_size,
+                marker="*",
+                c=[apal[a] for a in names],
+                edgecolors=_DARK,
+                linewidths=0.9,
+                zorder=3,
+                gid="stars",
+            )
         if idv is not None:
             for (x, y), label in zip(pts, idv):
-                ax.annotate(label, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6,
-                            color="#666666", zorder=4)
+                ax.annotate(
+                    label, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6, color="#666666", zorder=4
+                )
         ax.set_aspect("equal", adjustable="datalim")
         ax.autoscale_view()
         ax.set_xlabel(xlabel)
@@ -505,14 +552,32 @@ def style_map(
                 handles.append(g_handle)
                 if artist_legend:
                     for a in sorted(a for a in set(art) if a2g[a] == g_handle.get_label()):
-                        handles.append(Line2D([], [], linestyle="", marker="o", markersize=5,
-                                              markerfacecolor=apal[a], markeredgecolor="white",
-                                              markeredgewidth=0.4, label=a))
+                        handles.append(
+                            Line2D(
+                                [],
+                                [],
+                                linestyle="",
+                                marker="o",
+                                markersize=5,
+                                markerfacecolor=apal[a],
+                                markeredgecolor="white",
+                                markeredgewidth=0.4,
+                                label=a,
+                            )
+                        )
             if show_stars:
                 handles.append(_star_handle(marker_size))
-            leg = ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
-                            fontsize=7.5 if artist_legend else None, ncol=2 if len(handles) > 24 else 1,
-                            handlelength=1.4, handletextpad=0.5, labelspacing=0.35 if artist_legend else 0.5)
+            leg = ax.legend(
+                handles=handles,
+                loc="upper left",
+                bbox_to_anchor=(1.02, 1.0),
+                borderaxespad=0.0,
+                fontsize=7.5 if artist_legend else None,
+                ncol=2 if len(handles) > 24 else 1,
+                handlelength=1.4,
+                handletextpad=0.5,
+                labelspacing=0.35 if artist_legend else 0.5,
+            )
             for i in bold:
                 leg.get_texts()[i].set_fontweight("bold")
     return ax
@@ -574,9 +639,20 @@ def style_maps(
         fig = plt.figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows + 0.6))
         axes = fig.subplots(nrows, ncols, squeeze=False)
         for ax, (name, (pts, art, gen, _, _)) in zip(axes.flat, checked.items()):
-            style_map(ax, pts, art, gen, title=name, show_hulls=show_hulls, show_stars=show_stars,
-                      legend=False, marker_size=marker_size, hull_alpha=hull_alpha, palette=pal,
-                      artist_palette=apal)
+            style_map(
+                ax,
+                pts,
+                art,
+                gen,
+                title=name,
+                show_hulls=show_hulls,
+                show_stars=show_stars,
+                legend=False,
+                marker_size=marker_size,
+                hull_alpha=hull_alpha,
+                palette=pal,
+                artist_palette=apal,
+            )
         for ax in axes.flat[n:]:
             ax.set_visible(False)
         handles: list[Any] = _genre_handles(pal, pal, hull_alpha)
@@ -653,54 +729,100 @@ def interactive_style_map(
     fig = go.Figure()
     for g in sorted(set(gen)):
         kind, geom = _genre_shape(pts[gen == g], pad)
-        common = dict(legendgroup=g, legendgrouptitle_text=g, name=f"{g} (hull)", showlegend=False,
-                      hoverinfo="skip")
+        common = dict(legendgroup=g, legendgrouptitle_text=g, name=f"{g} (hull)", showlegend=False, hoverinfo="skip")
         if kind == "hull":
             closed = np.vstack([geom, geom[:1]])
-            fig.add_trace(go.Scatter(x=closed[:, 0], y=closed[:, 1], mode="lines", fill="toself",
-                                     fillcolor=_rgb_css(pal[g], hull_alpha),
-                                     line=dict(color=_rgb_css(pal[g], min(1.0, 0.35 + 2 * hull_alpha)), width=1),
-                                     **common))
+            fig.add_trace(
+                go.Scatter(
+                    x=closed[:, 0],
+                    y=closed[:, 1],
+                    mode="lines",
+                    fill="toself",
+                    fillcolor=_rgb_css(pal[g], hull_alpha),
+                    line=dict(color=_rgb_css(pal[g], min(1.0, 0.35 + 2 * hull_alpha)), width=1),
+                    **common,
+                )
+            )
         elif kind == "line":
-            fig.add_trace(go.Scatter(x=geom[:, 0], y=geom[:, 1], mode="lines",
-                                     line=dict(color=_rgb_css(pal[g], min(1.0, 2 * hull_alpha)), width=14),
-                                     **common))
+            fig.add_trace(
+                go.Scatter(
+                    x=geom[:, 0],
+                    y=geom[:, 1],
+                    mode="lines",
+                    line=dict(color=_rgb_css(pal[g], min(1.0, 2 * hull_alpha)), width=14),
+                    **common,
+                )
+            )
         else:
-            fig.add_trace(go.Scatter(x=[geom[0]], y=[geom[1]], mode="markers",
-                                     marker=dict(size=24, color=_rgb_css(pal[g], min(1.0, 2 * hull_alpha))),
-                                     **common))
+            fig.add_trace(
+                go.Scatter(
+                    x=[geom[0]],
+                    y=[geom[1]],
+                    mode="markers",
+                    marker=dict(size=24, color=_rgb_css(pal[g], min(1.0, 2 * hull_alpha))),
+                    **common,
+                )
+            )
     for a in sorted(set(art)):
         sel = art == a
         g = a2g[a]
-        text = [f"artist: {html.escape(a)}<br>genre: {html.escape(g)}<br>LoRA id: {html.escape(i)}"
-                for i in idv[sel]]
-        fig.add_trace(go.Scatter(
-            x=pts[sel, 0], y=pts[sel, 1], mode="markers", name=a, legendgroup=g, legendgrouptitle_text=g,
-            text=text, hovertemplate="%{text}<extra></extra>",
-            marker=dict(size=8, color=_rgb_css(apal[a]), line=dict(color="white", width=0.6)),
-        ))
+        text = [f"artist: {html.escape(a)}<br>genre: {html.escape(g)}<br>LoRA id: {html.escape(i)}" for i in idv[sel]]
+        fig.add_trace(
+            go.Scatter(
+                x=pts[sel, 0],
+                y=pts[sel, 1],
+                mode="markers",
+                name=a,
+                legendgroup=g,
+                legendgrouptitle_text=g,
+                text=text,
+                hovertemplate="%{text}<extra></extra>",
+                marker=dict(size=8, color=_rgb_css(apal[a]), line=dict(color="white", width=0.6)),
+            )
+        )
     names, cents = _centroids(pts, art)
-    fig.add_trace(go.Scatter(
-        x=cents[:, 0], y=cents[:, 1], mode="markers", name="artist centroid",
-        text=[f"centroid of {html.escape(a)}<br>genre: {html.escape(a2g[a])}" for a in names],
-        hovertemplate="%{text}<extra></extra>",
-        marker=dict(symbol="star", size=17, color=[_rgb_css(apal[a]) for a in names],
-                    line=dict(color=_DARK, width=1)),
-    ))
-    axis = dict(showgrid=True, gridcolor=_GRID, zeroline=False, showline=True, linecolor=_SPINE,
-                ticks="outside", tickcolor=_SPINE)
+    fig.add_trace(
+        go.Scatter(
+            x=cents[:, 0],
+            y=cents[:, 1],
+            mode="markers",
+            name="artist centroid",
+            text=[f"centroid of {html.escape(a)}<br>genre: {html.escape(a2g[a])}" for a in names],
+            hovertemplate="%{text}<extra></extra>",
+            marker=dict(
+                symbol="star", size=17, color=[_rgb_css(apal[a]) for a in names], line=dict(color=_DARK, width=1)
+            ),
+        )
+    )
+    axis = dict(
+        showgrid=True,
+        gridcolor=_GRID,
+        zeroline=False,
+        showline=True,
+        linecolor=_SPINE,
+        ticks="outside",
+        tickcolor=_SPINE,
+    )
     fig.update_layout(
         title=dict(text=html.escape(title), x=0.01, xanchor="left", font=dict(size=16)),
         xaxis=dict(title=xlabel, **axis),
         yaxis=dict(title=ylabel, scaleanchor="x", scaleratio=1, **axis),
-        plot_bgcolor="white", paper_bgcolor="white", hovermode="closest",
+        plot_bgcolor="white",
+        paper_bgcolor="white",
+        hovermode="closest",
         font=dict(family="DejaVu Sans, Arial, sans-serif", size=12, color=_TEXT),
         legend=dict(groupclick="toggleitem", itemsizing="constant", font=dict(size=11)),
-        height=int(height), width=None if width is None else int(width), margin=dict(l=60, r=20, t=60, b=50),
+        height=int(height),
+        width=None if width is None else int(width),
+        margin=dict(l=60, r=20, t=60, b=50),
     )
     digest = hashlib.sha1(json.dumps([title, pts.round(6).tolist(), idv.tolist()]).encode()).hexdigest()[:12]
-    return fig.to_html(include_plotlyjs=True, full_html=full_html, div_id=f"lorastyle-map-{digest}",
-                       config={"displaylogo": False, "responsive": True})
+    return fig.to_html(
+        include_plotlyjs=True,
+        full_html=full_html,
+        div_id=f"lorastyle-map-{digest}",
+        config={"displaylogo": False, "responsive": True},
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -773,8 +895,7 @@ def curve_plot(
                     raise ValueError(f"std of series {label!r} has shape {std.shape}, x has {xv.shape}")
                 if np.any(std < 0):
                     raise ValueError(f"std of series {label!r} has negative values")
-                ax.fill_between(xv, mean - std, mean + std, color=colour, alpha=band_alpha, linewidth=0,
-                                zorder=2)
+                ax.fill_between(xv, mean - std, mean + std, color=colour, alpha=band_alpha, linewidth=0, zorder=2)
         if chance is not None:
             ax.axhline(chance, color=_DARK, linestyle="--", linewidth=1, alpha=0.6, label="chance", zorder=1)
         _tidy_axes(ax, xlabel=xlabel, ylabel=ylabel, title=title)
@@ -1032,17 +1153,32 @@ def bar_table(
                 ok = np.isfinite(err_a)
                 if np.any(err_a[ok] < 0):
                     raise ValueError(f"column {errorbars!r} has negative values; give half-lengths (e.g. std)")
-                ax.errorbar(np.asarray(xs)[ok], ys_a[ok], yerr=err_a[ok], fmt="none", ecolor="#333333",
-                            elinewidth=1.0, capsize=3, capthick=1.0, zorder=3)
+                ax.errorbar(
+                    np.asarray(xs)[ok],
+                    ys_a[ok],
+                    yerr=err_a[ok],
+                    fmt="none",
+                    ecolor="#333333",
+                    elinewidth=1.0,
+                    capsize=3,
+                    capthick=1.0,
+                    zorder=3,
+                )
             lowest = min(lowest, float(np.nanmin(ys_a - np.nan_to_num(err_a) if has_err else ys_a)))
             if annotate:
                 for rect, y, e in zip(bars, ys_a, err_a):
                     reach = e if has_err and np.isfinite(e) else 0.0
                     end = y + reach if y >= 0 else y - reach  # past the bar and its error bar
-                    ax.annotate(fmt.format(y), (rect.get_x() + rect.get_width() / 2, end),
-                                xytext=(0, 2 if y >= 0 else -2),
-                                textcoords="offset points", ha="center", va="bottom" if y >= 0 else "top",
-                                fontsize=7.5, color=_TEXT)
+                    ax.annotate(
+                        fmt.format(y),
+                        (rect.get_x() + rect.get_width() / 2, end),
+                        xytext=(0, 2 if y >= 0 else -2),
+                        textcoords="offset points",
+                        ha="center",
+                        va="bottom" if y >= 0 else "top",
+                        fontsize=7.5,
+                        color=_TEXT,
+                    )
         ax.set_xticks(centres, groups)
         if lowest < 0:
             ax.axhline(0.0, color=_SPINE, linewidth=0.8, zorder=3)

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .plan import Artwork, LoraSpec, plan_collection
 from ..io.formats import load_lora, save_lora
-from .profiles import Profile
 from ..io.safetensors import read_safetensors, write_safetensors
+from .plan import Artwork, LoraSpec, plan_collection
+from .profiles import Profile
 
 __all__ = ["build_collection", "source_artworks", "render_training_images", "load_base", "save_base"]
 
@@ -51,8 +51,9 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def source_artworks(profile: Profile) -> tuple[list[Artwork], dict[str, str], list[Artwork], list[Artwork],
-                                                Callable[[str], np.ndarray]]:
+def source_artworks(
+    profile: Profile,
+) -> tuple[list[Artwork], dict[str, str], list[Artwork], list[Artwork], Callable[[str], np.ndarray]]:
     """The default profile's sources.
 
     Returns
@@ -82,7 +83,7 @@ def source_artworks(profile: Profile) -> tuple[list[Artwork], dict[str, str], li
     rng = np.random.default_rng(profile.seed)
     order = rng.permutation(len(others))
     base_ids = sorted(others[i] for i in order[: len(others) // 2 - 10])
-    content_ids = sorted(others[i] for i in order[len(others) // 2 - 10:])
+    content_ids = sorted(others[i] for i in order[len(others) // 2 - 10 :])
     content = [Artwork(k, None, met[k].height, met[k].width) for k in content_ids]
     content += [Artwork(f"photo-{name}", None, *img.shape[:2]) for name, img in sorted(photos.items())]
     base_pool = [Artwork(k, None, met[k].height, met[k].width) for k in base_ids]
@@ -120,8 +121,13 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
 
 
-def render_training_images(spec: LoraSpec, load: Callable[[str], np.ndarray], profile: Profile,
-                           stylizer=None, style_vectors: dict | None = None) -> np.ndarray:
+def render_training_images(
+    spec: LoraSpec,
+    load: Callable[[str], np.ndarray],
+    profile: Profile,
+    stylizer=None,
+    style_vectors: dict | None = None,
+) -> np.ndarray:
     """The training images of one LoRA, rendered at ``profile.resolution``.
 
     Stylised images: the content crop at ``stylize_size``, rendered in the style
@@ -157,7 +163,7 @@ def load_base(path: Path, n_labels: int = 8):
     model = tiny_model(n_labels=n_labels)
     tensors, _ = read_safetensors(path)
     for prefix, module in (("unet.", model.unet), ("label_encoder.", model.label_encoder)):
-        state = {k[len(prefix):]: torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith(prefix)}
         module.load_state_dict(state)
     model.unet.eval()
     return model
@@ -165,8 +171,18 @@ def load_base(path: Path, n_labels: int = 8):
 
 def _spec_hash(spec: LoraSpec, profile: Profile, base_sha256: str) -> str:
     """What a LoRA file must have been made from to be reused: its spec, the schedule, and the base model."""
-    blob = json.dumps([spec.to_dict(), profile.lora_steps, profile.lora_batch, profile.lora_lr,
-                       profile.resolution, profile.stylize_size, base_sha256], sort_keys=True)
+    blob = json.dumps(
+        [
+            spec.to_dict(),
+            profile.lora_steps,
+            profile.lora_batch,
+            profile.lora_lr,
+            profile.resolution,
+            profile.stylize_size,
+            base_sha256,
+        ],
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -183,18 +199,35 @@ def _train_base(out: Path, profile: Profile, base_pool, load, losses: dict):
         return load_base(path)
     _log(f"base: {profile.base_images} crops of {len(base_pool)} paintings, {profile.base_steps} steps")
     per = -(-profile.base_images // len(base_pool))
-    images = np.concatenate([painting_crops(load(a.id), per, profile.resolution, scale=(0.3, 1.0),
-                                            random_state=profile.seed + i)[0] for i, a in enumerate(base_pool)])
+    images = np.concatenate(
+        [
+            painting_crops(load(a.id), per, profile.resolution, scale=(0.3, 1.0), random_state=profile.seed + i)[0]
+            for i, a in enumerate(base_pool)
+        ]
+    )
     model = tiny_model(seed=profile.seed)
-    losses["base"] = train_base(model, images[: profile.base_images], [CONDITION] * min(len(images), profile.base_images),
-                                steps=profile.base_steps, batch_size=profile.base_batch, lr=profile.base_lr,
-                                seed=profile.seed)
+    losses["base"] = train_base(
+        model,
+        images[: profile.base_images],
+        [CONDITION] * min(len(images), profile.base_images),
+        steps=profile.base_steps,
+        batch_size=profile.base_batch,
+        lr=profile.base_lr,
+        seed=profile.seed,
+    )
     save_base(model, path)
     return model
 
 
-def build_collection(profile: Profile, out: str | os.PathLike, *, model=None, encoders: dict | None = None,
-                     stylizer=None, progress: bool = True) -> dict:
+def build_collection(
+    profile: Profile,
+    out: str | os.PathLike,
+    *,
+    model=None,
+    encoders: dict | None = None,
+    stylizer=None,
+    progress: bool = True,
+) -> dict:
     """Run every stage of the pipeline; skip what is already done.
 
     Parameters
@@ -273,14 +306,30 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, model=None, en
         if path.exists() and load_lora(path).metadata.get("lorastyle.spec") == key:
             continue
         torch.manual_seed(spec.seed)
-        result = train_lora(model, train_images[spec.id], condition, rank=spec.rank, alpha=spec.rank,
-                            steps=profile.lora_steps, batch_size=profile.lora_batch, lr=profile.lora_lr,
-                            seed=spec.seed, init_seed=spec.init_seed)
+        result = train_lora(
+            model,
+            train_images[spec.id],
+            condition,
+            rank=spec.rank,
+            alpha=spec.rank,
+            steps=profile.lora_steps,
+            batch_size=profile.lora_batch,
+            lr=profile.lora_lr,
+            seed=spec.seed,
+            init_seed=spec.init_seed,
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"artist": spec.artist, "genre": spec.genre, "collection": spec.collection, "id": spec.id,
-                "seed": str(spec.seed), "init_seed": str(spec.init_seed), "rank": str(spec.rank),
-                "training_images": json.dumps([[im.content, list(im.box), im.style] for im in spec.images]),
-                "lorastyle.spec": key}
+        meta = {
+            "artist": spec.artist,
+            "genre": spec.genre,
+            "collection": spec.collection,
+            "id": spec.id,
+            "seed": str(spec.seed),
+            "init_seed": str(spec.init_seed),
+            "rank": str(spec.rank),
+            "training_images": json.dumps([[im.content, list(im.box), im.style] for im in spec.images]),
+            "lorastyle.spec": key,
+        }
         save_lora(path, result.factors, alpha=result.alpha, base=model.base, metadata=meta)
         losses[spec.id] = result.losses
         _write_json(losses_path, losses)
@@ -305,8 +354,12 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, model=None, en
             else:
                 if lora is None:
                     loaded = load_lora(_lora_path(out, spec))
-                    lora = TrainedLora(factors={n: (m.down, m.up) for n, m in loaded.modules.items()},
-                                       rank=spec.rank, alpha=float(spec.rank), losses=[])
+                    lora = TrainedLora(
+                        factors={n: (m.down, m.up) for n, m in loaded.modules.items()},
+                        rank=spec.rank,
+                        alpha=float(spec.rank),
+                        losses=[],
+                    )
                 images = generate(model, k, condition, steps=T, guidance=w, seed=spec.seed, lora=lora)
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 np.save(cache, images, allow_pickle=False)
@@ -319,21 +372,35 @@ def build_collection(profile: Profile, out: str | os.PathLike, *, model=None, en
     (out / "features").mkdir(exist_ok=True)
     for name, enc in encoders.items():
         arrays = {}
-        for item, feat in mean_features(enc, train_images, cache_dir=out / "cache" / "features",
-                                        progress=progress).items():
+        for item, feat in mean_features(
+            enc, train_images, cache_dir=out / "cache" / "features", progress=progress
+        ).items():
             arrays[f"train/{item}"] = feat
         for (T, w, k), by_id in sorted(generated.items()):
-            for item, feat in mean_features(enc, by_id, cache_dir=out / "cache" / "features",
-                                            progress=progress).items():
+            for item, feat in mean_features(
+                enc, by_id, cache_dir=out / "cache" / "features", progress=progress
+            ).items():
                 arrays[f"gen/T{T}-w{w:g}-k{k}/{item}"] = feat
         np.savez(out / "features" / f"{name}.npz", **isometric_coordinates(arrays))
     timing["features_s"] = time.perf_counter() - t
     write_images(out / "images.npz", train_images, generated[default])
 
     t = time.perf_counter()
-    write_figures(out, specs, train_images, generated[default],
-                  generate(model, profile.samples_per_lora, condition, steps=profile.sample_steps,
-                           guidance=profile.sample_guidance, seed=profile.seed), losses)
+    write_figures(
+        out,
+        specs,
+        train_images,
+        generated[default],
+        generate(
+            model,
+            profile.samples_per_lora,
+            condition,
+            steps=profile.sample_steps,
+            guidance=profile.sample_guidance,
+            seed=profile.seed,
+        ),
+        losses,
+    )
     timing["figures_s"] = time.perf_counter() - t
     _write_manifest(out, specs)
     _write_json(out / "losses.json", losses)
@@ -375,8 +442,14 @@ def write_images(path: Path, train_images: dict[str, np.ndarray], samples: dict[
     os.replace(tmp, path)
 
 
-def write_figures(out: Path, specs: list[LoraSpec], train_images: dict[str, np.ndarray],
-                  samples: dict[str, np.ndarray], base_samples: np.ndarray, losses: dict[str, list[float]]) -> None:
+def write_figures(
+    out: Path,
+    specs: list[LoraSpec],
+    train_images: dict[str, np.ndarray],
+    samples: dict[str, np.ndarray],
+    base_samples: np.ndarray,
+    losses: dict[str, list[float]],
+) -> None:
     """A sample grid per artist (training images beside generated ones) and the loss curves, as PNG files."""
     import matplotlib
 
@@ -391,8 +464,11 @@ def write_figures(out: Path, specs: list[LoraSpec], train_images: dict[str, np.n
         for artist in sorted({s.artist for s in specs}):
             first = next(s for s in specs if s.artist == artist and s.collection == "main")
             real = next((s for s in specs if s.artist == artist and s.collection == "real"), None)
-            rows = {"training images": train_images[first.id][:8], "generated with the LoRA": samples[first.id],
-                    "base model, no LoRA": base_samples}
+            rows = {
+                "training images": train_images[first.id][:8],
+                "generated with the LoRA": samples[first.id],
+                "base model, no LoRA": base_samples,
+            }
             if real is not None and real.id in samples:
                 rows["real-pixel LoRA: crops"] = train_images[real.id][:8]
                 rows["real-pixel LoRA: generated"] = samples[real.id]
@@ -406,8 +482,12 @@ def write_figures(out: Path, specs: list[LoraSpec], train_images: dict[str, np.n
         for spec in specs:
             if spec.id in losses:
                 by_collection.setdefault(spec.collection, []).append(losses[spec.id])
-        loss_plot(axes[1], {c: list(np.mean(v, axis=0)) for c, v in sorted(by_collection.items())}, smooth=10,
-                  title="LoRA training loss, mean per collection")
+        loss_plot(
+            axes[1],
+            {c: list(np.mean(v, axis=0)) for c, v in sorted(by_collection.items())},
+            smooth=10,
+            title="LoRA training loss, mean per collection",
+        )
         fig.savefig(folder / "loss_curves.png")
         plt.close(fig)
 
@@ -418,13 +498,23 @@ def _write_manifest(out: Path, specs: list[LoraSpec]) -> None:
     rows = []
     for spec in specs:
         path = _lora_path(out, spec)
-        rows.append({
-            "file": str(path.relative_to(out)), "sha256": file_sha256(path), "id": spec.id, "artist": spec.artist,
-            "genre": spec.genre, "collection": spec.collection, "seed": spec.seed, "init_seed": spec.init_seed,
-            "rank": spec.rank, "n_images": len(spec.images),
-            "training_images": ";".join(f"{im.content}@{','.join(map(str, im.box))}~{im.style or ''}"
-                                        for im in spec.images),
-        })
+        rows.append(
+            {
+                "file": str(path.relative_to(out)),
+                "sha256": file_sha256(path),
+                "id": spec.id,
+                "artist": spec.artist,
+                "genre": spec.genre,
+                "collection": spec.collection,
+                "seed": spec.seed,
+                "init_seed": spec.init_seed,
+                "rank": spec.rank,
+                "n_images": len(spec.images),
+                "training_images": ";".join(
+                    f"{im.content}@{','.join(map(str, im.box))}~{im.style or ''}" for im in spec.images
+                ),
+            }
+        )
     with open(out / "manifest.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -244,15 +244,13 @@ def artist_genres() -> dict[str, ArtistGenre]:
         reader = csv.DictReader(f)
         if tuple(reader.fieldnames or ()) != _GENRE_COLUMNS:
             raise ValueError(
-                f"artist_genres.csv must have the columns {', '.join(_GENRE_COLUMNS)}; "
-                f"found {reader.fieldnames}"
+                f"artist_genres.csv must have the columns {', '.join(_GENRE_COLUMNS)}; found {reader.fieldnames}"
             )
         table: dict[str, ArtistGenre] = {}
         for line, row in enumerate(reader, start=2):
             if row["genre"] not in GENRES:
                 raise ValueError(
-                    f"artist_genres.csv line {line}: unknown genre {row['genre']!r}; "
-                    f"use one of {', '.join(GENRES)}"
+                    f"artist_genres.csv line {line}: unknown genre {row['genre']!r}; use one of {', '.join(GENRES)}"
                 )
             if row["artist"] in table:
                 raise ValueError(f"artist_genres.csv line {line}: duplicate artist {row['artist']!r}")
@@ -300,8 +298,7 @@ def _check_random_state(random_state: RandomState) -> np.random.Generator:
     valid_int = isinstance(random_state, Integral) and not isinstance(random_state, bool)
     if not (random_state is None or valid_int or isinstance(random_state, np.random.Generator)):
         raise ValueError(
-            "random_state must be an int, a numpy.random.Generator or None; "
-            f"got {type(random_state).__name__}"
+            f"random_state must be an int, a numpy.random.Generator or None; got {type(random_state).__name__}"
         )
     return np.random.default_rng(random_state)
 
@@ -350,11 +347,7 @@ def painting_crops(
     for name, value in (("n", n), ("size", size)):
         if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if (
-        len(scale) != 2
-        or not all(isinstance(s, Real) for s in scale)
-        or not 0 < scale[0] <= scale[1] <= 1
-    ):
+    if len(scale) != 2 or not all(isinstance(s, Real) for s in scale) or not 0 < scale[0] <= scale[1] <= 1:
         raise ValueError(f"scale must be (low, high) with 0 < low <= high <= 1, got {scale!r}")
     rng = _check_random_state(random_state)
 
@@ -375,8 +368,16 @@ def painting_crops(
 
 
 ARTBENCH_STYLES = (
-    "art_nouveau", "baroque", "expressionism", "impressionism", "post_impressionism",
-    "realism", "renaissance", "romanticism", "surrealism", "ukiyo_e",
+    "art_nouveau",
+    "baroque",
+    "expressionism",
+    "impressionism",
+    "post_impressionism",
+    "realism",
+    "renaissance",
+    "romanticism",
+    "surrealism",
+    "ukiyo_e",
 )
 
 

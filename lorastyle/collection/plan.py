@@ -89,9 +89,14 @@ def select_artists(paintings: Sequence[Artwork], genres: Mapping[str, str], prof
     for p in paintings:
         if p.artist is not None:
             counts[p.artist] = counts.get(p.artist, 0) + 1
-    eligible = sorted((a for a, c in counts.items() if c >= profile.min_works and a in genres
-                       and (profile.genres is None or genres[a] in profile.genres)),
-                      key=lambda a: (genres[a], a))
+    eligible = sorted(
+        (
+            a
+            for a, c in counts.items()
+            if c >= profile.min_works and a in genres and (profile.genres is None or genres[a] in profile.genres)
+        ),
+        key=lambda a: (genres[a], a),
+    )
     if profile.n_artists is None:
         return eligible
     by_genre: dict[str, list[str]] = {}
@@ -105,8 +110,9 @@ def select_artists(paintings: Sequence[Artwork], genres: Mapping[str, str], prof
     return sorted(picked, key=lambda a: (genres[a], a))
 
 
-def plan_collection(paintings: Sequence[Artwork], genres: Mapping[str, str], content: Sequence[Artwork],
-                    profile: Profile) -> list[LoraSpec]:
+def plan_collection(
+    paintings: Sequence[Artwork], genres: Mapping[str, str], content: Sequence[Artwork], profile: Profile
+) -> list[LoraSpec]:
     """Decide every LoRA and its training images.
 
     Rules (main collection, per artist):
@@ -155,25 +161,36 @@ def plan_collection(paintings: Sequence[Artwork], genres: Mapping[str, str], con
     per_artist = profile.loras_per_artist + int(profile.heldout)
     need = per_artist * profile.images_per_lora
     if len(content) < need:
-        raise ValueError(f"{len(content)} content sources cannot give {per_artist} LoRAs of "
-                         f"{profile.images_per_lora} distinct sources each ({need} needed)")
+        raise ValueError(
+            f"{len(content)} content sources cannot give {per_artist} LoRAs of "
+            f"{profile.images_per_lora} distinct sources each ({need} needed)"
+        )
     n = profile.images_per_lora
     specs: list[LoraSpec] = []
     for a_index, artist in enumerate(artists):
         works = sorted((p for p in paintings if p.artist == artist), key=lambda p: p.id)
         styles = works[:-1] if profile.heldout else works
         order = rng.permutation(len(content))
-        chunks = [order[i * n:(i + 1) * n] for i in range(per_artist)]
+        chunks = [order[i * n : (i + 1) * n] for i in range(per_artist)]
         genre, slug = genres[artist], _slug(artist)
 
         def images(chunk, style):
-            return tuple(TrainingImage(content[j].id, _square_box(rng, content[j], 0.4, 0.9), style.id)
-                         for j in chunk)
+            return tuple(TrainingImage(content[j].id, _square_box(rng, content[j], 0.4, 0.9), style.id) for j in chunk)
 
-        def spec(id_, collection, imgs, rank=profile.rank, init_seed=profile.init_seed, seed=None):
+        def spec(
+            id_, collection, imgs, rank=profile.rank, init_seed=profile.init_seed, seed=None, artist=artist, genre=genre
+        ):
             seed = profile.seed + len(specs) if seed is None else seed
-            return LoraSpec(id=id_, collection=collection, artist=artist, genre=genre, images=imgs, rank=rank,
-                            init_seed=init_seed, seed=seed)
+            return LoraSpec(
+                id=id_,
+                collection=collection,
+                artist=artist,
+                genre=genre,
+                images=imgs,
+                rank=rank,
+                init_seed=init_seed,
+                seed=seed,
+            )
 
         main = []
         for k in range(profile.loras_per_artist):
@@ -185,12 +202,11 @@ def plan_collection(paintings: Sequence[Artwork], genres: Mapping[str, str], con
         if a_index < profile.variant_artists:
             for s_ in profile.variant_init_seeds:
                 # same images and training noise as main LoRA 0: only A's initialisation differs
-                specs.append(spec(f"seed-{slug}-{s_}", "seed_variant", main[0].images, init_seed=s_,
-                                  seed=main[0].seed))
+                specs.append(spec(f"seed-{slug}-{s_}", "seed_variant", main[0].images, init_seed=s_, seed=main[0].seed))
             for r in profile.variant_ranks:
                 specs.append(spec(f"rank-{slug}-{r}", "rank_variant", main[0].images, rank=r, seed=main[0].seed))
         if a_index < profile.memorisation_artists:
-            specs.append(spec(f"memo-{slug}", "memorisation", main[0].images[:profile.memorisation_images]))
+            specs.append(spec(f"memo-{slug}", "memorisation", main[0].images[: profile.memorisation_images]))
         if profile.real_pixels:
             for w in works:
                 crops = tuple(TrainingImage(w.id, _square_box(rng, w, 0.3, 0.7), None) for _ in range(n))
@@ -204,8 +220,13 @@ def _centre_box(art: Artwork) -> tuple[int, int, int, int]:
     return (x0, y0, x0 + side, y0 + side)
 
 
-def _plan_on_paintings(paintings: Sequence[Artwork], genres: Mapping[str, str], artists: list[str],
-                       profile: Profile, rng: np.random.Generator) -> list[LoraSpec]:
+def _plan_on_paintings(
+    paintings: Sequence[Artwork],
+    genres: Mapping[str, str],
+    artists: list[str],
+    profile: Profile,
+    rng: np.random.Generator,
+) -> list[LoraSpec]:
     """The paper's setting: each LoRA on its own ``images_per_lora`` paintings of the artist (disjoint sets)."""
     n = profile.images_per_lora
     per_artist = profile.loras_per_artist + int(profile.heldout)
@@ -215,24 +236,45 @@ def _plan_on_paintings(paintings: Sequence[Artwork], genres: Mapping[str, str], 
         if len(works) < per_artist * n:
             raise ValueError(f"{artist} has {len(works)} paintings; {per_artist} LoRAs of {n} need {per_artist * n}")
         order = rng.permutation(len(works))
-        chunks = [[works[j] for j in order[i * n:(i + 1) * n]] for i in range(per_artist)]
+        chunks = [[works[j] for j in order[i * n : (i + 1) * n]] for i in range(per_artist)]
         genre, slug = genres[artist], _slug(artist)
         first = None
         for k, chunk in enumerate(chunks):
             heldout = profile.heldout and k == len(chunks) - 1
-            spec = LoraSpec(id=f"heldout-{slug}" if heldout else f"main-{slug}-{k}",
-                            collection="heldout" if heldout else "main", artist=artist, genre=genre,
-                            images=tuple(TrainingImage(w.id, _centre_box(w), None) for w in chunk),
-                            rank=profile.rank, init_seed=profile.init_seed, seed=profile.seed + len(specs))
+            spec = LoraSpec(
+                id=f"heldout-{slug}" if heldout else f"main-{slug}-{k}",
+                collection="heldout" if heldout else "main",
+                artist=artist,
+                genre=genre,
+                images=tuple(TrainingImage(w.id, _centre_box(w), None) for w in chunk),
+                rank=profile.rank,
+                init_seed=profile.init_seed,
+                seed=profile.seed + len(specs),
+            )
             specs.append(spec)
             first = first or spec
         if a_index < profile.variant_artists:
-            specs += [LoraSpec(f"seed-{slug}-{s}", "seed_variant", artist, genre, first.images, profile.rank, s,
-                               first.seed) for s in profile.variant_init_seeds]
-            specs += [LoraSpec(f"rank-{slug}-{r}", "rank_variant", artist, genre, first.images, r,
-                               profile.init_seed, first.seed) for r in profile.variant_ranks]
+            specs += [
+                LoraSpec(f"seed-{slug}-{s}", "seed_variant", artist, genre, first.images, profile.rank, s, first.seed)
+                for s in profile.variant_init_seeds
+            ]
+            specs += [
+                LoraSpec(
+                    f"rank-{slug}-{r}", "rank_variant", artist, genre, first.images, r, profile.init_seed, first.seed
+                )
+                for r in profile.variant_ranks
+            ]
         if a_index < profile.memorisation_artists:
-            specs.append(LoraSpec(f"memo-{slug}", "memorisation", artist, genre,
-                                  first.images[:profile.memorisation_images], profile.rank, profile.init_seed,
-                                  first.seed))
+            specs.append(
+                LoraSpec(
+                    f"memo-{slug}",
+                    "memorisation",
+                    artist,
+                    genre,
+                    first.images[: profile.memorisation_images],
+                    profile.rank,
+                    profile.init_seed,
+                    first.seed,
+                )
+            )
     return specs

@@ -52,9 +52,22 @@ try:  # POSIX; elsewhere index runs are not serialised (documented)
 except ImportError:  # pragma: no cover
     fcntl = None
 
-__all__ = ["LoraIndex", "LoraCache", "IndexBusyError", "IndexRun", "NotEnoughLorasError", "build_index",
-           "index_folder", "index_lock", "find_lora_files", "file_sha256", "INDEX_FORMAT", "CACHE_FORMAT",
-           "MEMORY_BUDGET", "SKETCH_DIM"]
+__all__ = [
+    "LoraIndex",
+    "LoraCache",
+    "IndexBusyError",
+    "IndexRun",
+    "NotEnoughLorasError",
+    "build_index",
+    "index_folder",
+    "index_lock",
+    "find_lora_files",
+    "file_sha256",
+    "INDEX_FORMAT",
+    "CACHE_FORMAT",
+    "MEMORY_BUDGET",
+    "SKETCH_DIM",
+]
 
 INDEX_FORMAT = "lorastyle-index-1"
 CACHE_FORMAT = "lorastyle-cache-1"
@@ -85,8 +98,9 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def find_lora_files(root: str | os.PathLike, *, exclude: Iterable[str | os.PathLike] = ()
-                    ) -> tuple[list[str], list[tuple[str, str]]]:
+def find_lora_files(
+    root: str | os.PathLike, *, exclude: Iterable[str | os.PathLike] = ()
+) -> tuple[list[str], list[tuple[str, str]]]:
     """Every LoRA-like file under ``root``, recursively, in walk order; and what could not be walked.
 
     Parameters
@@ -148,8 +162,13 @@ def find_lora_files(root: str | os.PathLike, *, exclude: Iterable[str | os.PathL
 
 
 def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
-                       (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a folder")):
+    for test, name in (
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISDIR, "a folder"),
+    ):
         if test(mode):
             return name
     return "not a file"
@@ -231,10 +250,16 @@ class LoraIndex:
                         tensors[f"factors/{i}/{name}/{role}"] = arr
                     if m.alpha is not None:  # float64: the scale alpha / rank comes back exactly
                         tensors[f"factors/{i}/{name}/alpha"] = np.asarray(m.alpha, dtype=np.float64)
-        meta = {"format": INDEX_FORMAT, "descriptor": self.descriptor, "base": self.base,
-                "paths": json.dumps(self.paths), "sha256": json.dumps(self.sha256),
-                "n_components": str(emb.n_components), "solver": emb.solver,
-                "modules": json.dumps(_module_names(self))}
+        meta = {
+            "format": INDEX_FORMAT,
+            "descriptor": self.descriptor,
+            "base": self.base,
+            "paths": json.dumps(self.paths),
+            "sha256": json.dumps(self.sha256),
+            "n_components": str(emb.n_components),
+            "solver": emb.solver,
+            "modules": json.dumps(_module_names(self)),
+        }
         write_safetensors(path, tensors, meta)
         _fsync_folder(path)
 
@@ -270,9 +295,12 @@ class LoraIndex:
 
         paths, sha = json.loads(meta["paths"]), json.loads(meta["sha256"])
         need(isinstance(paths, list) and all(isinstance(p, str) for p in paths), "paths is not a list of strings")
-        need(isinstance(sha, list) and len(sha) == len(paths)
-             and all(isinstance(h, str) and re.fullmatch(r"[0-9a-f]{64}", h) for h in sha),
-             "sha256 is not one hex digest per path")
+        need(
+            isinstance(sha, list)
+            and len(sha) == len(paths)
+            and all(isinstance(h, str) and re.fullmatch(r"[0-9a-f]{64}", h) for h in sha),
+            "sha256 is not one hex digest per path",
+        )
         descriptor, k, solver, base = meta["descriptor"], int(meta["n_components"]), meta["solver"], meta["base"]
         need(descriptor in DESCRIPTORS, f"unknown descriptor {descriptor!r}")
         need(solver == ("full" if descriptor == "concat" else "precomputed"), f"solver {solver!r}")
@@ -342,8 +370,10 @@ def _query_vector(lora: LoRA, index: LoraIndex) -> np.ndarray:
         raise LoraFormatError(lora.path, f"concat needs the index's modules (missing {missing}, extra {extra})")
     x = concat_vectors([lora])
     if x.shape[1] != index.embedding.n_features_in_:
-        raise LoraFormatError(lora.path, f"concat vector has {x.shape[1]} values, the index has "
-                                         f"{index.embedding.n_features_in_} (different ranks?)")
+        raise LoraFormatError(
+            lora.path,
+            f"concat vector has {x.shape[1]} values, the index has {index.embedding.n_features_in_} (different ranks?)",
+        )
     return x
 
 
@@ -356,8 +386,10 @@ def _loras_from_factors(tensors: dict, paths: list[str], base: str) -> list[LoRA
             per.setdefault(int(i), {}).setdefault(name, {})[role] = arr
     loras = []
     for i, path in enumerate(paths):
-        mods = {name: build_module(path, name, name.split(".", 1)[0], roles)
-                for name, roles in sorted(per.get(i, {}).items())}
+        mods = {
+            name: build_module(path, name, name.split(".", 1)[0], roles)
+            for name, roles in sorted(per.get(i, {}).items())
+        }
         loras.append(LoRA(path=path, format="index", base=base, modules=mods, dtype="float32"))
     return loras
 
@@ -413,9 +445,14 @@ def _comparable_subset(loras: list[LoRA], descriptor: str) -> tuple[list[LoRA], 
     keep = []
     for lora in loras:
         if lora.base != base:
-            skipped.append((lora.path, f"base family {lora.base} differs from {base}, the family of "
-                                       f"{bases.count(base)} of {len(loras)} files (such as {example}); "
-                                       "LoRAs of different base models cannot be compared"))
+            skipped.append(
+                (
+                    lora.path,
+                    f"base family {lora.base} differs from {base}, the family of "
+                    f"{bases.count(base)} of {len(loras)} files (such as {example}); "
+                    "LoRAs of different base models cannot be compared",
+                )
+            )
         else:
             keep.append(lora)
     out = []
@@ -428,10 +465,15 @@ def _comparable_subset(loras: list[LoRA], descriptor: str) -> tuple[list[LoRA], 
             if sig == ref_sig:
                 out.append(lora)
             else:
-                skipped.append((lora.path, f"concat needs the same modules, ranks and factor shapes as the "
-                                           f"{n_ref} other files (such as {ref.path}): "
-                                           f"{_concat_difference(lora, ref)}; --descriptor delta or gram "
-                                           "compare LoRAs of different ranks"))
+                skipped.append(
+                    (
+                        lora.path,
+                        f"concat needs the same modules, ranks and factor shapes as the "
+                        f"{n_ref} other files (such as {ref.path}): "
+                        f"{_concat_difference(lora, ref)}; --descriptor delta or gram "
+                        "compare LoRAs of different ranks",
+                    )
+                )
         return out, skipped
     votes: dict[str, Counter] = {}
     for lora in keep:
@@ -445,17 +487,27 @@ def _comparable_subset(loras: list[LoRA], descriptor: str) -> tuple[list[LoRA], 
             shaped.append(lora)
         else:
             holder = next(x.path for x in keep if bad in x.modules and x.modules[bad].shape == shape[bad])
-            skipped.append((lora.path, f"module {bad} has shape {lora.modules[bad].shape}, where "
-                                       f"{votes[bad][shape[bad]]} other files have {shape[bad]} "
-                                       f"(such as {holder})"))
+            skipped.append(
+                (
+                    lora.path,
+                    f"module {bad} has shape {lora.modules[bad].shape}, where "
+                    f"{votes[bad][shape[bad]]} other files have {shape[bad]} "
+                    f"(such as {holder})",
+                )
+            )
     # a module adapted by one file only contributes nothing to its similarity with the others
     holders = Counter(name for lora in shaped for name in lora.modules)
     for lora in shaped:
         if len(shaped) > 1 and all(holders[name] == 1 for name in lora.modules):
             some = next(iter(lora.modules))
-            skipped.append((lora.path, f"shares no module with the other files (it adapts {len(lora.modules)} "
-                                       f"modules such as {some}, which no other file adapts); its similarity "
-                                       "to every file would be 0"))
+            skipped.append(
+                (
+                    lora.path,
+                    f"shares no module with the other files (it adapts {len(lora.modules)} "
+                    f"modules such as {some}, which no other file adapts); its similarity "
+                    "to every file would be 0",
+                )
+            )
         else:
             out.append(lora)
     return out, skipped
@@ -465,18 +517,22 @@ def _descriptor_norm2(descriptor: str, lora: LoRA) -> float:
     """Squared norm of one LoRA's descriptor (its kernel value with itself), in float64."""
     with np.errstate(over="ignore", invalid="ignore"):
         if descriptor == "concat":
-            return float(sum(np.sum(np.square(f, dtype=np.float64)) for m in lora.modules.values()
-                             for f in m.factors.values()))
+            return float(
+                sum(np.sum(np.square(f, dtype=np.float64)) for m in lora.modules.values() for f in m.factors.values())
+            )
         return float(descriptor_kernel(descriptor, [lora])[0, 0])
 
 
 def _too_large(descriptor: str, norm2: float) -> str:
-    return (f"weights too large to embed: the squared norm of its {descriptor} descriptor is {norm2:.3g}, "
-            f"above {MAX_DESCRIPTOR_NORM2:.0e}, where the embedding's arithmetic would overflow")
+    return (
+        f"weights too large to embed: the squared norm of its {descriptor} descriptor is {norm2:.3g}, "
+        f"above {MAX_DESCRIPTOR_NORM2:.0e}, where the embedding's arithmetic would overflow"
+    )
 
 
-def _embeddable(loras: list[LoRA], descriptor: str, norms: dict[int, float] | None = None
-                ) -> tuple[list[LoRA], list[tuple[str, str]]]:
+def _embeddable(
+    loras: list[LoRA], descriptor: str, norms: dict[int, float] | None = None
+) -> tuple[list[LoRA], list[tuple[str, str]]]:
     """Skip LoRAs whose descriptor would overflow the fit (finite stored weights can still be huge).
 
     ``norms`` maps ``id(lora)`` to its squared descriptor norm when already known.
@@ -497,9 +553,11 @@ def _warn_mixed_scales(loras: list[LoRA]) -> None:
     counts = Counter(scales)
     if len(counts) > 1:
         parts = [f"{n} with {_listed(s)} (such as {loras[scales.index(s)].path})" for s, n in counts.most_common(3)]
-        warnings.warn("concat compares the stored factors and leaves alpha out, but the files' scales "
-                      f"(alpha / rank) differ: {'; '.join(parts)}; --descriptor delta or gram include the scale",
-                      stacklevel=3)
+        warnings.warn(
+            "concat compares the stored factors and leaves alpha out, but the files' scales "
+            f"(alpha / rank) differ: {'; '.join(parts)}; --descriptor delta or gram include the scale",
+            stacklevel=3,
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -614,8 +672,9 @@ class LoraCache:
             write_safetensors(self.entry_path(digest), tensors, meta)
         except OSError as exc:
             self._write_error = f"{exc.strerror or exc}"
-            warnings.warn(f"{self.directory}: cannot write the cache ({self._write_error}); "
-                          "going on without it", stacklevel=2)
+            warnings.warn(
+                f"{self.directory}: cannot write the cache ({self._write_error}); going on without it", stacklevel=2
+            )
 
     def prune(self, keep: Iterable[str] | None = None) -> int:
         """Remove entries of files not in ``keep`` (default: :attr:`seen`); return how many were removed."""
@@ -700,11 +759,18 @@ def _read_one(path: str | os.PathLike, cache: LoraCache | None) -> tuple[LoRA, s
 # Building
 
 
-def build_index(paths: Iterable[str], *, descriptor: str = "concat", n_components: int = 8,
-                select: ModuleSelection | None = None, random_state: int = 0,
-                progress: Callable[[Iterable], Iterable] | None = None, cache: LoraCache | None = None,
-                calibrate: bool = True, memory_budget: int = MEMORY_BUDGET
-                ) -> tuple[LoraIndex, list[tuple[str, str]]]:
+def build_index(
+    paths: Iterable[str],
+    *,
+    descriptor: str = "concat",
+    n_components: int = 8,
+    select: ModuleSelection | None = None,
+    random_state: int = 0,
+    progress: Callable[[Iterable], Iterable] | None = None,
+    cache: LoraCache | None = None,
+    calibrate: bool = True,
+    memory_budget: int = MEMORY_BUDGET,
+) -> tuple[LoraIndex, list[tuple[str, str]]]:
     """Load, check and embed LoRA files.
 
     Parameters
@@ -811,7 +877,8 @@ def build_index(paths: Iterable[str], *, descriptor: str = "concat", n_component
         skipped.extend(more)
     if len(loras) < 2:
         raise NotEnoughLorasError(
-            f"need at least 2 comparable LoRA files to fit an embedding, found {len(loras)}", skipped)
+            f"need at least 2 comparable LoRA files to fit an embedding, found {len(loras)}", skipped
+        )
     kept = [by_lora[id(lora)] for lora in loras]
     # n - 2 components leave the leave-one-out calibration something to estimate
     k = max(1, min(n_components, len(kept) - 2))
@@ -827,23 +894,33 @@ def build_index(paths: Iterable[str], *, descriptor: str = "concat", n_component
             kept = present
             if len(kept) < 2:
                 raise NotEnoughLorasError(
-                    f"need at least 2 comparable LoRA files to fit an embedding, found {len(kept)}", skipped)
+                    f"need at least 2 comparable LoRA files to fit an embedding, found {len(kept)}", skipped
+                )
             k = max(1, min(n_components, len(kept) - 2))
         if acc.streaming:
-            emb, kept = _fit_streamed(acc, kept, k, calibrate=calibrate, random_state=random_state,
-                                      again=again, skipped=skipped)
+            emb, kept = _fit_streamed(
+                acc, kept, k, calibrate=calibrate, random_state=random_state, again=again, skipped=skipped
+            )
         else:
-            emb = StyleEmbedding(n_components=k, solver="full", calibrate=calibrate,
-                                 random_state=random_state).fit(np.stack(acc.rows))
+            emb = StyleEmbedding(n_components=k, solver="full", calibrate=calibrate, random_state=random_state).fit(
+                np.stack(acc.rows)
+            )
         emb.module_names_ = list(kept[0].lora.modules)
         stored = []
     else:
         K = descriptor_kernel(descriptor, loras)
-        emb = StyleEmbedding(n_components=k, solver="precomputed", calibrate=calibrate,
-                             random_state=random_state).fit(K)
+        emb = StyleEmbedding(n_components=k, solver="precomputed", calibrate=calibrate, random_state=random_state).fit(
+            K
+        )
         stored = loras
-    index = LoraIndex(paths=[item.lora.path for item in kept], sha256=[item.digest for item in kept],
-                      descriptor=descriptor, base=kept[0].lora.base, embedding=emb, loras=stored)
+    index = LoraIndex(
+        paths=[item.lora.path for item in kept],
+        sha256=[item.digest for item in kept],
+        descriptor=descriptor,
+        base=kept[0].lora.base,
+        embedding=emb,
+        loras=stored,
+    )
     return index, skipped
 
 
@@ -867,7 +944,7 @@ def _concat_row(lora: LoRA) -> np.ndarray:
     out = np.empty(sum(f.size for f in factors), dtype=np.float32)
     start = 0
     for f in factors:
-        out[start:start + f.size] = f.ravel()
+        out[start : start + f.size] = f.ravel()
         start += f.size
     return out
 
@@ -879,17 +956,28 @@ def _skeleton(lora: LoRA, shared: dict) -> LoRA:
     the files of one layout share one dict of modules: a file then costs a few hundred bytes, not
     one object per module (about 0.5 MB for an SD 1.5 LoRA, which made memory grow with N).
     """
+
     def ghost(a: np.ndarray) -> np.ndarray:
         return np.broadcast_to(np.zeros((), dtype=a.dtype), a.shape)
 
-    key = tuple((name, m.kind, m.rank, m.alpha, m.scale, m.up.dtype.str,
-                 tuple((r, f.shape) for r, f in sorted(m.factors.items())))
-                for name, m in lora.modules.items())
+    key = tuple(
+        (
+            name,
+            m.kind,
+            m.rank,
+            m.alpha,
+            m.scale,
+            m.up.dtype.str,
+            tuple((r, f.shape) for r, f in sorted(m.factors.items())),
+        )
+        for name, m in lora.modules.items()
+    )
     modules = shared.get(key)
     if modules is None:
-        modules = shared[key] = {name: replace(m, up=ghost(m.up), down=ghost(m.down),
-                                               factors={r: ghost(f) for r, f in m.factors.items()})
-                                 for name, m in lora.modules.items()}
+        modules = shared[key] = {
+            name: replace(m, up=ghost(m.up), down=ghost(m.down), factors={r: ghost(f) for r, f in m.factors.items()})
+            for name, m in lora.modules.items()
+        }
     return LoRA(path=lora.path, format=lora.format, base=lora.base, modules=modules, dtype=lora.dtype)
 
 
@@ -939,15 +1027,16 @@ class _ConcatAccumulator:
             rng = np.random.default_rng(self.random_state)
             self._signs = (rng.integers(0, 2, size=x.size, dtype=np.int8) * 2 - 1).astype(np.float32)
         padded = np.zeros(-(-x.size // p) * p, dtype=np.float32)
-        np.multiply(x, self._signs, out=padded[:x.size])
+        np.multiply(x, self._signs, out=padded[: x.size])
         return padded.reshape(-1, p).sum(axis=0, dtype=np.float64).astype(np.float32)
 
 
 class _Rereader:
     """Reads the kept files again in a later pass: from the cache when it has them, checked unchanged."""
 
-    def __init__(self, cache: LoraCache | None, select: ModuleSelection | None,
-                 progress: Callable[[Iterable], Iterable] | None):
+    def __init__(
+        self, cache: LoraCache | None, select: ModuleSelection | None, progress: Callable[[Iterable], Iterable] | None
+    ):
         self.cache, self.select, self.progress = cache, select, progress or (lambda x: x)
         self.gone: set[int] = set()  # items reported changed: left out of later passes, reported once
 
@@ -975,8 +1064,16 @@ class _Rereader:
             yield item, lora
 
 
-def _fit_streamed(acc: _ConcatAccumulator, items: list[_Item], k: int, *, calibrate: bool, random_state: int,
-                  again: _Rereader, skipped: list[tuple[str, str]]) -> tuple[StyleEmbedding, list[_Item]]:
+def _fit_streamed(
+    acc: _ConcatAccumulator,
+    items: list[_Item],
+    k: int,
+    *,
+    calibrate: bool,
+    random_state: int,
+    again: _Rereader,
+    skipped: list[tuple[str, str]],
+) -> tuple[StyleEmbedding, list[_Item]]:
     """PCA of the accumulated vectors in two more passes (see :func:`build_index`'s Notes)."""
     from sklearn.decomposition import PCA
 
@@ -1019,8 +1116,9 @@ def _fit_streamed(acc: _ConcatAccumulator, items: list[_Item], k: int, *, calibr
         rows.append(Q @ x)
         total += float(np.dot(x, x))
     if len(present) < 2:
-        raise NotEnoughLorasError(f"need at least 2 comparable LoRA files to fit an embedding, found "
-                                  f"{len(present)}", skipped)
+        raise NotEnoughLorasError(
+            f"need at least 2 comparable LoRA files to fit an embedding, found {len(present)}", skipped
+        )
     Z = np.asarray(rows, dtype=np.float64)
     # PCA within the subspace: uncorrelated scores of descending variance
     _, _, Wt = np.linalg.svd(Z - Z.mean(axis=0), full_matrices=False)
@@ -1066,7 +1164,7 @@ def _gram64(rows: np.ndarray | list[np.ndarray], chunk_bytes: int = 16 << 20) ->
     chunk = max(1, chunk_bytes // (8 * n))
     G = np.zeros((n, n))
     for start in range(0, len(rows[0]), chunk):
-        part = np.stack([r[start:start + chunk] for r in rows]).astype(np.float64)
+        part = np.stack([r[start : start + chunk] for r in rows]).astype(np.float64)
         G += part @ part.T
     return G
 
@@ -1112,8 +1210,9 @@ def _remove_stale_temporaries(output: str, cache_dir: str) -> int:
     """Delete temporary files a killed run left (call with the lock held: no writer is running)."""
     from ..io.atomic import remove_temporaries
 
-    return (remove_temporaries(os.path.dirname(os.path.abspath(output)), re.escape(os.path.basename(output)))
-            + remove_temporaries(cache_dir, ".*" + re.escape(CACHE_SUFFIX)))
+    return remove_temporaries(
+        os.path.dirname(os.path.abspath(output)), re.escape(os.path.basename(output))
+    ) + remove_temporaries(cache_dir, ".*" + re.escape(CACHE_SUFFIX))
 
 
 @dataclass
@@ -1139,11 +1238,19 @@ class IndexRun:
     cache_dir: str | None
 
 
-def index_folder(root: str | os.PathLike, output: str | os.PathLike, *, descriptor: str = "concat",
-                 n_components: int = 8, select: ModuleSelection | None = None, use_cache: bool = True,
-                 calibrate: bool = True, random_state: int = 0,
-                 progress: Callable[[Iterable], Iterable] | None = None,
-                 memory_budget: int = MEMORY_BUDGET) -> IndexRun:
+def index_folder(
+    root: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    descriptor: str = "concat",
+    n_components: int = 8,
+    select: ModuleSelection | None = None,
+    use_cache: bool = True,
+    calibrate: bool = True,
+    random_state: int = 0,
+    progress: Callable[[Iterable], Iterable] | None = None,
+    memory_budget: int = MEMORY_BUDGET,
+) -> IndexRun:
     """Index every LoRA file under a folder into ``output``, safely (what ``lorastyle index`` runs).
 
     Holds the lock ``OUTPUT.lock`` throughout (:func:`index_lock`), removes
@@ -1181,14 +1288,26 @@ def index_folder(root: str | os.PathLike, output: str | os.PathLike, *, descript
             raise NotEnoughLorasError("no LoRA files (.safetensors) found", problems)
         cache = LoraCache(cache_dir) if use_cache else None
         try:
-            index, skipped = build_index(files, descriptor=descriptor, n_components=n_components, select=select,
-                                         random_state=random_state, progress=progress, cache=cache,
-                                         calibrate=calibrate, memory_budget=memory_budget)
+            index, skipped = build_index(
+                files,
+                descriptor=descriptor,
+                n_components=n_components,
+                select=select,
+                random_state=random_state,
+                progress=progress,
+                cache=cache,
+                calibrate=calibrate,
+                memory_budget=memory_budget,
+            )
         except NotEnoughLorasError as exc:
             raise NotEnoughLorasError(str(exc), problems + exc.skipped) from None
         index.save(output)
         if cache is not None:
             cache.prune()
-    return IndexRun(index=index, skipped=problems + skipped, n_files=len(files),
-                    from_cache=cache.hits if cache is not None else 0,
-                    cache_dir=cache_dir if cache is not None else None)
+    return IndexRun(
+        index=index,
+        skipped=problems + skipped,
+        n_files=len(files),
+        from_cache=cache.hits if cache is not None else 0,
+        cache_dir=cache_dir if cache is not None else None,
+    )

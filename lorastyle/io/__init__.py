@@ -9,5 +9,14 @@
 from .formats import BASE_FAMILIES, LORA_SUFFIXES, LoRA, LoraModule, load_lora, save_lora
 from .safetensors import read_safetensors, read_safetensors_header, write_safetensors
 
-__all__ = ["BASE_FAMILIES", "LORA_SUFFIXES", "LoRA", "LoraModule", "load_lora", "save_lora",
-           "read_safetensors", "read_safetensors_header", "write_safetensors"]
+__all__ = [
+    "BASE_FAMILIES",
+    "LORA_SUFFIXES",
+    "LoRA",
+    "LoraModule",
+    "load_lora",
+    "save_lora",
+    "read_safetensors",
+    "read_safetensors_header",
+    "write_safetensors",
+]

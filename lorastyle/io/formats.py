@@ -41,15 +41,23 @@ import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
-from .naming import module_group, sgm_to_diffusers, unmangle
 from ..errors import LoraFormatError
+from .naming import module_group, sgm_to_diffusers, unmangle
 from .safetensors import FLOAT_DTYPES, read_safetensors, read_safetensors_header, write_safetensors
 
-__all__ = ["LoraFormatError", "LoraModule", "LoRA", "load_lora", "save_lora", "build_module", "BASE_FAMILIES", "LORA_SUFFIXES"]
+__all__ = [
+    "LoraFormatError",
+    "LoraModule",
+    "LoRA",
+    "load_lora",
+    "save_lora",
+    "build_module",
+    "BASE_FAMILIES",
+    "LORA_SUFFIXES",
+]
 
 BASE_FAMILIES = ("sd1", "sd2", "sdxl", "flux", "tiny", "unknown")
 # Files `index` looks at when it walks a folder (pickles are listed so they are reported, not silently ignored).
@@ -179,11 +187,33 @@ _KOHYA_PREFIXES = {
     "lora_transformer_": "transformer",
     "lycoris_": "unet",
 }
-_KOHYA_ROLES = {"lora_down.weight": "lora_down", "lora_up.weight": "lora_up", "alpha": "alpha",
-                "dora_scale": "dora_scale", "lora_mid.weight": "lora_mid"}
-_LYCORIS_ROLES = {r: r for r in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b",
-                                 "lokr_t2", "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1",
-                                 "hada_t2", "alpha", "dora_scale")}
+_KOHYA_ROLES = {
+    "lora_down.weight": "lora_down",
+    "lora_up.weight": "lora_up",
+    "alpha": "alpha",
+    "dora_scale": "dora_scale",
+    "lora_mid.weight": "lora_mid",
+}
+_LYCORIS_ROLES = {
+    r: r
+    for r in (
+        "lokr_w1",
+        "lokr_w1_a",
+        "lokr_w1_b",
+        "lokr_w2",
+        "lokr_w2_a",
+        "lokr_w2_b",
+        "lokr_t2",
+        "hada_w1_a",
+        "hada_w1_b",
+        "hada_w2_a",
+        "hada_w2_b",
+        "hada_t1",
+        "hada_t2",
+        "alpha",
+        "dora_scale",
+    )
+}
 _PEFT_PREFIXES = {
     "base_model.model.": None,  # part inferred from the file's module names
     "unet.": "unet",
@@ -195,8 +225,14 @@ _PEFT_PREFIXES = {
 _FLUX_WORDS = ("double_blocks", "single_blocks", "single_transformer_blocks", "x_embedder", "context_embedder")
 _CLONEOFSIMO_KEY = re.compile(r"^(unet|text_encoder):(\d+):(up|down)$")
 _XLABS_KEY = re.compile(r"^(.*)\.processor\.(qkv|proj)_lora(\d?)\.(up|down)\.weight$")
-_XLABS_TARGET = {("qkv", "1"): "img_attn.qkv", ("qkv", "2"): "txt_attn.qkv", ("proj", "1"): "img_attn.proj",
-                 ("proj", "2"): "txt_attn.proj", ("qkv", ""): "qkv", ("proj", ""): "proj"}
+_XLABS_TARGET = {
+    ("qkv", "1"): "img_attn.qkv",
+    ("qkv", "2"): "txt_attn.qkv",
+    ("proj", "1"): "img_attn.proj",
+    ("proj", "2"): "txt_attn.proj",
+    ("qkv", ""): "qkv",
+    ("proj", ""): "proj",
+}
 
 
 def _split_role(key: str, roles: dict[str, str]) -> tuple[str, str] | None:
@@ -231,7 +267,7 @@ def _infer_part(path: str) -> str | None:
 def _canonical_kohya(raw: str) -> tuple[str, str]:
     for prefix, part in _KOHYA_PREFIXES.items():
         if raw.startswith(prefix):
-            path = unmangle(raw[len(prefix):])
+            path = unmangle(raw[len(prefix) :])
             if part == "unet":
                 if any(w in path.split(".") for w in _FLUX_WORDS) or path.startswith("transformer_blocks."):
                     part = "transformer"  # a U-Net path never starts with transformer_blocks
@@ -239,10 +275,10 @@ def _canonical_kohya(raw: str) -> tuple[str, str]:
                     path = sgm_to_diffusers(path)
             return part, path
     if raw.startswith("diffusion_model."):  # BFL-style dotted LyCORIS names (Flux)
-        return "transformer", raw[len("diffusion_model."):]
+        return "transformer", raw[len("diffusion_model.") :]
     for prefix, part in _PEFT_PREFIXES.items():
         if raw.startswith(prefix):
-            path = raw[len(prefix):]
+            path = raw[len(prefix) :]
             return part or _infer_part(path), path
     return _infer_part(raw), raw
 
@@ -250,7 +286,7 @@ def _canonical_kohya(raw: str) -> tuple[str, str]:
 def _canonical_peft(raw: str) -> tuple[str, str]:
     for prefix, part in _PEFT_PREFIXES.items():
         if raw.startswith(prefix):
-            path = raw[len(prefix):]
+            path = raw[len(prefix) :]
             return part or _infer_part(path), sgm_to_diffusers(path)
     return _infer_part(raw), sgm_to_diffusers(raw)
 
@@ -336,8 +372,9 @@ def _cloneofsimo_names(part: str, count: int, targets: set[str]) -> list[str]:
 def _as_matrix(arr: np.ndarray, path: str, what: str) -> np.ndarray:
     """Flatten a conv factor to 2-D (out, in*kh*kw); keep matrices; refuse empty or other shapes."""
     if arr.ndim not in (2, 4) or arr.size == 0:
-        raise LoraFormatError(path, f"{what} has shape {tuple(arr.shape)}: a factor must be a non-empty matrix "
-                                    "or 4-D conv kernel")
+        raise LoraFormatError(
+            path, f"{what} has shape {tuple(arr.shape)}: a factor must be a non-empty matrix or 4-D conv kernel"
+        )
     return arr.reshape(arr.shape[0], -1) if arr.ndim == 4 else arr
 
 
@@ -389,8 +426,7 @@ def build_module(path: str, name: str, part: str, roles: dict[str, np.ndarray]) 
                 # kron(U1 V1, U2 V2) = kron(U1, U2) @ kron(V1, V2): exact low-rank form
                 up, down = np.kron(w1[0], w2[0]), np.kron(w1[1], w2[1])
             else:  # a full factor: no useful low-rank form, keep the dense Kronecker product
-                dense = np.kron(w1[0] if w1[1] is None else w1[0] @ w1[1],
-                                w2[0] if w2[1] is None else w2[0] @ w2[1])
+                dense = np.kron(w1[0] if w1[1] is None else w1[0] @ w1[1], w2[0] if w2[1] is None else w2[0] @ w2[1])
                 up, down = _dense_factors(dense)
         # lora_dim as LyCORIS and ComfyUI read it, from a factor actually used; two full factors have none
         dim_key = next((f"lokr_w{i}_b" for i, w in (("2", w2), ("1", w1)) if w[1] is not None), None)
@@ -401,8 +437,12 @@ def build_module(path: str, name: str, part: str, roles: dict[str, np.ndarray]) 
         if not all(k in roles for k in need):
             raise LoraFormatError(path, f"module {name}: LoHa needs {', '.join(need)}")
         a1, b1, a2, b2 = (_as_matrix(roles[k], path, f"module {name}: {k}") for k in need)
-        if a1.shape[1] != b1.shape[0] or a2.shape[1] != b2.shape[0] or a1.shape[0] != a2.shape[0] \
-                or b1.shape[1] != b2.shape[1]:
+        if (
+            a1.shape[1] != b1.shape[0]
+            or a2.shape[1] != b2.shape[0]
+            or a1.shape[0] != a2.shape[0]
+            or b1.shape[1] != b2.shape[1]
+        ):
             raise LoraFormatError(path, f"module {name}: LoHa factor shapes do not fit together")
         # (A1 B1) * (A2 B2) elementwise = khatri_rao_rows(A1, A2) @ khatri_rao_cols(B1, B2)
         up = _khatri_rao_rows(a1, a2)
@@ -425,8 +465,17 @@ def build_module(path: str, name: str, part: str, roles: dict[str, np.ndarray]) 
         finite = np.isfinite(up).all() and np.isfinite(down).all() and np.isfinite(scale)
     if not finite:
         raise LoraFormatError(path, f"module {name}: delta-W overflows float32 (factors too large)")
-    return LoraModule(name=name, part=part, kind=kind, up=up, down=down, rank=int(rank), alpha=alpha,
-                      scale=float(scale), factors=factors)
+    return LoraModule(
+        name=name,
+        part=part,
+        kind=kind,
+        up=up,
+        down=down,
+        rank=int(rank),
+        alpha=alpha,
+        scale=float(scale),
+        factors=factors,
+    )
 
 
 def _dense_factors(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -542,9 +591,15 @@ def load_lora(path: str | os.PathLike) -> LoRA:
             rest.append(roles["dora_scale"])
     if not modules:
         raise LoraFormatError(path, "unknown layout: no complete LoRA module found")
-    lora = LoRA(path=path, format=layout, base="unknown", modules=dict(sorted(modules.items())),
-                dtype=_dtype_name(factor_dtypes), metadata=metadata,
-                extras={k: tensors[k] for k in sorted(rest)})
+    lora = LoRA(
+        path=path,
+        format=layout,
+        base="unknown",
+        modules=dict(sorted(modules.items())),
+        dtype=_dtype_name(factor_dtypes),
+        metadata=metadata,
+        extras={k: tensors[k] for k in sorted(rest)},
+    )
     lora.base = _detect_base(lora.modules, metadata)
     return lora
 
@@ -596,7 +651,7 @@ def _apply_peft_alpha(path: str, raw: dict, metadata: dict[str, str], tensors: d
         raise LoraFormatError(path, "lora_adapter_metadata is not a JSON object")
     # Either {"r": .., "lora_alpha": ..} or {"unet.r": .., "unet.lora_alpha": ..}
     alphas = {k.rsplit(".", 1)[0] if "." in k else "": v for k, v in config.items() if k.endswith("lora_alpha")}
-    for key, value in alphas.items():
+    for value in alphas.values():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) < 3.4e38:
             raise LoraFormatError(path, f"lora_adapter_metadata: lora_alpha {value!r} is not a finite float32")
     for raw_name, roles in raw.items():
@@ -637,7 +692,9 @@ def _split_cloneofsimo(path, keys, metadata):
         names = _cloneofsimo_names(part, count, targets)
         if not names:
             raise LoraFormatError(
-                path, f"cloneofsimo {part}: {count} modules do not match the SD U-Net/CLIP order for targets {sorted(targets)}"
+                path,
+                f"cloneofsimo {part}: {count} modules do not match the SD U-Net/CLIP order "
+                f"for targets {sorted(targets)}",
             )
         for i, mpath in enumerate(names):
             roles = {"lora_down": f"{part}:{i}:down", "lora_up": f"{part}:{i}:up"}
@@ -652,13 +709,24 @@ def _split_cloneofsimo(path, keys, metadata):
 # Writing
 
 WRITE_LAYOUTS = ("diffusers-peft", "kohya")
-_KOHYA_WRITE_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_",
-                       "transformer": "lora_transformer_"}  # OneTrainer's prefix for Flux
+_KOHYA_WRITE_PREFIX = {
+    "unet": "lora_unet_",
+    "text_encoder": "lora_te_",
+    "text_encoder_2": "lora_te2_",
+    "transformer": "lora_transformer_",
+}  # OneTrainer's prefix for Flux
 
 
-def save_lora(path: str | os.PathLike, factors: dict[str, tuple[np.ndarray, np.ndarray]], *, alpha: float,
-              layout: str = "diffusers-peft", base: str | None = None,
-              metadata: dict[str, str] | None = None, dtype=np.float32) -> None:
+def save_lora(
+    path: str | os.PathLike,
+    factors: dict[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    alpha: float,
+    layout: str = "diffusers-peft",
+    base: str | None = None,
+    metadata: dict[str, str] | None = None,
+    dtype=np.float32,
+) -> None:
     """Write a plain LoRA (A, B per module) as safetensors, in the diffusers/PEFT or kohya layout.
 
     Parameters

@@ -25,24 +25,89 @@ __all__ = ["COMPOUND_WORDS", "unmangle", "sgm_to_diffusers", "module_group"]
 COMPOUND_WORDS = sorted(
     {
         # SD U-Net (diffusers)
-        "down_blocks", "up_blocks", "mid_block", "transformer_blocks", "proj_in", "proj_out",
-        "to_q", "to_k", "to_v", "to_out", "time_emb_proj", "conv_shortcut", "conv_in", "conv_out",
-        "time_embedding", "linear_1", "linear_2", "add_embedding", "conv_norm_out", "add_k_proj",
-        "add_v_proj", "add_q_proj", "to_add_out",
+        "down_blocks",
+        "up_blocks",
+        "mid_block",
+        "transformer_blocks",
+        "proj_in",
+        "proj_out",
+        "to_q",
+        "to_k",
+        "to_v",
+        "to_out",
+        "time_emb_proj",
+        "conv_shortcut",
+        "conv_in",
+        "conv_out",
+        "time_embedding",
+        "linear_1",
+        "linear_2",
+        "add_embedding",
+        "conv_norm_out",
+        "add_k_proj",
+        "add_v_proj",
+        "add_q_proj",
+        "to_add_out",
         # SD U-Net (SGM / original)
-        "input_blocks", "middle_block", "output_blocks", "in_layers", "out_layers", "emb_layers",
-        "skip_connection", "time_embed", "label_emb",
+        "input_blocks",
+        "middle_block",
+        "output_blocks",
+        "in_layers",
+        "out_layers",
+        "emb_layers",
+        "skip_connection",
+        "time_embed",
+        "label_emb",
         # CLIP / T5 text encoders
-        "text_model", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj", "final_layer_norm",
-        "token_embedding", "position_embedding", "text_projection", "layer_norm1", "layer_norm2",
-        "SelfAttention", "DenseReluDense",
+        "text_model",
+        "self_attn",
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "out_proj",
+        "final_layer_norm",
+        "token_embedding",
+        "position_embedding",
+        "text_projection",
+        "layer_norm1",
+        "layer_norm2",
+        "SelfAttention",
+        "DenseReluDense",
         # Flux (BFL and diffusers)
-        "double_blocks", "single_blocks", "img_attn", "txt_attn", "img_mlp", "txt_mlp", "img_mod",
-        "txt_mod", "final_layer", "adaLN_modulation", "img_in", "txt_in", "time_in", "vector_in",
-        "guidance_in", "in_layer", "out_layer", "key_norm", "query_norm",
-        "single_transformer_blocks", "ff_context", "norm1_context", "proj_mlp", "time_text_embed",
-        "norm_out", "x_embedder", "context_embedder", "timestep_embedder", "text_embedder",
-        "guidance_embedder", "norm_q", "norm_k", "norm_added_q", "norm_added_k",
+        "double_blocks",
+        "single_blocks",
+        "img_attn",
+        "txt_attn",
+        "img_mlp",
+        "txt_mlp",
+        "img_mod",
+        "txt_mod",
+        "final_layer",
+        "adaLN_modulation",
+        "img_in",
+        "txt_in",
+        "time_in",
+        "vector_in",
+        "guidance_in",
+        "in_layer",
+        "out_layer",
+        "key_norm",
+        "query_norm",
+        "single_transformer_blocks",
+        "ff_context",
+        "norm1_context",
+        "proj_mlp",
+        "time_text_embed",
+        "norm_out",
+        "x_embedder",
+        "context_embedder",
+        "timestep_embedder",
+        "text_embedder",
+        "guidance_embedder",
+        "norm_q",
+        "norm_k",
+        "norm_added_q",
+        "norm_added_k",
     },
     key=lambda w: (-w.count("_"), w),
 )
@@ -91,7 +156,7 @@ def _resnet_or_attention(rest: str, layer: int) -> str:
     """Name the sub-module ``rest`` (after ``<block>.<sub>.``) of an SGM block."""
     for old, new in _RESNET_SUBLAYERS.items():
         if rest == old or rest.startswith(old + "."):
-            return f"resnets.{layer}.{new}{rest[len(old):]}"
+            return f"resnets.{layer}.{new}{rest[len(old) :]}"
     return ""
 
 
@@ -117,8 +182,12 @@ def sgm_to_diffusers(path: str, layers_per_block: int = 2) -> str:
         # middle_block.0 and .2 are ResNets around the attention at .1
         if index == 1:
             return f"mid_block.attentions.0.{sub + '.' if sub else ''}{rest}"
-        return _resnet_or_attention(f"{sub}.{rest}" if sub else rest, index // 2).replace(
-            "resnets.", "mid_block.resnets.", 1) or path
+        return (
+            _resnet_or_attention(f"{sub}.{rest}" if sub else rest, index // 2).replace(
+                "resnets.", "mid_block.resnets.", 1
+            )
+            or path
+        )
     sub_index = int(sub) if sub is not None else 0
     if kind == "input_blocks":
         if index == 0:
@@ -158,8 +227,14 @@ def module_group(name: str) -> tuple[str, str | None]:
     parts = name.split(".")
     if "attn2" in parts:
         layer = "cross_attention"
-    elif "attn1" in parts or "self_attn" in parts or "SelfAttention" in parts or "attn" in parts \
-            or "img_attn" in parts or "txt_attn" in parts:
+    elif (
+        "attn1" in parts
+        or "self_attn" in parts
+        or "SelfAttention" in parts
+        or "attn" in parts
+        or "img_attn" in parts
+        or "txt_attn" in parts
+    ):
         layer = "self_attention"
     elif {"ff", "mlp", "ff_context", "img_mlp", "txt_mlp", "DenseReluDense", "proj_mlp"} & set(parts):
         layer = "feed_forward"

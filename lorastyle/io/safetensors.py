@@ -150,8 +150,11 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict[str, st
         if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
             raise LoraFormatError(path, f"tensor {name!r}: shape {shape!r} is not a list of non-negative ints")
         if any(d > MAX_DIMENSION for d in shape) or len(shape) > 8:
-            raise LoraFormatError(path, f"tensor {name!r}: shape {shape} is beyond any LoRA (a dimension above "
-                                        f"{MAX_DIMENSION} or more than 8 dimensions)")
+            raise LoraFormatError(
+                path,
+                f"tensor {name!r}: shape {shape} is beyond any LoRA (a dimension above "
+                f"{MAX_DIMENSION} or more than 8 dimensions)",
+            )
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
             raise LoraFormatError(path, f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end]")
         begin, end = offsets
@@ -183,8 +186,9 @@ def _decode(buf: memoryview, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     return arr.reshape(shape)
 
 
-def read_safetensors(path: str | os.PathLike, *, _header: tuple | None = None
-                     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def read_safetensors(
+    path: str | os.PathLike, *, _header: tuple | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read every tensor of a safetensors file into numpy arrays, safely.
 
     bfloat16 is widened to float32 (numpy has no bfloat16); other dtypes keep
@@ -223,13 +227,22 @@ def read_safetensors(path: str | os.PathLike, *, _header: tuple | None = None
     return tensors, metadata
 
 
-_TO_CODE = {np.dtype("<f8"): "F64", np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("<i8"): "I64",
-            np.dtype("<i4"): "I32", np.dtype("<i2"): "I16", np.dtype("i1"): "I8", np.dtype("u1"): "U8",
-            np.dtype("?"): "BOOL"}
+_TO_CODE = {
+    np.dtype("<f8"): "F64",
+    np.dtype("<f4"): "F32",
+    np.dtype("<f2"): "F16",
+    np.dtype("<i8"): "I64",
+    np.dtype("<i4"): "I32",
+    np.dtype("<i2"): "I16",
+    np.dtype("i1"): "I8",
+    np.dtype("u1"): "U8",
+    np.dtype("?"): "BOOL",
+}
 
 
-def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],
-                      metadata: dict[str, str] | None = None) -> None:
+def write_safetensors(
+    path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
+) -> None:
     """Write numpy arrays as a safetensors file, atomically (:func:`lorastyle.io.atomic.atomic_write`).
 
     Parameters

@@ -18,12 +18,14 @@ import pytest
 import yaml
 
 from support import ROOT
+
 SCREENSHOTS = ROOT / "_build" / "screenshots"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
-    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does)")
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does)",
+)
 
 
 def _chapters() -> list[str]:
@@ -45,8 +47,22 @@ def html(tmp_path_factory) -> Path:
     config_path = out / "_config.yml"
     config_path.write_text(yaml.safe_dump(config))
     jb = Path(sys.executable).with_name("jupyter-book")
-    run = subprocess.run([str(jb), "build", str(ROOT), "--path-output", str(out), "--config", str(config_path),
-                          "-W", "-n", "--keep-going"], capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            str(jb),
+            "build",
+            str(ROOT),
+            "--path-output",
+            str(out),
+            "--config",
+            str(config_path),
+            "-W",
+            "-n",
+            "--keep-going",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     return out / "_build" / "html"
 
@@ -58,9 +74,17 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(120)
@@ -70,8 +94,10 @@ def browser():
 
 BROKEN_IMAGES = "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src);"
 OUTPUT_IMAGES = "return document.querySelectorAll('.cell_output img').length;"
-ERROR_OUTPUTS = ("return Array.from(document.querySelectorAll('.cell_output .output.traceback, .cell_output .ansi-red-fg,"
-                 " .output.error')).map(e => e.innerText.slice(0, 200));")
+ERROR_OUTPUTS = (
+    "return Array.from(document.querySelectorAll('.cell_output .output.traceback, .cell_output .ansi-red-fg,"
+    " .output.error')).map(e => e.innerText.slice(0, 200));"
+)
 
 
 @pytest.mark.parametrize("chapter", _chapters())
@@ -91,7 +117,9 @@ def test_figure_1_page_shows_the_static_and_the_interactive_map(html, browser):
     # plotly draws into SVG once its inlined script has run: the interactive map is live
     svgs = browser.execute_script("return document.querySelectorAll('.plotly-graph-div .main-svg').length;")
     assert svgs > 0
-    points = browser.execute_script("return document.querySelectorAll('.plotly-graph-div .scatterlayer .point').length;")
+    points = browser.execute_script(
+        "return document.querySelectorAll('.plotly-graph-div .scatterlayer .point').length;"
+    )
     assert points >= 108  # every main LoRA is a hoverable point
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     figure = browser.find_elements("css selector", ".cell_output img")[0]

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from lorastyle.book.experiments import (_nearest_distances, load_collection, memorisation_table, restricted_top1,
-                                   nearest_neighbour_chance, real_lora_similarity, wilson_interval)
+from lorastyle.book.experiments import (
+    _nearest_distances,
+    load_collection,
+    memorisation_table,
+    nearest_neighbour_chance,
+    real_lora_similarity,
+    restricted_top1,
+    wilson_interval,
+)
 from lorastyle.io.formats import save_lora
 
 
@@ -32,24 +39,36 @@ def test_nearest_distances_brute_force():
 
 def _fake_collection(root, train, gen, collection="memorisation", sources=None):
     sources = sources or {}
-    rows = [{"file": f"{i}.safetensors", "id": i, "artist": f"artist {i}", "genre": "baroque",
-             "collection": collection, "n_images": str(len(train[i])), "training_images": sources.get(i, f"src-{i}")}
-            for i in train]
+    rows = [
+        {
+            "file": f"{i}.safetensors",
+            "id": i,
+            "artist": f"artist {i}",
+            "genre": "baroque",
+            "collection": collection,
+            "n_images": str(len(train[i])),
+            "training_images": sources.get(i, f"src-{i}"),
+        }
+        for i in train
+    ]
     with open(root / "manifest.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    np.savez(root / "images.npz", **{f"train/{i}": v for i, v in train.items()},
-             **{f"gen/{i}": v for i, v in gen.items()})
+    np.savez(
+        root / "images.npz", **{f"train/{i}": v for i, v in train.items()}, **{f"gen/{i}": v for i, v in gen.items()}
+    )
     return load_collection(root)
 
 
 def test_memorisation_table_sees_a_copying_lora(tmp_path):
     rng = np.random.default_rng(1)
     train = {i: rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8) for i in ("a", "b", "c")}
-    gen = {"a": train["a"][[0, 1, 2, 0]],  # a copies its training images exactly
-           "b": rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8),
-           "c": rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)}
+    gen = {
+        "a": train["a"][[0, 1, 2, 0]],  # a copies its training images exactly
+        "b": rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8),
+        "c": rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8),
+    }
     table = _fake_collection(tmp_path, train, gen)
     mem = memorisation_table(table, collections=("memorisation",)).set_index("id")
     assert mem.loc["a", "d_own"] == 0 and mem.loc["a", "ratio"] == 0
@@ -62,28 +81,40 @@ def test_memorisation_table_keeps_loras_with_shared_training_images_out_of_the_o
     train["b"][:2] = train["a"][:2]  # b saw two of a's images
     gen = {i: train["a"][[0, 1]] for i in train}  # everyone generates a's first two images
     sources = {"a": "x@0;y@1;z@2", "b": "x@0;y@1;w@5", "c": "u@0;v@1;t@2"}
-    mem = memorisation_table(_fake_collection(tmp_path, train, gen, sources=sources),
-                             collections=("memorisation",)).set_index("id")
+    mem = memorisation_table(
+        _fake_collection(tmp_path, train, gen, sources=sources), collections=("memorisation",)
+    ).set_index("id")
     assert mem.loc["a", "d_own"] == 0 and mem.loc["a", "d_others"] > 0  # b is not among a's others
     assert mem.loc["c", "d_others"] == 0  # for c, a and b are others and hold the copied images
 
 
 def test_real_lora_similarity_sees_through_the_gauge_and_across_ranks(tmp_path):
     rng = np.random.default_rng(2)
-    names = ["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
-             "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"]
+    names = [
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k",
+    ]
     shapes = {names[0]: (16, 16), names[1]: (16, 24)}
     base = {m: (rng.standard_normal((2, n)), rng.standard_normal((o, 2))) for m, (o, n) in shapes.items()}
     G = rng.standard_normal((2, 2)) + 3 * np.eye(2)
     gauge = {m: (G @ A, B @ np.linalg.inv(G)) for m, (A, B) in base.items()}
     # the same update written at rank 4 (zero-padded factors): identical delta-W
-    padded = {m: (np.vstack([A, np.zeros((2, A.shape[1]))]), np.hstack([B, np.zeros((B.shape[0], 2))]))
-              for m, (A, B) in base.items()}
+    padded = {
+        m: (np.vstack([A, np.zeros((2, A.shape[1]))]), np.hstack([B, np.zeros((B.shape[0], 2))]))
+        for m, (A, B) in base.items()
+    }
     other = {m: (rng.standard_normal((2, n)), rng.standard_normal((o, 2))) for m, (o, n) in shapes.items()}
     # an extra module only one file adapts: dropped, since not every file has it
     other["unet.up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_v"] = (
-        rng.standard_normal((2, 8)), rng.standard_normal((8, 2)))
-    for name, f, alpha in (("a", base, 2.0), ("b_gauge", gauge, 2.0), ("c_rank4", padded, 4.0), ("d_other", other, 2.0)):
+        rng.standard_normal((2, 8)),
+        rng.standard_normal((8, 2)),
+    )
+    for name, f, alpha in (
+        ("a", base, 2.0),
+        ("b_gauge", gauge, 2.0),
+        ("c_rank4", padded, 4.0),
+        ("d_other", other, 2.0),
+    ):
         save_lora(tmp_path / f"{name}.safetensors", f, alpha=alpha, base="sd1")
     files, summary, cos = real_lora_similarity(tmp_path)
     assert files == ["a", "b_gauge", "c_rank4", "d_other"]
@@ -139,16 +170,29 @@ def test_restricted_top1_brute_force():
 def test_style_reference_table_separates_same_painting_from_other_paintings(tmp_path, monkeypatch):
     # Four LoRAs of artist x: two styled by painting p1 (identical features), two by p2; artist z by q.
     # Every nearest neighbour shares its painting; across paintings x is found only if p1 and p2 look alike.
-    sources = {"x1": "c1@0,0,1,1~p1", "x2": "c2@0,0,1,1~p1", "x3": "c3@0,0,1,1~p2", "x4": "c4@0,0,1,1~p2",
-               "z1": "c5@0,0,1,1~q", "z2": "c6@0,0,1,1~q2"}
+    sources = {
+        "x1": "c1@0,0,1,1~p1",
+        "x2": "c2@0,0,1,1~p1",
+        "x3": "c3@0,0,1,1~p2",
+        "x4": "c4@0,0,1,1~p2",
+        "z1": "c5@0,0,1,1~q",
+        "z2": "c6@0,0,1,1~q2",
+    }
     train = {i: np.zeros((1, 2, 2, 3), np.uint8) for i in sources}
     coll = _fake_collection(tmp_path, train, train, collection="main", sources=sources)
     for r in coll.rows:
         r["artist"] = r["id"][0]
     assert coll.source_paintings("x1") == {"p1"}
-    feats = {"x1": [1, 0, 0], "x2": [1, 0.01, 0], "x3": [0, 1, 0], "x4": [0.01, 1, 0],
-             "z1": [0.7, 0.05, 0.7], "z2": [0.72, 0, 0.7]}
+    feats = {
+        "x1": [1, 0, 0],
+        "x2": [1, 0.01, 0],
+        "x3": [0, 1, 0],
+        "x4": [0.01, 1, 0],
+        "z1": [0.7, 0.05, 0.7],
+        "z2": [0.72, 0, 0.7],
+    }
     import lorastyle.book.experiments as ex
+
     monkeypatch.setattr(ex, "feature_embedding", lambda c, ids, e, n_components: np.array([feats[i] for i in ids]))
     row = ex.style_reference_table(coll, descriptors=(), encoders=("toy",)).iloc[0]
     assert row.top1 == 1.0 and row.same_painting == pytest.approx(4 / 6)
@@ -160,8 +204,7 @@ def test_style_reference_table_separates_same_painting_from_other_paintings(tmp_
 
 def test_source_paintings_are_styles_or_else_the_cropped_painting(tmp_path):
     # as lorastyle.collection.build writes them: content@box~style, the style empty for real-pixel crops
-    sources = {"stylized": "photo-cat@0,0,9,9~met-1;met-7@1,1,5,5~met-2",
-               "real": "met-3@0,0,9,9~;met-3@2,2,8,8~"}
+    sources = {"stylized": "photo-cat@0,0,9,9~met-1;met-7@1,1,5,5~met-2", "real": "met-3@0,0,9,9~;met-3@2,2,8,8~"}
     train = {i: np.zeros((1, 2, 2, 3), np.uint8) for i in sources}
     coll = _fake_collection(tmp_path, train, train, collection="main", sources=sources)
     assert coll.source_paintings("stylized") == {"met-1", "met-2"}

@@ -40,8 +40,10 @@ def degenerate_map():
         genres.append(genre)
         ids.append(f"lora-{len(ids):03d}")
 
-    for genre, centre, names in (("baroque", (0.0, 0.0), ("Rembrandt", "Rubens", "Vermeer")),
-                                 ("ukiyo_e", (6.0, 1.0), ("Hokusai", "Hiroshige"))):
+    for genre, centre, names in (
+        ("baroque", (0.0, 0.0), ("Rembrandt", "Rubens", "Vermeer")),
+        ("ukiyo_e", (6.0, 1.0), ("Hokusai", "Hiroshige")),
+    ):
         for name in names:
             c = np.asarray(centre) + rng.normal(0, 0.8, 2)
             for _ in range(4):
@@ -54,8 +56,11 @@ def degenerate_map():
 
 
 def _hulls(ax):
-    return {p.get_gid().split(":", 1)[1]: p for p in ax.patches
-            if isinstance(p, Polygon) and (p.get_gid() or "").startswith("hull:")}
+    return {
+        p.get_gid().split(":", 1)[1]: p
+        for p in ax.patches
+        if isinstance(p, Polygon) and (p.get_gid() or "").startswith("hull:")
+    }
 
 
 def _title(ax):
@@ -114,8 +119,15 @@ def test_genre_palette_rejects_bad_input(bad):
 
 
 def test_artist_colors_share_hue_and_vary_lightness():
-    a2g = {"Rembrandt": "baroque", "Rubens": "baroque", "Vermeer": "baroque", "Caravaggio": "baroque",
-           "Hokusai": "ukiyo_e", "Hiroshige": "ukiyo_e", "Raphael": "renaissance"}
+    a2g = {
+        "Rembrandt": "baroque",
+        "Rubens": "baroque",
+        "Vermeer": "baroque",
+        "Caravaggio": "baroque",
+        "Hokusai": "ukiyo_e",
+        "Hiroshige": "ukiyo_e",
+        "Raphael": "renaissance",
+    }
     cols = viz.artist_colors(a2g)
     assert cols == viz.artist_colors(dict(reversed(list(a2g.items()))))
     assert list(cols) == sorted(a2g)
@@ -215,8 +227,9 @@ def test_style_map_never_crashes_on_degenerate_input(pts, genres):
 def test_style_map_options_and_title_untouched():
     pts = np.array([[0, 0], [1, 0], [0, 1], [1, 1.0]])
     fig, ax = plt.subplots()
-    viz.style_map(ax, pts, list("abab"), ["g"] * 4, show_hulls=False, show_stars=False, legend=False,
-                  xlabel="PC 1", ylabel="PC 2")
+    viz.style_map(
+        ax, pts, list("abab"), ["g"] * 4, show_hulls=False, show_stars=False, legend=False, xlabel="PC 1", ylabel="PC 2"
+    )
     assert _hulls(ax) == {} and ax.get_legend() is None and _title(ax) == ""
     assert not [c for c in ax.collections if c.get_gid() == "stars"]
     assert ax.get_xlabel() == "PC 1"
@@ -245,10 +258,14 @@ def test_style_maps_shared_colours_and_legend(degenerate_map, tmp_path):
     pts, artists, genres, _ = degenerate_map
     keep = np.asarray(genres) != "ukiyo_e"
     fig = viz.style_maps(
-        {"LoRA": (pts, artists, genres),
-         "encoder": (pts[keep] * 2, list(np.asarray(artists)[keep]), list(np.asarray(genres)[keep])),
-         "other": (pts[:, ::-1], artists, genres)},
-        ncols=2, suptitle="The maps agree")
+        {
+            "LoRA": (pts, artists, genres),
+            "encoder": (pts[keep] * 2, list(np.asarray(artists)[keep]), list(np.asarray(genres)[keep])),
+            "other": (pts[:, ::-1], artists, genres),
+        },
+        ncols=2,
+        suptitle="The maps agree",
+    )
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert [_title(ax) for ax in visible] == ["LoRA", "encoder", "other"]
     assert fig.get_suptitle() == "The maps agree"
@@ -288,9 +305,11 @@ def test_interactive_style_map_offline_with_hover(degenerate_map):
 
 def test_image_grid_rows_and_crisp_small_images(tmp_path):
     rng = np.random.default_rng(0)
-    rows = {"training images": rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8),
-            "generated (T=25, w=3)": rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8),
-            "large": rng.integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)}
+    rows = {
+        "training images": rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8),
+        "generated (T=25, w=3)": rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8),
+        "large": rng.integers(0, 256, (2, 128, 128, 3), dtype=np.uint8),
+    }
     fig = viz.image_grid(rows, title="Generated images copy the style", max_cols=8)
     grid = np.array(fig.axes).reshape(3, -1)
     assert grid.shape == (3, 8)  # one axes row per entry, capped at max_cols
@@ -304,8 +323,14 @@ def test_image_grid_rows_and_crisp_small_images(tmp_path):
     assert path.stat().st_size > 1000
 
 
-@pytest.mark.parametrize("bad, match", [({}, "non-empty"), ({"x": np.zeros((2, 8, 8, 2), np.uint8)}, "shape"),
-                                        ({"x": np.full((1, 8, 8, 3), 2.0)}, r"\[0, 1\]")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({}, "non-empty"),
+        ({"x": np.zeros((2, 8, 8, 2), np.uint8)}, "shape"),
+        ({"x": np.full((1, 8, 8, 3), 2.0)}, r"\[0, 1\]"),
+    ],
+)
 def test_image_grid_rejects_bad_input(bad, match):
     with pytest.raises(ValueError, match=match):
         viz.image_grid(bad)
@@ -315,8 +340,14 @@ def test_curve_plot_bands(tmp_path):
     x = np.array([2, 4, 8, 16])
     mean, std = np.array([0.2, 0.4, 0.6, 0.7]), np.array([0.05, 0.04, 0.03, 0.02])
     fig, ax = plt.subplots()
-    viz.curve_plot(ax, x, {"feed-forward": (mean, std), "self-attention": (mean / 2, None)},
-                   xlabel="PCA dimensions", ylabel="accuracy", title="Feed-forward wins")
+    viz.curve_plot(
+        ax,
+        x,
+        {"feed-forward": (mean, std), "self-attention": (mean / 2, None)},
+        xlabel="PCA dimensions",
+        ylabel="accuracy",
+        title="Feed-forward wins",
+    )
     assert _title(ax) == "Feed-forward wins" and ax.get_xlabel() == "PCA dimensions"
     np.testing.assert_allclose(ax.lines[0].get_ydata(), mean)
     assert len(ax.collections) == 1  # one band: the second series has no std
@@ -345,7 +376,7 @@ def test_loss_plot_moving_average(tmp_path):
     viz.loss_plot(ax, {"lora-0": y, "lora-1": y[:100]}, smooth=10, title="Loss falls")
     raw, smooth = ax.lines[0].get_ydata(), ax.lines[1].get_ydata()
     np.testing.assert_allclose(raw, y)
-    ref = np.array([np.mean(y[max(0, i - 9): i + 1]) for i in range(200)])  # brute-force trailing mean
+    ref = np.array([np.mean(y[max(0, i - 9) : i + 1]) for i in range(200)])  # brute-force trailing mean
     np.testing.assert_allclose(smooth, ref)
     assert _title(ax) == "Loss falls" and ax.get_legend() is not None
     fig.savefig(tmp_path / "loss.png")
@@ -355,13 +386,27 @@ def test_loss_plot_moving_average(tmp_path):
 
 
 def test_bar_table_grouped_with_errorbars(tmp_path):
-    rows = [dict(descriptor=d, level=lv, ari=v, std=s)
-            for d, lv, v, s in [("concat", "artist", 0.5, 0.1), ("concat", "genre", 0.3, 0.05),
-                                ("delta", "artist", 0.6, 0.0), ("delta", "genre", -0.1, 0.02),
-                                ("gram", "artist", 0.7, float("nan"))]]
+    rows = [
+        dict(descriptor=d, level=lv, ari=v, std=s)
+        for d, lv, v, s in [
+            ("concat", "artist", 0.5, 0.1),
+            ("concat", "genre", 0.3, 0.05),
+            ("delta", "artist", 0.6, 0.0),
+            ("delta", "genre", -0.1, 0.02),
+            ("gram", "artist", 0.7, float("nan")),
+        ]
+    ]
     fig, ax = plt.subplots()
-    viz.bar_table(ax, rows, value="ari", group="descriptor", hue="level", title="Gram clusters best",
-                  errorbars="std", annotate=True)
+    viz.bar_table(
+        ax,
+        rows,
+        value="ari",
+        group="descriptor",
+        hue="level",
+        title="Gram clusters best",
+        errorbars="std",
+        annotate=True,
+    )
     bars = [p for p in ax.patches if p.get_height() != 0 or p.get_width() > 0]
     heights = sorted(round(p.get_height(), 6) for p in bars)
     assert heights == sorted([0.5, 0.3, 0.6, -0.1, 0.7])

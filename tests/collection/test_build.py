@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 
+from lorastyle.book.experiments import clustering_table, load_collection
 from lorastyle.collection.build import build_collection, load_base, save_base
 from lorastyle.collection.diffusion import tiny_model
-from lorastyle.book.experiments import clustering_table, load_collection
-from lorastyle.io.formats import load_lora
-from lorastyle.index import file_sha256
 from lorastyle.collection.profiles import get_profile
+from lorastyle.index import file_sha256
+from lorastyle.io.formats import load_lora
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +118,10 @@ def test_base_round_trips(tmp_path):
 def test_experiments_run_on_the_smoke_collection(smoke):
     out, _ = smoke
     coll = load_collection(out)
-    table = clustering_table(coll, collection=["main", "heldout"], encoders=("efficientnet",), n_components=2,
-                             seeds=(0, 1))
-    assert set(table["representation"]) == {"LoRA concat", "LoRA delta", "LoRA gram",
-                                            "EfficientNet-Lite0 (ImageNet)"}
+    table = clustering_table(
+        coll, collection=["main", "heldout"], encoders=("efficientnet",), n_components=2, seeds=(0, 1)
+    )
+    assert set(table["representation"]) == {"LoRA concat", "LoRA delta", "LoRA gram", "EfficientNet-Lite0 (ImageNet)"}
     assert table["ari"].between(-1, 1).all() and table["top1"].between(0, 1).all()
 
 
@@ -139,8 +139,9 @@ def test_book_tables_run_on_the_smoke_collection(smoke):
     smoke_profile = get_profile("smoke")
     # the sweep of T and w, plus the default setting every LoRA is sampled at, for each of 2 encoders
     assert len(s4) == 2 * (len(smoke_profile.sweep_guidance) * len(smoke_profile.sweep_steps) + 1)
-    st = structure_comparison(coll, descriptors=("delta",), encoders=("efficientnet",), n_components=2, k=1,
-                              n_permutations=9)
+    st = structure_comparison(
+        coll, descriptors=("delta",), encoders=("efficientnet",), n_components=2, k=1, n_permutations=9
+    )
     assert list(st["null"]) == [False, True] and st["cka"].between(0, 1 + 1e-9).all()
     sub = subnetwork_curves(coll, dimensions=(1, 2))
     assert set(sub["subnetwork"]) >= {"self-attention", "cross-attention", "feed-forward"}
@@ -175,8 +176,11 @@ def test_artbench_reader(tmp_path):
     fake_artbench(tmp_path, {"baroque": ["rembrandt", "vermeer"], "ukiyo_e": ["hokusai"]}, 3)
     images = artbench_paintings(tmp_path)
     assert len(images) == 9
-    assert {(im.artist, im.style) for im in images} == {("rembrandt", "baroque"), ("vermeer", "baroque"),
-                                                        ("hokusai", "ukiyo_e")}
+    assert {(im.artist, im.style) for im in images} == {
+        ("rembrandt", "baroque"),
+        ("vermeer", "baroque"),
+        ("hokusai", "ukiyo_e"),
+    }
     (tmp_path / "ArtBench-10.csv").write_text("name,artist\nrembrandt_work-0.jpg,Rembrandt van Rijn\n")
     assert {im.artist for im in artbench_paintings(tmp_path)} >= {"Rembrandt van Rijn", "rembrandt"}
     with pytest.raises(FileNotFoundError, match="Download the 256x256 ImageFolder release"):
@@ -185,21 +189,36 @@ def test_artbench_reader(tmp_path):
 
 def test_paper_profile_runs_through_the_same_code(tmp_path):
     """ArtBench layout, an SD-1.5-shaped model (tiny random components), CLIP features: the paper's path."""
-    from support import tiny_sd_components
-
     from lorastyle.collection.diffusion import stable_diffusion_model
     from lorastyle.collection.features import OpenClipEncoder
+    from support import tiny_sd_components
 
-    fake_artbench(tmp_path / "artbench", {"baroque": ["rembrandt", "vermeer"], "ukiyo_e": ["hokusai", "hiroshige"]},
-                  6)
+    fake_artbench(tmp_path / "artbench", {"baroque": ["rembrandt", "vermeer"], "ukiyo_e": ["hokusai", "hiroshige"]}, 6)
     profile = get_profile(
-        "paper", n_artists=3, min_works=6, genres=None, loras_per_artist=2, images_per_lora=2, variant_artists=1,
-        variant_init_seeds=(1,), variant_ranks=(2,), memorisation_artists=0, resolution=32, lora_steps=1,
-        lora_batch=2, samples_per_lora=1, sample_steps=1, sweep_steps=(1,), sweep_guidance=(1.0,),
-        sweep_samples=1, extra={"dataset": "artbench", "artbench_root": str(tmp_path / "artbench")})
+        "paper",
+        n_artists=3,
+        min_works=6,
+        genres=None,
+        loras_per_artist=2,
+        images_per_lora=2,
+        variant_artists=1,
+        variant_init_seeds=(1,),
+        variant_ranks=(2,),
+        memorisation_artists=0,
+        resolution=32,
+        lora_steps=1,
+        lora_batch=2,
+        samples_per_lora=1,
+        sample_steps=1,
+        sweep_steps=(1,),
+        sweep_guidance=(1.0,),
+        sweep_samples=1,
+        extra={"dataset": "artbench", "artbench_root": str(tmp_path / "artbench")},
+    )
     model = stable_diffusion_model(components=tiny_sd_components(tmp_path))
-    log = build_collection(profile, tmp_path / "out", model=model, encoders={"clip": OpenClipEncoder.tiny_random()},
-                           progress=False)
+    log = build_collection(
+        profile, tmp_path / "out", model=model, encoders={"clip": OpenClipEncoder.tiny_random()}, progress=False
+    )
     with open(tmp_path / "out" / "manifest.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert log["trained_now"] == len(rows) == 3 * 3 + 2
@@ -207,16 +226,25 @@ def test_paper_profile_runs_through_the_same_code(tmp_path):
     main = [r for r in rows if r["collection"] == "main"]
     # each LoRA of an artist on its own paintings, never shared
     for artist in {r["artist"] for r in main}:
-        sources = [set(s.split("@")[0] for s in r["training_images"].split(";")) for r in rows
-                   if r["artist"] == artist and r["collection"] in ("main", "heldout")]
+        sources = [
+            set(s.split("@")[0] for s in r["training_images"].split(";"))
+            for r in rows
+            if r["artist"] == artist and r["collection"] in ("main", "heldout")
+        ]
         assert sum(map(len, sources)) == len(set().union(*sources))
     lora = load_lora(tmp_path / "out" / main[0]["file"])
     assert lora.base == "sd1" and lora.ranks == [profile.rank]
 
 
 def test_chapter_helpers_run_on_the_smoke_collection(smoke):
-    from lorastyle.book.experiments import (artist_table, collection_summary, loss_curves, map_panels,
-                                       memorisation_table, sample_rows)
+    from lorastyle.book.experiments import (
+        artist_table,
+        collection_summary,
+        loss_curves,
+        map_panels,
+        memorisation_table,
+        sample_rows,
+    )
 
     out, _ = smoke
     coll = load_collection(out)
@@ -234,8 +262,9 @@ def test_chapter_helpers_run_on_the_smoke_collection(smoke):
     rows = sample_rows(coll, artist, n=3)
     first = next(i for i in coll.ids("main") if coll.by_id[i]["artist"] == artist)
     # the grid shows the first main LoRA's own training images, as rendered by the build
-    np.testing.assert_array_equal(rows["stylized LoRA: training images"],
-                                  np.load(out / "cache" / "train" / f"{first}.npy")[:3])
+    np.testing.assert_array_equal(
+        rows["stylized LoRA: training images"], np.load(out / "cache" / "train" / f"{first}.npy")[:3]
+    )
     assert all(v.dtype == np.uint8 and v.ndim == 4 for v in rows.values())
     curves = loss_curves(coll)
     assert len(curves["base"]["base model"]) == get_profile("smoke").base_steps

@@ -113,8 +113,8 @@ def test_crops_are_square_within_bounds_and_match_a_manual_crop(small_image):
     assert np.array_equal(right - left, bottom - top)
     sides = right - left
     assert (sides >= round(0.3 * height)).all() and (sides <= round(0.7 * height)).all()
-    for crop, (l, t, r, b) in zip(crops, boxes):
-        reference = Image.fromarray(small_image[t:b, l:r]).resize((16, 16), Image.Resampling.LANCZOS)
+    for crop, (left, t, r, b) in zip(crops, boxes):
+        reference = Image.fromarray(small_image[t:b, left:r]).resize((16, 16), Image.Resampling.LANCZOS)
         np.testing.assert_array_equal(crop, np.asarray(reference))
 
 
@@ -150,6 +150,4 @@ def test_full_scale_crop_is_the_centred_square_or_inside(small_image):
 def test_crop_parameters_are_validated(small_image, kwargs, message):
     params = {"image": small_image, "n": 2, "size": 8, **kwargs}
     with pytest.raises(ValueError, match=message):
-        painting_crops(
-            params.pop("image"), params.pop("n"), params.pop("size"), **params
-        )
+        painting_crops(params.pop("image"), params.pop("n"), params.pop("size"), **params)

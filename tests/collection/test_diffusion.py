@@ -1,17 +1,12 @@
 """The tiny model and the SD 1.5 code path: LoRA training, saving, sampling."""
 
-import json
-import string
-
 import numpy as np
-from support import tiny_sd_components
 import pytest
 import torch
 
 from lorastyle.collection.diffusion import (
     LORA_TARGETS,
     _apply_lora,
-    _scheduler_config,
     generate,
     stable_diffusion_model,
     tiny_model,
@@ -19,6 +14,7 @@ from lorastyle.collection.diffusion import (
     train_lora,
 )
 from lorastyle.io.formats import load_lora, save_lora
+from support import tiny_sd_components
 
 
 @pytest.fixture(scope="module")

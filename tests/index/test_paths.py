@@ -21,9 +21,9 @@ import pytest
 
 import lorastyle.index._old as index_module
 from lorastyle.cli import main
+from lorastyle.index import LoraIndex, find_lora_files
 from lorastyle.io.formats import save_lora
 from tools.fuzz.fuzzing import encode
-from lorastyle.index import LoraIndex, find_lora_files
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 NAME = "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q"
@@ -33,8 +33,12 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 def good(path, seed):
     rng = np.random.default_rng(seed)
-    save_lora(path, {NAME: (rng.standard_normal((2, 8)).astype(np.float32),
-                            rng.standard_normal((8, 2)).astype(np.float32))}, alpha=2.0, base="tiny")
+    save_lora(
+        path,
+        {NAME: (rng.standard_normal((2, 8)).astype(np.float32), rng.standard_normal((8, 2)).astype(np.float32))},
+        alpha=2.0,
+        base="tiny",
+    )
     return os.fspath(path)
 
 
@@ -51,7 +55,7 @@ def errors(stderr):
     out = {}
     for line in stderr.split("\n"):
         if line.startswith("error: "):
-            path, reason = line[len("error: "):].split(": ", 1)
+            path, reason = line[len("error: ") :].split(": ", 1)
             assert path not in out, f"{path} reported twice"
             out[path] = reason
     return out
@@ -60,6 +64,7 @@ def errors(stderr):
 @contextlib.contextmanager
 def time_limit(seconds):
     """Fail instead of hanging forever (a reader blocked on a FIFO would)."""
+
     def on_alarm(signum, frame):
         raise AssertionError(f"still running after {seconds} s: blocked?")
 
@@ -103,14 +108,20 @@ def test_symlink_loops_and_dangling_links(folder, tmp_path):
         status, err = run_index(folder, "-o", out)
     assert status == 0, err
     reported = errors(err)
-    assert set(reported) == {str(sub / "up"), str(folder / "self"), str(folder / "a.safetensors"),
-                             str(folder / "b.safetensors"), str(folder / "dangling.safetensors")}
+    assert set(reported) == {
+        str(sub / "up"),
+        str(folder / "self"),
+        str(folder / "a.safetensors"),
+        str(folder / "b.safetensors"),
+        str(folder / "dangling.safetensors"),
+    }
     assert reported[str(sub / "up")] == "symbolic link to a folder: not followed"
     assert reported[str(folder / "a.safetensors")] == "cannot read file: Too many levels of symbolic links"
     assert reported[str(folder / "dangling.safetensors")] == "cannot read file: No such file or directory"
     assert sorted(LoraIndex.load(out).paths) == sorted(
-        [str(folder / f"good{i}.safetensors") for i in range(4)] + [str(folder / "linked.safetensors"),
-                                                                    str(sub / "deep.safetensors")])
+        [str(folder / f"good{i}.safetensors") for i in range(4)]
+        + [str(folder / "linked.safetensors"), str(sub / "deep.safetensors")]
+    )
 
 
 def test_fifo_is_reported_not_opened(folder, tmp_path):
@@ -132,8 +143,11 @@ def test_fifo_given_to_build_index_directly_is_refused(folder):
     assert index.paths == paths[1:]
 
 
-@pytest.mark.skipif(IS_ROOT, reason="running as root: chmod 000 does not stop root from reading; "
-                                    "test_read_error_is_reported covers the same path by simulating EACCES")
+@pytest.mark.skipif(
+    IS_ROOT,
+    reason="running as root: chmod 000 does not stop root from reading; "
+    "test_read_error_is_reported covers the same path by simulating EACCES",
+)
 def test_unreadable_file_and_folder(folder, tmp_path):
     locked_file = folder / "locked.safetensors"
     good(locked_file, 20)
@@ -149,8 +163,10 @@ def test_unreadable_file_and_folder(folder, tmp_path):
         os.chmod(locked_dir, 0o755)
     assert status == 0
     reported = errors(err)
-    assert reported == {str(locked_file): "cannot read file: Permission denied",
-                        str(locked_dir): "cannot list folder: Permission denied"}
+    assert reported == {
+        str(locked_file): "cannot read file: Permission denied",
+        str(locked_dir): "cannot list folder: Permission denied",
+    }
 
 
 def test_read_error_is_reported(folder, tmp_path, monkeypatch):
@@ -246,10 +262,12 @@ def test_non_utf8_names(tmp_path):
 
     # the command's output, as bytes: text shows the original bytes, JSON the surrogate escapes
     query = os.fsdecode(os.path.join(root, names[0]))
-    script = ("import sys; from lorastyle.cli import main; "
-              f"main(['similar', {str(out)!r}, {query!r}, '-k', '2']); "
-              f"main(['similar', {str(out)!r}, {query!r}, '-k', '2', '--json']); "
-              f"main(['inspect', {query!r}])")
+    script = (
+        "import sys; from lorastyle.cli import main; "
+        f"main(['similar', {str(out)!r}, {query!r}, '-k', '2']); "
+        f"main(['similar', {str(out)!r}, {query!r}, '-k', '2', '--json']); "
+        f"main(['inspect', {query!r}])"
+    )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, env=ENV, timeout=120)
     assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
     lines = proc.stdout.split(b"\n")
@@ -267,28 +285,36 @@ def test_non_utf8_names(tmp_path):
 
 def _many_files(root, n, rng):
     """n tiny LoRAs (1 module, rank 1), n // 10 of them bad in ten different ways; returns (good, bad)."""
+
     def lora_bytes(rank=1, base="tiny", scale=1.0):
         a = (scale * rng.standard_normal((rank, 8))).astype("<f4")
         b = (scale * rng.standard_normal((8, rank))).astype("<f4")
-        return encode({f"{KOHYA}.lora_down.weight": ("F32", [rank, 8], a.tobytes()),
-                       f"{KOHYA}.lora_up.weight": ("F32", [8, rank], b.tobytes()),
-                       f"{KOHYA}.alpha": ("F32", [], np.float32(rank).tobytes())}, {"lorastyle.base": base})
+        return encode(
+            {
+                f"{KOHYA}.lora_down.weight": ("F32", [rank, 8], a.tobytes()),
+                f"{KOHYA}.lora_up.weight": ("F32", [8, rank], b.tobytes()),
+                f"{KOHYA}.alpha": ("F32", [], np.float32(rank).tobytes()),
+            },
+            {"lorastyle.base": base},
+        )
 
     def nan_bytes():
         blob = bytearray(lora_bytes())
         blob[-8:-4] = np.float32(np.nan).tobytes()
         return bytes(blob)
 
-    kinds = [("truncated", lambda: lora_bytes()[:-5], "truncated tensor data"),
-             ("junk", lambda: b"\x10\0\0\0\0\0\0\0{not json at all}", "header is not valid JSON"),
-             ("nan", nan_bytes, "holds NaN or Inf values"),
-             ("pickle", lambda: b"\x80\x04\x95" + b"\0" * 20, "refusing to unpickle"),
-             ("layout", lambda: encode({"model.weight": ("F32", [2], b"\0" * 8)}), "unknown layout"),
-             ("base", lambda: lora_bytes(base="sd1"), "base family sd1 differs from tiny"),
-             ("rank", lambda: lora_bytes(rank=2), "its rank is 2 where theirs is 1"),
-             ("empty", lambda: b"", "empty file"),
-             ("length", lambda: b"\xff" * 8 + b"{}", "header length"),
-             ("huge", lambda: lora_bytes(scale=1e18), "weights too large to embed")]
+    kinds = [
+        ("truncated", lambda: lora_bytes()[:-5], "truncated tensor data"),
+        ("junk", lambda: b"\x10\0\0\0\0\0\0\0{not json at all}", "header is not valid JSON"),
+        ("nan", nan_bytes, "holds NaN or Inf values"),
+        ("pickle", lambda: b"\x80\x04\x95" + b"\0" * 20, "refusing to unpickle"),
+        ("layout", lambda: encode({"model.weight": ("F32", [2], b"\0" * 8)}), "unknown layout"),
+        ("base", lambda: lora_bytes(base="sd1"), "base family sd1 differs from tiny"),
+        ("rank", lambda: lora_bytes(rank=2), "its rank is 2 where theirs is 1"),
+        ("empty", lambda: b"", "empty file"),
+        ("length", lambda: b"\xff" * 8 + b"{}", "header length"),
+        ("huge", lambda: lora_bytes(scale=1e18), "weights too large to embed"),
+    ]
     good_paths, bad = [], {}
     for i in range(n):
         sub = os.path.join(root, f"d{i % 10}")  # nested a little, like real collections
@@ -326,8 +352,11 @@ def test_many_files_a_tenth_bad(tmp_path):
     # files with equal bytes (the bad files of one kind) are read once: the others come from the cache
     distinct = len({open(p, "rb").read() for p in [*good_paths, *bad] if not p.endswith(".ckpt")})
     n_pickles = sum(p.endswith(".ckpt") for p in bad)
-    assert re.search(rf"indexed {len(good_paths)} files .*skipped {len(bad)}; "
-                     rf"{n - n_pickles - distinct} of {n} files from the cache", err)
+    assert re.search(
+        rf"indexed {len(good_paths)} files .*skipped {len(bad)}; "
+        rf"{n - n_pickles - distinct} of {n} files from the cache",
+        err,
+    )
     # and a re-run reads none of them again
     status, err = run_index(root, "-o", out, "--no-calibration")
     assert status == 0 and f"{n - n_pickles} of {n} files from the cache" in err  # pickles: refused by name

@@ -26,24 +26,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lorastyle.cli import main
+from lorastyle.index import CACHE_SUFFIX, IndexBusyError, LoraCache, LoraIndex, file_sha256, index_folder, index_lock
 from lorastyle.io import atomic
 from lorastyle.io import safetensors as safetensors_io
-from lorastyle.cli import main
 from lorastyle.io.formats import load_lora, save_lora
-from lorastyle.index import (CACHE_SUFFIX, IndexBusyError, LoraCache, LoraIndex, file_sha256, index_folder,
-                             index_lock)
 from lorastyle.io.safetensors import read_safetensors, write_safetensors
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-       "TQDM_DISABLE": "1"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 MODULES = [f"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn{a}.to_{p}" for a in (1, 2) for p in "qkv"]
 
 
 def write_lora(path, seed, *, rank=8, width=320, dtype=np.float32):
     """A LoRA of 6 modules (about 120 kB): big enough that reading 30 of them takes a moment."""
     rng = np.random.default_rng(seed)
-    factors = {n: ((0.1 * rng.standard_normal((rank, width))).astype(np.float32),
-                   (0.1 * rng.standard_normal((width, rank))).astype(np.float32)) for n in MODULES}
+    factors = {
+        n: (
+            (0.1 * rng.standard_normal((rank, width))).astype(np.float32),
+            (0.1 * rng.standard_normal((width, rank))).astype(np.float32),
+        )
+        for n in MODULES
+    }
     save_lora(path, factors, alpha=float(rank), base="tiny", dtype=dtype)
     return str(path)
 
@@ -61,8 +64,13 @@ def cache_entries(cache_dir):
 
 
 def run_cli(folder, out, *extra):
-    proc = subprocess.run([sys.executable, "-m", "lorastyle.cli", "index", str(folder), "-o", str(out), *extra],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lorastyle.cli", "index", str(folder), "-o", str(out), *extra],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     return proc.returncode, proc.stderr
 
 
@@ -152,15 +160,18 @@ def test_sigkill_at_random_points_never_loses_the_index_and_resume_does_not_redo
 
     landed = []
     n = 24
-    for iteration in range(9):
+    for _iteration in range(9):
         for _ in range(3):  # new files, so that the new index differs from the previous one
             write_lora(folder / f"l{n:03d}.safetensors", seed=n)
             n += 1
         new_state = _complete_state(folder)
         trigger = rng.choice([("delay", rng.uniform(0.3, 2.5)), ("entries", rng.randint(1, 3)), ("writing",)])
-        proc = subprocess.Popen([sys.executable, "-m", "lorastyle.cli", "index", str(folder), "-o", out,
-                                 "--descriptor", "delta"], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env=ENV)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lorastyle.cli", "index", str(folder), "-o", out, "--descriptor", "delta"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=ENV,
+        )
         landed.append(_kill_at(proc, trigger, out, cache_dir, len(cache_entries(cache_dir))))
         state = _check_after_kill(out, cache_dir, [*complete[-1:], new_state], folder / "l001.safetensors")
         if state == new_state:
@@ -218,13 +229,23 @@ def test_second_run_is_refused_while_another_process_writes(small_folder, tmp_pa
 def test_run_is_refused_while_another_process_holds_the_lock(small_folder, tmp_path, capsys):
     """The other direction: a separate process holds the lock; this process's run is refused."""
     out = tmp_path / "idx.safetensors"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         from lorastyle.index import index_lock
         with index_lock({str(out)!r}):
             print("locked", flush=True)
             sys.stdin.readline()
-    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
+    """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(IndexBusyError):
@@ -271,10 +292,20 @@ def test_cache_of_lokr_and_loha_round_trips(tmp_path):
     k = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"
     rng = np.random.default_rng(0)
     g = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
-    files = {"lokr": {f"{k}.lokr_w1": g(2, 2), f"{k}.lokr_w2_a": g(8, 2), f"{k}.lokr_w2_b": g(2, 8),
-                      f"{k}.alpha": np.asarray(0.3, np.float64)},
-             "loha": {f"{k}.hada_w1_a": g(16, 2), f"{k}.hada_w1_b": g(2, 16), f"{k}.hada_w2_a": g(16, 2),
-                      f"{k}.hada_w2_b": g(2, 16)}}
+    files = {
+        "lokr": {
+            f"{k}.lokr_w1": g(2, 2),
+            f"{k}.lokr_w2_a": g(8, 2),
+            f"{k}.lokr_w2_b": g(2, 8),
+            f"{k}.alpha": np.asarray(0.3, np.float64),
+        },
+        "loha": {
+            f"{k}.hada_w1_a": g(16, 2),
+            f"{k}.hada_w1_b": g(2, 16),
+            f"{k}.hada_w2_a": g(16, 2),
+            f"{k}.hada_w2_b": g(2, 16),
+        },
+    }
     cache = LoraCache(tmp_path / "cache")
     for name, tensors in files.items():
         path = str(tmp_path / f"{name}.safetensors")
@@ -336,8 +367,9 @@ def test_damaged_or_foreign_cache_entries_are_read_again(small_folder, tmp_path,
     tensors, meta = read_safetensors(entries[1])
     write_safetensors(entries[1], tensors, {**meta, "version": "0.0.0-other"})  # another lorastyle version
     tensors, meta = read_safetensors(entries[2])
-    write_safetensors(entries[2], {k: np.zeros_like(v) for k, v in tensors.items()},
-                      {**meta, "sha256": "0" * 64})  # written for another file
+    write_safetensors(
+        entries[2], {k: np.zeros_like(v) for k, v in tensors.items()}, {**meta, "sha256": "0" * 64}
+    )  # written for another file
     assert main(["index", str(small_folder), "-o", str(out)]) == 0
     assert from_cache(capsys.readouterr().err) == (2, 5)
     np.testing.assert_allclose(LoraIndex.load(out).embedding.embedding_, reference)
@@ -409,7 +441,10 @@ def test_failed_index_write_keeps_the_previous_index(small_folder, tmp_path, mon
 
 def test_leftover_temporary_files_are_removed(small_folder, tmp_path):
     out = tmp_path / "idx.safetensors"
-    stale = [tmp_path / ".idx.safetensors.k2j4_a9z.tmp", Path(f"{out}.cache") / f".{'a' * 64}{CACHE_SUFFIX}.x7q1ee0p.tmp"]
+    stale = [
+        tmp_path / ".idx.safetensors.k2j4_a9z.tmp",
+        Path(f"{out}.cache") / f".{'a' * 64}{CACHE_SUFFIX}.x7q1ee0p.tmp",
+    ]
     stale[1].parent.mkdir()
     for p in stale:
         p.write_bytes(b"half a file")

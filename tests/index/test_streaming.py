@@ -15,8 +15,8 @@ from sklearn.decomposition import PCA
 import lorastyle.index._old as index_module
 from lorastyle.descriptors import concat_vectors
 from lorastyle.embedding import calibration_factors
-from lorastyle.io.formats import load_lora, save_lora
 from lorastyle.index import SKETCH_DIM, LoraCache, LoraIndex, build_index, index_folder
+from lorastyle.io.formats import load_lora, save_lora
 
 MODULES = [f"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn{a}.to_{p}" for a in (1, 2) for p in "qkv"]
 
@@ -29,8 +29,10 @@ def collection(folder, n, *, width=16, rank=4, n_styles=3, noise=0.3, seed=0, fi
     another rank, so that it is not of the majority.
     """
     rng = np.random.default_rng(seed)
-    styles = [{m: (rng.standard_normal((rank, width)), rng.standard_normal((width, rank))) for m in MODULES}
-              for _ in range(n_styles)]
+    styles = [
+        {m: (rng.standard_normal((rank, width)), rng.standard_normal((width, rank))) for m in MODULES}
+        for _ in range(n_styles)
+    ]
     paths = []
     for i in range(n):
         weights = rng.standard_normal(n_styles)
@@ -40,8 +42,9 @@ def collection(folder, n, *, width=16, rank=4, n_styles=3, noise=0.3, seed=0, fi
             B = sum(w * s[m][1] for w, s in zip(weights, styles)) + noise * rng.standard_normal((width, rank))
             factors[m] = (A.astype(np.float32), B.astype(np.float32))
         if i == 0 and first_rank is not None:
-            factors = {m: (np.ones((first_rank, width), np.float32), np.ones((width, first_rank), np.float32))
-                       for m in MODULES}
+            factors = {
+                m: (np.ones((first_rank, width), np.float32), np.ones((width, first_rank), np.float32)) for m in MODULES
+            }
         path = str(folder / f"l{i:03d}.safetensors")
         save_lora(path, factors, alpha=float(rank), base="tiny", layout="kohya")
         paths.append(path)
@@ -86,12 +89,12 @@ def test_streamed_equals_exact_when_the_sketch_is_lossless(tmp_path):
     ref = PCA(n_components=4, svd_solver="full").fit(X.astype(np.float64))
     same_up_to_sign(streamed.embedding.embedding_, ref.transform(X), rtol=1e-4)
     same_up_to_sign(streamed.embedding.pca_.components_.T, ref.components_.T, rtol=1e-4)
-    np.testing.assert_allclose(streamed.embedding.explained_variance_ratio_, ref.explained_variance_ratio_,
-                               rtol=1e-4)
+    np.testing.assert_allclose(streamed.embedding.explained_variance_ratio_, ref.explained_variance_ratio_, rtol=1e-4)
     # calibration from the (here exact) kernel, against the function on X X^T
     Xd = X.astype(np.float64)
-    np.testing.assert_allclose(streamed.embedding.calibration_,
-                               calibration_factors(Xd @ Xd.T, 4, random_state=0), rtol=1e-4)
+    np.testing.assert_allclose(
+        streamed.embedding.calibration_, calibration_factors(Xd @ Xd.T, 4, random_state=0), rtol=1e-4
+    )
     np.testing.assert_allclose(streamed.embedding.pca_.mean_, X.mean(axis=0), rtol=1e-5, atol=1e-6)
 
 
@@ -106,8 +109,9 @@ def test_streamed_is_close_to_exact_when_the_sketch_folds(tmp_path):
     a, b = streamed.embedding.embedding_, exact.embedding.embedding_
     for j in range(3):  # one score per style direction: correlation with the exact score
         assert abs(np.corrcoef(a[:, j], b[:, j])[0, 1]) > 0.999
-    np.testing.assert_allclose(streamed.embedding.explained_variance_ratio_,
-                               exact.embedding.explained_variance_ratio_, rtol=0.01)
+    np.testing.assert_allclose(
+        streamed.embedding.explained_variance_ratio_, exact.embedding.explained_variance_ratio_, rtol=0.01
+    )
     np.testing.assert_allclose(streamed.embedding.calibration_, exact.embedding.calibration_, rtol=0.05)
 
 
@@ -123,8 +127,9 @@ def test_streamed_index_saves_loads_and_projects_like_exact(tmp_path):
     assert run.index.embedding.fit_method_ == "streamed"
     p_s, p_e = streamed.project(load_lora(query)), exact.index.project(load_lora(query))
     np.testing.assert_allclose(np.abs(p_s), np.abs(p_e), rtol=1e-4, atol=1e-5 * np.abs(p_e).max())
-    assert [r["path"] for r in streamed.similar(load_lora(query), k=5)] == \
-        [r["path"] for r in exact.index.similar(load_lora(query), k=5)]
+    assert [r["path"] for r in streamed.similar(load_lora(query), k=5)] == [
+        r["path"] for r in exact.index.similar(load_lora(query), k=5)
+    ]
     # a second run reads every file from the cache, in each pass, and gives the same index
     again = index_folder(folder, tmp_path / "s.safetensors", n_components=3, memory_budget=budget)
     assert again.from_cache == 20

@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,8 +25,8 @@ import safetensors.numpy
 from safetensors import safe_open
 
 from lorastyle.io.formats import LoraFormatError, load_lora, save_lora
-
 from support import REAL_LORAS as REAL
+
 LAYOUTS = REAL / "key-layouts"
 real_loras = pytest.mark.real_loras
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real LoRA files not found at {REAL}")
@@ -133,21 +132,59 @@ TE_UNET = ["text_encoder", "unet"]
 # LoKr 1750 = 350 x (alpha, w1_a, w1_b, w2_a, w2_b). All are SD 1.x LoRAs.
 REAL_EXPECTED = {
     # file: (format, base, parts, n_modules, ranks, alphas, dtype, n_tensors)
-    "cloneofsimo_rank4__analog_svd_rank4.safetensors":
-        ("cloneofsimo", "sd1", TE_UNET, 192, [4], [], "float16", 384),
-    "cloneofsimo_rank1_with_ti__lora_disney.safetensors":
-        ("cloneofsimo", "sd1", TE_UNET, 192, [1], [], "float32", 386),
+    "cloneofsimo_rank4__analog_svd_rank4.safetensors": ("cloneofsimo", "sd1", TE_UNET, 192, [4], [], "float16", 384),
+    "cloneofsimo_rank1_with_ti__lora_disney.safetensors": ("cloneofsimo", "sd1", TE_UNET, 192, [1], [], "float32", 386),
     # mixed file: F16 LoRA factors, F32 token embeddings; dtype names the factors
-    "cloneofsimo_rank1_with_ti__lora_disney_inpainting.safetensors":
-        ("cloneofsimo", "sd1", TE_UNET, 192, [1], [], "float16", 386),
-    "diffusers_legacy_attnproc_sd15__catundchat.safetensors":
-        ("diffusers-legacy", "sd1", ["unet"], 128, [4], [], "float32", 256),
-    "lycoris_lokr_sd1_dim4__smart_falcon_4_lokr.safetensors":
-        ("lycoris-lokr", "sd1", TE_UNET, 350, [4], [4.0], "float16", 1750),
-    "lycoris_lokr_sd1_dim8__smart_falcon_8_lokr.safetensors":
-        ("lycoris-lokr", "sd1", TE_UNET, 350, [8], [8.0], "float16", 1750),
-    "lycoris_lokr_sd1_dim16__smart_falcon_16_lokr.safetensors":
-        ("lycoris-lokr", "sd1", TE_UNET, 350, [16], [16.0], "float16", 1750),
+    "cloneofsimo_rank1_with_ti__lora_disney_inpainting.safetensors": (
+        "cloneofsimo",
+        "sd1",
+        TE_UNET,
+        192,
+        [1],
+        [],
+        "float16",
+        386,
+    ),
+    "diffusers_legacy_attnproc_sd15__catundchat.safetensors": (
+        "diffusers-legacy",
+        "sd1",
+        ["unet"],
+        128,
+        [4],
+        [],
+        "float32",
+        256,
+    ),
+    "lycoris_lokr_sd1_dim4__smart_falcon_4_lokr.safetensors": (
+        "lycoris-lokr",
+        "sd1",
+        TE_UNET,
+        350,
+        [4],
+        [4.0],
+        "float16",
+        1750,
+    ),
+    "lycoris_lokr_sd1_dim8__smart_falcon_8_lokr.safetensors": (
+        "lycoris-lokr",
+        "sd1",
+        TE_UNET,
+        350,
+        [8],
+        [8.0],
+        "float16",
+        1750,
+    ),
+    "lycoris_lokr_sd1_dim16__smart_falcon_16_lokr.safetensors": (
+        "lycoris-lokr",
+        "sd1",
+        TE_UNET,
+        350,
+        [16],
+        [16.0],
+        "float16",
+        1750,
+    ),
 }
 
 
@@ -167,8 +204,13 @@ def test_real_file_summary(name):
         assert len(list(fh.keys())) == n_tensors
     lora = load_lora(path)
     assert lora.summary() == {
-        "format": fmt, "base": base, "parts": parts, "n_modules": n_modules,
-        "ranks": ranks, "alphas": alphas, "dtype": dtype,
+        "format": fmt,
+        "base": base,
+        "parts": parts,
+        "n_modules": n_modules,
+        "ranks": ranks,
+        "alphas": alphas,
+        "dtype": dtype,
     }
     assert lora.path == str(path)
     assert all(m.rank == ranks[0] for m in lora.modules.values())
@@ -184,8 +226,13 @@ def test_real_file_module_names_have_sd15_shapes(name, sd15_unet):
 
 @real_loras
 @needs_real
-@pytest.mark.parametrize("name", ["cloneofsimo_rank1_with_ti__lora_disney.safetensors",
-                                  "cloneofsimo_rank1_with_ti__lora_disney_inpainting.safetensors"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cloneofsimo_rank1_with_ti__lora_disney.safetensors",
+        "cloneofsimo_rank1_with_ti__lora_disney_inpainting.safetensors",
+    ],
+)
 def test_textual_inversion_tokens_kept_as_extras(name):
     path = REAL / name
     lora = load_lora(path)
@@ -205,9 +252,21 @@ def test_cloneofsimo_names_cover_every_attention_block(sd15_unet):
     lora = load_lora(REAL / "cloneofsimo_rank4__analog_svd_rank4.safetensors")
     blocks = [n.removesuffix(".attn1.to_q") for n in sd15_unet if n.endswith("transformer_blocks.0.attn1.to_q")]
     assert len(blocks) == 16
-    expected = {f"unet.{b}.{leaf}" for b in blocks for leaf in (
-        "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "ff.net.0.proj",
-        "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")}
+    expected = {
+        f"unet.{b}.{leaf}"
+        for b in blocks
+        for leaf in (
+            "attn1.to_q",
+            "attn1.to_k",
+            "attn1.to_v",
+            "attn1.to_out.0",
+            "ff.net.0.proj",
+            "attn2.to_q",
+            "attn2.to_k",
+            "attn2.to_v",
+            "attn2.to_out.0",
+        )
+    }
     expected |= {f"text_encoder.{n}" for n in SD1_TEXT if "self_attn" in n}
     assert set(lora.modules) == expected
 
@@ -223,26 +282,36 @@ def test_cloneofsimo_factors_are_the_stored_tensors():
     np.testing.assert_array_equal(m.down, raw["text_encoder:0:down"].astype(np.float32))
     np.testing.assert_array_equal(m.up, raw["text_encoder:0:up"].astype(np.float32))
     assert m.scale == 1.0 and m.alpha is None
-    np.testing.assert_allclose(m.delta(), raw["text_encoder:0:up"].astype(np.float64)
-                               @ raw["text_encoder:0:down"].astype(np.float64), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        m.delta(),
+        raw["text_encoder:0:up"].astype(np.float64) @ raw["text_encoder:0:down"].astype(np.float64),
+        rtol=1e-5,
+        atol=1e-7,
+    )
 
 
 @real_loras
 @needs_real
-@pytest.mark.parametrize("module", [
-    "lora_te_text_model_encoder_layers_0_self_attn_q_proj",
-    "lora_unet_down_blocks_1_resnets_0_conv1",
-])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj",
+        "lora_unet_down_blocks_1_resnets_0_conv1",
+    ],
+)
 def test_real_lokr_delta(module):
     path = REAL / "lycoris_lokr_sd1_dim16__smart_falcon_16_lokr.safetensors"
-    raw = {k: v.astype(np.float64) for k, v in safetensors.numpy.load_file(str(path)).items()
-           if k.startswith(module + ".")}
+    raw = {
+        k: v.astype(np.float64) for k, v in safetensors.numpy.load_file(str(path)).items() if k.startswith(module + ".")
+    }
     t = lambda role: raw[f"{module}.{role}"]  # noqa: E731
     dim = 16  # ss_network_dim of this file
     expected = (float(t("alpha")) / dim) * np.kron(t("lokr_w1_a") @ t("lokr_w1_b"), t("lokr_w2_a") @ t("lokr_w2_b"))
     lora = load_lora(path)
     name = {
-        "lora_te_text_model_encoder_layers_0_self_attn_q_proj": "text_encoder.text_model.encoder.layers.0.self_attn.q_proj",
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj": (
+            "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"
+        ),
         "lora_unet_down_blocks_1_resnets_0_conv1": "unet.down_blocks.1.resnets.0.conv1",
     }[module]
     m = lora.modules[name]
@@ -261,8 +330,12 @@ FLUX_T = ["transformer"]
 # name: (format, base, parts, ranks or None)
 LAYOUT_EXPECTED = {
     "invokeai__flux_control_lora_format": ("diffusers-peft", "flux", FLUX_T, None),
-    "invokeai__flux_dora_onetrainer_format":
-        ("kohya-dora", "flux", ["text_encoder", "text_encoder_2", "transformer"], None),
+    "invokeai__flux_dora_onetrainer_format": (
+        "kohya-dora",
+        "flux",
+        ["text_encoder", "text_encoder_2", "transformer"],
+        None,
+    ),
     "invokeai__flux_lokr_bfl_format": ("lycoris-lokr", "flux", FLUX_T, None),
     "invokeai__flux_lora_aitoolkit_format": ("ai-toolkit", "flux", FLUX_T, None),
     "invokeai__flux_lora_diffusers_base_model_format": ("diffusers-peft", "flux", FLUX_T, None),
@@ -273,15 +346,30 @@ LAYOUT_EXPECTED = {
     "invokeai__flux_lora_xlabs_format": ("xlabs", "flux", FLUX_T, None),
     "invokeai_stripped__flux_peft_base_model__peft_adapter_model": ("diffusers-peft", "flux", FLUX_T, None),
     "invokeai_stripped__sd1_kohya__shinkai_makoto_offset": ("kohya", "sd1", ["text_encoder", "unet"], [128]),
-    "invokeai_stripped__sdxl_kohya__Alien_Style":
-        ("kohya", "sdxl", ["text_encoder", "text_encoder_2", "unet"], [32]),
+    "invokeai_stripped__sdxl_kohya__Alien_Style": ("kohya", "sdxl", ["text_encoder", "text_encoder_2", "unet"], [32]),
 }
 # Suffixes of the tensors that are LoRA factors (not alpha, bias, norm scale or DoRA magnitude)
 FACTOR_SUFFIXES = sorted(
-    [".lora_down.weight", ".lora_up.weight", ".lora_A.weight", ".lora_B.weight", ".down.weight", ".up.weight",
-     ".lokr_w1", ".lokr_w2", ".lokr_w1_a", ".lokr_w1_b", ".lokr_w2_a", ".lokr_w2_b",
-     ".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b"],
-    key=len, reverse=True,
+    [
+        ".lora_down.weight",
+        ".lora_up.weight",
+        ".lora_A.weight",
+        ".lora_B.weight",
+        ".down.weight",
+        ".up.weight",
+        ".lokr_w1",
+        ".lokr_w2",
+        ".lokr_w1_a",
+        ".lokr_w1_b",
+        ".lokr_w2_a",
+        ".lokr_w2_b",
+        ".hada_w1_a",
+        ".hada_w1_b",
+        ".hada_w2_a",
+        ".hada_w2_b",
+    ],
+    key=len,
+    reverse=True,
 )
 # The full-factor LoKr layout (lokr_w1 and lokr_w2, no _a/_b) loads in a child process with a memory
 # limit, so a loader that materialises in x in identities fails fast instead of swapping.
@@ -316,7 +404,9 @@ def synthetic_file(path, keys, alpha=8.0):
             continue
         if offset + n > _POOL.size:
             offset = 0
-        tensors[key] = np.resize(_POOL, n).reshape(shape) if n > _POOL.size else _POOL[offset:offset + n].reshape(shape)
+        tensors[key] = (
+            np.resize(_POOL, n).reshape(shape) if n > _POOL.size else _POOL[offset : offset + n].reshape(shape)
+        )
         offset += n
     safetensors.numpy.save_file(tensors, str(path))
     return path
@@ -381,8 +471,9 @@ def _summary_in_subprocess(path, timeout=120, memory=4 << 30):
         "print(json.dumps([lora.summary(), sorted(lora.extras)]))\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2")
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
-                         timeout=timeout, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=timeout, env=env
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout)
 
@@ -436,9 +527,13 @@ MODULES = {
 
 
 def random_factors(rng, modules=MODULES, rank=4, scale=0.1):
-    return {name: ((scale * rng.standard_normal((rank, i))).astype(np.float32),
-                   (scale * rng.standard_normal((o, rank))).astype(np.float32))
-            for name, (o, i) in modules.items()}
+    return {
+        name: (
+            (scale * rng.standard_normal((rank, i))).astype(np.float32),
+            (scale * rng.standard_normal((o, rank))).astype(np.float32),
+        )
+        for name, (o, i) in modules.items()
+    }
 
 
 @pytest.mark.parametrize("layout", ["diffusers-peft", "kohya"])
@@ -463,8 +558,9 @@ def test_save_lora_round_trip(tmp_path, rng, layout, dtype):
         assert m.alpha == 8.0
         assert m.scale == 2.0  # alpha / r
         assert m.shape == MODULES[name]
-        np.testing.assert_allclose(m.delta(), 2.0 * B.astype(dtype).astype(np.float64) @ A.astype(dtype),
-                                   rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            m.delta(), 2.0 * B.astype(dtype).astype(np.float64) @ A.astype(dtype), rtol=1e-5, atol=1e-7
+        )
     assert lora.metadata["artist"] == "someone" and lora.metadata["seed"] == "7"
     assert lora.metadata["lorastyle.base"] == "tiny"
 
@@ -591,11 +687,14 @@ def test_peft_base_model_prefix(tmp_path, rng):
 
 def test_peft_alpha_from_adapter_metadata(tmp_path, rng):
     n = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
-    tensors = {f"{n}.lora_A.weight": rng.standard_normal((4, 32)).astype(np.float32),
-               f"{n}.lora_B.weight": rng.standard_normal((32, 4)).astype(np.float32)}
+    tensors = {
+        f"{n}.lora_A.weight": rng.standard_normal((4, 32)).astype(np.float32),
+        f"{n}.lora_B.weight": rng.standard_normal((32, 4)).astype(np.float32),
+    }
     path = tmp_path / "peft.safetensors"
-    safetensors.numpy.save_file(tensors, str(path), metadata={"lora_adapter_metadata": json.dumps(
-        {"r": 4, "lora_alpha": 16})})
+    safetensors.numpy.save_file(
+        tensors, str(path), metadata={"lora_adapter_metadata": json.dumps({"r": 4, "lora_alpha": 16})}
+    )
     m = load_lora(path).modules[n]
     assert m.alpha == 16.0 and m.scale == 4.0
 
@@ -605,8 +704,13 @@ def test_loha_delta(tmp_path, rng):
     dim, out, inp = 4, 12, 10
     w1a, w1b = rng.standard_normal((out, dim)), rng.standard_normal((dim, inp))
     w2a, w2b = rng.standard_normal((out, dim)), rng.standard_normal((dim, inp))
-    tensors = {f"{prefix}.hada_w1_a": w1a, f"{prefix}.hada_w1_b": w1b, f"{prefix}.hada_w2_a": w2a,
-               f"{prefix}.hada_w2_b": w2b, f"{prefix}.alpha": np.array(2.0)}
+    tensors = {
+        f"{prefix}.hada_w1_a": w1a,
+        f"{prefix}.hada_w1_b": w1b,
+        f"{prefix}.hada_w2_a": w2a,
+        f"{prefix}.hada_w2_b": w2b,
+        f"{prefix}.alpha": np.array(2.0),
+    }
     path = tmp_path / "loha.safetensors"
     safetensors.numpy.save_file({k: v.astype(np.float32) for k, v in tensors.items()}, str(path))
     lora = load_lora(path)
@@ -635,9 +739,11 @@ def test_lokr_factorised_delta(tmp_path, rng):
 
 def _full_lokr_file(path, rng, w1_shape, w2_shape):
     prefix = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
-    raw = {f"{prefix}.lokr_w1": rng.standard_normal(w1_shape).astype(np.float32),
-           f"{prefix}.lokr_w2": rng.standard_normal(w2_shape).astype(np.float32),
-           f"{prefix}.alpha": np.array(8.0, dtype=np.float32)}
+    raw = {
+        f"{prefix}.lokr_w1": rng.standard_normal(w1_shape).astype(np.float32),
+        f"{prefix}.lokr_w2": rng.standard_normal(w2_shape).astype(np.float32),
+        f"{prefix}.alpha": np.array(8.0, dtype=np.float32),
+    }
     safetensors.numpy.save_file(raw, str(path))
     return raw[f"{prefix}.lokr_w1"], raw[f"{prefix}.lokr_w2"]
 
@@ -671,8 +777,14 @@ def test_kohya_conv_factors_are_flattened(tmp_path, rng):
     down = rng.standard_normal((4, 32, 3, 3)).astype(np.float32)
     up = rng.standard_normal((64, 4, 1, 1)).astype(np.float32)
     path = tmp_path / "conv.safetensors"
-    safetensors.numpy.save_file({f"{prefix}.lora_down.weight": down, f"{prefix}.lora_up.weight": up,
-                                 f"{prefix}.alpha": np.array(2.0, dtype=np.float32)}, str(path))
+    safetensors.numpy.save_file(
+        {
+            f"{prefix}.lora_down.weight": down,
+            f"{prefix}.lora_up.weight": up,
+            f"{prefix}.alpha": np.array(2.0, dtype=np.float32),
+        },
+        str(path),
+    )
     m = load_lora(path).modules["unet.down_blocks.1.resnets.0.conv1"]
     assert m.shape == (64, 32 * 9)
     expected = 0.5 * up.reshape(64, 4).astype(np.float64) @ down.reshape(4, -1)
@@ -684,8 +796,14 @@ def test_rank_larger_than_layer(tmp_path, rng):
     prefix = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
     A, B = rng.standard_normal((8, 6)).astype(np.float32), rng.standard_normal((4, 8)).astype(np.float32)
     path = tmp_path / "wide.safetensors"
-    safetensors.numpy.save_file({f"{prefix}.lora_down.weight": A, f"{prefix}.lora_up.weight": B,
-                                 f"{prefix}.alpha": np.array(4.0, dtype=np.float32)}, str(path))
+    safetensors.numpy.save_file(
+        {
+            f"{prefix}.lora_down.weight": A,
+            f"{prefix}.lora_up.weight": B,
+            f"{prefix}.alpha": np.array(4.0, dtype=np.float32),
+        },
+        str(path),
+    )
     m = load_lora(path).modules["text_encoder.text_model.encoder.layers.0.self_attn.q_proj"]
     assert m.rank == 8 and m.shape == (4, 6)
     np.testing.assert_allclose(m.delta(), 0.5 * B.astype(np.float64) @ A, rtol=1e-5, atol=1e-5)
@@ -699,11 +817,24 @@ def test_bfloat16_factors(tmp_path):
     g = torch.Generator().manual_seed(0)
     down, up = torch.randn(4, 768, generator=g).bfloat16(), torch.randn(1280, 4, generator=g).bfloat16()
     path = tmp_path / "bf16.safetensors"
-    safetensors.torch.save_file({f"{prefix}.lora_down.weight": down, f"{prefix}.lora_up.weight": up,
-                                 f"{prefix}.alpha": torch.tensor(2.0).bfloat16()}, str(path))
+    safetensors.torch.save_file(
+        {
+            f"{prefix}.lora_down.weight": down,
+            f"{prefix}.lora_up.weight": up,
+            f"{prefix}.alpha": torch.tensor(2.0).bfloat16(),
+        },
+        str(path),
+    )
     lora = load_lora(path)
-    assert lora.summary() == {"format": "kohya", "base": "sd1", "parts": ["unet"], "n_modules": 1,
-                              "ranks": [4], "alphas": [2.0], "dtype": "bfloat16"}
+    assert lora.summary() == {
+        "format": "kohya",
+        "base": "sd1",
+        "parts": ["unet"],
+        "n_modules": 1,
+        "ranks": [4],
+        "alphas": [2.0],
+        "dtype": "bfloat16",
+    }
     m = lora.modules["unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k"]
     np.testing.assert_array_equal(m.down, down.float().numpy())
     np.testing.assert_allclose(m.delta(), 0.5 * up.double().numpy() @ down.double().numpy(), rtol=1e-5, atol=1e-5)
@@ -724,8 +855,10 @@ def test_base_from_cross_attention_width(tmp_path, rng, cross_dim, base):
 
 def _kohya_file(path, rng, alpha=None, rank=4, dtype=np.float32, extra=None):
     prefix = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"
-    tensors = {f"{prefix}.lora_down.weight": (0.1 * rng.standard_normal((rank, 16))).astype(dtype),
-               f"{prefix}.lora_up.weight": (0.1 * rng.standard_normal((16, rank))).astype(dtype)}
+    tensors = {
+        f"{prefix}.lora_down.weight": (0.1 * rng.standard_normal((rank, 16))).astype(dtype),
+        f"{prefix}.lora_up.weight": (0.1 * rng.standard_normal((16, rank))).astype(dtype),
+    }
     if alpha is not None:
         tensors[f"{prefix}.alpha"] = np.array(alpha, dtype=dtype)
     tensors.update(extra or {})
@@ -753,8 +886,10 @@ def test_alpha_conventions(tmp_path, rng, alpha, scale):
 
 def _bad_ab_mismatch(path, rng):
     p = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"
-    safetensors.numpy.save_file({f"{p}.lora_down.weight": np.zeros((4, 16), np.float32),
-                                 f"{p}.lora_up.weight": np.zeros((16, 3), np.float32)}, str(path))
+    safetensors.numpy.save_file(
+        {f"{p}.lora_down.weight": np.zeros((4, 16), np.float32), f"{p}.lora_up.weight": np.zeros((16, 3), np.float32)},
+        str(path),
+    )
 
 
 def _bad_value(value):
@@ -762,14 +897,17 @@ def _bad_value(value):
         p = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"
         down = rng.standard_normal((4, 16)).astype(np.float16)
         down[2, 5] = value
-        safetensors.numpy.save_file({f"{p}.lora_down.weight": down,
-                                     f"{p}.lora_up.weight": np.ones((16, 4), np.float16)}, str(path))
+        safetensors.numpy.save_file(
+            {f"{p}.lora_down.weight": down, f"{p}.lora_up.weight": np.ones((16, 4), np.float16)}, str(path)
+        )
+
     return make
 
 
 def _bad_unknown_layout(path, rng):
-    safetensors.numpy.save_file({"model.weight": np.ones((4, 4), np.float32),
-                                 "model.bias": np.ones(4, np.float32)}, str(path))
+    safetensors.numpy.save_file(
+        {"model.weight": np.ones((4, 4), np.float32), "model.bias": np.ones(4, np.float32)}, str(path)
+    )
 
 
 def _bad_no_tensors(path, rng):
@@ -778,21 +916,29 @@ def _bad_no_tensors(path, rng):
 
 def _bad_int_factor(path, rng):
     p = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"
-    safetensors.numpy.save_file({f"{p}.lora_down.weight": np.ones((4, 16), np.int32),
-                                 f"{p}.lora_up.weight": np.ones((16, 4), np.float32)}, str(path))
+    safetensors.numpy.save_file(
+        {f"{p}.lora_down.weight": np.ones((4, 16), np.int32), f"{p}.lora_up.weight": np.ones((16, 4), np.float32)},
+        str(path),
+    )
 
 
 def _bad_only_down(path, rng):
     p = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"
-    safetensors.numpy.save_file({f"{p}.lora_down.weight": np.ones((4, 16), np.float32),
-                                 f"{p}.alpha": np.array(4.0, np.float32)}, str(path))
+    safetensors.numpy.save_file(
+        {f"{p}.lora_down.weight": np.ones((4, 16), np.float32), f"{p}.alpha": np.array(4.0, np.float32)}, str(path)
+    )
 
 
 def _bad_nan_alpha(path, rng):
     p = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"
-    safetensors.numpy.save_file({f"{p}.lora_down.weight": np.ones((4, 16), np.float32),
-                                 f"{p}.lora_up.weight": np.ones((16, 4), np.float32),
-                                 f"{p}.alpha": np.array(np.nan, np.float32)}, str(path))
+    safetensors.numpy.save_file(
+        {
+            f"{p}.lora_down.weight": np.ones((4, 16), np.float32),
+            f"{p}.lora_up.weight": np.ones((16, 4), np.float32),
+            f"{p}.alpha": np.array(np.nan, np.float32),
+        },
+        str(path),
+    )
 
 
 BAD_CONTENT = {
@@ -804,8 +950,11 @@ BAD_CONTENT = {
     "unknown_layout": (_bad_unknown_layout, r"unknown layout: no LoRA key pattern recognised.*model\.bias"),
     "no_tensors": (_bad_no_tensors, r"the file holds no tensors"),
     "integer_factor": (_bad_int_factor, r"lora_down\.weight': dtype I32 is not a floating-point type"),
-    "only_down_factor": (_bad_only_down, r"module unet\.mid_block\.attentions\.0\.transformer_blocks\.0\.attn1\.to_q: "
-                                         r"up \(B\) factor is missing"),
+    "only_down_factor": (
+        _bad_only_down,
+        r"module unet\.mid_block\.attentions\.0\.transformer_blocks\.0\.attn1\.to_q: "
+        r"up \(B\) factor is missing",
+    ),
 }
 
 

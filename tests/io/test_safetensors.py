@@ -307,12 +307,17 @@ MALFORMED = {
         lambda p: json_file(p, {"w": {"dtype": "F16", "shape": [2], "data_offsets": [4, 0]}}, b"\0" * 4),
         r"tensor 'w': data_offsets \[4, 0\] do not fit",
     ),
-    "truncated_data": (_valid_then_truncated, r"truncated tensor data: '\w' ends at byte \d+ but the data section has \d+ bytes"),
+    "truncated_data": (
+        _valid_then_truncated,
+        r"truncated tensor data: '\w' ends at byte \d+ but the data section has \d+ bytes",
+    ),
     "overlapping_tensors": (
         lambda p: json_file(
             p,
-            {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-             "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}},
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
             b"\0" * 12,
         ),
         r"tensor 'b' overlaps the previous tensor's bytes",
@@ -320,8 +325,10 @@ MALFORMED = {
     "same_bytes_twice": (
         lambda p: json_file(
             p,
-            {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-             "b": {"dtype": "I32", "shape": [2], "data_offsets": [0, 8]}},
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "I32", "shape": [2], "data_offsets": [0, 8]},
+            },
             b"\0" * 8,
         ),
         r"tensor '[ab]' overlaps the previous tensor's bytes",
@@ -392,8 +399,9 @@ def test_header_length_limit_checked_before_reading(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [["F32"], {"F": 32}])
 def test_non_string_dtype_is_a_format_error(tmp_path, dtype):
-    path = json_file(tmp_path / "dtype.safetensors", {"w": {"dtype": dtype, "shape": [1], "data_offsets": [0, 4]}},
-                     b"\0" * 4)
+    path = json_file(
+        tmp_path / "dtype.safetensors", {"w": {"dtype": dtype, "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4
+    )
     assert_format_error(read_safetensors, path, r"tensor 'w': .*dtype")
 
 

@@ -29,14 +29,19 @@ import safetensors.numpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tools.fuzz import fuzzing
 from lorastyle.io.formats import LoraFormatError, load_lora
-from tools.fuzz.fuzzing import KNOWN_BUGS, check_file, encode, pack
 from lorastyle.io.safetensors import read_safetensors, write_safetensors
-
 from support import REAL_LORAS as REAL
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+from tools.fuzz import fuzzing
+from tools.fuzz.fuzzing import KNOWN_BUGS, check_file, encode, pack
+
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,60 +63,111 @@ def _assert_no_unknown(failures):
 # ---------------------------------------------------------------------------
 # hypothesis: files built from scratch
 
-MODULES = ["lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q",
-           "lora_te_text_model_encoder_layers_0_self_attn_q_proj",
-           "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k",
-           "diffusion_model.double_blocks.0.img_attn.qkv", "double_blocks.0.processor",
-           "mid_block.attentions.0.transformer_blocks.0.attn1.processor", "x"]
-ROLES = [".lora_down.weight", ".lora_up.weight", ".alpha", ".lora_A.weight", ".lora_B.weight", ".dora_scale",
-         ".lokr_w1", ".lokr_w2", ".lokr_w1_a", ".lokr_w1_b", ".lokr_w2_a", ".lokr_w2_b", ".hada_w1_a",
-         ".hada_w1_b", ".hada_w2_a", ".hada_w2_b", ".qkv_lora1.down.weight", ".to_q_lora.up.weight",
-         ".lora_mid.weight", ""]
-KEYS = st.one_of(st.builds(str.__add__, st.sampled_from(MODULES), st.sampled_from(ROLES)),
-                 st.sampled_from(["unet:0:down", "unet:0:up", "text_encoder:0:down", "text_encoder:1:up"]),
-                 st.text(max_size=12))
+MODULES = [
+    "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q",
+    "lora_te_text_model_encoder_layers_0_self_attn_q_proj",
+    "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k",
+    "diffusion_model.double_blocks.0.img_attn.qkv",
+    "double_blocks.0.processor",
+    "mid_block.attentions.0.transformer_blocks.0.attn1.processor",
+    "x",
+]
+ROLES = [
+    ".lora_down.weight",
+    ".lora_up.weight",
+    ".alpha",
+    ".lora_A.weight",
+    ".lora_B.weight",
+    ".dora_scale",
+    ".lokr_w1",
+    ".lokr_w2",
+    ".lokr_w1_a",
+    ".lokr_w1_b",
+    ".lokr_w2_a",
+    ".lokr_w2_b",
+    ".hada_w1_a",
+    ".hada_w1_b",
+    ".hada_w2_a",
+    ".hada_w2_b",
+    ".qkv_lora1.down.weight",
+    ".to_q_lora.up.weight",
+    ".lora_mid.weight",
+    "",
+]
+KEYS = st.one_of(
+    st.builds(str.__add__, st.sampled_from(MODULES), st.sampled_from(ROLES)),
+    st.sampled_from(["unet:0:down", "unet:0:up", "text_encoder:0:down", "text_encoder:1:up"]),
+    st.text(max_size=12),
+)
 GOOD_DTYPES = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"]
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-DTYPES = st.one_of(st.sampled_from(GOOD_DTYPES), st.sampled_from(["F8_E4M3", "U32", "C64", "f32", ""]),
-                   st.integers(-1, 64), st.none(), st.lists(st.just("F32"), max_size=2))
+DTYPES = st.one_of(
+    st.sampled_from(GOOD_DTYPES),
+    st.sampled_from(["F8_E4M3", "U32", "C64", "f32", ""]),
+    st.integers(-1, 64),
+    st.none(),
+    st.lists(st.just("F32"), max_size=2),
+)
 SMALL_SHAPES = st.lists(st.integers(0, 6), max_size=4)
-ODD_SHAPES = st.one_of(st.lists(st.integers(-3, 2**64), max_size=3),
-                       st.lists(st.one_of(st.floats(allow_nan=True), st.booleans(), st.text(max_size=2)), max_size=3),
-                       st.integers(), st.none(), st.text(max_size=3))
-JSON_JUNK = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8)),
-                         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
-                                                                                         max_size=3), max_leaves=6)
+ODD_SHAPES = st.one_of(
+    st.lists(st.integers(-3, 2**64), max_size=3),
+    st.lists(st.one_of(st.floats(allow_nan=True), st.booleans(), st.text(max_size=2)), max_size=3),
+    st.integers(),
+    st.none(),
+    st.text(max_size=3),
+)
+JSON_JUNK = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8)),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
 META_VALUES = st.one_of(
     st.text(max_size=16),
     st.sampled_from(["sd1", "sdxl", "flux", "tiny", "[]", "5", "[[1]]", '["CLIPAttention"]']),
-    st.builds(json.dumps, st.fixed_dictionaries({}, optional={"r": JSON_JUNK, "lora_alpha": JSON_JUNK,
-                                                             "unet.lora_alpha": JSON_JUNK})),
+    st.builds(
+        json.dumps,
+        st.fixed_dictionaries({}, optional={"r": JSON_JUNK, "lora_alpha": JSON_JUNK, "unet.lora_alpha": JSON_JUNK}),
+    ),
     JSON_JUNK.map(json.dumps),
 )
 METADATA = st.one_of(
     st.none(),
-    st.dictionaries(st.sampled_from(["lorastyle.base", "lora_adapter_metadata", "unet", "text_encoder", "format",
-                                     "ss_network_dim"]), META_VALUES, max_size=3),
+    st.dictionaries(
+        st.sampled_from(
+            ["lorastyle.base", "lora_adapter_metadata", "unet", "text_encoder", "format", "ss_network_dim"]
+        ),
+        META_VALUES,
+        max_size=3,
+    ),
     JSON_JUNK,
 )
 FINITE = st.floats(-2, 2, width=32)
 SPECIAL = st.sampled_from([0.0, -0.0, np.nan, np.inf, -np.inf, 3.4e38, -3.4e38, 65504.0, 1e-45])
 
 
-KOHYA_NAMES = ["lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_k",
-               "lora_te_text_model_encoder_layers_0_self_attn_q_proj", "lora_unet_down_blocks_0_resnets_0_conv1",
-               "lora_unet_double_blocks_0_img_attn_qkv", "lora_te2_text_model_encoder_layers_0_mlp_fc1"]
-PEFT_NAMES = ["unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k",
-              "text_encoder.text_model.encoder.layers.0.self_attn.q_proj", "transformer.transformer_blocks.0.attn.to_q",
-              "base_model.model.down_blocks.0.attentions.0.proj_in"]
+KOHYA_NAMES = [
+    "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_k",
+    "lora_te_text_model_encoder_layers_0_self_attn_q_proj",
+    "lora_unet_down_blocks_0_resnets_0_conv1",
+    "lora_unet_double_blocks_0_img_attn_qkv",
+    "lora_te2_text_model_encoder_layers_0_mlp_fc1",
+]
+PEFT_NAMES = [
+    "unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k",
+    "text_encoder.text_model.encoder.layers.0.self_attn.q_proj",
+    "transformer.transformer_blocks.0.attn.to_q",
+    "base_model.model.down_blocks.0.attentions.0.proj_in",
+]
 # layout: (module names, {role suffix: shape rule}); rule letters: r = rank, o = out, i = in, a/b = LoKr W1 sides
 LAYOUTS = {
     "kohya": (KOHYA_NAMES, {".lora_down.weight": "ri", ".lora_up.weight": "or", ".alpha": "", ".dora_scale": "1i"}),
     "peft": (PEFT_NAMES, {".lora_A.weight": "ri", ".lora_B.weight": "or"}),
     "lokr": (KOHYA_NAMES, {".lokr_w1": "ab", ".lokr_w2_a": "or", ".lokr_w2_b": "ri", ".alpha": ""}),
     "lokr_full": (KOHYA_NAMES, {".lokr_w1": "ab", ".lokr_w2": "oi"}),
-    "loha": (KOHYA_NAMES, {".hada_w1_a": "or", ".hada_w1_b": "ri", ".hada_w2_a": "or", ".hada_w2_b": "ri",
-                           ".alpha": ""}),
+    "loha": (
+        KOHYA_NAMES,
+        {".hada_w1_a": "or", ".hada_w1_b": "ri", ".hada_w2_a": "or", ".hada_w2_b": "ri", ".alpha": ""},
+    ),
 }
 
 
@@ -122,8 +178,14 @@ def lora_entries(draw):
     dtype = draw(st.sampled_from(["F32", "F32", "F16", "BF16", "F64", "I8"]))
     entries = []
     for name in draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True)):
-        dims = {"r": draw(st.integers(0, 4)), "o": draw(st.integers(1, 6)), "i": draw(st.integers(1, 6)),
-                "a": draw(st.integers(1, 3)), "b": draw(st.integers(1, 3)), "1": 1}
+        dims = {
+            "r": draw(st.integers(0, 4)),
+            "o": draw(st.integers(1, 6)),
+            "i": draw(st.integers(1, 6)),
+            "a": draw(st.integers(1, 3)),
+            "b": draw(st.integers(1, 3)),
+            "1": 1,
+        }
         conv = draw(st.booleans()) and name.endswith("conv1")
         for role, rule in roles.items():
             if draw(st.integers(0, 9)) == 0:
@@ -140,9 +202,13 @@ def lora_entries(draw):
 @st.composite
 def safetensors_blobs(draw):
     """A safetensors file: consistent by construction, then maybe broken in one place."""
-    entries = draw(st.one_of(
-        lora_entries(), lora_entries(),
-        st.lists(st.tuples(KEYS, st.sampled_from(GOOD_DTYPES), SMALL_SHAPES), max_size=6, unique_by=lambda e: e[0])))
+    entries = draw(
+        st.one_of(
+            lora_entries(),
+            lora_entries(),
+            st.lists(st.tuples(KEYS, st.sampled_from(GOOD_DTYPES), SMALL_SHAPES), max_size=6, unique_by=lambda e: e[0]),
+        )
+    )
     header: dict = {}
     meta = draw(st.one_of(st.none(), st.none(), METADATA))
     if meta is not None:
@@ -152,8 +218,9 @@ def safetensors_blobs(draw):
         n = int(np.prod(shape, dtype=np.int64))
         if dtype.startswith("F") and draw(st.integers(0, 4)):  # mostly numbers, sometimes raw bytes
             # mostly finite values; in one tensor of five, specials (nan, inf, huge, tiny) too
-            values = draw(st.lists(st.one_of(FINITE, SPECIAL) if draw(st.integers(0, 4)) == 0 else FINITE,
-                                   min_size=n, max_size=n))
+            values = draw(
+                st.lists(st.one_of(FINITE, SPECIAL) if draw(st.integers(0, 4)) == 0 else FINITE, min_size=n, max_size=n)
+            )
             np_dtype = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<f4"}[dtype]
             with np.errstate(over="ignore"):
                 arr = np.asarray(values, dtype=np.float64).astype(np_dtype)
@@ -164,8 +231,11 @@ def safetensors_blobs(draw):
         blobs.append(raw)
         offset += len(raw)
     names = [k for k in header if k != "__metadata__"]
-    edit = draw(st.sampled_from(["none"] * 6 + ["dtype", "shape", "offsets", "entry", "length", "trailing",
-                                                "truncate", "not_object"]))
+    edit = draw(
+        st.sampled_from(
+            ["none"] * 6 + ["dtype", "shape", "offsets", "entry", "length", "trailing", "truncate", "not_object"]
+        )
+    )
     length = None
     data = b"".join(blobs)
     if edit in ("dtype", "shape", "offsets", "entry") and names:
@@ -186,7 +256,7 @@ def safetensors_blobs(draw):
         header = draw(JSON_JUNK)
     blob = pack(header, data, length)
     if edit == "truncate":
-        blob = blob[:draw(st.integers(0, max(len(blob) - 1, 0)))]
+        blob = blob[: draw(st.integers(0, max(len(blob) - 1, 0)))]
     return blob
 
 
@@ -203,9 +273,15 @@ def test_any_generated_file_is_loaded_or_refused(workdir, blob):
 @given(data=st.data())
 def test_reader_agrees_with_the_safetensors_library(workdir, data):
     """A file the reference library reads is read here too, to the same bits."""
-    entries = data.draw(st.lists(st.tuples(st.text(min_size=1, max_size=8),
-                                           st.sampled_from([d for d in GOOD_DTYPES if d != "BF16"]), SMALL_SHAPES),
-                                 max_size=5, unique_by=lambda e: e[0]))
+    entries = data.draw(
+        st.lists(
+            st.tuples(
+                st.text(min_size=1, max_size=8), st.sampled_from([d for d in GOOD_DTYPES if d != "BF16"]), SMALL_SHAPES
+            ),
+            max_size=5,
+            unique_by=lambda e: e[0],
+        )
+    )
     meta = data.draw(st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3))
     tensors = {}
     for name, dtype, shape in entries:
@@ -227,9 +303,14 @@ def test_reader_agrees_with_the_safetensors_library(workdir, data):
 
 
 @FUZZ
-@given(rank=st.integers(1, 4), out_in=st.tuples(st.integers(1, 6), st.integers(1, 6)),
-       alpha=st.one_of(st.none(), st.sampled_from([0.0, 1.0, 3.0, 16.0, -2.0])),
-       layout=st.sampled_from(["kohya", "peft"]), dtype=st.sampled_from(["F32", "F16"]), data=st.data())
+@given(
+    rank=st.integers(1, 4),
+    out_in=st.tuples(st.integers(1, 6), st.integers(1, 6)),
+    alpha=st.one_of(st.none(), st.sampled_from([0.0, 1.0, 3.0, 16.0, -2.0])),
+    layout=st.sampled_from(["kohya", "peft"]),
+    dtype=st.sampled_from(["F32", "F16"]),
+    data=st.data(),
+)
 def test_generated_lora_delta_matches_numpy(workdir, rank, out_in, alpha, layout, dtype, data):
     """A well-formed generated LoRA loads, with delta-W = scale * B @ A by the documented alpha convention."""
     out, inp = out_in
@@ -306,6 +387,7 @@ def test_mutations_are_reproducible(seeds):
 
 def test_fuzzer_reports_a_failure(workdir, monkeypatch):
     """The harness itself: an exception other than LoraFormatError is caught and named."""
+
     def broken(path):
         raise KeyError("boom")
 
@@ -356,8 +438,10 @@ def test_inspect_of_a_gigabyte_header_under_a_memory_limit(workdir):
     """``lorastyle inspect`` in a process limited to 1 GiB of address space: an error line, no MemoryError."""
     shape = [2**16, 2**16]  # 16 GiB of float32 declared
     n = 2**32 * 4
-    header = {"lora_unet_x.lora_down.weight": {"dtype": "F32", "shape": shape, "data_offsets": [0, n]},
-              "lora_unet_x.lora_up.weight": {"dtype": "F32", "shape": shape, "data_offsets": [n, 2 * n]}}
+    header = {
+        "lora_unet_x.lora_down.weight": {"dtype": "F32", "shape": shape, "data_offsets": [0, n]},
+        "lora_unet_x.lora_up.weight": {"dtype": "F32", "shape": shape, "data_offsets": [n, 2 * n]},
+    }
     path = workdir / "gigabytes.safetensors"
     path.write_bytes(pack(header, b"\0" * 64))
     script = textwrap.dedent(f"""
@@ -410,38 +494,64 @@ F32 = np.float32
 
 
 def _peft_with_adapter_metadata(blob):
-    return ({f"{PEFT}.lora_A.weight": np.ones((1, 4), F32), f"{PEFT}.lora_B.weight": np.ones((4, 1), F32)},
-            {"lora_adapter_metadata": blob})
+    return (
+        {f"{PEFT}.lora_A.weight": np.ones((1, 4), F32), f"{PEFT}.lora_B.weight": np.ones((4, 1), F32)},
+        {"lora_adapter_metadata": blob},
+    )
 
 
 FORMER_BUG_FILES = {
-    ("ZeroDivisionError", "build_module"): ({f"{KOHYA}.lora_down.weight": np.zeros((0, 16), F32),
-                                             f"{KOHYA}.lora_up.weight": np.zeros((16, 0), F32),
-                                             f"{KOHYA}.alpha": np.asarray(4.0, F32)}, None),
-    ("IndexError", "_as_matrix"): ({f"{KOHYA}.lora_down.weight": np.asarray(1.0, F32),
-                                    f"{KOHYA}.lora_up.weight": np.ones((16, 1), F32)}, None),
-    ("ValueError", "_as_matrix"): ({f"{KOHYA}.lora_down.weight": np.zeros((0, 3, 3), F32),
-                                    f"{KOHYA}.lora_up.weight": np.zeros((16, 0), F32)}, None),
+    ("ZeroDivisionError", "build_module"): (
+        {
+            f"{KOHYA}.lora_down.weight": np.zeros((0, 16), F32),
+            f"{KOHYA}.lora_up.weight": np.zeros((16, 0), F32),
+            f"{KOHYA}.alpha": np.asarray(4.0, F32),
+        },
+        None,
+    ),
+    ("IndexError", "_as_matrix"): (
+        {f"{KOHYA}.lora_down.weight": np.asarray(1.0, F32), f"{KOHYA}.lora_up.weight": np.ones((16, 1), F32)},
+        None,
+    ),
+    ("ValueError", "_as_matrix"): (
+        {f"{KOHYA}.lora_down.weight": np.zeros((0, 3, 3), F32), f"{KOHYA}.lora_up.weight": np.zeros((16, 0), F32)},
+        None,
+    ),
     ("AttributeError", "_apply_peft_alpha"): _peft_with_adapter_metadata("[1]"),
     ("TypeError", "_apply_peft_alpha"): _peft_with_adapter_metadata('{"lora_alpha": null}'),
     ("ValueError", "_apply_peft_alpha"): _peft_with_adapter_metadata('{"lora_alpha": "abc"}'),
-    ("TypeError", "_split_cloneofsimo"): ({"text_encoder:0:down": np.ones((1, 4), F32),
-                                           "text_encoder:0:up": np.ones((4, 1), F32)}, {"text_encoder": "5"}),
-    ("KeyError", "load_lora"): ({**{f"text_encoder:{i}:down": np.ones((1, 4), F32) for i in range(4)},
-                                 **{f"text_encoder:{i}:up": np.ones((4, 1), F32) for i in range(3)}}, None),
-    ("IndexError", "build_module"): ({f"{KOHYA}.lokr_w1": np.ones((2, 2), F32),
-                                      f"{KOHYA}.lokr_w2": np.ones((2, 2), F32),
-                                      f"{KOHYA}.lokr_w2_b": np.asarray(1.0, F32)}, None),
+    ("TypeError", "_split_cloneofsimo"): (
+        {"text_encoder:0:down": np.ones((1, 4), F32), "text_encoder:0:up": np.ones((4, 1), F32)},
+        {"text_encoder": "5"},
+    ),
+    ("KeyError", "load_lora"): (
+        {
+            **{f"text_encoder:{i}:down": np.ones((1, 4), F32) for i in range(4)},
+            **{f"text_encoder:{i}:up": np.ones((4, 1), F32) for i in range(3)},
+        },
+        None,
+    ),
+    ("IndexError", "build_module"): (
+        {
+            f"{KOHYA}.lokr_w1": np.ones((2, 2), F32),
+            f"{KOHYA}.lokr_w2": np.ones((2, 2), F32),
+            f"{KOHYA}.lokr_w2_b": np.asarray(1.0, F32),
+        },
+        None,
+    ),
     ("ValueError", "_decode"): ({f"{KOHYA}.lora_down.weight": ("F32", [2**40, 0, 2**40], b"")}, None),
-    ("invariant", "non-finite factors"): ({f"{KOHYA}.lokr_w1": np.full((2, 2), 3e38, F32),
-                                           f"{KOHYA}.lokr_w2": np.full((2, 2), 10.0, F32)}, None),
+    ("invariant", "non-finite factors"): (
+        {f"{KOHYA}.lokr_w1": np.full((2, 2), 3e38, F32), f"{KOHYA}.lokr_w2": np.full((2, 2), 10.0, F32)},
+        None,
+    ),
 }
 
 
 def _write_case(path, tensors, meta):
     """float32 arrays, or (dtype, shape, raw bytes) for what numpy cannot even hold, laid out consistently."""
-    laid_out = {k: v if isinstance(v, tuple) else ("F32", list(v.shape), v.astype("<f4").tobytes())
-                for k, v in tensors.items()}
+    laid_out = {
+        k: v if isinstance(v, tuple) else ("F32", list(v.shape), v.astype("<f4").tobytes()) for k, v in tensors.items()
+    }
     path.write_bytes(encode(laid_out, meta))
     return path
 
@@ -461,16 +571,21 @@ def test_former_bug(workdir, signature):
         load_lora(path)
 
 
-@pytest.mark.xfail(strict=True, reason="LIMITATION of lorastyle/formats.py build_module: a LoKr module is expanded to "
-                                       "(out x r1*r2) and (r1*r2 x in) factors, so a 64 kB file takes 128 MB")
+@pytest.mark.xfail(
+    strict=True,
+    reason="LIMITATION of lorastyle/formats.py build_module: a LoKr module is expanded to "
+    "(out x r1*r2) and (r1*r2 x in) factors, so a 64 kB file takes 128 MB",
+)
 def test_lokr_memory_is_proportional_to_the_file(workdir):
     """Memory amplification: load_lora's peak memory should stay within 64x the file's size (plus 16 MB)."""
     rng = np.random.default_rng(0)
     r, d = 32, 128
-    tensors = {f"{KOHYA}.lokr_w1_a": rng.standard_normal((d, r)).astype(F32),
-               f"{KOHYA}.lokr_w1_b": rng.standard_normal((r, d)).astype(F32),
-               f"{KOHYA}.lokr_w2_a": rng.standard_normal((d, r)).astype(F32),
-               f"{KOHYA}.lokr_w2_b": rng.standard_normal((r, d)).astype(F32)}
+    tensors = {
+        f"{KOHYA}.lokr_w1_a": rng.standard_normal((d, r)).astype(F32),
+        f"{KOHYA}.lokr_w1_b": rng.standard_normal((r, d)).astype(F32),
+        f"{KOHYA}.lokr_w2_a": rng.standard_normal((d, r)).astype(F32),
+        f"{KOHYA}.lokr_w2_b": rng.standard_normal((r, d)).astype(F32),
+    }
     path = workdir / "lokr_amplifies.safetensors"
     write_safetensors(path, tensors)
     size = path.stat().st_size

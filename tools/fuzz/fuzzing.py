@@ -54,8 +54,17 @@ __all__ = ["Failure", "FuzzReport", "KNOWN_BUGS", "Mutator", "check_file", "form
 
 # Summary keys of ``lorastyle inspect --json`` (the command's contract).
 SUMMARY_KEYS = {"format", "base", "parts", "n_modules", "ranks", "alphas", "dtype"}
-FORMATS = {"kohya", "kohya-dora", "diffusers-peft", "ai-toolkit", "diffusers-legacy", "cloneofsimo", "xlabs",
-           "lycoris-lokr", "lycoris-loha"}
+FORMATS = {
+    "kohya",
+    "kohya-dora",
+    "diffusers-peft",
+    "ai-toolkit",
+    "diffusers-legacy",
+    "cloneofsimo",
+    "xlabs",
+    "lycoris-lokr",
+    "lycoris-loha",
+}
 
 # Bugs found by this fuzzer in modules it does not own, keyed by failure signature
 # (exception type, innermost lorastyle function). Each has a strict-xfail test in
@@ -139,12 +148,21 @@ def split(blob: bytes) -> tuple[int, bytes, bytes] | None:
     (n,) = struct.unpack("<Q", blob[:8])
     if n > len(blob) - 8:
         return None
-    return n, blob[8:8 + n], blob[8 + n:]
+    return n, blob[8 : 8 + n], blob[8 + n :]
 
 
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-_NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
-          "U8": "u1", "BOOL": "?"}
+_NUMPY = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U8": "u1",
+    "BOOL": "?",
+}
 
 
 def decode(blob: bytes) -> tuple[dict[str, tuple[str, list[int], bytes]], dict] | None:
@@ -207,49 +225,82 @@ def synthetic_seeds(random_state: int = 0) -> dict[str, bytes]:
     rng = np.random.default_rng(random_state)
     g = lambda *shape: (0.1 * rng.standard_normal(shape)).astype(np.float32)  # noqa: E731
     attn = "unet.down_blocks.0.attentions.0.transformer_blocks.0."
-    sd_like = {attn + "attn1.to_q": (g(4, 32), g(32, 4)), attn + "attn2.to_k": (g(4, 24), g(32, 4)),
-               "text_encoder.text_model.encoder.layers.0.self_attn.q_proj": (g(4, 16), g(16, 4))}
+    sd_like = {
+        attn + "attn1.to_q": (g(4, 32), g(32, 4)),
+        attn + "attn2.to_k": (g(4, 24), g(32, 4)),
+        "text_encoder.text_model.encoder.layers.0.self_attn.q_proj": (g(4, 16), g(16, 4)),
+    }
     seeds = {
         "kohya": _save_lora_bytes(sd_like, alpha=2.0, layout="kohya"),
         "kohya-f16": _save_lora_bytes(sd_like, alpha=4.0, layout="kohya", dtype=np.float16),
         "peft": _save_lora_bytes(sd_like, alpha=8.0, layout="diffusers-peft", base="sd1"),
-        "peft-flux": _save_lora_bytes({"transformer.transformer_blocks.0.attn.to_q": (g(2, 16), g(16, 2))},
-                                      alpha=2.0, base="flux"),
+        "peft-flux": _save_lora_bytes(
+            {"transformer.transformer_blocks.0.attn.to_q": (g(2, 16), g(16, 2))}, alpha=2.0, base="flux"
+        ),
     }
     k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
     c = "lora_unet_down_blocks_0_resnets_0_conv1"
-    seeds["kohya-conv-dora-bf16"] = encode({
-        f"{c}.lora_down.weight": _t(g(4, 8, 3, 3), "BF16"), f"{c}.lora_up.weight": _t(g(16, 4, 1, 1), "BF16"),
-        f"{c}.alpha": _t(np.float32(4.0), "BF16"),
-        f"{k}.lora_down.weight": _t(g(2, 16), "BF16"), f"{k}.lora_up.weight": _t(g(16, 2), "BF16"),
-        f"{k}.dora_scale": _t(g(1, 16), "BF16"), f"{k}.alpha": _t(np.float32(1.0), "BF16"),
-    }, {"ss_network_dim": "4"})
-    seeds["lokr"] = encode({
-        f"{k}.lokr_w1": _t(g(2, 2)), f"{k}.lokr_w2_a": _t(g(8, 2)), f"{k}.lokr_w2_b": _t(g(2, 8)),
-        f"{k}.alpha": _t(np.float32(2.0)),
-        f"{c}.lokr_w1_a": _t(g(2, 1)), f"{c}.lokr_w1_b": _t(g(1, 2)), f"{c}.lokr_w2_a": _t(g(4, 1)),
-        f"{c}.lokr_w2_b": _t(g(1, 4, 3, 3)), f"{c}.alpha": _t(np.float32(1.0)),
-    })
+    seeds["kohya-conv-dora-bf16"] = encode(
+        {
+            f"{c}.lora_down.weight": _t(g(4, 8, 3, 3), "BF16"),
+            f"{c}.lora_up.weight": _t(g(16, 4, 1, 1), "BF16"),
+            f"{c}.alpha": _t(np.float32(4.0), "BF16"),
+            f"{k}.lora_down.weight": _t(g(2, 16), "BF16"),
+            f"{k}.lora_up.weight": _t(g(16, 2), "BF16"),
+            f"{k}.dora_scale": _t(g(1, 16), "BF16"),
+            f"{k}.alpha": _t(np.float32(1.0), "BF16"),
+        },
+        {"ss_network_dim": "4"},
+    )
+    seeds["lokr"] = encode(
+        {
+            f"{k}.lokr_w1": _t(g(2, 2)),
+            f"{k}.lokr_w2_a": _t(g(8, 2)),
+            f"{k}.lokr_w2_b": _t(g(2, 8)),
+            f"{k}.alpha": _t(np.float32(2.0)),
+            f"{c}.lokr_w1_a": _t(g(2, 1)),
+            f"{c}.lokr_w1_b": _t(g(1, 2)),
+            f"{c}.lokr_w2_a": _t(g(4, 1)),
+            f"{c}.lokr_w2_b": _t(g(1, 4, 3, 3)),
+            f"{c}.alpha": _t(np.float32(1.0)),
+        }
+    )
     seeds["lokr-full"] = encode({f"{k}.lokr_w1": _t(g(4, 4), "F16"), f"{k}.lokr_w2": _t(g(4, 4), "F16")})
-    seeds["loha"] = encode({
-        f"{k}.hada_w1_a": _t(g(16, 2)), f"{k}.hada_w1_b": _t(g(2, 16)), f"{k}.hada_w2_a": _t(g(16, 2)),
-        f"{k}.hada_w2_b": _t(g(2, 16)), f"{k}.alpha": _t(np.float32(2.0)),
-    })
-    seeds["ai-toolkit"] = encode({"diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight": _t(g(2, 16)),
-                                  "diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight": _t(g(48, 2))})
-    seeds["legacy"] = encode({
-        "mid_block.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight": _t(g(2, 16)),
-        "mid_block.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.up.weight": _t(g(16, 2)),
-        "text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_linear_layer.down.weight": _t(g(2, 16)),
-        "text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_linear_layer.up.weight": _t(g(32, 2)),
-    })
-    seeds["xlabs"] = encode({"double_blocks.0.processor.qkv_lora1.down.weight": _t(g(2, 16)),
-                             "double_blocks.0.processor.qkv_lora1.up.weight": _t(g(48, 2)),
-                             "double_blocks.0.processor.proj_lora2.down.weight": _t(g(2, 16)),
-                             "double_blocks.0.processor.proj_lora2.up.weight": _t(g(16, 2))})
+    seeds["loha"] = encode(
+        {
+            f"{k}.hada_w1_a": _t(g(16, 2)),
+            f"{k}.hada_w1_b": _t(g(2, 16)),
+            f"{k}.hada_w2_a": _t(g(16, 2)),
+            f"{k}.hada_w2_b": _t(g(2, 16)),
+            f"{k}.alpha": _t(np.float32(2.0)),
+        }
+    )
+    seeds["ai-toolkit"] = encode(
+        {
+            "diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight": _t(g(2, 16)),
+            "diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight": _t(g(48, 2)),
+        }
+    )
+    seeds["legacy"] = encode(
+        {
+            "mid_block.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight": _t(g(2, 16)),
+            "mid_block.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.up.weight": _t(g(16, 2)),
+            "text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_linear_layer.down.weight": _t(g(2, 16)),
+            "text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_linear_layer.up.weight": _t(g(32, 2)),
+        }
+    )
+    seeds["xlabs"] = encode(
+        {
+            "double_blocks.0.processor.qkv_lora1.down.weight": _t(g(2, 16)),
+            "double_blocks.0.processor.qkv_lora1.up.weight": _t(g(48, 2)),
+            "double_blocks.0.processor.proj_lora2.down.weight": _t(g(2, 16)),
+            "double_blocks.0.processor.proj_lora2.up.weight": _t(g(16, 2)),
+        }
+    )
     seeds["cloneofsimo-te"] = encode(
         {f"text_encoder:{i}:{s}": _t(g(2, 16) if s == "down" else g(16, 2)) for i in range(4) for s in ("down", "up")},
-        {"text_encoder": json.dumps(["CLIPAttention"])})
+        {"text_encoder": json.dumps(["CLIPAttention"])},
+    )
     seeds["index"] = _index_seed(rng)
     return seeds
 
@@ -261,18 +312,43 @@ def _index_seed(rng: np.random.Generator) -> bytes:
         paths = []
         for i in range(4):
             path = Path(tmp) / f"l{i}.safetensors"
-            save_lora(path, {"unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q":
-                             (rng.standard_normal((2, 8)).astype(np.float32),
-                              rng.standard_normal((8, 2)).astype(np.float32))}, alpha=2.0, base="tiny")
+            save_lora(
+                path,
+                {
+                    "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q": (
+                        rng.standard_normal((2, 8)).astype(np.float32),
+                        rng.standard_normal((8, 2)).astype(np.float32),
+                    )
+                },
+                alpha=2.0,
+                base="tiny",
+            )
             paths.append(str(path))
         index, _ = build_index(paths, descriptor="delta", n_components=1)
         index.save(Path(tmp) / "index.safetensors")
         return (Path(tmp) / "index.safetensors").read_bytes()
 
 
-_ROLE_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".lora_A.weight", ".lora_B.weight", ".down.weight",
-                  ".up.weight", ".alpha", ".dora_scale", ".lokr_w1", ".lokr_w2", ".lokr_w1_a", ".lokr_w1_b",
-                  ".lokr_w2_a", ".lokr_w2_b", ".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b")
+_ROLE_SUFFIXES = (
+    ".lora_down.weight",
+    ".lora_up.weight",
+    ".lora_A.weight",
+    ".lora_B.weight",
+    ".down.weight",
+    ".up.weight",
+    ".alpha",
+    ".dora_scale",
+    ".lokr_w1",
+    ".lokr_w2",
+    ".lokr_w1_a",
+    ".lokr_w1_b",
+    ".lokr_w2_a",
+    ".lokr_w2_b",
+    ".hada_w1_a",
+    ".hada_w1_b",
+    ".hada_w2_a",
+    ".hada_w2_b",
+)
 
 
 def _small(d: int) -> int:
@@ -336,10 +412,37 @@ def seed_files(real_dir: str | os.PathLike | None = None, *, max_real_bytes: int
 
 _DTYPES = list(_ITEMSIZE)
 _ODD_DTYPES = ["F8_E4M3", "F8_E5M2", "U16", "U32", "C64", "f32", "float32", "", "F32 ", 4, None, ["F32"], {"F": 32}]
-_ROLES = [".lora_down.weight", ".lora_up.weight", ".alpha", ".dora_scale", ".lora_mid.weight", ".lora_A.weight",
-          ".lora_B.weight", ".lokr_w1", ".lokr_w2", ".lokr_w1_a", ".lokr_w2_b", ".hada_w1_a", ".hada_t1", ""]
-_PREFIXES = ["lora_unet_", "lora_te_", "lora_te2_", "lora_transformer_", "lycoris_", "unet.", "text_encoder.",
-             "transformer.", "diffusion_model.", "base_model.model.", "", "unet:0:", "text_encoder:3:"]
+_ROLES = [
+    ".lora_down.weight",
+    ".lora_up.weight",
+    ".alpha",
+    ".dora_scale",
+    ".lora_mid.weight",
+    ".lora_A.weight",
+    ".lora_B.weight",
+    ".lokr_w1",
+    ".lokr_w2",
+    ".lokr_w1_a",
+    ".lokr_w2_b",
+    ".hada_w1_a",
+    ".hada_t1",
+    "",
+]
+_PREFIXES = [
+    "lora_unet_",
+    "lora_te_",
+    "lora_te2_",
+    "lora_transformer_",
+    "lycoris_",
+    "unet.",
+    "text_encoder.",
+    "transformer.",
+    "diffusion_model.",
+    "base_model.model.",
+    "",
+    "unet:0:",
+    "text_encoder:3:",
+]
 _HUGE = [2**31, 2**32 + 1, 2**40, 2**53, 2**62, 2**63 - 1]
 _JSON_JUNK = [None, True, 0, -1, 1.5, 1e308, "", "x", [], {}, [1, 2], {"a": 1}, "NaN"]
 _FLOAT_SPECIALS = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, 3.4e38, -3.4e38, 65504.0, 1e30]
@@ -368,9 +471,16 @@ class Mutator:
         self.decoded = {name: decode(blob) for name, blob in seeds.items()}
         self.rng = rng
         self.ops: dict[str, Callable[[bytes, str], tuple[bytes, str]]] = {
-            "bitflip": self._bitflip, "bytes": self._bytes, "truncate": self._truncate, "append": self._append,
-            "length": self._length, "json": self._json, "reencode": self._reencode, "huge": self._huge,
-            "splice": self._splice, "stack": self._stack,
+            "bitflip": self._bitflip,
+            "bytes": self._bytes,
+            "truncate": self._truncate,
+            "append": self._append,
+            "length": self._length,
+            "json": self._json,
+            "reencode": self._reencode,
+            "huge": self._huge,
+            "splice": self._splice,
+            "stack": self._stack,
         }
         # weights: structural edits reach deeper code than random bytes, so they are drawn more often
         self.weights = np.array([2, 1, 1, 0.5, 1, 4, 4, 0.5, 1, 1], float)
@@ -421,8 +531,23 @@ class Mutator:
     def _length(self, blob: bytes, name: str) -> tuple[bytes, str]:
         parts = split(blob)
         n = parts[0] if parts else 0
-        value = self._choice([n + 1, n - 1, n + 8, n - 8, 0, 1, 7, len(blob) - 8, len(blob), MAX_HEADER_BYTES + 1,
-                              *_HUGE, 2**64 - 1, int(self.rng.integers(0, 2**31))])
+        value = self._choice(
+            [
+                n + 1,
+                n - 1,
+                n + 8,
+                n - 8,
+                0,
+                1,
+                7,
+                len(blob) - 8,
+                len(blob),
+                MAX_HEADER_BYTES + 1,
+                *_HUGE,
+                2**64 - 1,
+                int(self.rng.integers(0, 2**31)),
+            ]
+        )
         return struct.pack("<Q", value % 2**64) + blob[8:], f"header length {value}"
 
     def _json(self, blob: bytes, name: str) -> tuple[bytes, str]:
@@ -438,8 +563,20 @@ class Mutator:
         if not isinstance(header, dict):
             return self._bitflip(blob, name)
         names = [k for k in header if k != "__metadata__"]
-        edit = self._choice(["dtype", "shape", "offsets", "drop_field", "drop_entry", "rename", "entry_junk",
-                             "metadata", "duplicate", "top_junk"])
+        edit = self._choice(
+            [
+                "dtype",
+                "shape",
+                "offsets",
+                "drop_field",
+                "drop_entry",
+                "rename",
+                "entry_junk",
+                "metadata",
+                "duplicate",
+                "top_junk",
+            ]
+        )
         how = edit
         if names and edit in ("dtype", "shape", "offsets", "drop_field", "entry_junk"):
             key = self._choice(names)
@@ -473,8 +610,9 @@ class Mutator:
 
     def _odd_shape(self, shape):
         shape = list(shape) if isinstance(shape, list) else [1]
-        kind = self._choice(["reverse", "drop", "add1", "zero", "small", "huge", "negative", "float", "str", "bool",
-                             "scalar", "many"])
+        kind = self._choice(
+            ["reverse", "drop", "add1", "zero", "small", "huge", "negative", "float", "str", "bool", "scalar", "many"]
+        )
         if kind == "reverse":
             return shape[::-1]
         if kind == "drop":
@@ -488,17 +626,37 @@ class Mutator:
         if not shape:
             shape = [1]
         i = int(self.rng.integers(len(shape)))
-        shape[i] = {"zero": 0, "small": int(self.rng.integers(1, 65)), "huge": self._choice(_HUGE), "negative": -1,
-                    "float": 2.0, "str": "2", "bool": True}[kind]
+        shape[i] = {
+            "zero": 0,
+            "small": int(self.rng.integers(1, 65)),
+            "huge": self._choice(_HUGE),
+            "negative": -1,
+            "float": 2.0,
+            "str": "2",
+            "bool": True,
+        }[kind]
         return shape
 
     def _odd_offsets(self, offsets, data_len: int):
-        begin, end = (offsets if isinstance(offsets, list) and len(offsets) == 2 else [0, 0])
+        begin, end = offsets if isinstance(offsets, list) and len(offsets) == 2 else [0, 0]
         if not all(isinstance(v, int) for v in (begin, end)):
             begin, end = 0, 0
-        return self._choice([[end, begin], [begin + 4, end + 4], [begin - 4, end - 4], [0, end - begin],
-                             [begin, self._choice(_HUGE)], [-1, end], [begin, data_len + 8], [begin], [begin, end, 0],
-                             [float(begin), end], [str(begin), end], None])
+        return self._choice(
+            [
+                [end, begin],
+                [begin + 4, end + 4],
+                [begin - 4, end - 4],
+                [0, end - begin],
+                [begin, self._choice(_HUGE)],
+                [-1, end],
+                [begin, data_len + 8],
+                [begin],
+                [begin, end, 0],
+                [float(begin), end],
+                [str(begin), end],
+                None,
+            ]
+        )
 
     def _rename(self, key: str) -> str:
         kind = self._choice(["role", "prefix", "char", "empty", "unicode", "long"])
@@ -510,11 +668,11 @@ class Mutator:
         if kind == "prefix":
             for prefix in sorted(_PREFIXES, key=len, reverse=True):
                 if prefix and key.startswith(prefix):
-                    return self._choice(_PREFIXES) + key[len(prefix):]
+                    return self._choice(_PREFIXES) + key[len(prefix) :]
             return self._choice(_PREFIXES) + key
         if kind == "char" and key:
             i = int(self.rng.integers(len(key)))
-            return key[:i] + self._choice(["_", ".", ":", "0", "9", "", "__", ".."]) + key[i + 1:]
+            return key[:i] + self._choice(["_", ".", ":", "0", "9", "", "__", ".."]) + key[i + 1 :]
         if kind == "unicode":
             return key + self._choice(["\u00e9", "\udcff", "\x00", "\U0001f600", "/"])
         if kind == "long":
@@ -527,15 +685,28 @@ class Mutator:
         if kind == "base":
             meta["lorastyle.base"] = self._choice([*BASE_FAMILIES, "sd3", "", "SD1"])
         elif kind == "adapter":
-            meta["lora_adapter_metadata"] = self._choice([
-                json.dumps({"r": 4, "lora_alpha": self._choice(_JSON_JUNK)}),
-                json.dumps({"unet.lora_alpha": self._choice([0, -4, 1e308, 4, 2.5])}),
-                json.dumps(self._choice(_JSON_JUNK)), "{not json", "",
-            ])
+            meta["lora_adapter_metadata"] = self._choice(
+                [
+                    json.dumps({"r": 4, "lora_alpha": self._choice(_JSON_JUNK)}),
+                    json.dumps({"unet.lora_alpha": self._choice([0, -4, 1e308, 4, 2.5])}),
+                    json.dumps(self._choice(_JSON_JUNK)),
+                    "{not json",
+                    "",
+                ]
+            )
         elif kind == "targets":
             meta[self._choice(["unet", "text_encoder"])] = self._choice(
-                [json.dumps(["CrossAttention", "GEGLU"]), json.dumps([]), "5", "[[1]]", '{"a": 1}', "not json",
-                 json.dumps(["CLIPAttention"]), "null"])
+                [
+                    json.dumps(["CrossAttention", "GEGLU"]),
+                    json.dumps([]),
+                    "5",
+                    "[[1]]",
+                    '{"a": 1}',
+                    "not json",
+                    json.dumps(["CLIPAttention"]),
+                    "null",
+                ]
+            )
         elif kind == "junk_value":
             meta[self._choice(["lorastyle.base", "format", "x"])] = self._choice(_JSON_JUNK)
         elif kind == "not_dict":
@@ -561,10 +732,24 @@ class Mutator:
             if kind == "copy_shape":  # another tensor's shape: keeps dimensions plausible
                 shape = list(tensors[self._choice(sorted(tensors))][1])
             else:
-                shape = [int(d) for d in self._choice([
-                    [], [0], [int(self.rng.integers(1, 9))], shape[::-1], shape[:-1], shape + [1],
-                    [d + int(self.rng.integers(-1, 2)) for d in shape], [int(self.rng.integers(0, 33)) for _ in shape],
-                    [0] + shape[1:], shape[:1] + [0] + shape[2:]]) if d >= 0]
+                shape = [
+                    int(d)
+                    for d in self._choice(
+                        [
+                            [],
+                            [0],
+                            [int(self.rng.integers(1, 9))],
+                            shape[::-1],
+                            shape[:-1],
+                            shape + [1],
+                            [d + int(self.rng.integers(-1, 2)) for d in shape],
+                            [int(self.rng.integers(0, 33)) for _ in shape],
+                            [0] + shape[1:],
+                            shape[:1] + [0] + shape[2:],
+                        ]
+                    )
+                    if d >= 0
+                ]
             n = int(np.prod(shape, dtype=np.int64)) * _ITEMSIZE.get(dtype, 4)
             raw = (raw * (n // max(len(raw), 1) + 1))[:n] if raw else bytes(n)
         elif kind == "dtype":
@@ -627,7 +812,7 @@ class Mutator:
         other = self._choice(self.names)
         a, b = split(blob), split(self.seeds[other])
         if a is None or b is None:
-            return blob[: len(blob) // 2] + self.seeds[other][len(self.seeds[other]) // 2:], f"halves with {other}"
+            return blob[: len(blob) // 2] + self.seeds[other][len(self.seeds[other]) // 2 :], f"halves with {other}"
         if self.rng.random() < 0.5:  # header of one, data of the other
             return pack(a[1], b[2]), f"header + data of {other}"
         da, db = self.decoded.get(name), self.decoded.get(other)
@@ -810,10 +995,19 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(seeds: dict[str, bytes], n_inputs: int, *, random_state: int = 0, time_limit: float | None = 5.0,
-        workdir: str | os.PathLike | None = None, inspect_every: int = 1, memory_growth_mb: float = 1024.0,
-        crash_dir: str | os.PathLike | None = None, progress: Callable[[int, FuzzReport], None] | None = None,
-        include_seeds: bool = True) -> FuzzReport:
+def run(
+    seeds: dict[str, bytes],
+    n_inputs: int,
+    *,
+    random_state: int = 0,
+    time_limit: float | None = 5.0,
+    workdir: str | os.PathLike | None = None,
+    inspect_every: int = 1,
+    memory_growth_mb: float = 1024.0,
+    crash_dir: str | os.PathLike | None = None,
+    progress: Callable[[int, FuzzReport], None] | None = None,
+    include_seeds: bool = True,
+) -> FuzzReport:
     """Mutate seeds ``n_inputs`` times and check every mutant.
 
     Parameters
@@ -866,8 +1060,11 @@ def run(seeds: dict[str, bytes], n_inputs: int, *, random_state: int = 0, time_l
                 outcome, failures = "failed", [Failure("any", ("timeout", f"> {time_limit} s"), "time limit", how)]
             grown = _peak_rss_mb() - rss
             if grown > memory_growth_mb:
-                failures.append(Failure("any", ("memory", f"> {memory_growth_mb:.0f} MB"),
-                                        f"peak memory grew by {grown:.0f} MB", how))
+                failures.append(
+                    Failure(
+                        "any", ("memory", f"> {memory_growth_mb:.0f} MB"), f"peak memory grew by {grown:.0f} MB", how
+                    )
+                )
             report.inputs += 1
             report.loaded += outcome == "loaded"
             report.rejected += outcome == "rejected"
@@ -887,10 +1084,12 @@ def run(seeds: dict[str, bytes], n_inputs: int, *, random_state: int = 0, time_l
 
 def format_report(report: FuzzReport) -> str:
     """A human summary: counts, then one line per failure signature."""
-    lines = [f"inputs: {report.inputs}  loaded: {report.loaded}  rejected: {report.rejected}  "
-             f"failed inputs: {report.failed_inputs} ({len(report.failures)} failures, "
-             f"{len(report.unknown())} of unknown kinds)  "
-             f"time: {report.seconds:.1f} s ({1000 * report.seconds / max(report.inputs, 1):.2f} ms/input)"]
+    lines = [
+        f"inputs: {report.inputs}  loaded: {report.loaded}  rejected: {report.rejected}  "
+        f"failed inputs: {report.failed_inputs} ({len(report.failures)} failures, "
+        f"{len(report.unknown())} of unknown kinds)  "
+        f"time: {report.seconds:.1f} s ({1000 * report.seconds / max(report.inputs, 1):.2f} ms/input)"
+    ]
     for sig, group in sorted(report.by_signature().items(), key=lambda kv: -len(kv[1])):
         label = f"known bug: {KNOWN_BUGS[sig]}" if sig in KNOWN_BUGS else "UNKNOWN"
         lines.append(f"  {len(group):6d}  {sig[0]} in {sig[1]} [{group[0].stage}] ({label})")
@@ -905,8 +1104,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--real", default=None, help="folder of real LoRA files used as extra seeds")
     parser.add_argument("--time-limit", type=float, default=5.0, help="seconds per input (default: 5)")
-    parser.add_argument("--memory-limit-mb", type=int, default=4096,
-                        help="address-space limit of the process, so a blow-up fails fast (default: 4096; 0: none)")
+    parser.add_argument(
+        "--memory-limit-mb",
+        type=int,
+        default=4096,
+        help="address-space limit of the process, so a blow-up fails fast (default: 4096; 0: none)",
+    )
     parser.add_argument("--crash-dir", default=None, help="copy the first input of each failure kind here")
     args = parser.parse_args(argv)
     if args.memory_limit_mb:
@@ -925,8 +1128,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {i} inputs, {len(report.failures)} failures, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
     t0 = time.perf_counter()
-    report = run(seeds, args.inputs, random_state=args.seed, time_limit=args.time_limit,
-                 crash_dir=args.crash_dir, progress=progress)
+    report = run(
+        seeds,
+        args.inputs,
+        random_state=args.seed,
+        time_limit=args.time_limit,
+        crash_dir=args.crash_dir,
+        progress=progress,
+    )
     print(format_report(report))
     return 1 if report.unknown() else 0
 
