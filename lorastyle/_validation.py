@@ -31,7 +31,20 @@ def _is_int(value) -> bool:
 
 
 def check_int_at_least(value, name: str, minimum: int) -> int:
-    """``value`` as an int, if it is an integer (not a bool) of at least ``minimum``."""
+    """``value`` as an int, if it is an integer (not a bool) of at least ``minimum``.
+
+    Parameters
+    ----------
+    value : object
+        What the caller received.
+    name : str
+        The parameter's name, for the message.
+    minimum : int
+
+    Returns
+    -------
+    int
+    """
     if not _is_int(value) or value < minimum:
         what = (
             "a positive integer"
@@ -43,31 +56,88 @@ def check_int_at_least(value, name: str, minimum: int) -> int:
 
 
 def check_positive_int(value, name: str) -> int:
-    """``value`` as an int, if it is an integer >= 1 (``2.5``, ``True`` and ``"3"`` are refused)."""
+    """``value`` as an int, if it is an integer >= 1 (``2.5``, ``True`` and ``"3"`` are refused).
+
+    Parameters
+    ----------
+    value : object
+    name : str
+        The parameter's name, for the message.
+
+    Returns
+    -------
+    int
+    """
     return check_int_at_least(value, name, 1)
 
 
 def check_non_negative_int(value, name: str) -> int:
-    """``value`` as an int, if it is an integer >= 0."""
+    """``value`` as an int, if it is an integer >= 0.
+
+    Parameters
+    ----------
+    value : object
+    name : str
+        The parameter's name, for the message.
+
+    Returns
+    -------
+    int
+    """
     return check_int_at_least(value, name, 0)
 
 
 def check_positive_float(value, name: str) -> float:
-    """``value`` as a float, if it is a finite real number > 0."""
+    """``value`` as a float, if it is a finite real number > 0.
+
+    Parameters
+    ----------
+    value : object
+    name : str
+        The parameter's name, for the message.
+
+    Returns
+    -------
+    float
+    """
     if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
 def check_option(value, name: str, allowed: Collection[str]) -> str:
-    """``value`` if it is one of ``allowed``; the message lists them."""
+    """``value`` if it is one of ``allowed``; the message lists them.
+
+    Parameters
+    ----------
+    value : object
+    name : str
+        What the option is (``descriptor``, ``solver``), for the message.
+    allowed : collection of str
+
+    Returns
+    -------
+    str
+    """
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; choose from {', '.join(repr(a) for a in allowed)}")
     return value
 
 
 def check_options(values, name: str, allowed: Collection[str]) -> tuple[str, ...]:
-    """A collection of options (a single string counts as one, never as its letters), sorted and unique."""
+    """A collection of options (a single string counts as one, never as its letters), sorted and unique.
+
+    Parameters
+    ----------
+    values : str or iterable of str
+    name : str
+        What the options are (``layers``, ``parts``), for the message.
+    allowed : collection of str
+
+    Returns
+    -------
+    tuple of str
+    """
     if isinstance(values, str):
         values = [values]
     if not isinstance(values, Iterable):
@@ -80,7 +150,16 @@ def check_options(values, name: str, allowed: Collection[str]) -> tuple[str, ...
 
 
 def check_random_state(random_state: RandomState) -> np.random.Generator:
-    """A numpy ``Generator`` from an int seed, a ``Generator`` (used as is) or None (fresh entropy)."""
+    """A numpy ``Generator`` from an int seed, a ``Generator`` (used as is) or None (fresh entropy).
+
+    Parameters
+    ----------
+    random_state : int, numpy.random.Generator or None
+
+    Returns
+    -------
+    numpy.random.Generator
+    """
     if random_state is None or _is_int(random_state):
         if random_state is not None and random_state < 0:
             raise ValueError(f"random_state must be a non-negative integer, got {random_state!r}")
@@ -96,6 +175,14 @@ def sklearn_seed(random_state: RandomState) -> int | None:
     """What scikit-learn accepts for ``random_state`` (it rejects Generators): an int or None.
 
     A Generator gives one draw from it, so results follow the Generator's state.
+
+    Parameters
+    ----------
+    random_state : int, numpy.random.Generator or None
+
+    Returns
+    -------
+    int or None
     """
     check_random_state(random_state)  # the same checks and messages
     if random_state is None or _is_int(random_state):

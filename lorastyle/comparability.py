@@ -28,7 +28,16 @@ __all__ = ["Reference", "factor_signature", "check_comparable", "comparable_subs
 
 
 def factor_signature(modules: dict[str, LoraModule]) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
-    """(module, factor role, factor shape) of every stored factor: what ``concat`` needs to be equal."""
+    """(module, factor role, factor shape) of every stored factor: what ``concat`` needs to be equal.
+
+    Parameters
+    ----------
+    modules : dict of str to LoraModule
+
+    Returns
+    -------
+    tuple of (str, str, tuple of int)
+    """
     return tuple((name, role, f.shape) for name, m in modules.items() for role, f in sorted(m.factors.items()))
 
 

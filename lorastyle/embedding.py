@@ -34,9 +34,12 @@ import warnings
 import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.decomposition import PCA, IncrementalPCA
-from sklearn.utils.validation import check_array, check_is_fitted, check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._validation import RandomState, check_random_state, sklearn_seed
 
 __all__ = ["StyleEmbedding", "calibration_factors", "center_kernel"]
 
@@ -87,7 +90,7 @@ def calibration_factors(K: np.ndarray, n_components: int, *, n_calibration: int 
     n_components : int
     n_calibration : int, default=100
         Leave-one-out fits on at most this many items (a random subset).
-    random_state : int, Generator or None
+    random_state : int, numpy.random.Generator or None
 
     Returns
     -------
@@ -127,24 +130,25 @@ class StyleEmbedding(TransformerMixin, BaseEstimator):
     Parameters
     ----------
     n_components : int, default=2
-        Dimension of the embedding.
+        Dimension of the embedding; at most ``min(n_samples - 1, n_features)``.
     solver : {"full", "randomized", "incremental", "precomputed"}, default="full"
         ``full`` and ``randomized``: scikit-learn's PCA with that SVD solver;
         ``incremental``: IncrementalPCA in batches of ``batch_size``;
         ``precomputed``: kernel PCA on a linear kernel ``X`` of shape
         (n_samples, n_samples), as given by
-        :func:`lorastyle.descriptors.delta_inner_products`; ``transform`` then
-        takes the kernel of new items against the fitted ones, of shape
-        (n_new, n_samples).
+        :func:`lorastyle.descriptors.delta_inner_products`; ``transform`` and
+        ``project`` then take the kernel of new items against the fitted ones,
+        of shape (n_new, n_samples).
     calibrate : bool, default=True
-        Multiply out-of-sample scores by the leave-one-out factors
-        :attr:`calibration_`.
+        Estimate the leave-one-out factors :attr:`calibration_` that
+        :meth:`project` applies (ones when False).
     n_calibration : int, default=100
         Items used to estimate the calibration.
     batch_size : int, optional
         For ``incremental``; default is scikit-learn's ``5 * n_features``.
-    random_state : int, Generator or None
-        Seeds the randomized solver and the calibration subset.
+    random_state : int, numpy.random.Generator or None, default=None
+        Seeds the randomized solver and the calibration subset (a Generator
+        is drawn from once for each).
 
     Attributes
     ----------
@@ -158,17 +162,31 @@ class StyleEmbedding(TransformerMixin, BaseEstimator):
 
     Notes
     -----
-    ``transform`` is the projection of *new* items: applied to the fitted
-    items it returns their calibrated scores, not ``embedding_``.
+    Two projections, as scikit-learn's contract needs:
+
+    * :meth:`transform` is the plain PCA projection, so that
+      ``fit_transform(X)`` equals ``fit(X).transform(X)``;
+    * :meth:`project` is the projection of *new* items, multiplied by
+      :attr:`calibration_` (see the module docstring): use it for LoRAs that
+      were not fitted.
 
     Examples
     --------
     >>> import numpy as np
     >>> X = np.random.default_rng(0).normal(size=(20, 500))
     >>> emb = StyleEmbedding(n_components=2, random_state=0).fit(X)
-    >>> emb.embedding_.shape, emb.transform(X[:3]).shape
-    ((20, 2), (3, 2))
+    >>> emb.embedding_.shape, emb.transform(X[:3]).shape, emb.project(X[:3]).shape
+    ((20, 2), (3, 2), (3, 2))
     """
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
+        "solver": [StrOptions(set(SOLVERS))],
+        "calibrate": ["boolean"],
+        "n_calibration": [Interval(numbers.Integral, 2, None, closed="left")],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "random_state": ["random_state", np.random.Generator],
+    }
 
     def __init__(
         self,
@@ -178,7 +196,7 @@ class StyleEmbedding(TransformerMixin, BaseEstimator):
         calibrate: bool = True,
         n_calibration: int = 100,
         batch_size: int | None = None,
-        random_state=None,
+        random_state: RandomState = None,
     ):
         self.n_components = n_components
         self.solver = solver
@@ -187,24 +205,22 @@ class StyleEmbedding(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.random_state = random_state
 
-    def _validate_params(self, n_samples: int, n_features: int) -> None:
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {list(SOLVERS)}, got {self.solver!r}")
-        if not isinstance(self.n_components, numbers.Integral) or self.n_components < 1:
-            raise ValueError(f"n_components must be a positive int, got {self.n_components!r}")
+    def _check_sizes(self, n_samples: int, n_features: int) -> None:
         limit = min(n_samples - 1, n_features)
         if self.n_components > limit:
             raise ValueError(
                 f"n_components={self.n_components} must be at most min(n_samples - 1, n_features) "
                 f"= {limit} for {n_samples} samples of {n_features} features"
             )
-        if not isinstance(self.n_calibration, numbers.Integral) or self.n_calibration < 2:
-            raise ValueError(f"n_calibration must be an int >= 2, got {self.n_calibration!r}")
-        if self.batch_size is not None and (
-            not isinstance(self.batch_size, numbers.Integral) or self.batch_size < self.n_components
-        ):
-            raise ValueError(f"batch_size must be an int >= n_components, got {self.batch_size!r}")
+        if self.batch_size is not None and self.batch_size < self.n_components:
+            raise ValueError(f"batch_size must be at least n_components={self.n_components}, got {self.batch_size}")
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.pairwise = self.solver == "precomputed"
+        return tags
+
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Fit the PCA (and the calibration) on descriptors or a kernel.
 
@@ -217,15 +233,14 @@ class StyleEmbedding(TransformerMixin, BaseEstimator):
         -------
         self
         """
-        X = check_array(X, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
         n = X.shape[0]
         if self.solver == "precomputed":
             if X.shape[0] != X.shape[1]:
                 raise ValueError(f"solver='precomputed' needs a square kernel, got shape {X.shape}")
             if not np.allclose(X, X.T, rtol=1e-6, atol=1e-8 * np.abs(X).max()):
                 raise ValueError("solver='precomputed' needs a symmetric kernel")
-        self._validate_params(n, n if self.solver == "precomputed" else X.shape[1])
-        self.n_features_in_ = X.shape[1]
+        self._check_sizes(n, X.shape[1])
         k = self.n_components
         if self.solver == "precomputed":
             K = X.astype(np.float64)
@@ -241,7 +256,7 @@ class StyleEmbedding(TransformerMixin, BaseEstimator):
             if self.solver == "incremental":
                 self.pca_ = IncrementalPCA(n_components=k, batch_size=self.batch_size)
             else:
-                self.pca_ = PCA(n_components=k, svd_solver=self.solver, random_state=self.random_state)
+                self.pca_ = PCA(n_components=k, svd_solver=self.solver, random_state=sklearn_seed(self.random_state))
             self.embedding_ = self.pca_.fit_transform(X)
             self.explained_variance_ = self.pca_.explained_variance_
             self.explained_variance_ratio_ = self.pca_.explained_variance_ratio_
@@ -258,30 +273,48 @@ class StyleEmbedding(TransformerMixin, BaseEstimator):
         return self
 
     def fit_transform(self, X, y=None, **fit_params):
-        """Fit and return the in-sample embedding :attr:`embedding_`."""
+        """Fit and return the in-sample embedding :attr:`embedding_`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), or (n_samples, n_samples) for ``precomputed``
+        y : ignored
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_components)
+        """
         return self.fit(X).embedding_
 
-    def transform(self, X, *, calibrated: bool | None = None) -> np.ndarray:
-        """Project new items, calibrated (see the module docstring).
+    def transform(self, X) -> np.ndarray:
+        """The plain PCA projection (no calibration): for fitted items, their in-sample scores.
 
         Parameters
         ----------
         X : array-like of shape (n_new, n_features), or (n_new, n_samples) kernel for ``precomputed``
-        calibrated : bool, optional
-            Override ``self.calibrate`` for this call (to show the drift).
 
         Returns
         -------
         ndarray of shape (n_new, n_components)
         """
         check_is_fitted(self, "embedding_")
-        X = check_array(X, dtype=[np.float64, np.float32])
-        if X.shape[1] != self.n_features_in_:
-            what = "kernel columns (fitted items)" if self.solver == "precomputed" else "features"
-            raise ValueError(f"X has {X.shape[1]} {what}, but StyleEmbedding was fitted with {self.n_features_in_}")
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         if self.solver == "precomputed":
-            Z = center_kernel(X.astype(np.float64), self.kernel_fit_) @ self.dual_coef_
-        else:
-            Z = self.pca_.transform(X)
-        use = self.calibrate if calibrated is None else calibrated
-        return Z * self.calibration_ if use else Z
+            return center_kernel(X.astype(np.float64), self.kernel_fit_) @ self.dual_coef_
+        return self.pca_.transform(X)
+
+    def project(self, X, *, calibrated: bool = True) -> np.ndarray:
+        """Project items that were not fitted: the PCA projection times :attr:`calibration_`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_new, n_features), or (n_new, n_samples) kernel for ``precomputed``
+        calibrated : bool, default=True
+            False gives :meth:`transform` (to show the drift).
+
+        Returns
+        -------
+        ndarray of shape (n_new, n_components)
+        """
+        Z = self.transform(X)
+        return Z * self.calibration_ if calibrated else Z

@@ -5,6 +5,7 @@ import pytest
 from sklearn.decomposition import PCA, IncrementalPCA, KernelPCA
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from lorastyle.embedding import StyleEmbedding, calibration_factors
 
@@ -34,7 +35,7 @@ def test_full_matches_sklearn_pca(data):
     emb = StyleEmbedding(n_components=3, calibrate=False).fit(X)
     ref = PCA(n_components=3, svd_solver="full").fit(X)
     same_up_to_sign(emb.embedding_, ref.transform(X), rtol=1e-6, atol=1e-8)
-    same_up_to_sign(emb.transform(Xt), ref.transform(Xt), rtol=1e-6, atol=1e-8)
+    same_up_to_sign(emb.project(Xt, calibrated=False), ref.transform(Xt), rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(emb.explained_variance_ratio_, ref.explained_variance_ratio_, rtol=1e-8)
 
 
@@ -60,7 +61,7 @@ def test_precomputed_kernel_equals_feature_pca(data):
     np.testing.assert_allclose(kern.explained_variance_ratio_, feat.explained_variance_ratio_, rtol=1e-6)
     # and sklearn's KernelPCA on the same precomputed kernel
     ref = KernelPCA(n_components=3, kernel="precomputed").fit(X @ X.T)
-    same_up_to_sign(kern.transform(Xt @ X.T, calibrated=False), ref.transform(Xt @ X.T), rtol=1e-6, atol=1e-8)
+    same_up_to_sign(kern.project(Xt @ X.T, calibrated=False), ref.transform(Xt @ X.T), rtol=1e-6, atol=1e-8)
 
 
 def test_pipeline_and_random_state(data):
@@ -105,7 +106,7 @@ def test_calibration_removes_projection_drift(seed):
     emb = StyleEmbedding(n_components=3, n_calibration=100, random_state=0).fit(X)
     energy = lambda Z: (Z**2).mean(axis=0)  # noqa: E731
     inside = energy(emb.embedding_)
-    raw, cal = energy(emb.transform(fresh, calibrated=False)), energy(emb.transform(fresh))
+    raw, cal = energy(emb.project(fresh, calibrated=False)), energy(emb.project(fresh))
     assert np.all(np.sqrt(raw / inside) < 0.86), np.sqrt(raw / inside)
     assert np.sqrt(raw.sum() / inside.sum()) < 0.8
     assert np.all(np.abs(np.sqrt(cal / inside) - 1) < 0.25), np.sqrt(cal / inside)
@@ -130,14 +131,24 @@ def test_calibration_needs_enough_items():
 @pytest.mark.parametrize(
     "params, X, match",
     [
-        (dict(n_components=0), np.ones((5, 4)), "n_components must be a positive int"),
+        (
+            dict(n_components=0),
+            np.ones((5, 4)),
+            "The 'n_components' parameter of StyleEmbedding must be an int in the range \\[1, inf\\)",
+        ),
+        (dict(n_components=2.5), np.ones((5, 4)), "The 'n_components' parameter of StyleEmbedding must be an int"),
+        (dict(random_state="a"), np.ones((5, 4)), "The 'random_state' parameter of StyleEmbedding must be"),
         (dict(n_components=5), np.eye(5), r"n_components=5 must be at most min\(n_samples - 1, n_features\) = 4"),
-        (dict(solver="svd"), np.eye(5), "solver must be one of"),
-        (dict(n_calibration=1), np.eye(5), "n_calibration must be an int >= 2"),
+        (dict(solver="svd"), np.eye(5), "The 'solver' parameter of StyleEmbedding must be a str among"),
+        (
+            dict(n_calibration=1),
+            np.eye(5),
+            "The 'n_calibration' parameter of StyleEmbedding must be an int in the range \\[2, inf\\)",
+        ),
         (
             dict(solver="incremental", batch_size=1, n_components=2),
             np.eye(5),
-            "batch_size must be an int >= n_components",
+            "batch_size must be at least n_components=2, got 1",
         ),
         (dict(solver="precomputed"), np.ones((5, 4)), "needs a square kernel"),
         (dict(solver="precomputed"), np.triu(np.ones((5, 5))), "needs a symmetric kernel"),
@@ -152,8 +163,41 @@ def test_invalid_parameters(params, X, match):
 def test_transform_checks_width(data):
     X, _ = data
     emb = StyleEmbedding(2).fit(X)
-    with pytest.raises(ValueError, match="X has 7 features, but StyleEmbedding was fitted with 500"):
-        emb.transform(np.ones((2, 7)))
+    for method in (emb.transform, emb.project):
+        with pytest.raises(ValueError, match="X has 7 features, but StyleEmbedding is expecting 500 features"):
+            method(np.ones((2, 7)))
+
+
+def test_transform_is_the_plain_projection_and_project_calibrates(data):
+    """scikit-learn's contract: fit_transform(X) == fit(X).transform(X); project() applies the calibration."""
+    X, Xt = data
+    emb = StyleEmbedding(n_components=3, random_state=0).fit(X)
+    np.testing.assert_allclose(emb.transform(X), emb.embedding_, rtol=1e-9, atol=1e-9)
+    assert not np.allclose(emb.calibration_, 1)
+    np.testing.assert_allclose(emb.project(Xt), emb.transform(Xt) * emb.calibration_, rtol=1e-12)
+
+
+def test_a_generator_random_state_is_accepted_and_follows_its_seed(data):
+    X, _ = data
+    fits = [
+        StyleEmbedding(2, solver="randomized", n_calibration=10, random_state=np.random.default_rng(4)).fit(X)
+        for _ in range(2)
+    ]
+    np.testing.assert_array_equal(fits[0].calibration_, fits[1].calibration_)
+    np.testing.assert_array_equal(fits[0].embedding_, fits[1].embedding_)
+
+
+@parametrize_with_checks(
+    [
+        StyleEmbedding(),
+        StyleEmbedding(solver="randomized", random_state=0),
+        StyleEmbedding(solver="incremental", calibrate=False),
+        StyleEmbedding(solver="precomputed"),
+    ]
+)
+def test_scikit_learn_estimator_checks(estimator, check):
+    """Every check of scikit-learn's check_estimator passes (no expected failures to declare)."""
+    check(estimator)
 
 
 def test_large_kernels_use_lanczos_with_the_same_result():

@@ -1245,8 +1245,8 @@ def similarity_heatmap(
             else:
                 # dark text on the light (high) end of cividis, light text on the dark end
                 text = fmt.format(value)
-                if float(text) == 0:  # no "-0.00"
-                    text = fmt.format(0.0)
+                if text.startswith("-") and text[1:] == fmt.format(0.0):
+                    text = text[1:]  # no "-0.00" (nor "-0%"): any format, not only floats
                 colour = _DARK if (value - vmin) / (vmax - vmin) > 0.55 else "white"
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
     ax.set_xticks(range(n), labels, rotation=45, ha="right")

@@ -209,7 +209,7 @@ class LoraIndex:
             x = _query_vector(lora, self)
         else:
             x = descriptor_kernel(self.descriptor, [lora], self.loras)
-        return self.embedding.transform(x)[0]
+        return self.embedding.project(x)[0]
 
     def similar(self, lora: LoRA, k: int = 10) -> list[dict]:
         """The k indexed LoRAs closest to ``lora`` by cosine similarity of embeddings, best first.

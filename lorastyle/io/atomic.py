@@ -24,7 +24,13 @@ TEMPORARY_SUFFIX = ".tmp"
 
 
 def fsync_folder(path: str | os.PathLike) -> None:
-    """Make a rename inside ``path``'s folder durable (POSIX); a no-op where folders cannot be opened."""
+    """Make a rename inside ``path``'s folder durable (POSIX); a no-op where folders cannot be opened.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A file whose folder is fsynced.
+    """
     try:
         fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
     except OSError:
@@ -42,8 +48,19 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """A temporary path next to ``path``; on success it is fsynced and renamed over ``path``.
 
     For writers that want a file name rather than a file object (``np.savez``).
-    ``suffix`` is added to the temporary name for writers that append one
-    (``np.savez`` adds ``.npz`` to names without it).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The destination.
+    suffix : str, default=""
+        Added to the temporary name, for writers that append one
+        (``np.savez`` adds ``.npz`` to names without it).
+
+    Yields
+    ------
+    Path
+        Where to write. On an exception it is deleted and ``path`` is left as it was.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX + suffix)

@@ -428,6 +428,18 @@ def test_bar_table_grouped_with_errorbars(tmp_path):
         viz.bar_table(ax, rows, value="nmi", group="descriptor", hue="level")
 
 
+def test_similarity_heatmap_takes_any_format_and_never_writes_minus_zero():
+    import pandas as pd
+
+    from lorastyle.book.viz import similarity_heatmap
+
+    M = np.array([[1.0, -0.001], [-0.001, 0.5]])
+    fig, ax = plt.subplots()
+    similarity_heatmap(ax, pd.DataFrame(M, index=["a", "b"]), fmt="{:.0%}")
+    assert [t.get_text() for t in ax.texts] == ["100%", "0%", "0%", "50%"]
+    plt.close(fig)
+
+
 def test_similarity_heatmap_writes_every_value_and_marks_missing_pairs():
     import pandas as pd
 

@@ -1,0 +1,230 @@
+"""Fixed-size sketches of a LoRA's descriptors: inner products of sketches estimate the exact kernels.
+
+An index cannot keep every file's factors (they are as large as the collection), so it keeps,
+for each file, one vector of :attr:`Sketcher.dim` numbers per descriptor whose inner products are
+unbiased estimates of the descriptor's kernel (:func:`lorastyle.descriptors.descriptor_kernel`):
+
+``gram``
+    ``sum_modules <dW_i dW_i^T, dW_j dW_j^T>``, the default for files from strangers (invariant to the
+    factor gauge and to rotations of the input side, so largely to A's random initialisation);
+``delta``
+    ``sum_modules <dW_i, dW_j>``;
+``concat``
+    the paper's flattened factors (meaningful only for files of one initialisation).
+
+How (two count-sketch stages, each an unbiased linear map):
+
+1. per module, a degree-2 *tensor sketch* (Pham and Pagh, KDD 2013) of ``vec(dW dW^T)`` (or
+   ``vec(dW)``) into :attr:`Sketcher.module_dim` numbers, computed from the low-rank factors with
+   FFTs (``dW = U V`` gives ``dW dW^T = U M U^T`` with ``M = V V^T``, a sum of outer products
+   ``u_k (x) (U M)_k``, whose tensor sketch is ``irfft(sum_k rfft(C1 u_k) * rfft(C2 (U M)_k))``):
+   never an out x out or out x in matrix;
+2. every module's sketch is count-sketched into the one vector of :attr:`Sketcher.dim` numbers,
+   with hash functions of its own name, so that a module one file lacks counts as zero and files of
+   other module sets remain comparable.
+
+Hash functions depend only on the module's name, its shape and :attr:`Sketcher.seed`: sketches
+made by any process with the same settings are comparable. With ``normalise="module"`` each
+module's Gram matrix (or delta-W) is scaled to unit Frobenius norm before stage 2, so every
+module weighs the same (one high-norm module cannot decide a score).
+
+The error of a cosine of sketches against the exact cosine is measured in
+``tests/test_sketches.py`` and in the wild benchmark.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse
+
+from ._validation import check_int_at_least, check_option
+from .io.formats import LoRA, LoraModule
+
+__all__ = ["Sketcher", "SKETCHED_DESCRIPTORS", "module_factors", "sketch_cosines"]
+
+SKETCHED_DESCRIPTORS = ("gram", "delta", "concat")
+NORMALISATIONS = ("none", "module")
+
+
+def module_factors(m: LoraModule) -> tuple[np.ndarray, np.ndarray]:
+    """``(U, V)`` with ``delta-W = U @ V`` (the scale folded into ``U``), in float32.
+
+    Parameters
+    ----------
+    m : LoraModule
+
+    Returns
+    -------
+    U : ndarray of shape (out_features, k)
+    V : ndarray of shape (k, in_features)
+    """
+    return (m.scale * m.up).astype(np.float32, copy=False), m.down.astype(np.float32, copy=False)
+
+
+@dataclass
+class _Hashes:
+    """The count-sketch matrices of one module: stage 1 (rows, columns) and stage 2 (into the record)."""
+
+    rows_a: scipy.sparse.csr_matrix  # module_dim x out
+    rows_b: scipy.sparse.csr_matrix  # module_dim x out (an independent pair for the Gram's two sides)
+    cols: scipy.sparse.csr_matrix  # module_dim x in
+    bucket: np.ndarray  # module_dim -> dim
+    sign: np.ndarray  # module_dim signs
+
+
+def _count_sketch(rng: np.random.Generator, n: int, buckets: int) -> scipy.sparse.csr_matrix:
+    """A (buckets x n) matrix with one random +-1 in each column: C @ x is x's count sketch."""
+    rows = rng.integers(0, buckets, size=n)
+    signs = rng.integers(0, 2, size=n).astype(np.float32) * 2 - 1
+    return scipy.sparse.csr_matrix((signs, (rows, np.arange(n))), shape=(buckets, n))
+
+
+def _tensor_sketch(C1: scipy.sparse.csr_matrix, U: np.ndarray, C2: scipy.sparse.csr_matrix, W: np.ndarray) -> np.ndarray:
+    """Tensor sketch of ``sum_k U[:, k] (x) W[:, k]`` into ``C1.shape[0]`` numbers (float64)."""
+    n = C1.shape[0]
+    F1 = np.fft.rfft(np.asarray(C1 @ U, dtype=np.float64), axis=0)
+    F2 = np.fft.rfft(np.asarray(C2 @ W, dtype=np.float64), axis=0)
+    return np.fft.irfft((F1 * F2).sum(axis=1), n=n)
+
+
+@dataclass
+class Sketcher:
+    """Makes the fixed-size sketches of LoRAs' descriptors (see the module docstring).
+
+    Parameters
+    ----------
+    dim : int, default=16384
+        Length of each sketch (float32): 64 kB per descriptor at the default.
+    module_dim : int, default=1024
+        Length of each module's tensor sketch (stage 1). The defaults keep the error of a cosine
+        near 0.01 (RMS) on the tiny model's 70 modules, and lower with more modules.
+    seed : int, default=0
+        Seeds every hash function; sketches of different seeds are not comparable.
+    normalise : {"module", "none"}, default="module"
+        Scale each module's descriptor to unit Frobenius norm before summing.
+
+    Attributes
+    ----------
+    cache : dict
+        Hash matrices per (module name, shape), made on first use and kept: an explicit
+        object, so that two Sketchers never share state.
+    """
+
+    dim: int = 16384
+    module_dim: int = 1024
+    seed: int = 0
+    normalise: str = "module"
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        check_int_at_least(self.dim, "dim", 16)
+        check_int_at_least(self.module_dim, "module_dim", 8)
+        check_int_at_least(self.seed, "seed", 0)
+        check_option(self.normalise, "normalise", NORMALISATIONS)
+
+    @property
+    def settings(self) -> dict:
+        """What makes two sketches comparable (stored with every record)."""
+        return {"dim": self.dim, "module_dim": self.module_dim, "seed": self.seed, "normalise": self.normalise}
+
+    def _hashes(self, name: str, out: int, inp: int) -> _Hashes:
+        key = (name, out, inp)
+        h = self.cache.get(key)
+        if h is None:
+            digest = hashlib.blake2b(f"{self.seed}:{name}:{out}x{inp}".encode(), digest_size=8).digest()
+            rng = np.random.default_rng(int.from_bytes(digest, "little"))
+            h = _Hashes(
+                rows_a=_count_sketch(rng, out, self.module_dim),
+                rows_b=_count_sketch(rng, out, self.module_dim),
+                cols=_count_sketch(rng, inp, self.module_dim),
+                bucket=rng.integers(0, self.dim, size=self.module_dim),
+                sign=rng.integers(0, 2, size=self.module_dim).astype(np.float64) * 2 - 1,
+            )
+            self.cache[key] = h
+        return h
+
+    def module_sketch(self, m: LoraModule, descriptor: str) -> tuple[np.ndarray, float]:
+        """Stage 1 for one module: its tensor sketch (before normalisation) and its exact squared norm.
+
+        Parameters
+        ----------
+        m : LoraModule
+        descriptor : {"gram", "delta"}
+
+        Returns
+        -------
+        sketch : ndarray of shape (module_dim,), float64
+        norm2 : float
+            The exact squared Frobenius norm of the module's Gram matrix (or delta-W).
+        """
+        U, V = module_factors(m)
+        h = self._hashes(m.name, U.shape[0], V.shape[1])
+        P = U.T.astype(np.float64) @ U  # k x k
+        Q = V.astype(np.float64) @ V.T
+        if descriptor == "gram":
+            QP = Q @ P
+            norm2 = float(np.sum(QP * QP.T))  # ||U Q U^T||_F^2 = tr(QPQP)
+            return _tensor_sketch(h.rows_a, U, h.rows_b, U @ Q.astype(np.float32)), norm2
+        return _tensor_sketch(h.rows_a, U, h.cols, V.T), float(np.sum(P * Q))  # ||U V||_F^2 = tr(PQ)
+
+    def sketch(self, lora: LoRA, descriptor: str = "gram") -> np.ndarray:
+        """The sketch of one LoRA's descriptor.
+
+        Parameters
+        ----------
+        lora : LoRA
+        descriptor : {"gram", "delta", "concat"}, default="gram"
+
+        Returns
+        -------
+        ndarray of shape (dim,), float32
+        """
+        check_option(descriptor, "descriptor", SKETCHED_DESCRIPTORS)
+        out = np.zeros(self.dim)
+        if descriptor == "concat":
+            for m in lora.modules.values():
+                for role, f in sorted(m.factors.items()):
+                    self._add_concat(out, m.name, role, np.asarray(f, dtype=np.float32).ravel())
+            return out.astype(np.float32)
+        for m in lora.modules.values():
+            t, norm2 = self.module_sketch(m, descriptor)
+            if self.normalise == "module":
+                if not norm2 > 0:
+                    continue  # a zero update contributes nothing
+                t = t / np.sqrt(norm2)
+            h = self._hashes(m.name, *m.shape)
+            np.add.at(out, h.bucket, h.sign * t)
+        return out.astype(np.float32)
+
+    def _add_concat(self, out: np.ndarray, name: str, role: str, x: np.ndarray) -> None:
+        """Count-sketch one stored factor straight into ``out`` (concat compares entries one by one)."""
+        key = ("concat", name, role, x.size)
+        C = self.cache.get(key)
+        if C is None:
+            digest = hashlib.blake2b(f"{self.seed}:concat:{name}:{role}:{x.size}".encode(), digest_size=8).digest()
+            C = self.cache[key] = _count_sketch(np.random.default_rng(int.from_bytes(digest, "little")), x.size, self.dim)
+        out += C @ x.astype(np.float64)
+
+
+def sketch_cosines(S: np.ndarray, T: np.ndarray | None = None) -> np.ndarray:
+    """Cosine similarities between rows of sketches (0 where a sketch is zero).
+
+    Parameters
+    ----------
+    S : ndarray of shape (n, dim)
+    T : ndarray of shape (m, dim), optional
+        Defaults to ``S``.
+
+    Returns
+    -------
+    ndarray of shape (n, m)
+    """
+    S = np.asarray(S, dtype=np.float64)
+    T = S if T is None else np.asarray(T, dtype=np.float64)
+    ns, nt = np.linalg.norm(S, axis=1), np.linalg.norm(T, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        C = (S @ T.T) / np.outer(ns, nt)
+    return np.nan_to_num(C, nan=0.0, posinf=0.0, neginf=0.0)
