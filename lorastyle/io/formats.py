@@ -56,12 +56,25 @@ __all__ = [
     "save_lora",
     "build_module",
     "BASE_FAMILIES",
+    "LAYOUTS",
     "LORA_SUFFIXES",
 ]
 
 BASE_FAMILIES = ("sd1", "sd2", "sdxl", "flux", "tiny", "unknown")
 # Files `index` looks at when it walks a folder (pickles are listed so they are reported, not silently ignored).
 LORA_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+# Layout names load_lora reports (the ``format`` of a LoRA), as in the module docstring's table.
+LAYOUTS = (
+    "kohya",
+    "kohya-dora",
+    "diffusers-peft",
+    "ai-toolkit",
+    "diffusers-legacy",
+    "cloneofsimo",
+    "xlabs",
+    "lycoris-lokr",
+    "lycoris-loha",
+)
 # Metadata key our own training code writes to name its base model.
 BASE_METADATA_KEY = "lorastyle.base"
 
