@@ -82,6 +82,7 @@ book: $(STAMP)
 # One thread: on a 2-core machine shared with other work, 2 torch threads run slower than 1.
 data: $(STAMP)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m lorastyle.collection.build --profile default --out data
+	$(PY) -m lorastyle.book.figures data
 
 # Not timed tests: each script writes benchmarks/results/bN.json and bN.md, whatever the machine's speed.
 bench: $(STAMP)

@@ -35,9 +35,12 @@ import sys
 import warnings
 
 from . import __version__
-from .descriptors import BLOCKS, DESCRIPTORS, LAYER_TYPES, PARTS, ModuleSelection
+from .descriptors import BLOCKS, DEFAULT_DESCRIPTOR, DESCRIPTORS, LAYER_TYPES, PARTS, ModuleSelection
 from .errors import LorastyleError
-from .io.formats import load_lora
+from .index.search import SCORERS
+from .io.formats import BASE_FAMILIES, load_lora
+
+__all__ = ["main", "build_parser", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED"]
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -67,71 +70,93 @@ def _print(text: str, stream=None) -> None:
 
 
 def _inspect(args) -> int:
-    lora = load_lora(args.file)
-    summary = lora.summary()
+    """What the file is, from its header (:func:`lorastyle.io.metadata.describe_file`).
+
+    ``--check`` also loads every tensor as ``index`` does, and so refuses NaN or Inf weights.
+    """
+    from .io.metadata import describe_file, format_description
+
+    info = describe_file(args.file, hashes=not args.no_hashes)
+    if args.check:
+        load_lora(args.file)
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(info))
     else:
-        _print(f"{args.file}")
-        for key, value in summary.items():
-            print(f"  {key:10s} {value}")
-        if lora.extras:
-            print(f"  {'extras':10s} {len(lora.extras)} tensors that are not LoRA factors")
+        for line in format_description(info):
+            _print(line)
     return 0
 
 
-def _index(args) -> int:
+def _progress(items, *, desc: str, total: int | None = None):
+    """A progress bar on stderr named for its pass; none where stderr is not a terminal (a log gets lines)."""
     from tqdm.auto import tqdm
 
+    return tqdm(items, desc=desc, total=total, unit="file", file=sys.stderr, disable=None, leave=False)
+
+
+def _index(args) -> int:
     from .index import NotEnoughLorasError, index_folder
 
     select = None
     if args.layers or args.blocks or args.parts:
         select = ModuleSelection(parts=args.parts, layers=args.layers, blocks=args.blocks)
-    # disable=None: no bar where stderr is not a terminal (a log file gets lines, not carriage returns)
-    bar = lambda it: tqdm(it, desc="loading", unit="file", file=sys.stderr, disable=None)  # noqa: E731
     try:
         run = index_folder(
             args.dir,
             args.output,
             descriptor=args.descriptor,
-            n_components=args.components,
+            n_components=args.components or 8,
             select=select,
+            base=args.base,
             use_cache=not args.no_cache,
             calibrate=not args.no_calibration,
-            progress=bar,
+            progress=_progress,
         )
     except NotEnoughLorasError as exc:
         for path, reason in exc.skipped:
             _error(path, reason)
-        _error(args.dir, str(exc))
+        _error(exc.path, exc.reason)
         return EXIT_BAD_INPUT
     except OSError as exc:  # the index, its lock or its folder cannot be written
         _error(exc.filename or args.output, f"cannot write: {exc.strerror or exc}")
         return EXIT_BAD_INPUT
     for path, reason in run.skipped:
         _error(path, reason)
-    index = run.index
-    cache = f"{run.from_cache} of {run.n_files} files from the cache" if run.cache_dir else "no cache"
+    index, stats = run.index, run.stats
+    for group in index.groups.values():
+        emb = group.embedding
+        pca = f"PCA of {emb.n_components} components" if emb is not None else "no PCA (fewer than 3 files)"
+        _print(f"{group.key}: {len(group.records)} files ({args.descriptor}; {pca})", sys.stderr)
+        if args.components and (emb is None or emb.n_components < args.components):
+            allowed = emb.n_components if emb is not None else 0
+            _print(
+                f"warning: {group.key}: {len(group.records)} files allow {allowed} PCA components, "
+                f"not --components {args.components}",
+                sys.stderr,
+            )
     _print(
-        f"indexed {len(index.paths)} files ({args.descriptor}, {index.embedding.n_components} components, "
-        f"base {index.base}); skipped {len(run.skipped)}; {cache}; wrote {args.output}",
+        f"indexed {len(index.paths)} of {run.n_files} files in {len(index.groups)} base "
+        f"famil{'y' if len(index.groups) == 1 else 'ies'}; skipped {len(run.skipped)}; read {stats.read}, "
+        f"{stats.reused} unchanged since the last run, {stats.from_cache} from the cache; wrote {args.output}",
         sys.stderr,
     )
     return 0
 
 
 def _similar(args) -> int:
-    from .index import LoraIndex
+    from .index import LoraIndex, read_record
 
     index = LoraIndex.load(args.index)
-    query = load_lora(args.query)
-    results = index.similar(query, k=args.k)
+    query = read_record(args.query, sketcher=index.sketcher, descriptor=index.descriptor, select=index.select)
+    results = index.similar(query, k=args.k, scorer=args.scorer)
     if args.json:
         print(json.dumps(results))
     else:
         for r in results:
-            _print(f"{r['score']:+.4f}  {r['path']}")
+            flag = ""
+            if "p_value" in r:
+                flag = f"  p={r['p_value']:.3g}" + ("  same source likely" if r["same_source_likely"] else "")
+            _print(f"{r['score']:+.4f}{flag}  {r['path']}")
     return 0
 
 
@@ -151,48 +176,112 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lorastyle {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("inspect", help="describe one LoRA file: layout, base model, ranks, alphas")
+    p = sub.add_parser(
+        "inspect",
+        help="describe one LoRA file from its header: title, trigger words, base model, training, hashes, "
+        "layout, ranks, alphas",
+    )
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--no-hashes", action="store_true", help="read only the header and alphas: no sha256, AutoV1/2/3 (faster)"
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="also read every tensor, as index does, and refuse NaN or Inf weights (default: header only)",
+    )
     p.set_defaults(run=_inspect)
 
-    p = sub.add_parser("index", help="embed every LoRA file under a folder into an index")
+    p = sub.add_parser(
+        "index",
+        help="describe every LoRA file under a folder into an index (one small record per file)",
+        description="Read every LoRA file under DIR once (links to folders are followed) and keep one small "
+        "record per file: what it is, and a fixed-size sketch of its style descriptor. Files are grouped by base "
+        "family (sd1, sd2, sdxl, flux, ...): each family is searched on its own. Bad files are reported, one "
+        "'error: FILE: reason' line each, and the rest are indexed. A re-run reads only new or changed files.",
+    )
     p.add_argument("dir")
-    p.add_argument("-o", "--output", required=True, help="index file to write")
+    p.add_argument("-o", "--output", required=True, help="index file to write (its folder must exist)")
     p.add_argument(
         "--descriptor",
         choices=DESCRIPTORS,
-        default="concat",
-        help="concat: the paper's flattened A,B; delta: delta-W inner products; "
-        "gram: delta-W delta-W^T (default: concat)",
+        default=DEFAULT_DESCRIPTOR,
+        help="gram (default): delta-W delta-W^T of every module, blind to the random initialisation, for files "
+        "made by different people; delta: delta-W itself; concat: the paper's flattened A and B factors, "
+        "meaningful only for files trained from one initialisation seed",
     )
-    p.add_argument("--components", type=_positive_int, default=8, help="embedding dimension (default: 8)")
+    p.add_argument(
+        "--base",
+        choices=[b for b in BASE_FAMILIES if b != "unknown"],
+        help="index only files of this base family (default: every family, each in its own group)",
+    )
+    p.add_argument(
+        "--components",
+        type=_positive_int,
+        default=None,
+        help="dimension of each family's PCA embedding, for maps and --scorer pca (default: 8, or "
+        "fewer for a family of fewer than 10 files)",
+    )
     p.add_argument("--parts", nargs="+", choices=PARTS, help="only these model parts")
     p.add_argument("--layers", nargs="+", choices=LAYER_TYPES, help="only these layer types")
     p.add_argument("--blocks", nargs="+", choices=BLOCKS, help="only these U-Net stages")
     p.add_argument(
         "--no-cache",
         action="store_true",
-        help="read every file again and keep no INDEX.cache/ (default: reuse and update it)",
+        help="read every file again and keep no INDEX.cache/ while running (default: files unchanged since the "
+        "last run are not read, and a killed run resumes from INDEX.cache/)",
     )
     p.add_argument(
         "--no-calibration",
         action="store_true",
-        help="skip the out-of-sample calibration, whose cost grows as n^3: for thousands of files",
+        help="skip the PCA's out-of-sample calibration (100 leave-one-out fits; for many thousands of files)",
     )
     p.set_defaults(run=_index)
 
-    p = sub.add_parser("similar", help="the indexed LoRAs closest in style to a query LoRA")
+    p = sub.add_parser(
+        "similar",
+        help="the indexed LoRAs closest in style to a query LoRA",
+        description="Score every indexed file of the query's base family against the query. The score (cosine) is "
+        "the cosine similarity of the two files' descriptors over the model parts both adapt: 1 for the same "
+        "weights, near 0 for unrelated updates, and the same whatever else is in the index. p is the fraction of "
+        "unrelated LoRA pairs of the wild benchmark that scored at least as high (small: likely the same source; "
+        "calibrated on the project's tiny model, an indication for other families). A query file that is in the "
+        "index is left out of its own results; other copies of it are not.",
+    )
     p.add_argument("index")
     p.add_argument("query", help="a LoRA file, in the index or not")
     p.add_argument("-k", type=_positive_int, default=10, help="number of results (default: 10)")
-    p.add_argument("--json", action="store_true", help="print a JSON list of {path, score}")
+    p.add_argument(
+        "--scorer",
+        choices=SCORERS,
+        default="cosine",
+        help="cosine (default): the descriptors' cosine, the same in any folder; pca: the cosine in the family's "
+        "calibrated PCA embedding (the paper's method), which depends on what else is indexed",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list of {path, score, p_value, same_source_likely}, best first",
+    )
     p.set_defaults(run=_similar)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point of the ``lorastyle`` command; returns the exit status.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success, :data:`EXIT_BAD_INPUT` (2) for bad input of any kind,
+        :data:`EXIT_INTERRUPTED` (130) after Ctrl-C.
+    """
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a bad option (already reported)

@@ -17,6 +17,8 @@ Two policies pick what a LoRA is compared against:
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from .errors import IncomparableLorasError
 from .io.formats import LoRA, LoraModule
 
-__all__ = ["Reference", "factor_signature", "check_comparable", "comparable_subset"]
+__all__ = ["Layout", "Item", "Reference", "factor_signature", "check_comparable", "comparable_subset"]
 
 
 def factor_signature(modules: dict[str, LoraModule]) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
@@ -46,8 +48,118 @@ def _more(items: list, what: str) -> str:
 
 
 @dataclass(frozen=True)
+class Layout:
+    """A file's module shapes and stored factor shapes: all the comparability rule looks at.
+
+    Files of one layout share one :class:`Layout`; an index stores each once, by :attr:`key`.
+
+    Attributes
+    ----------
+    shapes : dict of str to (int, int)
+        delta-W shape per module.
+    signature : tuple of (str, str, tuple of int)
+        Every stored factor, as :func:`factor_signature`.
+    ranks : list of int
+    """
+
+    shapes: dict
+    signature: tuple
+    ranks: list
+
+    @classmethod
+    def of(cls, lora: LoRA) -> Layout:
+        """The layout of a loaded LoRA.
+
+        Parameters
+        ----------
+        lora : LoRA
+
+        Returns
+        -------
+        Layout
+        """
+        return cls(
+            shapes={n: m.shape for n, m in lora.modules.items()},
+            signature=factor_signature(lora.modules),
+            ranks=lora.ranks,
+        )
+
+    @property
+    def key(self) -> str:
+        """A short hash of the layout (equal layouts, equal keys)."""
+        blob = json.dumps([sorted((k, list(v)) for k, v in self.shapes.items()), self.signature], default=list)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def to_json(self) -> dict:
+        """The layout as JSON-able lists.
+
+        Returns
+        -------
+        dict
+        """
+        return {
+            "shapes": {k: list(v) for k, v in self.shapes.items()},
+            "signature": [[n, r, list(s)] for n, r, s in self.signature],
+            "ranks": list(self.ranks),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict) -> Layout:
+        """The inverse of :meth:`to_json`.
+
+        Parameters
+        ----------
+        obj : dict
+
+        Returns
+        -------
+        Layout
+        """
+        return cls(
+            shapes={str(k): tuple(int(d) for d in v) for k, v in obj["shapes"].items()},
+            signature=tuple((str(n), str(r), tuple(int(d) for d in s)) for n, r, s in obj["signature"]),
+            ranks=[int(r) for r in obj["ranks"]],
+        )
+
+
+@dataclass(frozen=True)
+class Item:
+    """What the rule compares: a file's path, base family and :class:`Layout`.
+
+    Attributes
+    ----------
+    path : str
+    base : str
+    layout : Layout
+    """
+
+    path: str
+    base: str
+    layout: Layout
+
+    @classmethod
+    def of(cls, lora: LoRA) -> Item:
+        """The item of a loaded LoRA.
+
+        Parameters
+        ----------
+        lora : LoRA
+
+        Returns
+        -------
+        Item
+        """
+        return cls(path=lora.path, base=lora.base, layout=Layout.of(lora))
+
+
+def _item(x) -> Item:
+    """A LoRA, or anything with ``path``, ``base`` and ``layout`` (an index record), as an :class:`Item`."""
+    return Item.of(x) if isinstance(x, LoRA) else x
+
+
+@dataclass(frozen=True)
 class Reference:
-    """What a LoRA must match to join a descriptor space.
+    """What a file must match to join a descriptor space.
 
     Attributes
     ----------
@@ -63,7 +175,7 @@ class Reference:
     example : str
         A file of the reference.
     count : int
-        How many files share the reference signature (1 for a single LoRA).
+        How many files share the reference signature (1 for a single file).
     """
 
     base: str
@@ -75,73 +187,101 @@ class Reference:
     count: int = 1
 
     @classmethod
-    def of(cls, lora: LoRA) -> Reference:
-        """The reference given by one LoRA."""
+    def of(cls, item) -> Reference:
+        """The reference given by one file.
+
+        Parameters
+        ----------
+        item : LoRA or Item
+
+        Returns
+        -------
+        Reference
+        """
+        item = _item(item)
         return cls(
-            base=lora.base,
-            shapes={n: m.shape for n, m in lora.modules.items()},
-            signature=factor_signature(lora.modules),
-            ranks=lora.ranks,
-            holders=dict.fromkeys(lora.modules, lora.path),
-            example=lora.path,
+            base=item.base,
+            shapes=dict(item.layout.shapes),
+            signature=item.layout.signature,
+            ranks=item.layout.ranks,
+            holders=dict.fromkeys(item.layout.shapes, item.path),
+            example=item.path,
         )
 
     @classmethod
-    def majority(cls, loras: Sequence[LoRA]) -> Reference:
+    def majority(cls, items: Sequence) -> Reference:
         """The reference of most files: majority base, per-module majority shape, majority signature.
 
         Ties go to the value of the file that comes first.
+
+        Parameters
+        ----------
+        items : sequence of LoRA or Item
+
+        Returns
+        -------
+        Reference
         """
-        base = _majority([lora.base for lora in loras])
-        same = [lora for lora in loras if lora.base == base]
+        items = [_item(x) for x in items]
+        base = _majority([x.base for x in items])
+        same = [x for x in items if x.base == base]
         votes: dict[str, Counter] = {}
-        for lora in same:
-            for name, m in lora.modules.items():
-                votes.setdefault(name, Counter())[m.shape] += 1
+        for x in same:
+            for name, shape in x.layout.shapes.items():
+                votes.setdefault(name, Counter())[shape] += 1
         shapes = {name: _majority_counted(c) for name, c in votes.items()}
         holders = {}
-        for lora in same:
-            for name, m in lora.modules.items():
-                if m.shape == shapes[name]:
-                    holders.setdefault(name, lora.path)
-        sigs = [factor_signature(lora.modules) for lora in same]
+        for x in same:
+            for name, shape in x.layout.shapes.items():
+                if shape == shapes[name]:
+                    holders.setdefault(name, x.path)
+        sigs = [x.layout.signature for x in same]
         sig = _majority(sigs)
         first = same[sigs.index(sig)]
         return cls(
             base=base,
             shapes=shapes,
             signature=sig,
-            ranks=first.ranks,
+            ranks=first.layout.ranks,
             holders=holders,
             example=first.path,
             count=sigs.count(sig),
         )
 
-    def difference(self, lora: LoRA, descriptor: str) -> str | None:
-        """Why ``lora`` cannot join this reference's space (None when it can), in words."""
-        if lora.base != self.base:
+    def difference(self, item, descriptor: str) -> str | None:
+        """Why ``item`` cannot join this reference's space (None when it can), in words.
+
+        Parameters
+        ----------
+        item : LoRA or Item
+        descriptor : {"concat", "delta", "gram"}
+
+        Returns
+        -------
+        str or None
+        """
+        item = _item(item)
+        if item.base != self.base:
             return (
-                f"base family {lora.base} differs from {self.base} of {self.example}; "
+                f"base family {item.base} differs from {self.base} of {self.example}; "
                 "LoRAs of different base models cannot be compared"
             )
-        for name, m in lora.modules.items():
+        for name, shape in item.layout.shapes.items():
             want = self.shapes.get(name)
-            if want is not None and m.shape != want:
-                return f"module {name} has shape {m.shape}, not {want} as in {self.holders.get(name, self.example)}"
-        if descriptor == "concat":
-            sig = factor_signature(lora.modules)
-            if sig != self.signature:
-                return (
-                    f"concat needs the same modules, factors and ranks as {self.example}: "
-                    f"{self._concat_difference(lora, sig)}; --descriptor gram or delta compare "
-                    "LoRAs of different ranks"
-                )
+            if want is not None and shape != want:
+                return f"module {name} has shape {shape}, not {want} as in {self.holders.get(name, self.example)}"
+        if descriptor == "concat" and item.layout.signature != self.signature:
+            return (
+                f"concat needs the same modules, factors and ranks as {self.example}: "
+                f"{self._concat_difference(item.layout)}; --descriptor gram or delta compare "
+                "LoRAs of different ranks"
+            )
         return None
 
-    def _concat_difference(self, lora: LoRA, sig: tuple) -> str:
-        if lora.ranks != self.ranks:
-            return f"its rank is {_listed(lora.ranks)} where theirs is {_listed(self.ranks)}"
-        mine = {(n, r): s for n, r, s in sig}
+    def _concat_difference(self, layout: Layout) -> str:
+        if layout.ranks != self.ranks:
+            return f"its rank is {_listed(layout.ranks)} where theirs is {_listed(self.ranks)}"
+        mine = {(n, r): s for n, r, s in layout.signature}
         theirs = {(n, r): s for n, r, s in self.signature}
         ours, others = {n for n, _ in mine}, {n for n, _ in theirs}
         if others - ours:
@@ -169,12 +309,12 @@ def _majority_counted(counts: Counter):
     return next(v for v, c in counts.items() if c == best)  # insertion order: the first file's value
 
 
-def check_comparable(loras: Sequence[LoRA], *, descriptor: str = "delta") -> None:
+def check_comparable(loras: Sequence, *, descriptor: str = "delta") -> None:
     """Raise unless every LoRA can share a descriptor space with the first.
 
     Parameters
     ----------
-    loras : sequence of LoRA
+    loras : sequence of LoRA or Item
     descriptor : {"concat", "delta", "gram"}, default="delta"
 
     Raises
@@ -199,12 +339,13 @@ def comparable_subset(loras: Sequence[LoRA], *, descriptor: str = "delta") -> tu
 
     Parameters
     ----------
-    loras : sequence of LoRA
+    loras : sequence of LoRA or Item
+        Records of an index qualify (they have ``path``, ``base`` and ``layout``).
     descriptor : {"concat", "delta", "gram"}, default="delta"
 
     Returns
     -------
-    kept : list of LoRA
+    kept : list
         In the given order.
     skipped : list of (path, reason)
     """

@@ -41,6 +41,7 @@ from .io.naming import module_group
 
 __all__ = [
     "DESCRIPTORS",
+    "DEFAULT_DESCRIPTOR",
     "LAYER_TYPES",
     "BLOCKS",
     "PARTS",
@@ -52,6 +53,8 @@ __all__ = [
 ]
 
 DESCRIPTORS = ("concat", "delta", "gram")
+# For files made by strangers: invariant to the factor gauge and, largely, to the initialisation seed.
+DEFAULT_DESCRIPTOR = "gram"
 PARTS = ("unet", "text_encoder", "text_encoder_2", "text_encoder_3", "transformer")
 LAYER_TYPES = ("self_attention", "cross_attention", "feed_forward", "other")
 BLOCKS = ("down", "mid", "up")

@@ -159,6 +159,9 @@ class StyleEmbedding(TransformerMixin, BaseEstimator):
     explained_variance_ : ndarray of shape (n_components,)
     explained_variance_ratio_ : ndarray of shape (n_components,)
     n_features_in_ : int
+    dual_coef_, kernel_col_means_ : ndarray
+        ``precomputed`` only: new kernel rows, centred by the column means, times ``dual_coef_``
+        give the scores.
 
     Notes
     -----
@@ -247,7 +250,7 @@ class StyleEmbedding(TransformerMixin, BaseEstimator):
             w, V = _top_eigen(center_kernel(K, K), k)
             w = np.clip(w, 0, None)
             self.embedding_ = V * np.sqrt(w)
-            self.kernel_fit_ = K
+            self.kernel_col_means_ = K.mean(axis=0)  # all that centring new kernel rows needs
             self.dual_coef_ = np.divide(V, np.sqrt(w), out=np.zeros_like(V), where=w > 0)
             total = np.trace(center_kernel(K, K))
             self.explained_variance_ = w / (n - 1)
@@ -300,7 +303,9 @@ class StyleEmbedding(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "embedding_")
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         if self.solver == "precomputed":
-            return center_kernel(X.astype(np.float64), self.kernel_fit_) @ self.dual_coef_
+            X = X.astype(np.float64)
+            col = self.kernel_col_means_
+            return (X - col[None, :] - X.mean(axis=1, keepdims=True) + col.mean()) @ self.dual_coef_
         return self.pca_.transform(X)
 
     def project(self, X, *, calibrated: bool = True) -> np.ndarray:
@@ -318,3 +323,72 @@ class StyleEmbedding(TransformerMixin, BaseEstimator):
         """
         Z = self.transform(X)
         return Z * self.calibration_ if calibrated else Z
+
+    # the fitted state of a ``precomputed`` embedding as plain arrays (an index stores it so)
+    _STATE = (
+        "embedding_",
+        "calibration_",
+        "dual_coef_",
+        "kernel_col_means_",
+        "explained_variance_",
+        "explained_variance_ratio_",
+    )
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """The fitted ``precomputed`` embedding as named float64 arrays (for a file; never a pickle).
+
+        Returns
+        -------
+        dict of str to ndarray
+            :attr:`embedding_`, :attr:`calibration_`, ``dual_coef_``, ``kernel_col_means_``,
+            :attr:`explained_variance_`, :attr:`explained_variance_ratio_`.
+        """
+        check_is_fitted(self, "embedding_")
+        if self.solver != "precomputed":
+            raise ValueError(f"get_state stores precomputed embeddings only, not solver={self.solver!r}")
+        return {name: np.asarray(getattr(self, name), dtype=np.float64) for name in self._STATE}
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray], **params) -> StyleEmbedding:
+        """A fitted ``precomputed`` embedding from :meth:`get_state`'s arrays, checked for consistency.
+
+        Parameters
+        ----------
+        state : dict of str to ndarray
+        **params
+            Constructor parameters other than ``solver`` and ``n_components`` (taken from the arrays).
+
+        Returns
+        -------
+        StyleEmbedding
+
+        Raises
+        ------
+        ValueError
+            When an array is missing, of the wrong shape, or not finite.
+        """
+        missing = [name for name in cls._STATE if name not in state]
+        if missing:
+            raise ValueError(f"embedding state lacks {', '.join(missing)}")
+        emb = state["embedding_"]
+        if emb.ndim != 2 or emb.shape[0] < 2 or emb.shape[1] < 1:
+            raise ValueError(f"embedding_ has shape {emb.shape}")
+        n, k = emb.shape
+        want = {
+            "calibration_": (k,),
+            "dual_coef_": (n, k),
+            "kernel_col_means_": (n,),
+            "explained_variance_": (k,),
+            "explained_variance_ratio_": (k,),
+        }
+        for name, shape in want.items():
+            if state[name].shape != shape:
+                raise ValueError(f"{name} has shape {state[name].shape}, expected {shape}")
+        for name in cls._STATE:
+            if not np.all(np.isfinite(state[name])):
+                raise ValueError(f"{name} holds NaN or Inf values")
+        self = cls(n_components=k, solver="precomputed", **params)
+        for name in cls._STATE:
+            setattr(self, name, np.asarray(state[name], dtype=np.float64))
+        self.n_features_in_ = n
+        return self

@@ -16,6 +16,7 @@ import os
 __all__ = [
     "LorastyleError",
     "LoraFormatError",
+    "UnreadableFileError",
     "IncomparableLorasError",
     "NotEnoughLorasError",
     "IndexBusyError",
@@ -45,6 +46,13 @@ class LorastyleError(Exception):
 
 class LoraFormatError(LorastyleError, ValueError):
     """A file that is not a usable LoRA (or not a usable index): damaged, a pickle, an unknown layout."""
+
+
+class UnreadableFileError(LoraFormatError):
+    """A file that could not be read now (a permission, an I/O error, a file changing while read).
+
+    The reason depends on the moment, so an index never remembers it: the file is tried again.
+    """
 
 
 class IncomparableLorasError(LorastyleError, ValueError):

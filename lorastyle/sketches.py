@@ -41,11 +41,11 @@ import numpy as np
 import scipy.sparse
 
 from ._validation import check_int_at_least, check_option
+from .descriptors import DESCRIPTORS
 from .io.formats import LoRA, LoraModule
 
-__all__ = ["Sketcher", "SKETCHED_DESCRIPTORS", "module_factors", "sketch_cosines"]
+__all__ = ["Sketcher", "module_factors", "sketch_cosines"]
 
-SKETCHED_DESCRIPTORS = ("gram", "delta", "concat")
 NORMALISATIONS = ("none", "module")
 
 
@@ -68,26 +68,55 @@ def module_factors(m: LoraModule) -> tuple[np.ndarray, np.ndarray]:
 class _Hashes:
     """The count-sketch matrices of one module: stage 1 (rows, columns) and stage 2 (into the record)."""
 
-    rows_a: scipy.sparse.csr_matrix  # module_dim x out
-    rows_b: scipy.sparse.csr_matrix  # module_dim x out (an independent pair for the Gram's two sides)
-    cols: scipy.sparse.csr_matrix  # module_dim x in
+    rows_a: scipy.sparse.csc_matrix  # module_dim x out
+    rows_b: scipy.sparse.csc_matrix  # module_dim x out (an independent pair for the Gram's two sides)
+    cols: scipy.sparse.csc_matrix  # module_dim x in
     bucket: np.ndarray  # module_dim -> dim
     sign: np.ndarray  # module_dim signs
 
 
-def _count_sketch(rng: np.random.Generator, n: int, buckets: int) -> scipy.sparse.csr_matrix:
-    """A (buckets x n) matrix with one random +-1 in each column: C @ x is x's count sketch."""
+def _count_sketch(rng: np.random.Generator, n: int, buckets: int) -> scipy.sparse.csc_matrix:
+    """A (buckets x n) matrix with one random +-1 in each column: C @ x is x's count sketch.
+
+    CSC, so that a block of its columns (rows of a Kronecker product) is cheap to take.
+    """
     rows = rng.integers(0, buckets, size=n)
     signs = rng.integers(0, 2, size=n).astype(np.float32) * 2 - 1
-    return scipy.sparse.csr_matrix((signs, (rows, np.arange(n))), shape=(buckets, n))
+    return scipy.sparse.csc_matrix((signs, (rows, np.arange(n))), shape=(buckets, n))
 
 
-def _tensor_sketch(C1: scipy.sparse.csr_matrix, U: np.ndarray, C2: scipy.sparse.csr_matrix, W: np.ndarray) -> np.ndarray:
-    """Tensor sketch of ``sum_k U[:, k] (x) W[:, k]`` into ``C1.shape[0]`` numbers (float64)."""
-    n = C1.shape[0]
-    F1 = np.fft.rfft(np.asarray(C1 @ U, dtype=np.float64), axis=0)
-    F2 = np.fft.rfft(np.asarray(C2 @ W, dtype=np.float64), axis=0)
+def _tensor_sketch(CU: np.ndarray, CW: np.ndarray, n: int) -> np.ndarray:
+    """Tensor sketch of ``sum_k U[:, k] (x) W[:, k]`` from the count sketches ``C1 U`` and ``C2 W`` (float64)."""
+    F1 = np.fft.rfft(np.asarray(CU, dtype=np.float64), axis=0)
+    F2 = np.fft.rfft(np.asarray(CW, dtype=np.float64), axis=0)
     return np.fft.irfft((F1 * F2).sum(axis=1), n=n)
+
+
+def _kron_product(C, A1: np.ndarray, A2: np.ndarray, *, block_bytes: int = 4 << 20) -> np.ndarray:
+    """``C @ kron(A1, A2)`` without forming ``kron(A1, A2)``: in blocks of its rows."""
+    (p1, c1), (p2, c2) = A1.shape, A2.shape
+    out = np.zeros((C.shape[0], c1 * c2))
+    step = max(1, block_bytes // (4 * p2 * c1 * c2))
+    for a in range(0, p1, step):
+        b = min(p1, a + step)
+        out += C[:, a * p2 : b * p2] @ np.kron(A1[a:b], A2)
+    return out
+
+
+def _gram_trace(U: np.ndarray, Q: np.ndarray | None) -> float:
+    """``||U Q U^T||_F^2`` (Q None: the identity), from the smaller side's Gram matrix."""
+    U = U.astype(np.float64)
+    if Q is None:
+        G = U @ U.T if U.shape[0] < U.shape[1] else U.T @ U
+        return float(np.sum(G * G))
+    QP = Q @ (U.T @ U)
+    return float(np.sum(QP * QP.T))
+
+
+def _delta_trace(U: np.ndarray, Q: np.ndarray | None) -> float:
+    """``||U V||_F^2 = tr(U^T U Q)`` (Q None: the identity)."""
+    U = U.astype(np.float64)
+    return float(np.sum(U * U)) if Q is None else float(np.sum((U.T @ U) * Q))
 
 
 @dataclass
@@ -149,6 +178,9 @@ class Sketcher:
     def module_sketch(self, m: LoraModule, descriptor: str) -> tuple[np.ndarray, float]:
         """Stage 1 for one module: its tensor sketch (before normalisation) and its exact squared norm.
 
+        A LoKr module keeps its Kronecker structure: ``kron(U1, U2)`` is never formed whole
+        (:func:`_kron_product` counts it into the sketch in blocks of rows).
+
         Parameters
         ----------
         m : LoraModule
@@ -160,15 +192,49 @@ class Sketcher:
         norm2 : float
             The exact squared Frobenius norm of the module's Gram matrix (or delta-W).
         """
+        h = self._hashes(m.name, *m.shape)
+        kron = m.kronecker()
+        if kron is not None:
+            return self._kron_module_sketch(m, kron, h, descriptor)
         U, V = module_factors(m)
-        h = self._hashes(m.name, U.shape[0], V.shape[1])
         P = U.T.astype(np.float64) @ U  # k x k
         Q = V.astype(np.float64) @ V.T
         if descriptor == "gram":
             QP = Q @ P
             norm2 = float(np.sum(QP * QP.T))  # ||U Q U^T||_F^2 = tr(QPQP)
-            return _tensor_sketch(h.rows_a, U, h.rows_b, U @ Q.astype(np.float32)), norm2
-        return _tensor_sketch(h.rows_a, U, h.cols, V.T), float(np.sum(P * Q))  # ||U V||_F^2 = tr(PQ)
+            return _tensor_sketch(h.rows_a @ U, h.rows_b @ (U @ Q.astype(np.float32)), self.module_dim), norm2
+        return _tensor_sketch(h.rows_a @ U, h.cols @ V.T, self.module_dim), float(np.sum(P * Q))  # tr(PQ)
+
+    def _kron_module_sketch(self, m: LoraModule, kron: tuple, h: _Hashes, descriptor: str) -> tuple[np.ndarray, float]:
+        """:meth:`module_sketch` of ``scale * kron(U1 V1, U2 V2)`` through ``kron(A, B) kron(C, D) = kron(AC, BD)``."""
+        U1, V1, U2, V2 = kron
+        U1 = (m.scale * U1.astype(np.float64)).astype(np.float32)
+        # Q_i = V_i V_i^T (the identity for a factor stored whole); norms through traces of small products
+        Q1 = None if V1 is None else V1.astype(np.float64) @ V1.T
+        Q2 = None if V2 is None else V2.astype(np.float64) @ V2.T
+        if descriptor == "gram":
+            norm2 = _gram_trace(U1, Q1) * _gram_trace(U2, Q2)  # tr(QPQP) of a Kronecker product
+            left = (h.rows_a, U1, U2)
+            right = (
+                h.rows_b,
+                U1 if Q1 is None else U1 @ Q1.astype(np.float32),
+                U2 if Q2 is None else U2 @ Q2.astype(np.float32),
+            )
+        else:
+            norm2 = _delta_trace(U1, Q1) * _delta_trace(U2, Q2)
+            eye = lambda n: np.eye(n, dtype=np.float32)  # noqa: E731  (V stored whole: an identity)
+            left = (h.rows_a, U1, U2)
+            right = (h.cols, eye(U1.shape[1]) if V1 is None else V1.T, eye(U2.shape[1]) if V2 is None else V2.T)
+        # columns (k1, k2) of the two sides pair up: take them a few k1 at a time (memory ~ module_dim x chunk)
+        c1, c2 = U1.shape[1], U2.shape[1]
+        step = max(1, 256 // c2)
+        spectrum = np.zeros(self.module_dim // 2 + 1, dtype=np.complex128)
+        for k in range(0, c1, step):
+            cols = slice(k, min(c1, k + step))
+            L = _kron_product(left[0], left[1][:, cols], left[2])
+            R = _kron_product(right[0], right[1][:, cols], right[2])
+            spectrum += (np.fft.rfft(L, axis=0) * np.fft.rfft(R, axis=0)).sum(axis=1)
+        return np.fft.irfft(spectrum, n=self.module_dim), norm2
 
     def sketch(self, lora: LoRA, descriptor: str = "gram") -> np.ndarray:
         """The sketch of one LoRA's descriptor.
@@ -182,22 +248,44 @@ class Sketcher:
         -------
         ndarray of shape (dim,), float32
         """
-        check_option(descriptor, "descriptor", SKETCHED_DESCRIPTORS)
+        return self.sketch_and_norm(lora, descriptor)[0].astype(np.float32)
+
+    def sketch_and_norm(self, lora: LoRA, descriptor: str = "gram") -> tuple[np.ndarray, float]:
+        """The sketch (float64) and the exact squared norm of the descriptor before any normalisation.
+
+        Parameters
+        ----------
+        lora : LoRA
+        descriptor : {"gram", "delta", "concat"}, default="gram"
+
+        Returns
+        -------
+        sketch : ndarray of shape (dim,), float64
+        norm2 : float
+            ``sum_modules ||dW dW^T||_F^2`` (gram), ``sum ||dW||_F^2`` (delta) or the sum of the
+            squared stored factors (concat): what tells weights too large to describe.
+        """
+        check_option(descriptor, "descriptor", DESCRIPTORS)
         out = np.zeros(self.dim)
-        if descriptor == "concat":
+        total = 0.0
+        with np.errstate(over="ignore", invalid="ignore"):
+            if descriptor == "concat":
+                for m in lora.modules.values():
+                    for role, f in sorted(m.factors.items()):
+                        x = np.asarray(f, dtype=np.float64).ravel()
+                        total += float(x @ x)
+                        self._add_concat(out, m.name, role, x)
+                return out, total
             for m in lora.modules.values():
-                for role, f in sorted(m.factors.items()):
-                    self._add_concat(out, m.name, role, np.asarray(f, dtype=np.float32).ravel())
-            return out.astype(np.float32)
-        for m in lora.modules.values():
-            t, norm2 = self.module_sketch(m, descriptor)
-            if self.normalise == "module":
-                if not norm2 > 0:
-                    continue  # a zero update contributes nothing
-                t = t / np.sqrt(norm2)
-            h = self._hashes(m.name, *m.shape)
-            np.add.at(out, h.bucket, h.sign * t)
-        return out.astype(np.float32)
+                t, norm2 = self.module_sketch(m, descriptor)
+                total += norm2
+                if self.normalise == "module":
+                    if not norm2 > 0:
+                        continue  # a zero update contributes nothing
+                    t = t / np.sqrt(norm2)
+                h = self._hashes(m.name, *m.shape)
+                np.add.at(out, h.bucket, h.sign * t)
+        return out, total
 
     def _add_concat(self, out: np.ndarray, name: str, role: str, x: np.ndarray) -> None:
         """Count-sketch one stored factor straight into ``out`` (concat compares entries one by one)."""
@@ -205,8 +293,10 @@ class Sketcher:
         C = self.cache.get(key)
         if C is None:
             digest = hashlib.blake2b(f"{self.seed}:concat:{name}:{role}:{x.size}".encode(), digest_size=8).digest()
-            C = self.cache[key] = _count_sketch(np.random.default_rng(int.from_bytes(digest, "little")), x.size, self.dim)
-        out += C @ x.astype(np.float64)
+            C = self.cache[key] = _count_sketch(
+                np.random.default_rng(int.from_bytes(digest, "little")), x.size, self.dim
+            )
+        out += C @ x
 
 
 def sketch_cosines(S: np.ndarray, T: np.ndarray | None = None) -> np.ndarray:

@@ -9,6 +9,7 @@ INDEX`` skips and reports bad files; ``similar INDEX QUERY --json`` prints
 """
 
 import contextlib
+import hashlib
 import io
 import json
 import pickle
@@ -24,7 +25,7 @@ import safetensors.numpy
 from safetensors import safe_open
 
 from lorastyle.cli import main
-from lorastyle.io.formats import save_lora
+from lorastyle.io.formats import load_lora, save_lora
 
 DESCRIPTORS = ["concat", "delta", "gram"]
 RANK = 4
@@ -221,8 +222,9 @@ def test_inspect_json(tmp_path, capsys):
     assert status == 0
     assert captured.err == ""
     assert captured.out.count("\n") == 1
-    summary = json.loads(captured.out)
-    assert set(summary) == SUMMARY_KEYS
+    info = json.loads(captured.out)
+    assert SUMMARY_KEYS <= set(info)  # the contract's keys, among the description's
+    summary = {k: info[k] for k in SUMMARY_KEYS}
     assert summary == {
         "format": "kohya",
         "base": "sd1",
@@ -250,7 +252,8 @@ def test_console_script_inspect(tmp_path):
     path = write_good(tmp_path / "g.safetensors", 3)
     out = subprocess.run([str(script), "inspect", str(path), "--json"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {
+    info = json.loads(out.stdout)
+    assert {k: info[k] for k in SUMMARY_KEYS} == {
         "format": "diffusers-peft",
         "base": "tiny",
         "parts": ["text_encoder", "unet"],
@@ -261,11 +264,22 @@ def test_console_script_inspect(tmp_path):
     }
 
 
+# Cases whose fault is in tensor values: inspect reads the header (and alphas) only, --check reads them all.
+VALUE_FAULTS = {"nan", "inf"}
+
+
 @pytest.mark.parametrize("case", list(BAD))
 def test_inspect_bad_file(tmp_path, capsys, case):
     path = make_bad(tmp_path, case)
-    assert main(["inspect", str(path), "--json"]) == 2
+    assert main(["inspect", str(path), "--json", "--check"]) == 2
     assert_single_error(capsys.readouterr(), path, BAD[case][2])
+    if case in VALUE_FAULTS:
+        assert main(["inspect", str(path), "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["format"] == "kohya" and info["n_modules"] == 1
+    else:
+        assert main(["inspect", str(path), "--json"]) == 2
+        assert_single_error(capsys.readouterr(), path, BAD[case][2])
 
 
 def test_inspect_missing_file(tmp_path, capsys):
@@ -274,29 +288,132 @@ def test_inspect_missing_file(tmp_path, capsys):
     assert_single_error(capsys.readouterr(), path, r"cannot read file")
 
 
+def _described_kohya(path):
+    """An SD 1.x kohya LoRA with the metadata sd-scripts writes, and the sshs_model_hash it would store."""
+    rng = np.random.default_rng(5)
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    tensors = {
+        f"{name}.lora_down.weight": rng.standard_normal((4, 768)).astype(np.float16),
+        f"{name}.lora_up.weight": rng.standard_normal((320, 4)).astype(np.float16),
+        f"{name}.alpha": np.asarray(4.0, np.float16),
+    }
+    meta = {
+        "ss_output_name": "mychar",
+        "ss_training_comment": "mychar, red hair",
+        "ss_tag_frequency": json.dumps({"10_mychar": {"mychar": 12, "red hair": 7}}),
+        "ss_sd_model_name": "v1-5-pruned.safetensors",
+        "ss_base_model_version": "sd_v1",
+        "ss_steps": "1000",
+        "ss_resolution": "(512, 512)",
+    }
+    blob = safetensors.numpy.save(tensors, meta)
+    n = struct.unpack("<Q", blob[:8])[0]
+    meta["sshs_model_hash"] = hashlib.sha256(blob[8 + n :]).hexdigest()
+    safetensors.numpy.save_file(tensors, str(path), meta)
+    return path, meta
+
+
+def test_inspect_json_describes_the_file(tmp_path, capsys):
+    path, meta = _described_kohya(tmp_path / "mychar.safetensors")
+    info, err = run_json(capsys, ["inspect", str(path), "--json"])
+    assert err == ""
+    data = path.read_bytes()
+    assert info["sha256"] == hashlib.sha256(data).hexdigest()
+    assert info["autov2"] == info["sha256"][:10]
+    assert info["autov3"] == meta["sshs_model_hash"][:12]
+    assert info["kohya_model_hash"]["matches"] is True
+    assert info["title"] == "mychar"
+    assert [w["text"] for w in info["trigger_words"]] == ["mychar, red hair", "mychar", "red hair"]
+    assert info["training"] == {"steps": 1000, "resolution": "512x512"}
+    assert info["file_size"] == len(data)
+    assert info["kind"] == "LoRA" and info["base"] == "sd1" and info["base_mismatch"] is None
+
+
+def test_inspect_text_block(tmp_path, capsys):
+    path, meta = _described_kohya(tmp_path / "mychar.safetensors")
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == str(path)
+    for pattern in (
+        r"^  title +mychar$",
+        r"^  kind +LoRA$",
+        r"^  base +sd1$",
+        r"^  base version +sd_v1$",
+        r"^  trigger words +mychar, red hair  \[ss_training_comment\]$",
+        r"^ +mychar \(12\)$",
+        r"^  training +1000 steps, 512x512$",
+        r"^  format +kohya$",
+        r"^  size +\d+ bytes$|^  size +[\d.]+ kB \(\d+ bytes\)$",
+        rf"^  AutoV3 +{meta['sshs_model_hash'][:12]} ",
+        r"^  sshs_model_hash +[0-9a-f]{64} \(matches the tensor data\)$",
+    ):
+        assert re.search(pattern, out, re.M), (pattern, out)
+    assert "mismatch" not in out
+
+
+def test_inspect_flags_a_base_the_weights_contradict(tmp_path, capsys):
+    rng = np.random.default_rng(6)
+    tensors = {  # an ai-toolkit Flux module
+        "diffusion_model.double_blocks.0.img_attn.proj.lora_A.weight": rng.standard_normal((4, 3072)),
+        "diffusion_model.double_blocks.0.img_attn.proj.lora_B.weight": rng.standard_normal((3072, 4)),
+    }
+    path = tmp_path / "flux.safetensors"
+    meta = {"ss_base_model_version": "sd_1.5", "software": json.dumps({"name": "ai-toolkit"})}
+    safetensors.numpy.save_file({k: v.astype(np.float16) for k, v in tensors.items()}, str(path), meta)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^  base +flux$", out, re.M)
+    assert re.search(
+        r"^  !! mismatch +ss_base_model_version says 'sd_1.5' \(sd1\), but the weights are flux$", out, re.M
+    )
+    info, _ = run_json(capsys, ["inspect", str(path), "--json"])
+    assert info["base_mismatch"] == "ss_base_model_version says 'sd_1.5' (sd1), but the weights are flux"
+
+
+def test_inspect_no_hashes(tmp_path, capsys):
+    path, meta = _described_kohya(tmp_path / "mychar.safetensors")
+    info, _ = run_json(capsys, ["inspect", str(path), "--json", "--no-hashes"])
+    assert all(info[k] is None for k in ("sha256", "autov1", "autov2", "autov3", "tensor_sha256"))
+    assert info["kohya_model_hash"] == {"stored": meta["sshs_model_hash"], "recomputed": None, "matches": None}
+    assert main(["inspect", str(path), "--no-hashes"]) == 0
+    out = capsys.readouterr().out
+    assert "sha256 " not in out and "AutoV2" not in out
+    assert re.search(r"^  sshs_model_hash +[0-9a-f]{64} \(not checked\)$", out, re.M)
+
+
+def test_inspect_json_summary_equals_load_lora(tmp_path, capsys):
+    for seed in range(3):
+        path = write_good(tmp_path / f"g{seed}.safetensors", seed, base="tiny" if seed else "sd1")
+        info, _ = run_json(capsys, ["inspect", str(path), "--json"])
+        assert {k: info[k] for k in SUMMARY_KEYS} == load_lora(path).summary()
+
+
 # ---- index and similar -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("descriptor", DESCRIPTORS)
-def test_index_skips_and_reports_bad_files(collection, built_indexes, descriptor):
+def test_index_skips_and_reports_bad_files_and_groups_families(collection, built_indexes, descriptor):
     status, index_path, stderr = built_indexes[descriptor]
     assert status == 0, stderr
     lines = error_lines(stderr)
-    reported = list(collection["bad"].values()) + collection["other"]
     for case, path in collection["bad"].items():
         mine = [line for line in lines if line.startswith(f"error: {path}: ")]
         assert len(mine) == 1, (path, lines)
         assert re.search(BAD[case][2], mine[0])
-    for path in collection["other"]:
-        mine = [line for line in lines if line.startswith(f"error: {path}: ")]
-        assert len(mine) == 1 and "base family sd1" in mine[0], (path, lines)
-    assert len(lines) == len(reported)  # no good file is reported
-    # the index is a safetensors file (read by the safetensors library) listing exactly the good files
+    assert len(lines) == len(collection["bad"])  # no good file is reported, nor a file of another family
+    # the index is a safetensors file (read by the safetensors library); each family is a group
     with safe_open(index_path, "np") as fh:
         meta = fh.metadata()
     assert meta["descriptor"] == descriptor
-    assert meta["base"] == "tiny"
-    assert sorted(json.loads(meta["paths"])) == sorted(collection["good"])
+    groups = {g["key"].split("/")[0]: sorted(r["path"] for r in g["records"]) for g in json.loads(meta["groups"])}
+    assert groups == {"tiny": sorted(collection["good"]), "sd1": sorted(collection["other"])}
+    # one report line per group (concat groups also by layout: tiny/<layout>)
+    report = [re.sub(r"^(\w+)/\w+:", r"\1:", line) for line in stderr.split("\n") if line.startswith(("tiny", "sd1"))]
+    assert report == [
+        f"tiny: 6 files ({descriptor}; PCA of 4 components)",
+        f"sd1: 2 files ({descriptor}; no PCA (fewer than 3 files))",
+    ]
 
 
 @pytest.mark.parametrize("descriptor", DESCRIPTORS)
@@ -306,7 +423,7 @@ def test_similar_in_index_query(collection, built_indexes, capsys, descriptor):
     for query in good[:2]:
         results, _ = run_json(capsys, ["similar", index_path, query, "-k", "3", "--json"])
         assert isinstance(results, list) and len(results) == 3
-        assert all(set(r) == {"path", "score"} for r in results)
+        assert all({"path", "score"} <= set(r) for r in results)
         paths = [r["path"] for r in results]
         scores = [r["score"] for r in results]
         assert query not in paths
@@ -330,16 +447,26 @@ def test_similar_out_of_index_query(collection, built_indexes, capsys, descripto
 
 
 @pytest.mark.parametrize("descriptor", DESCRIPTORS)
-def test_similar_query_of_another_family(collection, built_indexes, capsys, descriptor):
+def test_similar_searches_the_query_family(collection, built_indexes, capsys, descriptor):
     index_path = built_indexes[descriptor][1]
+    query, other = collection["other"]
+    results, _ = run_json(capsys, ["similar", index_path, query, "-k", "3", "--json"])
+    assert [r["path"] for r in results] == [other]
+
+
+def test_similar_query_of_a_family_the_index_lacks(collection, tmp_path, capsys):
+    out = tmp_path / "tiny-only.safetensors"
+    assert main(["index", str(collection["root"]), "-o", str(out), "--base", "tiny"]) == 0
+    err = capsys.readouterr().err
+    assert all(f"error: {p}: base family sd1, not tiny (--base tiny)" in err for p in collection["other"])
     query = collection["other"][0]
-    assert main(["similar", index_path, query, "-k", "3", "--json"]) == 2
-    assert_single_error(capsys.readouterr(), query, r"base family sd1 differs from the index's tiny")
+    assert main(["similar", str(out), query, "-k", "3", "--json"]) == 2
+    assert_single_error(capsys.readouterr(), query, r"the index has no file of its base family sd1; it holds tiny")
 
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_similar_bad_query(collection, built_indexes, capsys, case):
-    index_path = built_indexes["concat"][1]
+    index_path = built_indexes["gram"][1]
     query = collection["bad"][case]
     assert main(["similar", index_path, query, "--json"]) == 2
     assert_single_error(capsys.readouterr(), query, BAD[case][2])
@@ -354,26 +481,30 @@ def test_similar_bad_index(collection, tmp_path, capsys):
     assert_single_error(capsys.readouterr(), empty, r"empty file")
 
 
-def test_index_with_one_good_file(tmp_path, capsys):
+def test_index_with_one_good_file_is_searchable(tmp_path, capsys):
     folder = tmp_path / "few"
     folder.mkdir()
-    write_good(folder / "only.safetensors", 0)
+    only = write_good(folder / "only.safetensors", 0)
+    bad = make_bad(folder, "nan")
+    out = tmp_path / "idx.safetensors"
+    assert main(["index", str(folder), "-o", str(out)]) == 0
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: ") and "holds NaN or Inf values" in lines[0]
+    query = write_good(tmp_path / "q.safetensors", 1)
+    results, _ = run_json(capsys, ["similar", str(out), str(query), "--json"])
+    assert [r["path"] for r in results] == [str(only)]
+
+
+def test_index_with_only_bad_files(tmp_path, capsys):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    bad = make_bad(folder, "nan")
     out = tmp_path / "idx.safetensors"
     assert main(["index", str(folder), "-o", str(out)]) == 2
     lines = error_lines(capsys.readouterr().err)
-    assert len(lines) == 1
-    assert lines[0].startswith(f"error: {folder}: ") and "at least 2" in lines[0]
+    assert lines[0].startswith(f"error: {bad}: ")
+    assert lines[-1] == f"error: {folder}: no LoRA file could be indexed"
     assert not out.exists()
-
-
-def test_index_with_one_good_file_still_reports_bad_files(tmp_path, capsys):
-    folder = tmp_path / "few"
-    folder.mkdir()
-    write_good(folder / "only.safetensors", 0)
-    bad = make_bad(folder, "nan")
-    assert main(["index", str(folder), "-o", str(tmp_path / "idx.safetensors")]) == 2
-    lines = error_lines(capsys.readouterr().err)
-    assert any(line.startswith(f"error: {bad}: ") for line in lines), lines
 
 
 def test_index_empty_folder(tmp_path, capsys):
@@ -388,7 +519,7 @@ def test_index_empty_folder(tmp_path, capsys):
 
 
 def test_bad_k_and_components(collection, built_indexes, capsys, tmp_path):
-    assert main(["similar", built_indexes["concat"][1], collection["good"][0], "-k", "0"]) == 2
+    assert main(["similar", built_indexes["gram"][1], collection["good"][0], "-k", "0"]) == 2
     assert error_lines(capsys.readouterr().err) == [
         "error: -k: must be at least 1, got 0 (see lorastyle similar --help)"
     ]

@@ -36,12 +36,12 @@ def make_lora(rng, rank=2, scale=0.5, skip=(), base="tiny", path="x", factors=No
             name=name,
             part=name.split(".")[0],
             kind="lora",
-            up=B,
-            down=A,
             rank=r,
             alpha=None,
             scale=scale,
             factors={"lora_down": A, "lora_up": B},
+            out_features=m,
+            in_features=n,
         )
     return LoRA(path=path, format="test", base=base, modules=dict(sorted(mods.items())), dtype="float32")
 
@@ -200,12 +200,12 @@ def test_incomparable_base_and_shapes():
         name=name,
         part="unet",
         kind="lora",
-        up=m.up,
-        down=np.zeros((m.rank, 99), np.float32),
         rank=m.rank,
         alpha=None,
         scale=1.0,
-        factors={},
+        factors={"lora_up": m.up, "lora_down": np.zeros((m.rank, 99), np.float32)},
+        out_features=m.shape[0],
+        in_features=99,
     )
     c = LoRA(path="c.safetensors", format="test", base="tiny", modules={**a.modules, name: wide}, dtype="float32")
     with pytest.raises(IncomparableLorasError, match=r"c.safetensors: module .* has shape \(8, 99\), not \(8, 8\)"):

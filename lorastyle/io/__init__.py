@@ -3,6 +3,7 @@
 * :mod:`lorastyle.io.safetensors`: a strict, pickle-free safetensors reader and writer;
 * :mod:`lorastyle.io.naming`: module names of every layout mapped to diffusers paths;
 * :mod:`lorastyle.io.formats`: :func:`load_lora` and :func:`save_lora`;
+* :mod:`lorastyle.io.flux`: Flux modules of every layout in diffusers naming;
 * :mod:`lorastyle.io.atomic`: atomic replacement of files.
 """
 

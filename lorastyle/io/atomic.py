@@ -23,6 +23,13 @@ __all__ = ["atomic_write", "atomic_path", "fsync_folder", "remove_temporaries", 
 TEMPORARY_SUFFIX = ".tmp"
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def fsync_folder(path: str | os.PathLike) -> None:
     """Make a rename inside ``path``'s folder durable (POSIX); a no-op where folders cannot be opened.
 
@@ -64,7 +71,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX + suffix)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual mode
+    finally:
+        os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp

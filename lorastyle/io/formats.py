@@ -31,12 +31,18 @@ Conventions
 * Convolution factors are flattened to 2-D: down ``(r, in*kh*kw)``, up ``(out, r)``.
 * DoRA magnitude vectors (``dora_scale``) need the base weights to apply; they
   are kept as extras and the descriptor uses the direction update ``B A``.
+* Flux (base family ``flux``): transformer modules are named as in diffusers'
+  ``FluxTransformer2DModel`` whatever the layout; BFL-named modules (kohya,
+  XLabs, LyCORIS, ai-toolkit, control LoRAs) are renamed, their fused
+  projections (``qkv``, ``linear1``) split by rows of ``up``, which is exact
+  (:func:`lorastyle.io.flux.canonical_flux_modules`).
 * Never unpickle: ``.ckpt``, ``.pt``, ``.bin`` ... are refused.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -45,6 +51,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..errors import LoraFormatError
+from .flux import canonical_flux_modules
 from .naming import module_group, sgm_to_diffusers, unmangle
 from .safetensors import FLOAT_DTYPES, read_safetensors, read_safetensors_header, write_safetensors
 
@@ -58,6 +65,11 @@ __all__ = [
     "BASE_FAMILIES",
     "LAYOUTS",
     "LORA_SUFFIXES",
+    "HeaderLayout",
+    "ModuleShape",
+    "header_dims",
+    "module_shape",
+    "read_layout",
 ]
 
 BASE_FAMILIES = ("sd1", "sd2", "sdxl", "flux", "tiny", "unknown")
@@ -81,7 +93,12 @@ BASE_METADATA_KEY = "lorastyle.base"
 
 @dataclass(frozen=True, eq=False)
 class LoraModule:
-    """One adapted layer: delta-W = ``scale * up @ down``.
+    """One adapted layer: delta-W = ``scale * up @ down``, kept as the factors the file stores.
+
+    ``up`` and ``down`` (a low-rank form of delta-W, in float32) are computed from the stored
+    factors when asked for and not kept, so a LoKr or LoHa file takes memory in proportion to
+    its size, not to its expanded form: LoKr through ``kron(A, B) kron(C, D) = kron(AC, BD)``,
+    LoHa through row-wise Khatri-Rao products.
 
     Attributes
     ----------
@@ -90,43 +107,95 @@ class LoraModule:
     part : str
         ``unet``, ``text_encoder``, ``text_encoder_2`` or ``transformer``.
     kind : {"lora", "lokr", "loha"}
-    up : ndarray of shape (out_features, k)
-    down : ndarray of shape (k, in_features)
-        Low-rank factors of delta-W (float32). For LoRA, ``up`` is B and ``down`` is A.
     rank : int
-        The file's rank (``lora_dim``); for LoKr/LoHa the factorisation dimension.
+        What the file was trained with: LoRA's and LoHa's ``lora_dim``, LoKr's inner dimension
+        of the decomposed factor (:func:`module_shape`).
     alpha : float or None
         As stored; None when the file has none.
     scale : float
         The multiplier of ``up @ down`` (see the module's conventions).
     factors : dict of str to ndarray
-        The raw stored tensors (float32), keyed by their role (``lora_down``,
-        ``lora_up``, ``lokr_w1`` ...), for the paper's ``concat`` descriptor.
+        The stored tensors in their stored dtype (float16 stays float16; bfloat16 is widened to
+        float32), keyed by role (``lora_down``, ``lora_up``, ``lokr_w1`` ...): what the paper's
+        ``concat`` descriptor flattens.
+    out_features, in_features : int
+        Shape of delta-W (convolutions flattened).
+    rows : tuple of (int, int), optional
+        Row ranges of the stored factors' delta-W that this module is (a fused Flux projection
+        split into its parts; :mod:`lorastyle.io.flux`); None for all rows.
     """
 
     name: str
     part: str
     kind: str
-    up: np.ndarray
-    down: np.ndarray
     rank: int
     alpha: float | None
     scale: float
     factors: dict[str, np.ndarray] = field(repr=False)
+    out_features: int = 0
+    in_features: int = 0
+    rows: tuple | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         """(out_features, in_features) of delta-W (convolutions flattened)."""
-        return self.up.shape[0], self.down.shape[1]
+        return self.out_features, self.in_features
 
     @property
     def group(self) -> tuple[str, str | None]:
         """(layer type, U-Net stage) from :func:`lorastyle.io.naming.module_group`."""
         return module_group(self.name)
 
+    def low_rank(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(up, down)`` in float32 with delta-W = ``scale * up @ down``, computed now.
+
+        Returns
+        -------
+        up : ndarray of shape (out_features, k)
+        down : ndarray of shape (k, in_features)
+        """
+        up, down = _low_rank(self.kind, self.factors)
+        if self.rows is not None:
+            up = (
+                np.concatenate([up[a:b] for a, b in self.rows], axis=0)
+                if len(self.rows) > 1
+                else up[self.rows[0][0] : self.rows[0][1]]
+            )
+        if up.shape[1] > min(up.shape[0], down.shape[1]):
+            with np.errstate(over="ignore", invalid="ignore"):
+                up, down = _dense_factors(up @ down)  # the factorisation is wider than the matrix
+        return up, down
+
+    def kronecker(self) -> tuple | None:
+        """A LoKr's ``(U1, V1, U2, V2)`` with delta-W = ``scale * kron(U1 V1, U2 V2)``; None otherwise.
+
+        ``V1`` (or ``V2``) is None for a factor stored whole (``W1 = U1``).
+
+        What kernels use to keep the Kronecker structure (``kron(A, B) kron(C, D) = kron(AC, BD)``)
+        rather than expand it. None for a LoKr that is a row slice of one (:attr:`rows`).
+
+        Returns
+        -------
+        tuple of (ndarray, ndarray or None, ndarray, ndarray or None), or None
+        """
+        if self.kind != "lokr" or self.rows is not None:
+            return None
+        return _kronecker(self.factors)
+
+    @property
+    def up(self) -> np.ndarray:
+        """The up factor of :meth:`low_rank` (B for a LoRA), float32."""
+        return self.low_rank()[0]
+
+    @property
+    def down(self) -> np.ndarray:
+        """The down factor of :meth:`low_rank` (A for a LoRA), float32."""
+        return self.low_rank()[1]
+
     def delta(self) -> np.ndarray:
         """Materialise delta-W (out_features x in_features). Only for small layers and tests."""
-        return self.scale * (self.up @ self.down)
+        up, down = self.low_rank()
+        return self.scale * (up @ down)
 
 
 @dataclass(eq=False)
@@ -382,134 +451,118 @@ def _cloneofsimo_names(part: str, count: int, targets: set[str]) -> list[str]:
 # Building modules from factors
 
 
-def _as_matrix(arr: np.ndarray, path: str, what: str) -> np.ndarray:
-    """Flatten a conv factor to 2-D (out, in*kh*kw); keep matrices; refuse empty or other shapes."""
-    if arr.ndim not in (2, 4) or arr.size == 0:
-        raise LoraFormatError(
-            path, f"{what} has shape {tuple(arr.shape)}: a factor must be a non-empty matrix or 4-D conv kernel"
-        )
-    return arr.reshape(arr.shape[0], -1) if arr.ndim == 4 else arr
-
-
 def _khatri_rao_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     # (m, r1), (m, r2) -> (m, r1*r2): row-wise Kronecker product; overflow is caught by build_module
     with np.errstate(over="ignore", invalid="ignore"):
         return (a[:, :, None] * b[:, None, :]).reshape(a.shape[0], -1)
 
 
+def _matrix32(arr: np.ndarray) -> np.ndarray:
+    """A stored factor as a float32 matrix (conv kernels flattened to (out, in*kh*kw))."""
+    arr = np.asarray(arr, dtype=np.float32)
+    return arr.reshape(arr.shape[0], -1) if arr.ndim == 4 else arr
+
+
+def _low_rank(kind: str, f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(up, down)`` of a module's stored factors, without the scale (see :class:`LoraModule`)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused by build_module, once
+        if kind == "lora":
+            return _matrix32(f["lora_up"]), _matrix32(f["lora_down"])
+        if kind == "loha":
+            a1, b1, a2, b2 = (_matrix32(f[k]) for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"))
+            # (A1 B1) * (A2 B2) elementwise = khatri_rao_rows(A1, A2) @ khatri_rao_cols(B1, B2)
+            return _khatri_rao_rows(a1, a2), _khatri_rao_rows(b1.T, b2.T).T
+        U1, V1, U2, V2 = _kronecker(f)
+        if V1 is None and V2 is None:
+            return _dense_factors(np.kron(U1, U2))  # two whole factors: the dense product
+        V1 = np.eye(U1.shape[1], dtype=np.float32) if V1 is None else V1
+        V2 = np.eye(U2.shape[1], dtype=np.float32) if V2 is None else V2
+        return np.kron(U1, U2), np.kron(V1, V2)  # kron(U1 V1, U2 V2) = kron(U1, U2) kron(V1, V2)
+
+
+def _kronecker(f: dict[str, np.ndarray]) -> tuple:
+    """LoKr's ``W1 = U1 V1`` and ``W2 = U2 V2`` in float32; ``V`` is None for a factor stored whole."""
+    out = []
+    for i in ("1", "2"):
+        if f"lokr_w{i}" in f:
+            out += [_matrix32(f[f"lokr_w{i}"]), None]
+        else:
+            out += [_matrix32(f[f"lokr_w{i}_a"]), _matrix32(f[f"lokr_w{i}_b"])]
+    return tuple(out)
+
+
+def _fits_float32(m: LoraModule) -> bool:
+    """delta-W's entries are within float32's range, checked without expanding a Kronecker product."""
+    if m.kind == "lora":
+        return True  # its stored factors are finite, and kernels check their own results
+    if m.kind == "lokr":
+        U1, V1, U2, V2 = m.kronecker()
+        W1 = U1.astype(np.float64) if V1 is None else U1.astype(np.float64) @ V1
+        W2 = U2.astype(np.float64) if V2 is None else U2.astype(np.float64) @ V2
+        top = np.abs(W1).max() * np.abs(W2).max()  # the largest entry of kron(W1, W2)
+        return bool(np.isfinite(top) and top < 3.4e38)
+    return all(np.isfinite(x).all() for x in m.low_rank())
+
+
 def build_module(path: str, name: str, part: str, roles: dict[str, np.ndarray]) -> LoraModule:
     """Build a :class:`LoraModule` from its stored tensors, keyed by role.
 
-    Roles: ``lora_down``/``lora_up``, ``lokr_w1[_a|_b]``/``lokr_w2[_a|_b]``,
-    ``hada_w1_a``... and optionally ``alpha``. ``path`` is only for error messages.
+    Parameters
+    ----------
+    path : str
+        The file, for error messages only.
+    name : str
+        Canonical module name ``<part>.<path>``.
+    part : str
+    roles : dict of str to ndarray
+        ``lora_down``/``lora_up``, ``lokr_w1[_a|_b]``/``lokr_w2[_a|_b]``, ``hada_w1_a`` ... and
+        optionally ``alpha`` (a scalar) and ``dora_scale`` (kept by the caller as an extra).
+
+    Returns
+    -------
+    LoraModule
+
+    Raises
+    ------
+    LoraFormatError
+        For factors that do not fit together (:func:`module_shape`), a non-scalar alpha, or a
+        delta-W beyond float32's range.
     """
     alpha_arr = roles.get("alpha")
     alpha = None
     if alpha_arr is not None:
-        if alpha_arr.size != 1:
-            raise LoraFormatError(path, f"module {name}: alpha has shape {alpha_arr.shape}, expected a scalar")
-        alpha = float(alpha_arr.reshape(-1)[0])
+        if np.size(alpha_arr) != 1:
+            raise LoraFormatError(path, f"module {name}: alpha has shape {np.shape(alpha_arr)}, expected a scalar")
+        alpha = float(np.asarray(alpha_arr).reshape(-1)[0])
     factors = {k: v for k, v in roles.items() if k not in ("alpha", "dora_scale")}
-    for role in ("lora_mid", "lokr_t2", "hada_t1", "hada_t2"):
-        if role in roles:
-            raise LoraFormatError(path, f"module {name}: Tucker-decomposed conv factors ({role}) are not supported")
-
-    dim_key = None
-    if "lora_down" in roles or "lora_up" in roles:
-        kind = "lora"
-        if "lora_down" not in roles or "lora_up" not in roles:
-            missing = "down (A)" if "lora_down" not in roles else "up (B)"
-            raise LoraFormatError(path, f"module {name}: {missing} factor is missing")
-        down_raw, up_raw = roles["lora_down"], roles["lora_up"]
-        if up_raw.ndim == 4 and up_raw.shape[2:] != (1, 1):
-            raise LoraFormatError(path, f"module {name}: up factor with a {up_raw.shape[2:]} kernel is not supported")
-        down = _as_matrix(down_raw, path, f"module {name}: down factor")
-        up = _as_matrix(up_raw, path, f"module {name}: up factor")
-        if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
-            raise LoraFormatError(
-                path, f"module {name}: A/B shape mismatch: up {tuple(up_raw.shape)} and down {tuple(down_raw.shape)}"
-            )
-        rank = down.shape[0]
-    elif any(k.startswith("lokr_") for k in factors):
-        kind = "lokr"
-        w1 = _lokr_factor(path, name, roles, "1")
-        w2 = _lokr_factor(path, name, roles, "2")
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused below, with a reason
-            if w1[1] is not None and w2[1] is not None:
-                # kron(U1 V1, U2 V2) = kron(U1, U2) @ kron(V1, V2): exact low-rank form
-                up, down = np.kron(w1[0], w2[0]), np.kron(w1[1], w2[1])
-            else:  # a full factor: no useful low-rank form, keep the dense Kronecker product
-                dense = np.kron(w1[0] if w1[1] is None else w1[0] @ w1[1], w2[0] if w2[1] is None else w2[0] @ w2[1])
-                up, down = _dense_factors(dense)
-        # lora_dim as LyCORIS and ComfyUI read it, from a factor actually used; two full factors have none
-        dim_key = next((f"lokr_w{i}_b" for i, w in (("2", w2), ("1", w1)) if w[1] is not None), None)
-        rank = roles[dim_key].shape[0] if dim_key else min(up.shape[0], down.shape[1])
-    elif any(k.startswith("hada_") for k in factors):
-        kind = "loha"
-        need = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
-        if not all(k in roles for k in need):
-            raise LoraFormatError(path, f"module {name}: LoHa needs {', '.join(need)}")
-        a1, b1, a2, b2 = (_as_matrix(roles[k], path, f"module {name}: {k}") for k in need)
-        if (
-            a1.shape[1] != b1.shape[0]
-            or a2.shape[1] != b2.shape[0]
-            or a1.shape[0] != a2.shape[0]
-            or b1.shape[1] != b2.shape[1]
-        ):
-            raise LoraFormatError(path, f"module {name}: LoHa factor shapes do not fit together")
-        # (A1 B1) * (A2 B2) elementwise = khatri_rao_rows(A1, A2) @ khatri_rao_cols(B1, B2)
-        up = _khatri_rao_rows(a1, a2)
-        down = _khatri_rao_rows(b1.T, b2.T).T
-        rank = b1.shape[0]
+    ms = module_shape(path, name, {r: tuple(np.shape(v)) for r, v in roles.items()})
+    full_lokr = ms.kind == "lokr" and not any(k in factors for k in ("lokr_w1_b", "lokr_w2_b"))
+    if alpha is None or alpha == 0 or full_lokr:
+        scale = 1.0  # no alpha; kohya's alpha = 0; LyCORIS's full-factor LoKr (no lora_dim)
     else:
-        raise LoraFormatError(path, f"module {name}: no LoRA factors")
-
-    if rank == 0:
-        raise LoraFormatError(path, f"module {name}: rank 0")
-    if alpha is None or alpha == 0 or (kind == "lokr" and dim_key is None):
-        scale = 1.0  # no alpha; kohya's alpha = 0; LyCORIS's full-factor LoKr
-    else:
-        scale = alpha / rank
-    with np.errstate(over="ignore", invalid="ignore"):
-        if up.shape[1] > min(up.shape[0], down.shape[1]):
-            # the factorisation is wider than the matrix: the dense delta-W is cheaper
-            up, down = _dense_factors(up @ down)
-        up, down = up.astype(np.float32, copy=False), down.astype(np.float32, copy=False)
-        finite = np.isfinite(up).all() and np.isfinite(down).all() and np.isfinite(scale)
-    if not finite:
-        raise LoraFormatError(path, f"module {name}: delta-W overflows float32 (factors too large)")
-    return LoraModule(
+        scale = alpha / ms.rank
+    module = LoraModule(
         name=name,
         part=part,
-        kind=kind,
-        up=up,
-        down=down,
-        rank=int(rank),
+        kind=ms.kind,
+        rank=ms.rank,
         alpha=alpha,
         scale=float(scale),
         factors=factors,
+        out_features=ms.shape[0],
+        in_features=ms.shape[1],
     )
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = np.isfinite(scale) and _fits_float32(module)
+    if not finite:
+        raise LoraFormatError(path, f"module {name}: delta-W overflows float32 (factors too large)")
+    return module
 
 
 def _dense_factors(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A dense matrix as (up, down) with an identity on its smaller side (k = min(out, in))."""
     m, n = dense.shape
     return (np.eye(m, dtype=dense.dtype), dense) if m <= n else (dense, np.eye(n, dtype=dense.dtype))
-
-
-def _lokr_factor(path: str, name: str, roles: dict, i: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """One Kronecker factor W_i: (U_i, V_i) when stored decomposed, (W_i, None) when stored whole."""
-    if f"lokr_w{i}" in roles:
-        if f"lokr_w{i}_a" in roles or f"lokr_w{i}_b" in roles:
-            raise LoraFormatError(path, f"module {name}: both lokr_w{i} and its factors lokr_w{i}_a/_b are stored")
-        return _as_matrix(roles[f"lokr_w{i}"], path, f"module {name}: lokr_w{i}"), None
-    a, b = roles.get(f"lokr_w{i}_a"), roles.get(f"lokr_w{i}_b")
-    if a is None or b is None:
-        raise LoraFormatError(path, f"module {name}: LoKr needs lokr_w{i} or lokr_w{i}_a and lokr_w{i}_b")
-    a, b = _as_matrix(a, path, f"module {name}: lokr_w{i}_a"), _as_matrix(b, path, f"module {name}: lokr_w{i}_b")
-    if a.shape[1] != b.shape[0]:
-        raise LoraFormatError(path, f"module {name}: lokr_w{i}_a {a.shape} and lokr_w{i}_b {b.shape} do not fit")
-    return a, b
 
 
 # ---------------------------------------------------------------------------
@@ -519,22 +572,169 @@ _CROSS_DIMS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _TEXT_DIMS = {768: "sd1", 1024: "sd2"}
 
 
-def _detect_base(modules: dict[str, LoraModule], metadata: dict[str, str]) -> str:
+def _detect_base(modules: dict[str, tuple[str, int]], metadata: dict[str, str]) -> str:
+    """Base family from ``{name: (part, in_features)}`` (sorted by name) and the metadata.
+
+    Shapes only, so :func:`load_lora` and :func:`lorastyle.io.metadata.describe_file` share it:
+    both pass the in-features :func:`module_shape` reads from the header.
+    """
     declared = metadata.get(BASE_METADATA_KEY)
     if declared in BASE_FAMILIES:
         return declared
-    parts = {m.part for m in modules.values()}
+    parts = {part for part, _ in modules.values()}
     if "transformer" in parts:
         return "flux"
     if "text_encoder_2" in parts:
         return "sdxl"
-    for name, m in modules.items():
+    for name, (_, n_in) in modules.items():
         if name.endswith(("attn2.to_k", "attn2.to_v")):
-            return _CROSS_DIMS.get(m.shape[1], "unknown")
-    for name, m in modules.items():
+            return _CROSS_DIMS.get(n_in, "unknown")
+    for name, (_, n_in) in modules.items():
         if name.endswith(("self_attn.q_proj", "self_attn.k_proj")):
-            return _TEXT_DIMS.get(m.shape[1], "unknown")
+            return _TEXT_DIMS.get(n_in, "unknown")
     return "unknown"
+
+
+def header_dims(path: str, entries: dict, layout: HeaderLayout) -> dict[str, tuple[str, int]]:
+    """``{name: (part, in_features)}`` of every module of ``layout``, sorted by name, from shapes alone.
+
+    Parameters
+    ----------
+    path : str
+        The file, for error messages.
+    entries : dict
+        The header's entries (:func:`lorastyle.io.safetensors.read_safetensors_header`).
+    layout : HeaderLayout
+
+    Returns
+    -------
+    dict of str to (str, int)
+    """
+    dims = {}
+    for (part, mpath), roles in layout.modules.items():
+        name = f"{part}.{mpath}"
+        shapes = {role: entries[key][1] if key in entries else () for role, key in roles.items()}
+        dims[name] = (part, module_shape(path, name, shapes).shape[1])
+    return dict(sorted(dims.items()))
+
+
+@dataclass(frozen=True)
+class ModuleShape:
+    """What a module's tensor shapes alone say (see :func:`module_shape`).
+
+    Attributes
+    ----------
+    kind : {"lora", "lokr", "loha"}
+    rank : int
+    shape : (int, int)
+        (out_features, in_features) of delta-W, convolutions flattened as in :func:`build_module`.
+    kernel : tuple of int
+        Spatial kernel of a LoRA's down factor (``(3, 3)`` for a 3x3 convolution), ``()`` otherwise.
+    """
+
+    kind: str
+    rank: int
+    shape: tuple[int, int]
+    kernel: tuple[int, ...]
+
+
+def _matrix_shape(shape: tuple, path: str, what: str) -> tuple[int, int]:
+    """The 2-D shape :func:`_as_matrix` gives a factor of this shape (same refusals)."""
+    if len(shape) not in (2, 4) or math.prod(shape) == 0:
+        raise LoraFormatError(
+            path, f"{what} has shape {tuple(shape)}: a factor must be a non-empty matrix or 4-D conv kernel"
+        )
+    return shape[0], math.prod(shape[1:])
+
+
+def module_shape(path: str, name: str, shapes: dict[str, tuple]) -> ModuleShape:
+    """Kind, rank and delta-W shape of one module from its tensors' shapes, without their bytes.
+
+    The header-only view of :func:`build_module`: the same roles, the same flattening and the same
+    refusals for factors that cannot fit together (a missing factor, mismatched A/B, Tucker factors).
+
+    ``rank`` is what the user trained with: LoRA's ``lora_dim`` (rows of ``lora_down``), LoHa's
+    (rows of ``hada_w1_b``) and LoKr's ``lora_dim``, the inner dimension of the decomposed factor
+    (``lokr_w2_b`` rows, else ``lokr_w1_b`` rows: LyCORIS decomposes W2, and W1 with
+    ``decompose_both``). A LoKr whose two factors are both stored whole (LyCORIS keeps W2 whole when
+    ``lora_dim`` is at least half its sides, or with ``full_matrix``) has no stored ``lora_dim``; its
+    rank is then that of the W2 factor, ``min`` of its sides. :func:`build_module` uses this
+    function, so :func:`load_lora` and ``lorastyle inspect`` report the same ranks.
+
+    Parameters
+    ----------
+    path : str
+        The file, for error messages.
+    name : str
+        The module's canonical name.
+    shapes : dict of str to tuple of int
+        Shape of each stored tensor, by role.
+
+    Returns
+    -------
+    ModuleShape
+    """
+    for role in ("lora_mid", "lokr_t2", "hada_t1", "hada_t2"):
+        if role in shapes:
+            raise LoraFormatError(path, f"module {name}: Tucker-decomposed conv factors ({role}) are not supported")
+    factors = [r for r in shapes if r not in ("alpha", "dora_scale")]
+    kernel: tuple[int, ...] = ()
+    if "lora_down" in shapes or "lora_up" in shapes:
+        kind = "lora"
+        if "lora_down" not in shapes or "lora_up" not in shapes:
+            missing = "down (A)" if "lora_down" not in shapes else "up (B)"
+            raise LoraFormatError(path, f"module {name}: {missing} factor is missing")
+        down_raw, up_raw = tuple(shapes["lora_down"]), tuple(shapes["lora_up"])
+        if len(up_raw) == 4 and up_raw[2:] != (1, 1):
+            raise LoraFormatError(path, f"module {name}: up factor with a {up_raw[2:]} kernel is not supported")
+        down = _matrix_shape(down_raw, path, f"module {name}: down factor")
+        up = _matrix_shape(up_raw, path, f"module {name}: up factor")
+        if up[1] != down[0]:
+            raise LoraFormatError(path, f"module {name}: A/B shape mismatch: up {up_raw} and down {down_raw}")
+        rank, out, n_in = down[0], up[0], down[1]
+        kernel = down_raw[2:]
+    elif any(r.startswith("lokr_") for r in factors):
+        kind = "lokr"
+        (o1, i1, r1), (o2, i2, r2) = (_lokr_factor_shape(path, name, shapes, i) for i in ("1", "2"))
+        out, n_in = o1 * o2, i1 * i2
+        rank = r2 if r2 is not None else r1 if r1 is not None else min(o2, i2)
+    elif any(r.startswith("hada_") for r in factors):
+        kind = "loha"
+        need = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+        if not all(k in shapes for k in need):
+            raise LoraFormatError(path, f"module {name}: LoHa needs {', '.join(need)}")
+        a1, b1, a2, b2 = (_matrix_shape(tuple(shapes[k]), path, f"module {name}: {k}") for k in need)
+        if a1[1] != b1[0] or a2[1] != b2[0] or a1[0] != a2[0] or b1[1] != b2[1]:
+            raise LoraFormatError(path, f"module {name}: LoHa factor shapes do not fit together")
+        rank, out, n_in = b1[0], a1[0], b1[1]
+    else:
+        raise LoraFormatError(path, f"module {name}: no LoRA factors")
+    if rank == 0:
+        raise LoraFormatError(path, f"module {name}: rank 0")
+    return ModuleShape(kind=kind, rank=int(rank), shape=(int(out), int(n_in)), kernel=tuple(kernel))
+
+
+def _lokr_factor_shape(path: str, name: str, shapes: dict, i: str) -> tuple[int, int, int | None]:
+    """(out, in, inner dimension or None when stored whole) of LoKr factor W_i, as :func:`_lokr_factor` reads it."""
+    if f"lokr_w{i}" in shapes:
+        if f"lokr_w{i}_a" in shapes or f"lokr_w{i}_b" in shapes:
+            raise LoraFormatError(path, f"module {name}: both lokr_w{i} and its factors lokr_w{i}_a/_b are stored")
+        return (*_matrix_shape(tuple(shapes[f"lokr_w{i}"]), path, f"module {name}: lokr_w{i}"), None)
+    a, b = shapes.get(f"lokr_w{i}_a"), shapes.get(f"lokr_w{i}_b")
+    if a is None or b is None:
+        raise LoraFormatError(path, f"module {name}: LoKr needs lokr_w{i} or lokr_w{i}_a and lokr_w{i}_b")
+    a = _matrix_shape(tuple(a), path, f"module {name}: lokr_w{i}_a")
+    b = _matrix_shape(tuple(b), path, f"module {name}: lokr_w{i}_b")
+    if a[1] != b[0]:
+        raise LoraFormatError(path, f"module {name}: lokr_w{i}_a {a} and lokr_w{i}_b {b} do not fit")
+    return a[0], b[1], b[0]
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    """No NaN or Inf, without a float32 copy of a float16 tensor (its exponent bits tell)."""
+    if arr.dtype == np.float16:
+        return not np.any((arr.view(np.uint16) & 0x7C00) == 0x7C00)
+    return bool(np.isfinite(arr).all())
 
 
 def _dtype_name(dtypes: set[str]) -> str:
@@ -546,14 +746,20 @@ def _dtype_name(dtypes: set[str]) -> str:
 # ---------------------------------------------------------------------------
 
 
-def load_lora(path: str | os.PathLike) -> LoRA:
+def load_lora(path: str | os.PathLike, *, data: bytes | memoryview | None = None) -> LoRA:
     """Read a LoRA file of any supported layout.
+
+    Factors keep their stored dtype (float16 stays float16, as views of the bytes read; bfloat16
+    is widened to float32, which numpy lacks), so a LoRA takes about its file's size in memory.
 
     Parameters
     ----------
     path : str or path-like
         A ``.safetensors`` file. Pickle-based files (``.ckpt``, ``.pt``, ``.bin``)
         are refused, never unpickled.
+    data : bytes, optional
+        The file's bytes, already read (the index reads each file once): the file is then
+        not opened, and the factors are views of these bytes.
 
     Returns
     -------
@@ -573,54 +779,122 @@ def load_lora(path: str | os.PathLike) -> LoRA:
     ('kohya', 'sd1', [8])
     """
     path = os.fspath(path)
-    entries, header_metadata, start = read_safetensors_header(path)
+    entries, header_metadata, start = read_safetensors_header(path, data=data)
+    layout = read_layout(path, entries, header_metadata)  # names and shapes: what describe_file reads too
+    tensors, metadata = read_safetensors(path, data=data, _header=(entries, header_metadata, start))
+    for key, alpha in layout.metadata_alphas.items():
+        tensors[key] = np.asarray(alpha, dtype=np.float32)
+
+    modules: dict[str, LoraModule] = {}
+    for (part, mpath), roles in layout.modules.items():
+        name = f"{part}.{mpath}"
+        arrays = {}
+        for role, key in roles.items():
+            arr = tensors[key]
+            if arr.dtype == np.float64:  # no LoRA needs float64; beyond float32's range it is refused below
+                with np.errstate(over="ignore"):
+                    arr = arr.astype(np.float32)
+            if not _all_finite(arr):
+                raise LoraFormatError(path, f"tensor {key!r} holds NaN or Inf values (or values beyond float32)")
+            arrays[role] = arr
+        modules[name] = build_module(path, name, part, arrays)
+    lora = LoRA(
+        path=path,
+        format=layout.format,
+        base="unknown",
+        modules=dict(sorted(modules.items())),
+        dtype=layout.dtype,
+        metadata=metadata,
+        extras={k: tensors[k] for k in layout.extras},
+    )
+    lora.base = _detect_base(header_dims(path, entries, layout), metadata)
+    if lora.base == "flux":
+        lora.modules = canonical_flux_modules(lora.modules, path)
+    return lora
+
+
+@dataclass(frozen=True, eq=False)
+class HeaderLayout:
+    """What a file's header alone (tensor names, shapes, dtypes; metadata) says of its LoRA.
+
+    :func:`load_lora` reads the tensors of these modules; :func:`lorastyle.io.metadata.describe_file`
+    reads none: both start here (:func:`read_layout`).
+
+    Attributes
+    ----------
+    format : str
+        Layout name (:data:`LAYOUTS`).
+    modules : dict of (str, str) to dict of str to str
+        ``{(part, path): {role: tensor key}}``, sorted.
+    extras : list of str
+        Sorted keys of the tensors that are no LoRA factor or alpha (they become ``LoRA.extras``).
+    metadata_alphas : dict of str to float
+        Alphas PEFT files keep in ``lora_adapter_metadata``, under the synthetic role keys of ``modules``.
+    dtype : str
+        ``LoRA.dtype``: numpy name of the stored factors' dtype, or ``mixed``.
+    """
+
+    format: str
+    modules: dict[tuple[str, str], dict[str, str]]
+    extras: list[str]
+    metadata_alphas: dict[str, float]
+    dtype: str
+
+
+def read_layout(path: str, entries: dict, metadata: dict[str, str]) -> HeaderLayout:
+    """Group a header's tensors into modules (:class:`HeaderLayout`) without reading their bytes.
+
+    Parameters
+    ----------
+    path : str
+        The file, for error messages.
+    entries, metadata
+        What :func:`lorastyle.io.safetensors.read_safetensors_header` returned for it.
+
+    Raises
+    ------
+    LoraFormatError
+        No tensors, an unknown layout, no complete module, a module under two spellings, a
+        non-float tensor among a module's roles, bad cloneofsimo or PEFT-alpha metadata.
+    """
     if not entries:
         raise LoraFormatError(path, "the file holds no tensors")
     keys = sorted(entries)
     layout = _detect_layout(keys)
     if layout is None:
         raise LoraFormatError(path, f"unknown layout: no LoRA key pattern recognised (first keys: {keys[:3]})")
-    tensors, metadata = read_safetensors(path, _header=(entries, header_metadata, start))
-
-    grouped, rest = _split_layout(path, layout, keys, metadata, tensors)
-    modules: dict[str, LoraModule] = {}
+    grouped, rest, metadata_alphas = _split_layout(path, layout, keys, metadata)
+    if not grouped:
+        raise LoraFormatError(path, "unknown layout: no complete LoRA module found")
     factor_dtypes: set[str] = set()
-    for (part, mpath), roles in sorted(grouped.items()):
-        name = f"{part}.{mpath}"
-        arrays = {}
+    for roles in grouped.values():
         for role, key in roles.items():
             dtype = entries[key][0] if key in entries else "F32"  # alphas from metadata are synthetic keys
             if dtype not in FLOAT_DTYPES:
                 raise LoraFormatError(path, f"tensor {key!r}: dtype {dtype} is not a floating-point type")
-            with np.errstate(over="ignore"):
-                arr = tensors[key].astype(np.float32, copy=False)  # F64 beyond float32's range becomes inf here
-            if not np.all(np.isfinite(arr)):
-                raise LoraFormatError(path, f"tensor {key!r} holds NaN or Inf values (or values beyond float32)")
             if role not in ("alpha", "dora_scale"):
                 factor_dtypes.add(dtype)
-            arrays[role] = arr
-        modules[name] = build_module(path, name, part, arrays)
         if "dora_scale" in roles:
             rest.append(roles["dora_scale"])
-    if not modules:
-        raise LoraFormatError(path, "unknown layout: no complete LoRA module found")
-    lora = LoRA(
-        path=path,
+    return HeaderLayout(
         format=layout,
-        base="unknown",
-        modules=dict(sorted(modules.items())),
+        modules=dict(sorted(grouped.items())),
+        extras=sorted(rest),
+        metadata_alphas=metadata_alphas,
         dtype=_dtype_name(factor_dtypes),
-        metadata=metadata,
-        extras={k: tensors[k] for k in sorted(rest)},
     )
-    lora.base = _detect_base(lora.modules, metadata)
-    return lora
 
 
-def _split_layout(path, layout, keys, metadata, tensors) -> tuple[dict[tuple[str, str], dict[str, str]], list[str]]:
-    """Group keys into modules {(part, path): {role: key}} for one layout; return the other keys too."""
+def _split_layout(
+    path, layout, keys, metadata
+) -> tuple[dict[tuple[str, str], dict[str, str]], list[str], dict[str, float]]:
+    """Group keys into modules {(part, path): {role: key}} for one layout; return the other keys too.
+
+    The third item: alphas from metadata (PEFT), under the synthetic keys the modules' roles name.
+    """
+    metadata_alphas: dict[str, float] = {}
     if layout == "cloneofsimo":
-        return _split_cloneofsimo(path, keys, metadata)
+        return (*_split_cloneofsimo(path, keys, metadata), metadata_alphas)
     if layout in ("kohya", "kohya-dora"):
         raw, rest = _group(keys, lambda k: _split_role(k, _KOHYA_ROLES))
         canon = _canonical_kohya
@@ -636,7 +910,7 @@ def _split_layout(path, layout, keys, metadata, tensors) -> tuple[dict[tuple[str
     else:  # diffusers-peft, ai-toolkit
         raw, rest = _group(keys, _peft_split)
         canon = _canonical_peft
-        _apply_peft_alpha(path, raw, metadata, tensors)
+        metadata_alphas = _apply_peft_alpha(path, raw, metadata)
     grouped = {}
     for raw_name, roles in raw.items():
         if set(roles) <= {"alpha", "dora_scale"}:  # an alpha with no factors: not a module
@@ -648,14 +922,18 @@ def _split_layout(path, layout, keys, metadata, tensors) -> tuple[dict[tuple[str
         grouped[key] = roles
     # A prefix-less denoiser path (proj_out, img_in) is Flux's if the file has any Flux module.
     denoiser = "transformer" if any(part == "transformer" for part, _ in grouped) else "unet"
-    return {(part or denoiser, mpath): roles for (part, mpath), roles in grouped.items()}, rest
+    return {(part or denoiser, mpath): roles for (part, mpath), roles in grouped.items()}, rest, metadata_alphas
 
 
-def _apply_peft_alpha(path: str, raw: dict, metadata: dict[str, str], tensors: dict) -> None:
-    """PEFT files keep lora_alpha outside the tensors; diffusers >= 0.35 puts it in metadata."""
+def _apply_peft_alpha(path: str, raw: dict, metadata: dict[str, str]) -> dict[str, float]:
+    """PEFT files keep lora_alpha outside the tensors; diffusers >= 0.35 puts it in metadata.
+
+    Gives each module without an alpha the role ``alpha`` under a synthetic key; returns {key: alpha}.
+    """
+    found: dict[str, float] = {}
     blob = metadata.get("lora_adapter_metadata")
     if not blob:
-        return
+        return found
     try:
         config = json.loads(blob)
     except (ValueError, RecursionError):
@@ -673,9 +951,10 @@ def _apply_peft_alpha(path: str, raw: dict, metadata: dict[str, str], tensors: d
         for prefix, alpha in alphas.items():
             if not prefix or raw_name.startswith(prefix + "."):
                 key = f"__metadata__.{raw_name}.alpha"
-                tensors[key] = np.asarray(float(alpha), dtype=np.float32)
+                found[key] = float(alpha)
                 roles["alpha"] = key
                 break
+    return found
 
 
 def _split_cloneofsimo(path, keys, metadata):
@@ -757,10 +1036,15 @@ def save_lora(
         it (needed for the project's tiny model, which has no public signature).
     metadata : dict of str to str, optional
         Extra metadata (artist, genre, seed ...).
-    dtype : numpy dtype, default=float32
+    dtype : numpy dtype or "bfloat16", default=float32
+        Stored dtype of the factors (and kohya's alphas). ``"bfloat16"``, which
+        numpy lacks, rounds to nearest even (:func:`lorastyle.io.safetensors.bfloat16_bits`).
     """
     if layout not in WRITE_LAYOUTS:
         raise ValueError(f"layout must be one of {list(WRITE_LAYOUTS)}, got {layout!r}")
+    bf16 = isinstance(dtype, str) and dtype == "bfloat16"
+    if bf16:
+        dtype = np.float32  # rounded when written
     meta = dict(metadata or {})
     if base is not None:
         meta[BASE_METADATA_KEY] = base
@@ -786,4 +1070,4 @@ def save_lora(
             adapter[f"{part}.lora_alpha"] = alpha
         meta["lora_adapter_metadata"] = json.dumps(adapter, sort_keys=True)
         meta.setdefault("format", "pt")
-    write_safetensors(path, tensors, meta)
+    write_safetensors(path, tensors, meta, bfloat16=tensors.keys() if bf16 else ())

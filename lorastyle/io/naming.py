@@ -9,10 +9,11 @@ diffusers layout (``down_blocks.1.attentions.0``) so that files of both
 spellings describe the same modules.
 
 Canonical names are ``<part>.<path>``, where part is ``unet``,
-``text_encoder``, ``text_encoder_2`` or ``transformer`` (Flux). Flux paths keep
-the naming of the layout they came in (BFL ``double_blocks.0.img_attn.qkv`` or
-diffusers ``transformer_blocks.0.attn.to_q``): the two split the fused qkv
-projection differently, so no exact renaming exists.
+``text_encoder``, ``text_encoder_2`` or ``transformer`` (Flux). Flux paths end
+in diffusers naming (``transformer_blocks.0.attn.to_q``): :func:`unmangle`
+gives BFL paths (``double_blocks.0.img_attn.qkv``) for kohya names, and
+:func:`lorastyle.io.flux.canonical_flux_modules` renames them and splits the
+fused projections by rows of the up factor, which is exact.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import math
 import os
 import stat
 import struct
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,13 @@ import numpy as np
 from ..errors import LoraFormatError
 from .atomic import atomic_write
 
-__all__ = ["LoraFormatError", "read_safetensors", "read_safetensors_header", "write_safetensors"]
+__all__ = [
+    "LoraFormatError",
+    "read_safetensors",
+    "read_safetensors_header",
+    "write_safetensors",
+    "bfloat16_bits",
+]
 
 # safetensors itself refuses headers above 100 MB; so do we, before reading them.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -70,13 +77,36 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
     return seen
 
 
-def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict[str, str], int]:
+def _check_length(path, head: bytes, size: int) -> int:
+    """The header length from the first 8 bytes, checked against the file's size."""
+    n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+    # Pickle opcodes can also begin a valid header length (0x80 0x02 = 640 bytes), so a file
+    # is called a pickle only when its first bytes cannot be a header length for its size.
+    if (n is None or n > size - 8) and _looks_like_pickle(head):
+        raise LoraFormatError(path, _PICKLE_REASON)
+    if size == 0:
+        raise LoraFormatError(path, "empty file")
+    if n is None:
+        raise LoraFormatError(path, f"file of {size} bytes is too short for a safetensors header")
+    if n > size - 8:
+        raise LoraFormatError(path, f"header length {n} is larger than the file ({size} bytes)")
+    if n > MAX_HEADER_BYTES:
+        raise LoraFormatError(path, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
+    return n
+
+
+def read_safetensors_header(
+    path: str | os.PathLike, *, data: bytes | memoryview | None = None
+) -> tuple[dict, dict[str, str], int]:
     """Read and validate the header of a safetensors file.
 
     Parameters
     ----------
     path : str or path-like
-        The file.
+        The file (named in errors).
+    data : bytes, optional
+        The file's bytes, already read (the index reads each file once): then the file
+        is not opened.
 
     Returns
     -------
@@ -95,29 +125,21 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict[str, st
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise LoraFormatError(path, _PICKLE_REASON)
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
-            raise LoraFormatError(path, "not a regular file")
-        size = info.st_size
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
-            # Pickle opcodes can also begin a valid header length (0x80 0x02 = 640 bytes), so a file
-            # is called a pickle only when its first bytes cannot be a header length for its size.
-            if (n is None or n > size - 8) and _looks_like_pickle(head):
-                raise LoraFormatError(path, _PICKLE_REASON)
-            if size == 0:
-                raise LoraFormatError(path, "empty file")
-            if n is None:
-                raise LoraFormatError(path, f"file of {size} bytes is too short for a safetensors header")
-            if n > size - 8:
-                raise LoraFormatError(path, f"header length {n} is larger than the file ({size} bytes)")
-            if n > MAX_HEADER_BYTES:
-                raise LoraFormatError(path, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
-            raw = fh.read(n)
-    except OSError as exc:
-        raise LoraFormatError(path, f"cannot read file: {exc.strerror or exc}") from None
+    if data is not None:
+        size = len(data)
+        n = _check_length(path, bytes(data[:8]), size)
+        raw = bytes(data[8 : 8 + n])
+    else:
+        try:
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+                raise LoraFormatError(path, "not a regular file")
+            size = info.st_size
+            with open(path, "rb") as fh:
+                n = _check_length(path, fh.read(8), size)
+                raw = fh.read(n)
+        except OSError as exc:
+            raise LoraFormatError(path, f"cannot read file: {exc.strerror or exc}") from None
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except UnicodeDecodeError:
@@ -187,17 +209,20 @@ def _decode(buf: memoryview, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def read_safetensors(
-    path: str | os.PathLike, *, _header: tuple | None = None
+    path: str | os.PathLike, *, data: bytes | memoryview | None = None, _header: tuple | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read every tensor of a safetensors file into numpy arrays, safely.
 
     bfloat16 is widened to float32 (numpy has no bfloat16); other dtypes keep
-    their type. Nothing is ever unpickled.
+    their type, as read-only views of the bytes read (no copy). Nothing is ever
+    unpickled.
 
     Parameters
     ----------
     path : str or path-like
-        The file.
+        The file (named in errors).
+    data : bytes, optional
+        The file's bytes, already read: then the file is not opened.
 
     Returns
     -------
@@ -211,14 +236,16 @@ def read_safetensors(
         that changed size while being read.
     """
     # _header: what read_safetensors_header returned for this file a moment ago (load_lora has it)
-    entries, metadata, start = _header if _header is not None else read_safetensors_header(path)
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(start)
-            data = fh.read()
-    except OSError as exc:
-        raise LoraFormatError(path, f"cannot read file: {exc.strerror or exc}") from None
-    view = memoryview(data)
+    entries, metadata, start = _header if _header is not None else read_safetensors_header(path, data=data)
+    if data is not None:
+        view = memoryview(data)[start:]
+    else:
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(start)
+                view = memoryview(fh.read())
+        except OSError as exc:
+            raise LoraFormatError(path, f"cannot read file: {exc.strerror or exc}") from None
     tensors = {}
     for name, (dtype, shape, begin, end) in entries.items():
         if end > len(view):
@@ -240,8 +267,35 @@ _TO_CODE = {
 }
 
 
+def bfloat16_bits(x: np.ndarray) -> np.ndarray:
+    """Round to bfloat16, as the 16-bit patterns safetensors stores for ``BF16``.
+
+    The values are first taken as float32, then rounded to nearest with ties to
+    even (as ``torch.Tensor.to(torch.bfloat16)``): finite values beyond the
+    bfloat16 range become infinities, and every NaN becomes the quiet NaN 0x7FC0
+    (as torch's scalar conversion; its vectorised one writes 0xFFFF).
+
+    Parameters
+    ----------
+    x : array-like
+
+    Returns
+    -------
+    ndarray of uint16, the shape of ``x``
+    """
+    bits = np.array(x, dtype=np.float32).view(np.uint32)  # a copy, so a 0-d input views too
+    lsb = (bits >> 16) & 1  # ties go to the even one of the two neighbours
+    with np.errstate(over="ignore"):
+        rounded = ((bits + np.uint32(0x7FFF) + lsb) >> 16).astype(np.uint16)
+    return np.where(np.isnan(bits.view(np.float32)), np.uint16(0x7FC0), rounded)
+
+
 def write_safetensors(
-    path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
+    path: str | os.PathLike,
+    tensors: dict[str, np.ndarray],
+    metadata: dict[str, str] | None = None,
+    *,
+    bfloat16: Collection[str] = (),
 ) -> None:
     """Write numpy arrays as a safetensors file, atomically (:func:`lorastyle.io.atomic.atomic_write`).
 
@@ -253,17 +307,27 @@ def write_safetensors(
         Arrays of a dtype safetensors knows (float16/32/64, ints, bool).
     metadata : dict of str to str, optional
         Stored in ``__metadata__``.
+    bfloat16 : collection of str, default=()
+        Names of tensors to store as ``BF16`` (numpy has no bfloat16): their
+        values are rounded by :func:`bfloat16_bits`.
     """
+    missing = set(bfloat16) - set(tensors)
+    if missing:
+        raise ValueError(f"bfloat16 names {sorted(missing)} are not among the tensors")
     header: dict = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     offset = 0
     blobs = []
     for name in sorted(tensors):
-        arr = np.asarray(tensors[name])
+        arr = bfloat16_bits(tensors[name]) if name in bfloat16 else np.asarray(tensors[name])
         if not arr.flags.c_contiguous:
             arr = arr.copy(order="C")  # (np.ascontiguousarray would turn a 0-d alpha into shape [1])
-        code = _TO_CODE.get(arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype)
+        code = (
+            "BF16"
+            if name in bfloat16
+            else _TO_CODE.get(arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype)
+        )
         if code is None:
             raise ValueError(f"tensor {name!r}: dtype {arr.dtype} cannot be written to safetensors")
         blob = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()

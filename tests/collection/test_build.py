@@ -10,15 +10,8 @@ from lorastyle.book.experiments import clustering_table, load_collection
 from lorastyle.collection.build import build_collection, load_base, save_base
 from lorastyle.collection.diffusion import tiny_model
 from lorastyle.collection.profiles import get_profile
-from lorastyle.index import file_sha256
 from lorastyle.io.formats import load_lora
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke")
-    log = build_collection(get_profile("smoke"), out, progress=False)
-    return out, log
+from lorastyle.io.hashes import file_sha256
 
 
 def test_manifest_describes_every_lora(smoke):
@@ -96,8 +89,14 @@ def test_features_cover_every_lora_and_setting(smoke):
             assert all(f[k].shape == (min(dim, len(f.files)),) and np.all(np.isfinite(f[k])) for k in f.files)
 
 
-def test_figures_exist(smoke):
+def test_figures_are_drawn_from_the_built_collection(smoke):
+    from lorastyle.book.figures import write_figures
+
     out, _ = smoke
+    written = write_figures(out)
+    assert set(written) == {*(out / "figures" / "samples").glob("*.png"), out / "figures" / "loss_curves.png"}
+    with np.load(out / "images.npz") as data:
+        assert data["base"].shape == (get_profile("smoke").samples_per_lora, 32, 32, 3)
     grids = sorted((out / "figures" / "samples").glob("*.png"))
     assert len(grids) == get_profile("smoke").n_artists
     assert all(p.stat().st_size > 5000 for p in grids)

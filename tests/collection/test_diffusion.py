@@ -119,3 +119,59 @@ def test_stable_diffusion_without_weights_says_how_to_get_them(monkeypatch, tmp_
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="run once with internet access"):
         stable_diffusion_model(str(tmp_path / "no-such-model"))
+
+
+def test_checkpoints_are_the_factors_of_shorter_runs(model, images):
+    kwargs = dict(rank=2, alpha=4.0, batch_size=6, lr=2e-3, seed=3, init_seed=5)
+    full = train_lora(model, images, 1, steps=5, checkpoints=(2, 5), **kwargs)
+    short = train_lora(model, images, 1, steps=2, **kwargs)
+    assert sorted(full.checkpoints) == [2, 5] and short.checkpoints == {}
+    assert list(full.checkpoints[2]) == list(full.factors)
+    for name, (A, B) in full.factors.items():
+        assert np.array_equal(full.checkpoints[5][name][0], A) and np.array_equal(full.checkpoints[5][name][1], B)
+        assert np.array_equal(full.checkpoints[2][name][0], short.factors[name][0])
+        assert np.array_equal(full.checkpoints[2][name][1], short.factors[name][1])
+    assert any(not np.array_equal(full.checkpoints[2][n][1], B) for n, (_, B) in full.factors.items())
+    assert full.losses[:2] == short.losses
+
+
+@pytest.mark.parametrize("bad", [(0,), (6,), (2, 9)])
+def test_checkpoints_outside_the_run_are_refused(model, images, bad):
+    with pytest.raises(ValueError, match="checkpoints"):
+        train_lora(model, images, 1, steps=5, checkpoints=bad)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_tensor_the_sd_path_makes_is_on_the_model_device(tmp_path, images, device):
+    """Training and sampling through Stable Diffusion's path with a device: every input the U-Net, the VAE
+    and the text encoder see is on that device (on a GPU machine, run with device cuda)."""
+    sd = stable_diffusion_model(components=tiny_sd_components(tmp_path), device=device)
+    seen = []
+
+    def spy(module, args, kwargs):
+        for x in [*args, *kwargs.values()]:
+            if isinstance(x, torch.Tensor):
+                seen.append((type(module).__name__, x.device))
+
+    hooks = [m.register_forward_pre_hook(spy, with_kwargs=True) for m in (sd.unet, sd.vae, sd.text_encoder)]
+    try:
+        trained = train_lora(sd, images[:4], "a painting", steps=2, batch_size=2)
+        generate(sd, 2, "a painting", steps=2, guidance=3.0, lora=trained)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert {name for name, _ in seen} >= {"UNet2DConditionModel", "CLIPTextModel"}
+    assert {d for _, d in seen} == {sd.device}
+    assert sd.device.type == device
+
+
+def test_seeding_leaves_the_callers_random_state_alone():
+    """tiny_model and train_lora seed torch in a fork of its RNG: the caller's next draw is unchanged."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    tiny_model(seed=5)
+    assert torch.equal(torch.rand(3), expected)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from lorastyle.descriptors import IncomparableLorasError, check_comparable, descriptor_kernel
-from lorastyle.index import build_index
+from lorastyle.errors import LoraFormatError
+from lorastyle.index import build_index, read_record
 from lorastyle.io.formats import load_lora, save_lora
 from tools.fuzz.fuzzing import _t, encode
 
@@ -80,7 +81,7 @@ def mixed(tmp_path_factory):
 def _build(mixed, descriptor):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        index, skipped = build_index(sorted(mixed.values()), descriptor=descriptor, n_components=3)
+        index, skipped, _ = build_index(sorted(mixed.values()), descriptor=descriptor, n_components=3)
     return index, dict(skipped), [str(w.message) for w in caught]
 
 
@@ -89,42 +90,59 @@ def _normalised(K):
     return K / np.outer(d, d)
 
 
-def test_concat_skips_what_it_cannot_compare_and_says_why(mixed):
+def _groups(index):
+    return {key: sorted(r.path for r in g.records) for key, g in index.groups.items()}
+
+
+def test_concat_groups_files_by_layout_and_says_what_it_leaves_out(mixed):
     index, skipped, caught = _build(mixed, "concat")
-    assert set(skipped) == {mixed[k] for k in ("twin_r8", "sd1", "sdxl", "odd_shape", "lonely")}
-    majority = "such as " + mixed["alpha2"]  # the first file of the majority, in sorted order
-    assert skipped[mixed["twin_r8"]].startswith("concat needs the same modules, ranks and factor shapes")
-    assert "its rank is 8 where theirs is 4" in skipped[mixed["twin_r8"]]
-    assert "--descriptor delta or gram compare LoRAs of different ranks" in skipped[mixed["twin_r8"]]
-    assert skipped[mixed["sd1"]].startswith("base family sd1 differs from tiny, the family of 12 of 14 files")
-    assert skipped[mixed["sdxl"]].startswith("base family sdxl differs from tiny")
-    assert (
-        f"module {P}ff.net.0.proj factor lora_down has shape (4, 24) where theirs has (4, 16)"
-        in skipped[mixed["odd_shape"]]
+    assert skipped == {}  # nothing is dropped: each layout is its own group, compared with itself only
+    groups = _groups(index)
+    same = sorted(
+        mixed[k] for k in ("r4_0", "r4_1", "r4_2", "r4_3", "r4_4", "r4_5", "f16_of_r4_1", "bf16_of_r4_2", "alpha2")
     )
-    assert "it lacks module" in skipped[mixed["lonely"]]
-    assert all(majority in reason for path, reason in skipped.items() if path not in (mixed["sd1"], mixed["sdxl"]))
-    # dtypes do not matter: float16 and bfloat16 files are embedded with the float32 ones
-    assert {mixed["f16_of_r4_1"], mixed["bf16_of_r4_2"]} <= set(index.paths)
+    assert same in groups.values()  # dtypes do not matter; rank, modules and family do
+    for k in ("twin_r8", "odd_shape", "lonely", "sd1", "sdxl"):
+        assert [mixed[k]] in groups.values(), k
+    assert sorted(key.split("/")[0] for key in groups) == ["sd1", "sdxl"] + ["tiny"] * 4
     # concat leaves alpha out: said, with the file whose scale differs
     (warning,) = [w for w in caught if w.startswith("concat compares the stored factors and leaves alpha out")]
     assert f"1 with 0.5 (such as {mixed['alpha2']})" in warning
+    # a query of a rank no indexed file has: concat cannot answer for it, and says so
+    rank6 = mixed["r4_0"].replace("r4_0", "rank6-query")
+    save_lora(rank6, factors(np.random.default_rng(9), 6), alpha=6.0, base="tiny")
+    query = read_record(rank6, sketcher=index.sketcher, descriptor="concat")
+    with pytest.raises(IncomparableLorasError, match="the index has no file of its layout"):
+        index.similar(query)
+
+
+def _record(index, copy, source):
+    import shutil
+
+    shutil.copy(source, copy)
+    return read_record(copy, sketcher=index.sketcher, descriptor=index.descriptor)
 
 
 @pytest.mark.parametrize("descriptor", ["delta", "gram"])
 def test_kernels_compare_across_ranks_alphas_and_dtypes(mixed, descriptor):
     index, skipped, caught = _build(mixed, descriptor)
-    assert set(skipped) == {mixed[k] for k in ("sd1", "sdxl", "odd_shape", "lonely")}
+    assert set(skipped) == {mixed["odd_shape"]}
     assert skipped[mixed["odd_shape"]] == (
-        f"module {P}ff.net.0.proj has shape (32, 24), where 10 other files have (32, 16) (such as {mixed['alpha2']})"
+        f"module {P}ff.net.0.proj has shape (32, 24), not (32, 16) as in {mixed['alpha2']}"
     )
-    assert skipped[mixed["lonely"]].startswith("shares no module with the other files")
     assert not [w for w in caught if "alpha" in w]  # kernels include the scale: nothing to warn about
-    assert {mixed["twin_r8"], mixed["f16_of_r4_1"], mixed["bf16_of_r4_2"], mixed["alpha2"]} <= set(index.paths)
-    # the rank-8 twin is the rank-4 file's nearest neighbour, at similarity 1
-    top = index.similar(load_lora(mixed["twin_r8"]), k=1)[0]
-    assert top["path"] == mixed["r4_0"]
-    assert top["score"] == pytest.approx(1.0, abs=1e-9)
+    groups = _groups(index)
+    assert groups["sd1"] == [mixed["sd1"]] and groups["sdxl"] == [mixed["sdxl"]]
+    assert {mixed["twin_r8"], mixed["f16_of_r4_1"], mixed["bf16_of_r4_2"], mixed["alpha2"], mixed["lonely"]} <= set(
+        groups["tiny"]
+    )
+    # the rank-8 twin is the rank-4 file's nearest neighbour, at similarity 1 (sketches of one delta-W)
+    top = index.similar(_record(index, mixed["twin_r8"] + ".q", mixed["twin_r8"]), k=2)
+    assert {r["path"] for r in top} == {mixed["twin_r8"], mixed["r4_0"]}  # its original, and r4_0
+    assert all(r["score"] == pytest.approx(1.0, abs=1e-4) for r in top), top  # float16 sketches: 1e-5
+    # the text-encoder-only file shares no part with the others: it scores 0 against each of them
+    lonely = index.similar(_record(index, mixed["lonely"] + ".q", mixed["lonely"]), k=20)
+    assert lonely[0]["path"] == mixed["lonely"] and all(r["score"] == 0.0 for r in lonely[1:])
 
 
 @pytest.mark.parametrize("descriptor", ["delta", "gram"])
@@ -152,23 +170,28 @@ def test_descriptor_api_refuses_incomparable_pairs_naming_both_files(mixed):
             assert other.path in str(excinfo.value)
 
 
-def test_weights_too_large_to_embed_are_skipped_not_overflowed(tmp_path):
-    """Finite weights of 1e18 would overflow float32 PCA (concat) and the fourth powers in gram."""
+def test_weights_too_large_to_describe_are_skipped_not_overflowed(tmp_path):
+    """Finite weights of 1e18 overflow float32 sketches (their fourth powers in gram, squares in concat)."""
     rng = np.random.default_rng(1)
     paths = []
     for i in range(5):
         paths.append(str(tmp_path / f"l{i}.safetensors"))
         save_lora(paths[-1], factors(rng, 4), alpha=4.0, base="tiny")
-    huge = str(tmp_path / "huge.safetensors")
-    save_lora(huge, {n: (A * 1e18, B * 1e18) for n, (A, B) in factors(rng, 4).items()}, alpha=4.0, base="tiny")
-    for descriptor in ("concat", "delta", "gram"):
+    fac = factors(rng, 4)
+    # squared descriptor norms beyond 1e60: concat squares the factors, delta their products, gram those squared
+    for descriptor, size in (("concat", 1e33), ("delta", 1e18), ("gram", 1e9)):
+        huge = str(tmp_path / f"huge-{descriptor}.safetensors")
+        save_lora(huge, {n: (A * size, B * size) for n, (A, B) in fac.items()}, alpha=4.0, base="tiny")
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # no overflow warning either: the file never reaches the fit
-            index, skipped = build_index([*paths, huge], descriptor=descriptor, n_components=2)
+            warnings.simplefilter("error", RuntimeWarning)  # no overflow warning either
+            index, skipped, _ = build_index([*paths, huge], descriptor=descriptor, n_components=2)
         assert [p for p, _ in skipped] == [huge]
-        assert skipped[0][1].startswith(f"weights too large to embed: the squared norm of its {descriptor} descriptor")
-        assert np.all(np.isfinite(index.embedding.embedding_))
+        assert skipped[0][1].startswith(
+            f"weights too large to describe: the squared norm of its {descriptor} descriptor"
+        )
+        (group,) = index.groups.values()
+        assert np.all(np.isfinite(group.embedding.embedding_))
         # and as a query, it is refused the same way, not answered with nan scores
-        with pytest.raises(Exception, match="weights too large to embed") as excinfo:
-            index.project(load_lora(huge))
+        with pytest.raises(LoraFormatError, match="weights too large to describe") as excinfo:
+            read_record(huge, sketcher=index.sketcher, descriptor=descriptor)
         assert excinfo.value.path == huge

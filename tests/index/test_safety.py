@@ -1,44 +1,40 @@
 """Interrupted and concurrent ``lorastyle index`` runs: the index is never lost or mixed, work is not redone.
 
-* ``lorastyle index`` is killed with SIGKILL at seeded random points (while
-  files are read, while the index file is being written, at random delays);
-  after each kill the index is the previous complete one or the new complete
-  one, ``similar`` works on it, and every cache entry is whole.
-* A re-run reads only the files it had not read: the count it reports is
-  checked against the cache, and the cache entries it had are not rewritten.
+* A run is killed with SIGKILL at exact points (after the k-th record is cached, just before the
+  index file is renamed into place, just after): a forked child stops itself there (SIGSTOP) and
+  the test kills it, so where each kill lands is asserted, not left to timing. After each kill
+  the index is the previous complete one or the new complete one and ``similar`` works on it; the
+  re-run reads exactly the files that neither the previous index nor the cache holds.
 * Two runs on one output never interleave: the second is refused with exit 2.
-* The per-file cache (:class:`lorastyle.index.LoraCache`) gives back exactly
-  what ``load_lora`` gives, survives renames, notices changes, and a damaged or
-  unwritable cache never stops a run.
+* A damaged or unwritable cache never stops a run; a damaged index is a format error.
 """
 
 import json
 import os
-import random
-import re
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import lorastyle.index.cache as cache_module
+import lorastyle.index.records as records_module
 from lorastyle.cli import main
-from lorastyle.index import CACHE_SUFFIX, IndexBusyError, LoraCache, LoraIndex, file_sha256, index_folder, index_lock
+from lorastyle.errors import IndexBusyError, LoraFormatError
+from lorastyle.index import LoraIndex, index_folder, index_lock
+from lorastyle.index.cache import CACHE_SUFFIX
 from lorastyle.io import atomic
-from lorastyle.io import safetensors as safetensors_io
-from lorastyle.io.formats import load_lora, save_lora
+from lorastyle.io.formats import save_lora
 from lorastyle.io.safetensors import read_safetensors, write_safetensors
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 MODULES = [f"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn{a}.to_{p}" for a in (1, 2) for p in "qkv"]
 
 
-def write_lora(path, seed, *, rank=8, width=320, dtype=np.float32):
-    """A LoRA of 6 modules (about 120 kB): big enough that reading 30 of them takes a moment."""
+def write_lora(path, seed, *, rank=4, width=16, dtype=np.float32):
     rng = np.random.default_rng(seed)
     factors = {
         n: (
@@ -52,20 +48,24 @@ def write_lora(path, seed, *, rank=8, width=320, dtype=np.float32):
 
 
 def cache_entries(cache_dir):
-    """{digest: (inode, mtime_ns)} of the cache's entries."""
-    if not os.path.isdir(cache_dir):
-        return {}
-    out = {}
-    for name in os.listdir(cache_dir):
-        if name.endswith(CACHE_SUFFIX):
-            st = os.stat(os.path.join(cache_dir, name))
-            out[name[: -len(CACHE_SUFFIX)]] = (st.st_ino, st.st_mtime_ns)
-    return out
+    return sorted(p.name for p in Path(cache_dir).glob(f"*{CACHE_SUFFIX}")) if os.path.isdir(cache_dir) else []
+
+
+def summary(stderr):
+    """(read, unchanged, from cache) of the last summary line."""
+    line = [x for x in stderr.split("\n") if x.startswith("indexed ")][-1]
+    read, unchanged, cached = (
+        int(x)
+        for x in __import__("re")
+        .search(r"read (\d+), (\d+) unchanged since the last run, (\d+) from the cache", line)
+        .groups()
+    )
+    return read, unchanged, cached
 
 
 def run_cli(folder, out, *extra):
     proc = subprocess.run(
-        [sys.executable, "-m", "lorastyle.cli", "index", str(folder), "-o", str(out), *extra],
+        [sys.executable, "-m", "lorastyle", "index", str(folder), "-o", str(out), *extra],
         capture_output=True,
         text=True,
         env=ENV,
@@ -74,144 +74,111 @@ def run_cli(folder, out, *extra):
     return proc.returncode, proc.stderr
 
 
-def from_cache(stderr):
-    """(from cache, files) from the last summary line ``...; K of N files from the cache; ...``."""
-    found = re.findall(r"(\d+) of (\d+) files from the cache", stderr)
-    assert found, stderr
-    return int(found[-1][0]), int(found[-1][1])
-
-
-def lock_is_free(out):
-    import fcntl
-
-    fd = os.open(f"{out}.lock", os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-
-
-# ---------------------------------------------------------------------------
-# SIGKILL at random points
-
-
-def _kill_at(proc, trigger, out, cache_dir, entries_before):
-    """Poll until the trigger fires, then SIGKILL; return where the kill landed (or 'finished')."""
-    folder = os.path.dirname(out)
-    tmp_prefix = f".{os.path.basename(out)}."
-    start = time.monotonic()
-    while proc.poll() is None:
-        if trigger[0] == "delay":
-            fired = time.monotonic() - start >= trigger[1]
-        elif trigger[0] == "entries":
-            fired = len(cache_entries(cache_dir)) >= entries_before + trigger[1]
-        else:  # "writing": the index's temporary file exists
-            fired = any(name.startswith(tmp_prefix) for name in os.listdir(folder))
-        if fired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return trigger[0]
-        if time.monotonic() - start > 120:
-            proc.kill()
-            raise AssertionError("lorastyle index did not finish in 120 s")
-        time.sleep(0.0005)
-    return "finished"
-
-
-def _check_after_kill(out, cache_dir, complete, query):
-    """The index is absent or one of the complete states; similar works; every cache entry is whole."""
-    assert lock_is_free(out)  # the kernel released the killed run's lock
-    if not os.path.exists(out):
-        assert complete == []  # only possible before the first complete run
-        return None
-    index = LoraIndex.load(out)
-    state = (tuple(index.paths), tuple(index.sha256))
-    assert state in complete, "the index is neither the previous nor the new complete one"
-    results = index.similar(load_lora(query), k=3)
-    assert len(results) == 3 and all(np.isfinite(r["score"]) for r in results)
-    cache = LoraCache(cache_dir)
-    for digest in cache_entries(cache_dir):
-        assert cache.get("any.safetensors", digest) is not None, f"damaged cache entry {digest}"
-    return state
-
-
-def _complete_state(folder):
-    paths = sorted(str(p) for p in Path(folder).glob("*.safetensors"))
-    return tuple(paths), tuple(file_sha256(p) for p in paths)
-
-
-def test_sigkill_at_random_points_never_loses_the_index_and_resume_does_not_redo(tmp_path):
-    rng = random.Random(20240611)
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    for i in range(24):
-        write_lora(folder / f"l{i:03d}.safetensors", seed=i)
-    out = str(tmp_path / "idx.safetensors")
-    cache_dir = out + ".cache"
-
-    # a complete first run: the "previous" index of the first kill
-    status, err = run_cli(folder, out, "--descriptor", "delta")
-    assert status == 0, err
-    complete = [_complete_state(folder)]
-    assert _check_after_kill(out, cache_dir, complete, folder / "l000.safetensors") == complete[0]
-
-    landed = []
-    n = 24
-    for _iteration in range(9):
-        for _ in range(3):  # new files, so that the new index differs from the previous one
-            write_lora(folder / f"l{n:03d}.safetensors", seed=n)
-            n += 1
-        new_state = _complete_state(folder)
-        trigger = rng.choice([("delay", rng.uniform(0.3, 2.5)), ("entries", rng.randint(1, 3)), ("writing",)])
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "lorastyle.cli", "index", str(folder), "-o", out, "--descriptor", "delta"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=ENV,
-        )
-        landed.append(_kill_at(proc, trigger, out, cache_dir, len(cache_entries(cache_dir))))
-        state = _check_after_kill(out, cache_dir, [*complete[-1:], new_state], folder / "l001.safetensors")
-        if state == new_state:
-            complete.append(new_state)
-    # the kills landed in every phase: at random moments, while reading files, while writing the index
-    assert landed.count("finished") <= 3, landed
-    assert {"delay", "entries", "writing"} <= set(landed), landed
-
-    # the re-run reads only the files the cache lacks, and rewrites no entry it had
-    before = cache_entries(cache_dir)
-    digests = [file_sha256(p) for p in sorted(folder.glob("*.safetensors"))]
-    cached = sum(d in before for d in digests)
-    assert cached >= 24  # the first complete run cached at least its 24 files
-    status, err = run_cli(folder, out, "--descriptor", "delta")
-    assert status == 0, err
-    assert from_cache(err) == (cached, n)
-    after = cache_entries(cache_dir)
-    assert all(after[d] == before[d] for d in before if d in digests), "a cached file was read again"
-    assert set(after) == set(digests)
-    leftovers = [p for p in [*tmp_path.iterdir(), *Path(cache_dir).iterdir()] if ".tmp" in p.name]
-    assert leftovers == []  # temporary files of killed runs are cleaned up
-
-    # the resumed index is the index a run from scratch makes
-    resumed = LoraIndex.load(out)
-    fresh = index_folder(folder, tmp_path / "fresh.safetensors", descriptor="delta", use_cache=False).index
-    assert resumed.paths == fresh.paths and resumed.sha256 == fresh.sha256
-    np.testing.assert_allclose(resumed.embedding.embedding_, fresh.embedding.embedding_, rtol=1e-10, atol=1e-12)
-
-
-# ---------------------------------------------------------------------------
-# Concurrent runs
-
-
 @pytest.fixture
 def small_folder(tmp_path):
     folder = tmp_path / "loras"
     folder.mkdir()
     for i in range(5):
-        write_lora(folder / f"l{i}.safetensors", seed=i, width=16)
+        write_lora(folder / f"l{i}.safetensors", seed=i)
     return folder
+
+
+# ---------------------------------------------------------------------------
+# SIGKILL at exact points
+
+
+def _killed_run(folder, out, stop_at):
+    """Fork a child that indexes ``folder`` and stops itself at ``stop_at``; SIGKILL it there.
+
+    ``stop_at`` is ("record", k): after the k-th record is written to the cache; ("rename", None):
+    with the new index written to its temporary file, before the rename; ("renamed", None): right after.
+    Returns the point where the child stopped ("finished" if it never reached it).
+    """
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        try:
+            kind, k = stop_at
+            if kind == "record":
+                put, count = cache_module.RecordCache.put, [0]
+
+                def put_then_stop(self, record):
+                    put(self, record)
+                    count[0] += 1
+                    if count[0] == k:
+                        os.kill(os.getpid(), signal.SIGSTOP)
+
+                cache_module.RecordCache.put = put_then_stop
+            else:
+                replace = atomic.os.replace
+
+                def stop_around_rename(src, dst):
+                    if kind == "rename" and str(dst) == str(out):
+                        os.kill(os.getpid(), signal.SIGSTOP)
+                    replace(src, dst)
+                    if kind == "renamed" and str(dst) == str(out):
+                        os.kill(os.getpid(), signal.SIGSTOP)
+
+                atomic.os.replace = stop_around_rename
+            index_folder(folder, out)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, os.WUNTRACED)
+    if os.WIFSTOPPED(status):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return stop_at[0]
+    return "finished"
+
+
+def test_sigkill_at_exact_points_never_loses_the_index_and_resume_does_not_redo(tmp_path):
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    out = tmp_path / "idx.safetensors"
+    cache_dir = f"{out}.cache"
+    n = 0
+    for _ in range(6):
+        write_lora(folder / f"l{n:03d}.safetensors", seed=n)
+        n += 1
+    plan = [("record", 3), ("rename", None), ("record", 2), ("renamed", None), ("record", 1)]
+    previous = None
+    for stop_at in plan:
+        for _ in range(2):  # new files each round, so that the new index differs from the previous one
+            write_lora(folder / f"l{n:03d}.safetensors", seed=n)
+            n += 1
+        landed = _killed_run(folder, out, stop_at)
+        assert landed == stop_at[0]  # where the kill landed, asserted: not left to timing
+        if out.exists():
+            index = LoraIndex.load(out)  # whole: the previous complete index or the new complete one
+            assert len(index.paths) in ({previous} if stop_at[0] != "renamed" else {n}) - {None} or previous is None
+            query = records_module.read_record(folder / "l000.safetensors", sketcher=index.sketcher)
+            assert index.similar(query, k=2)
+            previous = len(index.paths)
+        else:
+            assert previous is None  # no index before the first complete run
+        for name in cache_entries(cache_dir):  # every cache entry is whole
+            read_safetensors(Path(cache_dir) / name)
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".{out.name}.")] or stop_at[0] == "rename"
+    # the resumed run reads exactly what neither the last index nor the cache holds
+    held = set(LoraIndex.load(out).paths) if out.exists() else set()
+    cached = {json.loads(read_safetensors(Path(cache_dir) / e)[1]["record"])["path"] for e in cache_entries(cache_dir)}
+    assert cached - held  # the last kill left records the index lacks: the resume must use them
+    status, err = run_cli(folder, out)
+    assert status == 0, err
+    read, unchanged, from_cache = summary(err)
+    assert (read, unchanged, from_cache) == (n - len(held | cached), len(held), len(cached - held))
+    assert not os.path.exists(cache_dir) and not os.path.exists(f"{out}.lock")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".{out.name}.")]  # no temporary left
+    # and it equals an index built from scratch
+    fresh = tmp_path / "fresh.safetensors"
+    index_folder(folder, fresh, use_cache=False)
+    a, b = LoraIndex.load(out), LoraIndex.load(fresh)
+    assert a.paths == b.paths and [r.sha256 for r in a.records] == [r.sha256 for r in b.records]
+    for ra, rb in zip(a.records, b.records):
+        np.testing.assert_array_equal(ra.sketches["unet"], rb.sketches["unet"])
+
+
+# ---------------------------------------------------------------------------
+# Concurrent runs, the lock
 
 
 def test_second_run_is_refused_while_another_process_writes(small_folder, tmp_path):
@@ -224,22 +191,22 @@ def test_second_run_is_refused_while_another_process_writes(small_folder, tmp_pa
     assert status == 2
     assert err.strip().split("\n") == [f"error: {out}: another lorastyle index is writing it"]
     assert out.read_bytes() == before
+    assert not os.path.exists(f"{out}.lock")  # the holder removed it when it was done
 
 
 def test_run_is_refused_while_another_process_holds_the_lock(small_folder, tmp_path, capsys):
-    """The other direction: a separate process holds the lock; this process's run is refused."""
     out = tmp_path / "idx.safetensors"
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             textwrap.dedent(f"""
-        import sys, time
+        import sys
         from lorastyle.index import index_lock
         with index_lock({str(out)!r}):
             print("locked", flush=True)
             sys.stdin.readline()
-    """),
+        """),
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -256,124 +223,68 @@ def test_run_is_refused_while_another_process_holds_the_lock(small_folder, tmp_p
     finally:
         holder.communicate("done\n", timeout=30)
     assert main(["index", str(small_folder), "-o", str(out)]) == 0  # released when the holder is done
-    assert out.exists()
+
+
+def test_a_run_that_locks_a_removed_lock_file_locks_the_new_one(small_folder, tmp_path):
+    """The holder removes its lock file when done; a run that opened the old file relocks the new one."""
+    out = tmp_path / "idx.safetensors"
+    lock = f"{out}.lock"
+    stale = os.open(lock, os.O_RDWR | os.O_CREAT)  # opened, then the file is removed under it
+    os.unlink(lock)
+    with index_lock(out):
+        assert os.path.exists(lock)
+        assert os.fstat(stale).st_ino != os.stat(lock).st_ino
+    os.close(stale)
 
 
 # ---------------------------------------------------------------------------
-# The cache
+# Re-runs
 
 
-def test_cached_lora_is_what_load_lora_gives(tmp_path):
-    path = write_lora(tmp_path / "a.safetensors", seed=1, dtype=np.float16)
-    fresh = load_lora(path)
-    cache = LoraCache(tmp_path / "cache")
-    digest = file_sha256(path)
-    assert cache.get(path, digest) is None
-    cache.put(digest, fresh)
-    back = cache.get(path, digest)
-    assert (cache.hits, cache.misses) == (1, 1)
-    assert (back.path, back.format, back.base, back.dtype) == (fresh.path, fresh.format, fresh.base, fresh.dtype)
-    assert list(back.modules) == list(fresh.modules)
-    for name, m in fresh.modules.items():
-        b = back.modules[name]
-        assert (b.kind, b.rank, b.alpha, b.scale, b.part) == (m.kind, m.rank, m.alpha, m.scale, m.part)
-        np.testing.assert_array_equal(b.up, m.up)
-        np.testing.assert_array_equal(b.down, m.down)
-        assert sorted(b.factors) == sorted(m.factors)
-        for role, arr in m.factors.items():
-            assert b.factors[role].dtype == np.float32
-            np.testing.assert_array_equal(b.factors[role], arr)
-    # float16 factors are stored as float16 (exact), so the entry is about the file's size, not twice it
-    tensors, _ = read_safetensors(cache.entry_path(digest))
-    assert {arr.dtype for key, arr in tensors.items() if not key.endswith("/alpha")} == {np.dtype(np.float16)}
-
-
-def test_cache_of_lokr_and_loha_round_trips(tmp_path):
-    k = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"
-    rng = np.random.default_rng(0)
-    g = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
-    files = {
-        "lokr": {
-            f"{k}.lokr_w1": g(2, 2),
-            f"{k}.lokr_w2_a": g(8, 2),
-            f"{k}.lokr_w2_b": g(2, 8),
-            f"{k}.alpha": np.asarray(0.3, np.float64),
-        },
-        "loha": {
-            f"{k}.hada_w1_a": g(16, 2),
-            f"{k}.hada_w1_b": g(2, 16),
-            f"{k}.hada_w2_a": g(16, 2),
-            f"{k}.hada_w2_b": g(2, 16),
-        },
-    }
-    cache = LoraCache(tmp_path / "cache")
-    for name, tensors in files.items():
-        path = str(tmp_path / f"{name}.safetensors")
-        write_safetensors(path, tensors)
-        fresh = load_lora(path)
-        cache.put(file_sha256(path), fresh)
-        back = cache.get(path, file_sha256(path))
-        for mod, m in fresh.modules.items():
-            np.testing.assert_array_equal(back.modules[mod].delta(), m.delta())
-            assert back.modules[mod].scale == m.scale  # a float64 alpha comes back exactly
-
-
-def test_rerun_reads_only_new_renamed_away_or_changed_files(tmp_path, capsys):
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    for i in range(6):
-        write_lora(folder / f"l{i}.safetensors", seed=i, width=16)
-    out = tmp_path / "idx.safetensors"
-    assert main(["index", str(folder), "-o", str(out)]) == 0
-    assert from_cache(capsys.readouterr().err) == (0, 6)
-
-    os.rename(folder / "l0.safetensors", folder / "renamed.safetensors")  # same content: from the cache
-    write_lora(folder / "l1.safetensors", seed=101, width=16)  # changed content: read again
-    write_lora(folder / "new.safetensors", seed=102, width=16)  # new: read
-    (folder / "l5.safetensors").unlink()  # gone: its entry is pruned
-    entries = cache_entries(f"{out}.cache")
-    assert main(["index", str(folder), "-o", str(out)]) == 0
-    assert from_cache(capsys.readouterr().err) == (4, 6)  # renamed, l2, l3, l4
-    after = cache_entries(f"{out}.cache")
-    assert set(after) == {file_sha256(p) for p in folder.glob("*.safetensors")}
-    assert len(set(entries) - set(after)) == 2  # the old l1 and the l5 entries
-    assert "renamed.safetensors" in "".join(LoraIndex.load(out).paths)
-
-
-def test_bad_files_are_cached_with_their_reason(tmp_path, capsys):
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    for i in range(3):
-        write_lora(folder / f"l{i}.safetensors", seed=i, width=16)
-    (folder / "junk.safetensors").write_bytes(b"\x10\0\0\0\0\0\0\0{not json at all}")
-    out = tmp_path / "idx.safetensors"
-    assert main(["index", str(folder), "-o", str(out)]) == 0
-    first = capsys.readouterr().err
-    assert main(["index", str(folder), "-o", str(out)]) == 0
-    second = capsys.readouterr().err
-    assert from_cache(second) == (4, 4)
-    reason = [line for line in first.split("\n") if "junk" in line]
-    assert reason == [line for line in second.split("\n") if "junk" in line]
-    assert len(reason) == 1 and "header is not valid JSON" in reason[0]
-
-
-def test_damaged_or_foreign_cache_entries_are_read_again(small_folder, tmp_path, capsys):
+def test_rerun_reads_only_new_renamed_or_changed_files(small_folder, tmp_path, capsys):
     out = tmp_path / "idx.safetensors"
     assert main(["index", str(small_folder), "-o", str(out)]) == 0
-    reference = LoraIndex.load(out).embedding.embedding_
-    capsys.readouterr()
-    entries = sorted(Path(f"{out}.cache").iterdir())
-    entries[0].write_bytes(b"garbage")  # damaged
-    tensors, meta = read_safetensors(entries[1])
-    write_safetensors(entries[1], tensors, {**meta, "version": "0.0.0-other"})  # another lorastyle version
-    tensors, meta = read_safetensors(entries[2])
-    write_safetensors(
-        entries[2], {k: np.zeros_like(v) for k, v in tensors.items()}, {**meta, "sha256": "0" * 64}
-    )  # written for another file
+    assert summary(capsys.readouterr().err) == (5, 0, 0)
+    write_lora(small_folder / "new.safetensors", seed=50)
+    os.rename(small_folder / "l0.safetensors", small_folder / "renamed.safetensors")
+    write_lora(small_folder / "l1.safetensors", seed=51)  # changed in place
     assert main(["index", str(small_folder), "-o", str(out)]) == 0
-    assert from_cache(capsys.readouterr().err) == (2, 5)
-    np.testing.assert_allclose(LoraIndex.load(out).embedding.embedding_, reference)
-    assert all(LoraCache(f"{out}.cache").get("x", e.name[: -len(CACHE_SUFFIX)]) for e in entries)
+    assert summary(capsys.readouterr().err) == (3, 3, 0)
+    assert sorted(Path(p).name for p in LoraIndex.load(out).paths) == sorted(
+        [
+            "new.safetensors",
+            "renamed.safetensors",
+            "l1.safetensors",
+            "l2.safetensors",
+            "l3.safetensors",
+            "l4.safetensors",
+        ]
+    )
+
+
+def test_bad_files_are_remembered_with_their_reason_and_not_read_again(small_folder, tmp_path, capsys):
+    out = tmp_path / "idx.safetensors"
+    bad = small_folder / "bad.safetensors"
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{nojson}")
+    for expected in ((6, 0, 0), (0, 5, 0)):
+        assert main(["index", str(small_folder), "-o", str(out)]) == 0
+        err = capsys.readouterr().err
+        assert f"error: {bad}: header is not valid JSON" in err
+        assert summary(err) == expected
+
+
+def test_damaged_or_foreign_cache_entries_are_read_again(small_folder, tmp_path):
+    out = tmp_path / "idx.safetensors"
+    settings = {"descriptor": "gram"}
+    cache = cache_module.RecordCache(f"{out}.cache", settings)
+    sketcher = __import__("lorastyle.sketches", fromlist=["Sketcher"]).Sketcher()
+    record = records_module.read_record(small_folder / "l0.safetensors", sketcher=sketcher)
+    cache.put(record)
+    (entry,) = Path(f"{out}.cache").iterdir()
+    assert cache_module.RecordCache(f"{out}.cache", settings).get(record.path, record.identity) is not None
+    assert cache_module.RecordCache(f"{out}.cache", {"descriptor": "delta"}).get(record.path, record.identity) is None
+    entry.write_bytes(entry.read_bytes()[:100])  # damaged
+    assert cache_module.RecordCache(f"{out}.cache", settings).get(record.path, record.identity) is None
 
 
 def test_unwritable_cache_is_a_warning_not_a_failure(small_folder, tmp_path, capsys):
@@ -386,32 +297,34 @@ def test_unwritable_cache_is_a_warning_not_a_failure(small_folder, tmp_path, cap
     assert len(LoraIndex.load(out).paths) == 5
 
 
-def test_no_cache_option(small_folder, tmp_path, capsys):
-    out = tmp_path / "idx.safetensors"
-    assert main(["index", str(small_folder), "-o", str(out), "--no-cache"]) == 0
-    assert "no cache" in capsys.readouterr().err
-    assert not Path(f"{out}.cache").exists()
-
-
-def test_file_changing_while_read_is_skipped_and_not_cached(small_folder, tmp_path, monkeypatch, capsys):
-    import lorastyle.index._old as index_module
-
-    victim = str(small_folder / "l2.safetensors")
-    real_load = index_module.load_lora
-
-    def load_then_change(path):
-        lora = real_load(path)
-        if os.fspath(path) == victim:
-            write_lora(victim, seed=99, width=16)  # rewritten after its digest was taken
-        return lora
-
-    monkeypatch.setattr(index_module, "load_lora", load_then_change)
+def test_no_cache_option_reads_everything_and_writes_no_cache(small_folder, tmp_path, capsys, monkeypatch):
     out = tmp_path / "idx.safetensors"
     assert main(["index", str(small_folder), "-o", str(out)]) == 0
-    lines = [line for line in capsys.readouterr().err.split("\n") if line.startswith("error: ")]
-    assert lines == [f"error: {victim}: the file changed or vanished while it was being read"]
-    assert len(cache_entries(f"{out}.cache")) == 4
+    puts = []
+    monkeypatch.setattr(cache_module.RecordCache, "put", lambda self, r: puts.append(r))
+    assert main(["index", str(small_folder), "-o", str(out), "--no-cache"]) == 0
+    assert summary(capsys.readouterr().err)[:2] == (5, 0)
+    assert puts == [] and not Path(f"{out}.cache").exists()
+
+
+def test_file_changing_while_read_is_skipped_and_not_remembered(small_folder, tmp_path, monkeypatch, capsys):
+    victim = str(small_folder / "l2.safetensors")
+    real_load = records_module.load_lora
+
+    def load_then_change(path, **kwargs):
+        lora = real_load(path, **kwargs)
+        if os.fspath(path) == victim:
+            with open(victim, "ab") as fh:
+                fh.write(b"\0")  # a download still being written, say
+        return lora
+
+    monkeypatch.setattr(records_module, "load_lora", load_then_change)
+    out = tmp_path / "idx.safetensors"
+    assert main(["index", str(small_folder), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"error: {victim}: the file changed or vanished while it was being read" in err
     assert victim not in LoraIndex.load(out).paths
+    assert all(victim != p for p, _, _ in LoraIndex.load(out).skipped)  # not remembered: tried again next time
 
 
 # ---------------------------------------------------------------------------
@@ -423,7 +336,7 @@ def test_failed_index_write_keeps_the_previous_index(small_folder, tmp_path, mon
     assert main(["index", str(small_folder), "-o", str(out)]) == 0
     before = out.read_bytes()
     capsys.readouterr()
-    write_lora(small_folder / "l9.safetensors", seed=9, width=16)
+    write_lora(small_folder / "l9.safetensors", seed=9)
     real_fsync = os.fsync
 
     def disk_full_on_the_index(fd):
@@ -437,6 +350,7 @@ def test_failed_index_write_keeps_the_previous_index(small_folder, tmp_path, mon
     assert err.strip().split("\n")[-1].endswith("cannot write: No space left on device")
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+    assert not os.path.exists(f"{out}.lock")  # a failed run leaves no lock file behind
 
 
 def test_leftover_temporary_files_are_removed(small_folder, tmp_path):
@@ -455,21 +369,31 @@ def test_leftover_temporary_files_are_removed(small_folder, tmp_path):
     assert keep.exists()
 
 
-def test_missing_output_folder_is_an_error_line(small_folder, tmp_path, capsys):
+def test_missing_output_folder_names_the_folder_and_leaves_nothing(small_folder, tmp_path, capsys):
     out = tmp_path / "no" / "such" / "idx.safetensors"
     assert main(["index", str(small_folder), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().split("\n")
-    assert len(err) == 1 and err[0].startswith("error: ") and "cannot write: No such file or directory" in err[0]
+    assert err == [f"error: {tmp_path / 'no' / 'such'}: the folder of the index file does not exist"]
+    assert not (tmp_path / "no").exists()
 
 
 def test_index_file_and_cache_are_left_out_of_the_walk(small_folder, capsys):
-    """An index written inside the folder it indexes does not index itself or its cache on the next run."""
     out = small_folder / "idx.safetensors"
     assert main(["index", str(small_folder), "-o", str(out)]) == 0
     assert main(["index", str(small_folder), "-o", str(out)]) == 0
     err = capsys.readouterr().err
     assert "error: " not in err
-    assert from_cache(err) == (5, 5)
+    assert summary(err) == (0, 5, 0)
+
+
+def test_written_files_have_the_usual_permissions(small_folder, tmp_path):
+    """Atomic writes go through a temporary file: the result still gets the umask's mode, not 0600."""
+    out = tmp_path / "idx.safetensors"
+    index_folder(small_folder, out)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out.stat().st_mode & 0o777) == 0o666 & ~umask
+    assert ((small_folder / "l0.safetensors").stat().st_mode & 0o777) == 0o666 & ~umask
 
 
 # ---------------------------------------------------------------------------
@@ -480,25 +404,36 @@ def test_damaged_index_is_a_format_error(small_folder, tmp_path):
     out = tmp_path / "idx.safetensors"
     index_folder(small_folder, out, descriptor="delta")
     tensors, meta = read_safetensors(out)
+    groups = json.loads(meta["groups"])
     cases = {
-        "embedding shape": ({**tensors, "embedding": tensors["embedding"][:2]}, meta),
-        "nan": ({**tensors, "calibration": tensors["calibration"] * np.nan}, meta),
-        "paths": (tensors, {**meta, "paths": json.dumps({"a": 1})}),
-        "sha256": (tensors, {**meta, "sha256": json.dumps(["x"] * 5)}),
-        "solver": (tensors, {**meta, "solver": "full"}),
-        "components": (tensors, {**meta, "n_components": "0"}),
-        "factors": ({k: (v[:1] if k.endswith("lora_down") else v) for k, v in tensors.items()}, meta),
+        "sketch shape": ({**tensors, "g0/unet/unit": tensors["g0/unet/unit"][:2]}, meta),
+        "nan norms": ({**tensors, "g0/unet/norm": tensors["g0/unet/norm"] * np.nan}, meta),
+        "pca": ({**tensors, "g0/pca/embedding_": tensors["g0/pca/embedding_"][:2]}, meta),
+        "groups": (tensors, {**meta, "groups": json.dumps({"a": 1})}),
+        "sha256": (
+            tensors,
+            {
+                **meta,
+                "groups": json.dumps([{**groups[0], "records": [{**r, "sha256": "x"} for r in groups[0]["records"]]}]),
+            },
+        ),
+        "descriptor": (tensors, {**meta, "descriptor": "pixels"}),
+        "sketch": (tensors, {**meta, "sketch": json.dumps({"dim": 3})}),
+        "layouts": (tensors, {**meta, "layouts": json.dumps({})}),
     }
     for what, (t, m) in cases.items():
         bad = tmp_path / f"bad_{what.replace(' ', '_')}.safetensors"
         write_safetensors(bad, t, m)
-        with pytest.raises(safetensors_io.LoraFormatError, match="damaged lorastyle index") as excinfo:
+        with pytest.raises(LoraFormatError, match="damaged lorastyle index") as excinfo:
             LoraIndex.load(bad)
         assert excinfo.value.path == str(bad), what
+    old = tmp_path / "old.safetensors"
+    write_safetensors(old, {"x": np.zeros(1, np.float32)}, {"format": "lorastyle-index-1"})
+    with pytest.raises(LoraFormatError, match="rebuild it with `lorastyle index`"):
+        LoraIndex.load(old)
 
 
-def test_copy_renamed_to_a_pickle_suffix_is_refused_despite_the_cache(small_folder, tmp_path, capsys):
-    """The cache is keyed by content, but a pickle suffix is refused by name: a cached good file's copy too."""
+def test_copy_renamed_to_a_pickle_suffix_is_refused(small_folder, tmp_path, capsys):
     out = tmp_path / "idx.safetensors"
     assert main(["index", str(small_folder), "-o", str(out)]) == 0
     copy = small_folder / "copy.bin"

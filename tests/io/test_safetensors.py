@@ -178,6 +178,85 @@ def test_written_scalar_keeps_shape(tmp_path):
     assert ref.shape == ()
 
 
+def _torch_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """The independent reference: torch's float32 -> bfloat16 rounding, as 16-bit patterns."""
+    torch = pytest.importorskip("torch")
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(torch.bfloat16).view(torch.int16).numpy()
+
+
+def _bf16_cases(rng) -> np.ndarray:
+    """Random values over many magnitudes, exact ties, subnormals, the range's edges and specials."""
+    random = rng.standard_normal(2000).astype(np.float32) * np.float32(10.0) ** rng.integers(-40, 38, 2000)
+    bits = rng.integers(0, 2**16, 500, dtype=np.uint32) << 16
+    ties = (bits | np.uint32(0x8000)).view(np.float32)  # exactly halfway between two bfloat16 values
+    near = np.concatenate([(bits | np.uint32(d)).view(np.float32) for d in (0x7FFF, 0x8001, 0x0001, 0xFFFF)])
+    edges = np.array(
+        [0.0, -0.0, 1e-45, -1e-45, 1e-40, 1.17e-38, 3.38e38, 3.3895e38, 3.4e38, -3.4e38, 1.0, -1.0, 1.00390625],
+        dtype=np.float32,
+    )
+    special = np.array([np.inf, -np.inf, np.nan, -np.nan], dtype=np.float32)
+    return np.concatenate([random, ties[np.isfinite(ties)], near[np.isfinite(near)], edges, special])
+
+
+def test_bfloat16_rounding_matches_torch_bit_for_bit(rng):
+    torch = pytest.importorskip("torch")
+    x = _bf16_cases(rng)
+    ours = safetensors_io.bfloat16_bits(x)
+    assert ours.dtype == np.uint16 and ours.shape == x.shape
+    nan = np.isnan(x)
+    np.testing.assert_array_equal(ours[~nan].view(np.int16), _torch_bf16_bits(x[~nan]))
+    # torch's NaN pattern depends on its code path (0xFFFF vectorised, 0x7FC0 scalar): ours is the scalar one
+    scalar_nan = torch.tensor(float("nan"), dtype=torch.bfloat16).view(torch.int16).item()
+    assert nan.sum() == 2 and (ours[nan].view(np.int16) == scalar_nan).all()
+    assert safetensors_io.bfloat16_bits(np.float32(1.00390625)) == 0x3F80  # a tie rounds to the even neighbour
+    assert safetensors_io.bfloat16_bits(np.array(8.0)).shape == ()
+
+
+def test_written_bfloat16_bytes_are_torch_rounding_and_read_back(tmp_path, rng):
+    torch = pytest.importorskip("torch")
+    import safetensors.torch
+
+    x = rng.standard_normal((5, 7)) * 3  # float64 input: taken as float32 first, then rounded
+    scalar = np.array(4.0, dtype=np.float32)
+    path = tmp_path / "bf16.safetensors"
+    write_safetensors(path, {"w": x, "alpha": scalar, "f": x.astype(np.float32)}, bfloat16=["w", "alpha"])
+    entries, _, start = read_safetensors_header(path)
+    assert entries["w"][:2] == ("BF16", (5, 7)) and entries["alpha"][:2] == ("BF16", ())
+    assert entries["f"][0] == "F32"
+    raw = path.read_bytes()[start + entries["w"][2] : start + entries["w"][3]]
+    assert raw == _torch_bf16_bits(x.astype(np.float32)).astype("<i2").tobytes()
+    ref = safetensors.torch.load_file(str(path))  # the library reads it as bfloat16
+    assert ref["w"].dtype == torch.bfloat16 and ref["alpha"].shape == ()
+    expected = torch.from_numpy(x.astype(np.float32)).to(torch.bfloat16)
+    assert torch.equal(ref["w"], expected) and ref["alpha"].item() == 4.0
+    got, _ = read_safetensors(path)
+    np.testing.assert_array_equal(got["w"], expected.float().numpy())
+
+
+def test_bfloat16_names_must_be_tensors(tmp_path):
+    with pytest.raises(ValueError, match="missing"):
+        write_safetensors(tmp_path / "x.safetensors", {"w": np.ones(2)}, bfloat16=["missing"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_lora_bfloat16_loads_as_rounded_factors(tmp_path, rng):
+    from lorastyle.io.formats import save_lora
+
+    A = rng.standard_normal((4, 6)).astype(np.float32)
+    B = rng.standard_normal((5, 4)).astype(np.float32)
+    name = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    for layout in ("kohya", "diffusers-peft"):
+        path = tmp_path / f"{layout}.safetensors"
+        save_lora(path, {name: (A, B)}, alpha=2.0, layout=layout, dtype="bfloat16")
+        lora = load_lora(path)
+        assert lora.dtype == "bfloat16" and lora.format == layout
+        m = lora.modules[name]
+        assert m.scale == 0.5
+        np.testing.assert_array_equal(m.down.view(np.uint32) >> 16, _torch_bf16_bits(A).view(np.uint16))
+        np.testing.assert_array_equal(m.up.view(np.uint32) >> 16, _torch_bf16_bits(B).view(np.uint16))
+        assert not (m.down.view(np.uint32) & 0xFFFF).any()
+
+
 def test_write_without_metadata(tmp_path):
     path = tmp_path / "plain.safetensors"
     write_safetensors(path, {"a": np.ones(2, dtype=np.float32)})

@@ -1,0 +1,262 @@
+"""Building an index from files: read each once, group by base family, fit each group's PCA.
+
+Collections from the internet are messy: :func:`build_index` skips files it cannot read, files
+whose modules have another shape than the rest of their family, and files too large to
+describe, and reports each with the reason; it indexes the rest, every base family in its own
+group. With ``base=`` only that family is indexed.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._validation import check_option, check_positive_int
+from ..comparability import comparable_subset
+from ..descriptors import DEFAULT_DESCRIPTOR, DESCRIPTORS, ModuleSelection
+from ..errors import LoraFormatError, NotEnoughLorasError, UnreadableFileError
+from ..io.formats import BASE_FAMILIES
+from ..io.safetensors import PICKLE_SUFFIXES
+from ..sketches import Sketcher
+from .cache import RecordCache
+from .records import Record, read_record
+from .store import Group, LoraIndex, group_key
+from .walk import identity
+
+__all__ = ["build_index", "BuildStats", "fit_group_embedding"]
+
+Progress = Callable[..., Iterable]
+
+
+@dataclass
+class BuildStats:
+    """Where each record of a build came from.
+
+    Attributes
+    ----------
+    read : int
+        Files read now (usable or not).
+    reused : int
+        Unchanged files whose record came from the previous index (not read).
+    from_cache : int
+        Records found in the cache of an interrupted run (not read).
+    """
+
+    read: int = 0
+    reused: int = 0
+    from_cache: int = 0
+
+
+def _no_progress(items, **_):
+    return items
+
+
+def fit_group_embedding(group: Group, n_components: int, *, calibrate: bool = True, random_state=0):
+    """The paper's calibrated PCA of a group's descriptors (from their sketches), or None below 3 files.
+
+    Parameters
+    ----------
+    group : Group
+    n_components : int
+        Capped at (number of files - 2), so that calibration can be estimated.
+    calibrate : bool, default=True
+    random_state : int, Generator or None, default=0
+
+    Returns
+    -------
+    StyleEmbedding or None
+    """
+    from ..embedding import StyleEmbedding
+
+    n = len(group.records)
+    if n < 3:
+        return None
+    k = max(1, min(n_components, n - 2))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="calibration needs more than")  # tiny groups: factors of 1
+        return StyleEmbedding(n_components=k, solver="precomputed", calibrate=calibrate, random_state=random_state).fit(
+            group.matrix.kernel()
+        )
+
+
+def build_index(
+    paths: Iterable[str],
+    *,
+    descriptor: str = DEFAULT_DESCRIPTOR,
+    n_components: int = 8,
+    select: ModuleSelection | None = None,
+    sketcher: Sketcher | None = None,
+    base: str | None = None,
+    calibrate: bool = True,
+    random_state=0,
+    previous: LoraIndex | None = None,
+    cache: RecordCache | None = None,
+    progress: Progress | None = None,
+) -> tuple[LoraIndex, list[tuple[str, str]], BuildStats]:
+    """Read, check, group and embed LoRA files.
+
+    Parameters
+    ----------
+    paths : iterable of str
+        LoRA files.
+    descriptor : {"gram", "delta", "concat"}, default="gram"
+        ``gram`` (invariant: for files made by strangers), ``delta``, or the paper's ``concat``
+        (meaningful only for files of one initialisation; say so when they are not).
+    n_components : int, default=8
+        Dimension of each group's PCA embedding.
+    select : ModuleSelection, optional
+        Sub-network to describe.
+    sketcher : Sketcher, optional
+        Sketch settings (default: :class:`lorastyle.sketches.Sketcher`'s).
+    base : str, optional
+        Index only this base family.
+    calibrate : bool, default=True
+        Estimate each PCA's out-of-sample calibration.
+    random_state : int, default=0
+    previous : LoraIndex, optional
+        An earlier index of the same settings: files unchanged since (same path and identity) are
+        not read again, and files it skipped for a lasting reason are reported without a read.
+    cache : RecordCache, optional
+        Records of an interrupted run are taken from it; records made now are added.
+    progress : callable, optional
+        ``progress(iterable, desc=..., total=...)`` wraps each pass (for example ``tqdm``).
+
+    Returns
+    -------
+    index : LoraIndex
+    skipped : list of (path, reason)
+        Files that were not indexed, and why.
+    stats : BuildStats
+
+    Raises
+    ------
+    NotEnoughLorasError
+        If no file could be indexed (``skipped`` has every reason).
+    ValueError
+        For an unknown descriptor or base family, or ``n_components < 1``.
+    """
+    check_option(descriptor, "descriptor", DESCRIPTORS)
+    n_components = check_positive_int(n_components, "n_components")
+    if base is not None:
+        check_option(base, "base family", BASE_FAMILIES)
+    sketcher = sketcher or Sketcher()
+    progress = progress or _no_progress
+    paths = list(paths)
+    same_settings = (
+        previous is not None
+        and previous.descriptor == descriptor
+        and previous.sketcher.settings == sketcher.settings
+        and previous.select == select
+    )
+    known = {(r.path, r.identity): r for r in previous.records} if same_settings else {}
+    refused = {(p, ident): reason for p, ident, reason in previous.skipped} if same_settings else {}
+    stats = BuildStats()
+    records: list[Record] = []
+    skipped: list[tuple[str, str]] = []
+    lasting: list[tuple[str, tuple, str]] = []  # skipped for a reason that holds while the file is unchanged
+    for path in progress(paths, desc="reading files", total=len(paths)):
+        absolute = os.path.abspath(path)
+        try:
+            ident = identity(os.stat(path))
+        except OSError as exc:
+            skipped.append((path, f"cannot read file: {exc.strerror or exc}"))
+            continue
+        record = known.get((absolute, ident))
+        if record is not None:
+            stats.reused += 1
+        elif (absolute, ident) in refused:
+            skipped.append((path, refused[(absolute, ident)]))
+            lasting.append((absolute, ident, refused[(absolute, ident)]))
+            continue
+        else:
+            record = cache.get(path, ident) if cache is not None else None
+            if record is not None:
+                stats.from_cache += 1
+            else:
+                try:
+                    record = read_record(path, sketcher=sketcher, descriptor=descriptor, select=select)
+                except UnreadableFileError as exc:  # may be readable later: not remembered
+                    skipped.append((path, exc.reason))
+                    continue
+                except LoraFormatError as exc:
+                    stats.read += os.path.splitext(path)[1].lower() not in PICKLE_SUFFIXES  # those: refused by name
+                    skipped.append((path, exc.reason))
+                    lasting.append((absolute, ident, exc.reason))
+                    continue
+                stats.read += 1
+                if cache is not None:
+                    cache.put(record)
+        if base is not None and record.base != base:
+            skipped.append((path, f"base family {record.base}, not {base} (--base {base})"))
+            continue
+        records.append(record)
+    if not records:
+        raise NotEnoughLorasError("index", "no LoRA file could be indexed", skipped)
+    by_key: dict[str, list[Record]] = {}
+    for record in records:
+        by_key.setdefault(group_key(record, descriptor), []).append(record)
+    groups = {}
+    for key in sorted(by_key, key=lambda k: (-len(by_key[k]), k)):
+        kept, more = comparable_subset(by_key[key], descriptor=descriptor)
+        skipped.extend(more)
+        if kept:
+            groups[key] = Group(key=key, records=kept)
+    for group in progress(list(groups.values()), desc="fitting PCA per base family", total=len(groups)):
+        group.embedding = fit_group_embedding(group, n_components, calibrate=calibrate, random_state=random_state)
+    index = LoraIndex(descriptor=descriptor, sketcher=sketcher, groups=groups, select=select, skipped=lasting)
+    if descriptor == "concat":
+        _warn_mixed_scales(index)
+        _warn_unshared_initialisation(index)
+    return index, skipped, stats
+
+
+def _scales(record: Record) -> tuple:
+    """The record's module scales alpha / rank (1 without an alpha), as concat leaves them out."""
+    if not record.alphas:
+        return (1.0,)
+    return tuple(sorted({a / r if a else 1.0 for a in record.alphas for r in record.ranks}))
+
+
+def _warn_mixed_scales(index: LoraIndex) -> None:
+    """concat compares stored factors, which leave alpha out: say so when a group's scales differ."""
+    parts = []
+    for group in index.groups.values():
+        scales = [_scales(r) for r in group.records]
+        counts = Counter(scales)
+        if len(counts) > 1:
+            parts += [
+                f"{n} with {', '.join(f'{x:g}' for x in sc)} (such as {group.records[scales.index(sc)].path})"
+                for sc, n in counts.most_common()
+            ]
+    if parts:
+        warnings.warn(
+            "concat compares the stored factors and leaves alpha out, but the files' scales (alpha / rank) "
+            f"differ: {'; '.join(parts)}; --descriptor gram or delta include the scale",
+            stacklevel=3,
+        )
+
+
+def _warn_unshared_initialisation(index: LoraIndex) -> None:
+    """concat is meaningful only between LoRAs whose A started from one seed: say so, once, when they did not."""
+    pairs = shared = 0
+    for group in index.groups.values():
+        inits = [r.init for r in group.records if r.init is not None]
+        if len(inits) < 2:
+            continue
+        A = np.stack(inits).astype(np.float64)
+        C = np.abs(A @ A.T)
+        iu = np.triu_indices(len(A), 1)
+        pairs += len(iu[0])
+        shared += int(np.sum(C[iu] > 0.5))  # same seed: cosine near 1; different seeds: near 0
+    if pairs and shared < pairs:
+        warnings.warn(
+            f"{pairs - shared} of {pairs} pairs of indexed files do not share one initialisation of their A "
+            "factors (their A sketches are nearly orthogonal); concat compares such files by their random "
+            "initialisation, not their style: --descriptor gram compares them",
+            stacklevel=3,
+        )

@@ -1,0 +1,95 @@
+"""What a score means: its p-value among scores of unrelated LoRAs, from the wild benchmark.
+
+``benchmarks/wild/evaluate.py --calibrate`` writes ``lorastyle/index/score_calibration.json``:
+for each descriptor, quantiles of the scores of pairs of LoRAs trained on *different* training
+sets (the null), and the score above which pairs were from the same training set with a false
+positive rate of 1%. A result's ``p_value`` is the fraction of unrelated pairs that scored at
+least as high; ``same_source_likely`` says the score is above that threshold.
+
+The benchmark's LoRAs are of the project's tiny model (and real files of ``../shared/real-loras``
+when present): for other base families the p-value is an indication, not a calibrated
+probability, and the JSON says which family it was calibrated on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+import numpy as np
+
+__all__ = ["ScoreCalibration", "load_calibration", "CALIBRATION_FILE"]
+
+CALIBRATION_FILE = "score_calibration.json"
+
+
+@dataclass(frozen=True)
+class ScoreCalibration:
+    """The null distribution of one descriptor's scores.
+
+    Attributes
+    ----------
+    quantiles : ndarray
+        Increasing scores of unrelated pairs at evenly spaced probabilities 0..1.
+    n_null : int
+        Unrelated pairs they were computed from.
+    threshold : float
+        Scores at or above it are flagged ``same_source_likely``.
+    calibrated_on : str
+        Which LoRAs (base family, benchmark) the null comes from.
+    """
+
+    quantiles: np.ndarray
+    n_null: int
+    threshold: float
+    calibrated_on: str
+
+    def p_value(self, scores: np.ndarray) -> np.ndarray:
+        """Fraction of unrelated pairs scoring at least ``scores`` (with the +1 of an empirical p-value).
+
+        Parameters
+        ----------
+        scores : array-like
+
+        Returns
+        -------
+        ndarray
+        """
+        probs = np.linspace(0.0, 1.0, len(self.quantiles))
+        below = np.interp(np.asarray(scores, dtype=np.float64), self.quantiles, probs, left=0.0, right=1.0)
+        return (1.0 + self.n_null * (1.0 - below)) / (1.0 + self.n_null)
+
+
+@cache
+def _table() -> dict:
+    try:
+        text = resources.files("lorastyle.index").joinpath(CALIBRATION_FILE).read_text()
+    except (FileNotFoundError, OSError):
+        return {}
+    return json.loads(text)
+
+
+def load_calibration(descriptor: str, sketch: dict) -> ScoreCalibration | None:
+    """The calibration of a descriptor at these sketch settings, or None when there is none.
+
+    Parameters
+    ----------
+    descriptor : str
+    sketch : dict
+        :attr:`lorastyle.sketches.Sketcher.settings` of the index.
+
+    Returns
+    -------
+    ScoreCalibration or None
+    """
+    entry = _table().get(descriptor)
+    if not entry or entry.get("sketch") != sketch:
+        return None
+    return ScoreCalibration(
+        quantiles=np.asarray(entry["quantiles"], dtype=np.float64),
+        n_null=int(entry["n_null"]),
+        threshold=float(entry["threshold"]),
+        calibrated_on=str(entry["calibrated_on"]),
+    )

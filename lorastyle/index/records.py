@@ -1,0 +1,265 @@
+"""One small, fixed-size record per file: what an index keeps, made from one read of the file.
+
+A :class:`Record` holds what the file is (layout, base family, parts, ranks, dtype, sha256,
+identity) and, per model part, a unit-length sketch of its descriptor
+(:class:`lorastyle.sketches.Sketcher`) with the sketch's norm. It never holds the factors:
+at the default settings it is 32 kB per part in float16 whatever the file's size, so an
+index of any collection is a few hundred bytes of JSON and at most ``4 * 32`` kB per file.
+
+:func:`read_record` reads each file once: the bytes are hashed (sha256, in a thread, since
+hashing releases the GIL) while the same bytes are parsed and sketched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import threading
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..comparability import Layout
+from ..descriptors import ModuleSelection
+from ..errors import LoraFormatError, UnreadableFileError
+from ..io.formats import LoRA, load_lora
+from ..io.safetensors import PICKLE_SUFFIXES
+from ..sketches import Sketcher
+from .walk import file_kind, identity
+
+__all__ = ["Record", "read_record", "describe_lora", "MAX_NORM2", "INIT_SKETCH_DIM"]
+
+# Squared descriptor norms beyond this come from weights no trainer writes (fp16 LoRAs stay below 1e20)
+# and overflow float32 arithmetic downstream (the fuzzer's 1e18-valued factors reach 1e72).
+MAX_NORM2 = 1e60
+# Length of the sketch of A factors that tells whether concat files share an initialisation.
+INIT_SKETCH_DIM = 1024
+
+
+@dataclass
+class Record:
+    """What an index keeps of one file.
+
+    Attributes
+    ----------
+    path : str
+        Absolute path when indexed.
+    sha256 : str
+    identity : tuple of int
+        (device, inode, size, mtime_ns) when read: an unchanged file is not read again.
+    format, base, dtype : str
+        As :func:`lorastyle.io.formats.load_lora` reports them.
+    parts : tuple of str
+        Model parts with a sketch, sorted.
+    ranks : list of int
+    alphas : list of float
+    n_modules : int
+    layout : Layout
+    sketches : dict of str to ndarray of shape (dim,), float16
+        Per part, the unit-length sketch of the descriptor (zero for a zero update).
+    norms : dict of str to float
+        Per part, the sketch's norm before it was made unit.
+    init : ndarray of shape (INIT_SKETCH_DIM,), float16, or None
+        Unit sketch of the A factors (``concat`` only), to tell shared initialisations.
+    info : dict
+        Small facts for people (title, trigger words), from the file's metadata.
+    """
+
+    path: str
+    sha256: str
+    identity: tuple
+    format: str
+    base: str
+    dtype: str
+    parts: tuple
+    ranks: list
+    alphas: list
+    n_modules: int
+    layout: Layout
+    sketches: dict = field(repr=False)
+    norms: dict = field(repr=False)
+    init: np.ndarray | None = field(default=None, repr=False)
+    info: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def size(self) -> int:
+        """File size in bytes."""
+        return int(self.identity[2])
+
+    def vector(self, parts: tuple | None = None) -> np.ndarray:
+        """The descriptor sketch over ``parts`` (default all), norms restored, as one float64 vector.
+
+        Parameters
+        ----------
+        parts : tuple of str, optional
+
+        Returns
+        -------
+        ndarray
+        """
+        parts = self.parts if parts is None else parts
+        dim = len(next(iter(self.sketches.values())))
+        return np.concatenate(
+            [
+                self.norms[p] * self.sketches[p].astype(np.float64) if p in self.sketches else np.zeros(dim)
+                for p in parts
+            ]
+        )
+
+
+def _unit(v: np.ndarray) -> tuple[np.ndarray, float]:
+    norm = float(np.linalg.norm(v))
+    return ((v / norm) if norm > 0 else v).astype(np.float16), norm
+
+
+def describe_lora(
+    lora: LoRA,
+    *,
+    sha256: str,
+    identity: tuple,
+    sketcher: Sketcher,
+    descriptor: str,
+) -> Record:
+    """The record of a loaded LoRA.
+
+    Parameters
+    ----------
+    lora : LoRA
+        With the modules to describe (a selection already applied).
+    sha256 : str
+    identity : tuple of int
+    sketcher : Sketcher
+    descriptor : {"gram", "delta", "concat"}
+
+    Returns
+    -------
+    Record
+
+    Raises
+    ------
+    LoraFormatError
+        When the weights are too large to sketch without overflow, or no module is left.
+    """
+    if not lora.modules:
+        raise LoraFormatError(lora.path, "no module to describe")
+    sketches, norms = {}, {}
+    for part in lora.parts:
+        sub = replace(lora, modules={n: m for n, m in lora.modules.items() if m.part == part})
+        v, norm2 = sketcher.sketch_and_norm(sub, descriptor)
+        if not (norm2 <= MAX_NORM2 and np.all(np.isfinite(v))):  # False for nan too
+            raise LoraFormatError(
+                lora.path,
+                f"weights too large to describe: the squared norm of its {descriptor} descriptor is {norm2:.3g}, "
+                f"above {MAX_NORM2:.0e}, where float32 arithmetic overflows",
+            )
+        sketches[part], norms[part] = _unit(v)
+    init = None
+    if descriptor == "concat":
+        downs = {
+            n: replace(
+                m,
+                factors={
+                    r: f
+                    for r, f in m.factors.items()
+                    if r in ("lora_down", "lokr_w1", "lokr_w1_a", "hada_w1_b", "hada_w2_b")
+                },
+            )
+            for n, m in lora.modules.items()
+        }
+        init, _ = _unit(
+            Sketcher(dim=INIT_SKETCH_DIM, seed=sketcher.seed).sketch(replace(lora, modules=downs), "concat")
+        )
+    return Record(
+        path=os.path.abspath(lora.path),
+        sha256=sha256,
+        identity=tuple(identity),
+        format=lora.format,
+        base=lora.base,
+        dtype=lora.dtype,
+        parts=tuple(sorted(sketches)),
+        ranks=lora.ranks,
+        alphas=lora.alphas,
+        n_modules=len(lora.modules),
+        layout=Layout.of(lora),
+        sketches=sketches,
+        norms=norms,
+        init=init,
+        info=_info(lora.metadata),
+    )
+
+
+def _info(metadata: dict[str, str]) -> dict:
+    """Title and trigger words from the metadata trainers write (modelspec, kohya)."""
+    info = {}
+    title = metadata.get("modelspec.title") or metadata.get("ss_output_name")
+    if title:
+        info["title"] = title[:200]
+    trigger = metadata.get("modelspec.trigger_phrase")
+    if trigger:
+        info["trigger_words"] = trigger[:200]
+    return info
+
+
+def _hash(data: memoryview, out: list) -> None:
+    out.append(hashlib.sha256(data).hexdigest())  # releases the GIL: runs beside the parser
+
+
+def read_record(
+    path: str | os.PathLike,
+    *,
+    sketcher: Sketcher,
+    descriptor: str = "gram",
+    select: ModuleSelection | None = None,
+) -> Record:
+    """Read one file once and describe it.
+
+    Parameters
+    ----------
+    path : str or path-like
+    sketcher : Sketcher
+    descriptor : {"gram", "delta", "concat"}, default="gram"
+    select : ModuleSelection, optional
+        Sub-network to describe.
+
+    Returns
+    -------
+    Record
+
+    Raises
+    ------
+    LoraFormatError
+        For a file that is not a usable LoRA, cannot be read, changed while it was read, or
+        has no module in the selection. :class:`~lorastyle.errors.UnreadableFileError` (a
+        subclass) for read errors: the file may be readable later, so such a reason is never
+        remembered.
+    """
+    path = os.fspath(path)
+    if os.path.splitext(path)[1].lower() in PICKLE_SUFFIXES:
+        load_lora(path)  # refuses by name, with the reason, without reading
+    try:
+        before = os.stat(path)
+        if not stat.S_ISREG(before.st_mode):  # a FIFO would block the reader forever
+            raise LoraFormatError(path, f"not a regular file ({file_kind(before.st_mode)})")
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise UnreadableFileError(path, f"cannot read file: {exc.strerror or exc}") from None
+    digest: list[str] = []
+    hasher = threading.Thread(target=_hash, args=(memoryview(data), digest), daemon=True)
+    hasher.start()
+    try:
+        lora = load_lora(path, data=data)
+    finally:
+        hasher.join()
+    try:
+        changed = identity(os.stat(path)) != identity(before) or len(data) != before.st_size
+    except OSError:
+        changed = True
+    if changed:
+        raise UnreadableFileError(path, "the file changed or vanished while it was being read")
+    if select is not None:
+        lora.modules = select.modules(lora)
+        if not lora.modules:
+            raise LoraFormatError(path, f"no module matches the selection {select}")
+    return describe_lora(lora, sha256=digest[0], identity=identity(before), sketcher=sketcher, descriptor=descriptor)

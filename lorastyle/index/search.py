@@ -1,0 +1,132 @@
+"""Similarity of records: the cosine of their descriptors, over the model parts both adapt.
+
+The score of two files is the cosine of their descriptor sketches restricted to the model parts
+both adapt (a U-Net-only file and a U-Net plus text-encoder file are compared on the U-Net). It
+depends on the two files only: adding or removing other files never changes it. The paper's
+calibrated PCA embedding is a second scorer (``pca``), whose scores do depend on the folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["SketchMatrix", "SCORERS"]
+
+SCORERS = ("cosine", "pca")
+# Rows converted from float16 at once: bounds the temporary float32 copy of a group's sketches.
+_CHUNK_ROWS = 512
+
+
+@dataclass
+class SketchMatrix:
+    """The unit sketches and norms of a group's records, per model part, ready for scoring.
+
+    Attributes
+    ----------
+    parts : tuple of str
+    unit : dict of str to ndarray of shape (n, dim), float16
+        Zero rows where a record lacks the part.
+    norms : dict of str to ndarray of shape (n,), float64
+        Zero where a record lacks the part.
+    """
+
+    parts: tuple
+    unit: dict = field(repr=False)
+    norms: dict = field(repr=False)
+
+    @classmethod
+    def of(cls, records: list) -> SketchMatrix:
+        """Stack the records' sketches.
+
+        Parameters
+        ----------
+        records : list of Record
+
+        Returns
+        -------
+        SketchMatrix
+        """
+        parts = tuple(sorted({p for r in records for p in r.parts}))
+        dim = len(next(iter(records[0].sketches.values())))
+        unit, norms = {}, {}
+        for p in parts:
+            unit[p] = np.zeros((len(records), dim), dtype=np.float16)
+            norms[p] = np.zeros(len(records))
+            for i, r in enumerate(records):
+                if p in r.sketches:
+                    unit[p][i] = r.sketches[p]
+                    norms[p][i] = r.norms[p]
+        return cls(parts=parts, unit=unit, norms=norms)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.norms.values()))) if self.norms else 0
+
+    def _dots(self, part: str, q: np.ndarray) -> np.ndarray:
+        """Inner products of the unit rows of ``part`` with a unit vector, in float32 chunks."""
+        U = self.unit[part]
+        out = np.empty(len(U))
+        q32 = q.astype(np.float32)
+        for start in range(0, len(U), _CHUNK_ROWS):
+            out[start : start + _CHUNK_ROWS] = U[start : start + _CHUNK_ROWS].astype(np.float32) @ q32
+        return out
+
+    def cosines(self, sketches: dict, norms: dict) -> np.ndarray:
+        """Cosine of one query with every row, over the parts both have (0 where none is shared).
+
+        Parameters
+        ----------
+        sketches : dict of str to ndarray of shape (dim,)
+            The query's unit sketches per part.
+        norms : dict of str to float
+
+        Returns
+        -------
+        ndarray of shape (n,)
+        """
+        n = len(self)
+        num, den_q, den_r = np.zeros(n), np.zeros(n), np.zeros(n)
+        for p, u in sketches.items():
+            if p not in self.unit or not norms[p] > 0:
+                continue
+            N = self.norms[p]
+            shared = N > 0
+            num += norms[p] * N * self._dots(p, u)
+            den_q += np.where(shared, norms[p] ** 2, 0.0)
+            den_r += N**2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = num / np.sqrt(den_q * den_r)
+        return np.clip(np.nan_to_num(out, nan=0.0), -1.0, 1.0)
+
+    def kernel(self) -> np.ndarray:
+        """Inner products of the rows' full sketches (norms restored, every part): the PCA's kernel.
+
+        Returns
+        -------
+        ndarray of shape (n, n)
+        """
+        n = len(self)
+        K = np.zeros((n, n))
+        for p in self.parts:
+            V = self.unit[p].astype(np.float32)
+            K += np.outer(self.norms[p], self.norms[p]) * (V @ V.T).astype(np.float64)
+        return K
+
+    def kernel_row(self, sketches: dict, norms: dict) -> np.ndarray:
+        """Inner products of one query's full sketch with every row (for the PCA projection).
+
+        Parameters
+        ----------
+        sketches : dict of str to ndarray of shape (dim,)
+        norms : dict of str to float
+
+        Returns
+        -------
+        ndarray of shape (n,)
+        """
+        out = np.zeros(len(self))
+        for p, u in sketches.items():
+            if p in self.unit:
+                out += norms[p] * self.norms[p] * self._dots(p, u)
+        return out

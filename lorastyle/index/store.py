@@ -1,0 +1,353 @@
+"""The index: records grouped by base family, searchable, saved as one safetensors file.
+
+An index file is a safetensors file (never a pickle): per group, its records' unit sketches
+(float16) and norms, and the fitted PCA embedding's arrays; a JSON block holds the records'
+facts, the layouts, the settings and the files that were skipped for a lasting reason. It is
+read as hostile input like any other file: every array is checked for shape and finiteness.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import __version__
+from .._validation import check_option, check_positive_int
+from ..comparability import Layout
+from ..descriptors import DESCRIPTORS, ModuleSelection
+from ..errors import IncomparableLorasError, LoraFormatError
+from ..io.safetensors import read_safetensors, write_safetensors
+from ..sketches import Sketcher
+from .calibration import load_calibration
+from .records import Record
+from .search import SCORERS, SketchMatrix
+
+__all__ = ["Group", "LoraIndex", "INDEX_FORMAT", "group_key"]
+
+INDEX_FORMAT = "lorastyle-index-2"
+
+
+def group_key(record: Record, descriptor: str) -> str:
+    """The group a record belongs to: its base family (and, for ``concat``, its layout).
+
+    Files of an unknown family are grouped by their exact module shapes: nothing says two
+    unknown models are the same model.
+
+    Parameters
+    ----------
+    record : Record
+    descriptor : str
+
+    Returns
+    -------
+    str
+    """
+    key = record.base
+    if record.base == "unknown":
+        key = f"unknown-{Layout(record.layout.shapes, (), []).key[:8]}"
+    if descriptor == "concat":
+        key = f"{key}/{record.layout.key[:8]}"
+    return key
+
+
+@dataclass
+class Group:
+    """The records of one base family (one section of an index), and their PCA embedding.
+
+    Attributes
+    ----------
+    key : str
+    records : list of Record
+    embedding : StyleEmbedding or None
+        The paper's calibrated PCA of the group's descriptors (None for fewer than 3 files).
+    """
+
+    key: str
+    records: list
+    embedding: object = None
+    _matrix: SketchMatrix | None = field(default=None, repr=False)
+
+    @property
+    def base(self) -> str:
+        """The records' base family."""
+        return self.records[0].base
+
+    @property
+    def matrix(self) -> SketchMatrix:
+        """The records' sketches stacked for scoring (made once)."""
+        if self._matrix is None:
+            self._matrix = SketchMatrix.of(self.records)
+        return self._matrix
+
+
+@dataclass
+class LoraIndex:
+    """Records of a collection, grouped by base family, with their settings.
+
+    Attributes
+    ----------
+    descriptor : {"gram", "delta", "concat"}
+    sketcher : Sketcher
+    groups : dict of str to Group
+    select : ModuleSelection or None
+        The sub-network described.
+    skipped : list of (path, identity, reason)
+        Files not indexed for a reason that lasts while the file is unchanged.
+    """
+
+    descriptor: str
+    sketcher: Sketcher
+    groups: dict
+    select: ModuleSelection | None = None
+    skipped: list = field(default_factory=list)
+
+    @property
+    def records(self) -> list:
+        """Every record, group by group."""
+        return [r for g in self.groups.values() for r in g.records]
+
+    @property
+    def paths(self) -> list[str]:
+        """Every indexed file's path, group by group."""
+        return [r.path for r in self.records]
+
+    def group_of(self, record: Record) -> Group:
+        """The group a (query) record would belong to.
+
+        Parameters
+        ----------
+        record : Record
+
+        Returns
+        -------
+        Group
+
+        Raises
+        ------
+        IncomparableLorasError
+            When the index has no file of the record's base family (or, for ``concat``, layout).
+        """
+        key = group_key(record, self.descriptor)
+        group = self.groups.get(key)
+        if group is None:
+            have = ", ".join(f"{k} ({len(g.records)} files)" for k, g in self.groups.items())
+            what = "layout (modules and ranks)" if self.descriptor == "concat" else "base family"
+            raise IncomparableLorasError(
+                record.path, f"the index has no file of its {what} {key}; it holds {have or 'no group'}"
+            )
+        return group
+
+    def similar(self, query: Record, k: int = 10, *, scorer: str = "cosine") -> list[dict]:
+        """The ``k`` indexed files most similar to ``query``, best first.
+
+        A query whose path is in the index is left out of its own results; another copy of the
+        same file (another path) is not, so a duplicate never hides.
+
+        Parameters
+        ----------
+        query : Record
+        k : int, default=10
+        scorer : {"cosine", "pca"}, default="cosine"
+            ``cosine``: the cosine of the descriptors over the parts both adapt (the same in any
+            folder); ``pca``: the cosine in the group's calibrated PCA embedding (the paper's
+            method; depends on the folder).
+
+        Returns
+        -------
+        list of dict
+            ``path``, ``score``, and for ``cosine`` with a calibration for these settings,
+            ``p_value`` and ``same_source_likely``.
+        """
+        k = check_positive_int(k, "k")
+        check_option(scorer, "scorer", SCORERS)
+        group = self.group_of(query)
+        if scorer == "cosine":
+            scores = group.matrix.cosines(query.sketches, query.norms)
+        else:
+            if group.embedding is None:
+                raise IncomparableLorasError(
+                    query.path, f"group {group.key} has {len(group.records)} files: too few for a PCA embedding"
+                )
+            z = group.embedding.project(group.matrix.kernel_row(query.sketches, query.norms)[None, :])[0]
+            Z = group.embedding.embedding_
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scores = np.nan_to_num(Z @ z / (np.linalg.norm(Z, axis=1) * np.linalg.norm(z)))
+        own = os.path.abspath(query.path)
+        candidates = [i for i, r in enumerate(group.records) if r.path != own]
+        order = sorted(candidates, key=lambda i: (-scores[i], group.records[i].path))[:k]
+        calibration = load_calibration(self.descriptor, self.sketcher.settings) if scorer == "cosine" else None
+        out = []
+        for i in order:
+            item = {"path": group.records[i].path, "score": float(scores[i])}
+            if calibration is not None:
+                item["p_value"] = float(calibration.p_value(scores[i]))
+                item["same_source_likely"] = bool(scores[i] >= calibration.threshold)
+            out.append(item)
+        return out
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index atomically as one safetensors file.
+
+        Parameters
+        ----------
+        path : str or path-like
+        """
+        tensors: dict[str, np.ndarray] = {}
+        layouts: dict[str, dict] = {}
+        groups = []
+        for gi, (key, g) in enumerate(self.groups.items()):
+            m = g.matrix
+            for p in m.parts:
+                tensors[f"g{gi}/{p}/unit"] = m.unit[p]
+                tensors[f"g{gi}/{p}/norm"] = m.norms[p]
+            inits = [r.init for r in g.records]
+            if all(x is not None for x in inits) and inits:
+                tensors[f"g{gi}/init"] = np.stack(inits).astype(np.float16)
+            if g.embedding is not None:
+                for name, arr in g.embedding.get_state().items():
+                    tensors[f"g{gi}/pca/{name}"] = arr
+            rows = []
+            for r in g.records:
+                layouts.setdefault(r.layout.key, r.layout.to_json())
+                rows.append(
+                    {
+                        "path": r.path,
+                        "sha256": r.sha256,
+                        "identity": list(r.identity),
+                        "format": r.format,
+                        "base": r.base,
+                        "dtype": r.dtype,
+                        "parts": list(r.parts),
+                        "ranks": r.ranks,
+                        "alphas": r.alphas,
+                        "n_modules": r.n_modules,
+                        "layout": r.layout.key,
+                        "info": r.info,
+                    }
+                )
+            groups.append({"key": key, "parts": list(m.parts), "records": rows})
+        select = None
+        if self.select is not None:
+            select = {
+                k: list(v) if v is not None else None
+                for k, v in (
+                    ("parts", self.select.parts),
+                    ("layers", self.select.layers),
+                    ("blocks", self.select.blocks),
+                )
+            }
+        meta = {
+            "format": INDEX_FORMAT,
+            "version": __version__,
+            "descriptor": self.descriptor,
+            "sketch": json.dumps(self.sketcher.settings),
+            "select": json.dumps(select),
+            "groups": json.dumps(groups),
+            "layouts": json.dumps(layouts),
+            "skipped": json.dumps([[p, list(ident), reason] for p, ident, reason in self.skipped]),
+        }
+        write_safetensors(path, tensors, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LoraIndex:
+        """Read an index written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or path-like
+
+        Returns
+        -------
+        LoraIndex
+
+        Raises
+        ------
+        LoraFormatError
+            If the file is not a lorastyle index, is of another format version, or any part of it
+            is missing or inconsistent (an index is a file like any other: damaged or hostile).
+        """
+        path = os.fspath(path)
+        tensors, meta = read_safetensors(path)
+        if meta.get("format") != INDEX_FORMAT:
+            found = meta.get("format")
+            hint = "; rebuild it with `lorastyle index`" if str(found).startswith("lorastyle-index") else ""
+            raise LoraFormatError(path, f"not a lorastyle index of format {INDEX_FORMAT} (format {found!r}){hint}")
+        try:
+            return cls._from_parts(tensors, meta)
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError, ZeroDivisionError) as exc:
+            raise LoraFormatError(path, f"damaged lorastyle index ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_parts(cls, tensors: dict, meta: dict) -> LoraIndex:
+        from ..embedding import StyleEmbedding
+
+        def need(condition: bool, what: str) -> None:
+            if not condition:
+                raise ValueError(what)
+
+        descriptor = meta["descriptor"]
+        need(descriptor in DESCRIPTORS, f"unknown descriptor {descriptor!r}")
+        settings = json.loads(meta["sketch"])
+        need(isinstance(settings, dict), "sketch settings are not an object")
+        sketcher = Sketcher(**settings)
+        select_json = json.loads(meta["select"])
+        select = ModuleSelection(**select_json) if select_json else None
+        layouts = {k: Layout.from_json(v) for k, v in json.loads(meta["layouts"]).items()}
+        groups = {}
+        for gi, g in enumerate(json.loads(meta["groups"])):
+            rows = g["records"]
+            n = len(rows)
+            need(n >= 1, "an empty group")
+            parts = [str(p) for p in g["parts"]]
+            unit, norms = {}, {}
+            for p in parts:
+                unit[p] = tensors[f"g{gi}/{p}/unit"]
+                norms[p] = tensors[f"g{gi}/{p}/norm"]
+                need(unit[p].shape == (n, sketcher.dim) and unit[p].dtype == np.float16, f"sketches of {p}")
+                need(norms[p].shape == (n,) and bool(np.all(np.isfinite(norms[p]))), f"norms of {p}")
+                need(bool(np.all(np.isfinite(unit[p]))), f"sketches of {p} hold NaN or Inf")
+            init = tensors.get(f"g{gi}/init")
+            need(init is None or init.shape[0] == n, "init sketches")
+            records = []
+            for i, row in enumerate(rows):
+                need(
+                    isinstance(row["path"], str) and re.fullmatch(r"[0-9a-f]{64}", row["sha256"]) is not None,
+                    "a record's path or sha256",
+                )
+                rparts = tuple(str(p) for p in row["parts"])
+                need(set(rparts) <= set(parts), "a record's parts")
+                records.append(
+                    Record(
+                        path=row["path"],
+                        sha256=row["sha256"],
+                        identity=tuple(int(x) for x in row["identity"]),
+                        format=str(row["format"]),
+                        base=str(row["base"]),
+                        dtype=str(row["dtype"]),
+                        parts=rparts,
+                        ranks=[int(x) for x in row["ranks"]],
+                        alphas=[float(x) for x in row["alphas"]],
+                        n_modules=int(row["n_modules"]),
+                        layout=layouts[row["layout"]],
+                        sketches={p: unit[p][i] for p in rparts},
+                        norms={p: float(norms[p][i]) for p in rparts},
+                        init=None if init is None else init[i],
+                        info=dict(row.get("info") or {}),
+                    )
+                )
+            state = {k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"g{gi}/pca/")}
+            embedding = StyleEmbedding.from_state(state) if state else None
+            need(embedding is None or embedding.embedding_.shape[0] == n, "the PCA embedding's size")
+            group = Group(key=str(g["key"]), records=records, embedding=embedding)
+            group._matrix = SketchMatrix(parts=tuple(parts), unit=unit, norms=norms)
+            groups[group.key] = group
+        skipped = [
+            (str(p), tuple(int(x) for x in ident), str(reason)) for p, ident, reason in json.loads(meta["skipped"])
+        ]
+        return cls(descriptor=descriptor, sketcher=sketcher, groups=groups, select=select, skipped=skipped)
