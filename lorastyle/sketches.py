@@ -35,9 +35,11 @@ The error of a cosine of sketches against the exact cosine is measured in
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.fft
 import scipy.sparse
 
 from ._validation import check_int_at_least, check_option
@@ -83,6 +85,11 @@ def _count_sketch(rng: np.random.Generator, n: int, buckets: int) -> scipy.spars
     rows = rng.integers(0, buckets, size=n)
     signs = rng.integers(0, 2, size=n).astype(np.float32) * 2 - 1
     return scipy.sparse.csc_matrix((signs, (rows, np.arange(n))), shape=(buckets, n))
+
+
+def _rfft(x) -> np.ndarray:
+    """Real FFT of the columns of a count sketch, in single precision (the sketch's own error is far larger)."""
+    return scipy.fft.rfft(np.asarray(x, dtype=np.float32), axis=0)
 
 
 def _tensor_sketch(CU: np.ndarray, CW: np.ndarray, n: int) -> np.ndarray:
@@ -134,6 +141,8 @@ class Sketcher:
         Seeds every hash function; sketches of different seeds are not comparable.
     normalise : {"module", "none"}, default="module"
         Scale each module's descriptor to unit Frobenius norm before summing.
+    workers : int, default=1
+        Threads that sketch modules in parallel (the result does not depend on it).
 
     Attributes
     ----------
@@ -146,6 +155,7 @@ class Sketcher:
     module_dim: int = 1024
     seed: int = 0
     normalise: str = "module"
+    workers: int = field(default=1, compare=False)
     cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
@@ -153,6 +163,7 @@ class Sketcher:
         check_int_at_least(self.module_dim, "module_dim", 8)
         check_int_at_least(self.seed, "seed", 0)
         check_option(self.normalise, "normalise", NORMALISATIONS)
+        check_int_at_least(self.workers, "workers", 1)
 
     @property
     def settings(self) -> dict:
@@ -196,14 +207,20 @@ class Sketcher:
         kron = m.kronecker()
         if kron is not None:
             return self._kron_module_sketch(m, kron, h, descriptor)
-        U, V = module_factors(m)
-        P = U.T.astype(np.float64) @ U  # k x k
-        Q = V.astype(np.float64) @ V.T
+        U, V = m.low_rank()  # float32, the scale left out: it multiplies the results below
+        s = float(m.scale)
+        # the k x k Gram matrices in float32 BLAS (one pass over the factors), then float64
+        P = (U.T @ U).astype(np.float64)
+        Q = (V @ V.T).astype(np.float64)
+        F1 = _rfft(h.rows_a @ U)
         if descriptor == "gram":
             QP = Q @ P
-            norm2 = float(np.sum(QP * QP.T))  # ||U Q U^T||_F^2 = tr(QPQP)
-            return _tensor_sketch(h.rows_a @ U, h.rows_b @ (U @ Q.astype(np.float32)), self.module_dim), norm2
-        return _tensor_sketch(h.rows_a @ U, h.cols @ V.T, self.module_dim), float(np.sum(P * Q))  # tr(PQ)
+            norm2 = s**4 * float(np.sum(QP * QP.T))  # ||U Q U^T||_F^2 = tr(QPQP)
+            # the tensor sketch of sum_kl Q_kl u_k (x) u_l: U M^T counted in the frequency domain (k x k, not out x k)
+            F2 = _rfft(h.rows_b @ U) @ Q.T.astype(np.complex64)  # complex BLAS (a complex x real product is not)
+            return s**2 * np.fft.irfft((F1 * F2).sum(axis=1), n=self.module_dim), norm2
+        F2 = _rfft(h.cols @ V.T)
+        return s * np.fft.irfft((F1 * F2).sum(axis=1), n=self.module_dim), s**2 * float(np.sum(P * Q))
 
     def _kron_module_sketch(self, m: LoraModule, kron: tuple, h: _Hashes, descriptor: str) -> tuple[np.ndarray, float]:
         """:meth:`module_sketch` of ``scale * kron(U1 V1, U2 V2)`` through ``kron(A, B) kron(C, D) = kron(AC, BD)``."""
@@ -276,8 +293,14 @@ class Sketcher:
                         total += float(x @ x)
                         self._add_concat(out, m.name, role, x)
                 return out, total
-            for m in lora.modules.values():
-                t, norm2 = self.module_sketch(m, descriptor)
+            modules = list(lora.modules.values())
+            if self.workers > 1 and len(modules) > 1:
+                # numpy, BLAS and the FFTs release the GIL; results are summed below in module order
+                with ThreadPoolExecutor(self.workers) as pool:
+                    stage1 = list(pool.map(lambda m: self.module_sketch(m, descriptor), modules))
+            else:
+                stage1 = [self.module_sketch(m, descriptor) for m in modules]
+            for m, (t, norm2) in zip(modules, stage1):
                 total += norm2
                 if self.normalise == "module":
                     if not norm2 > 0:

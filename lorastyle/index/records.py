@@ -28,7 +28,7 @@ from ..io.safetensors import PICKLE_SUFFIXES
 from ..sketches import Sketcher
 from .walk import file_kind, identity
 
-__all__ = ["Record", "read_record", "describe_lora", "MAX_NORM2", "INIT_SKETCH_DIM"]
+__all__ = ["Record", "read_record", "describe_lora", "file_info", "MAX_NORM2", "INIT_SKETCH_DIM", "INFO_KEYS"]
 
 # Squared descriptor norms beyond this come from weights no trainer writes (fp16 LoRAs stay below 1e20)
 # and overflow float32 arithmetic downstream (the fuzzer's 1e18-valued factors reach 1e72).
@@ -120,6 +120,7 @@ def describe_lora(
     identity: tuple,
     sketcher: Sketcher,
     descriptor: str,
+    info: dict | None = None,
 ) -> Record:
     """The record of a loaded LoRA.
 
@@ -131,6 +132,8 @@ def describe_lora(
     identity : tuple of int
     sketcher : Sketcher
     descriptor : {"gram", "delta", "concat"}
+    info : dict, optional
+        Facts for people (:func:`file_info`).
 
     Returns
     -------
@@ -185,19 +188,37 @@ def describe_lora(
         sketches=sketches,
         norms=norms,
         init=init,
-        info=_info(lora.metadata),
+        info=info or {},
     )
 
 
-def _info(metadata: dict[str, str]) -> dict:
-    """Title and trigger words from the metadata trainers write (modelspec, kohya)."""
-    info = {}
-    title = metadata.get("modelspec.title") or metadata.get("ss_output_name")
-    if title:
-        info["title"] = title[:200]
-    trigger = metadata.get("modelspec.trigger_phrase")
-    if trigger:
-        info["trigger_words"] = trigger[:200]
+INFO_KEYS = ("kind", "title", "trigger_words", "base_model", "base_mismatch")
+
+
+def file_info(path: str, data: bytes | memoryview | None = None) -> dict:
+    """What people want to see of a file in a list or a map: kind, title, trigger words, base model.
+
+    From :func:`lorastyle.io.metadata.describe_file` (the header and the alphas only), kept short:
+    at most 5 trigger words.
+
+    Parameters
+    ----------
+    path : str
+    data : bytes, optional
+        The file's bytes, already read.
+
+    Returns
+    -------
+    dict
+    """
+    from ..io.metadata import describe_file
+
+    described = describe_file(path, hashes=False, data=data)
+    info = {k: described[k] for k in INFO_KEYS if described.get(k) not in (None, "", [])}
+    if "trigger_words" in info:
+        info["trigger_words"] = [t["text"][:100] for t in info["trigger_words"][:5]]
+    if "title" in info:
+        info["title"] = info["title"][:200]
     return info
 
 
@@ -262,4 +283,11 @@ def read_record(
         lora.modules = select.modules(lora)
         if not lora.modules:
             raise LoraFormatError(path, f"no module matches the selection {select}")
-    return describe_lora(lora, sha256=digest[0], identity=identity(before), sketcher=sketcher, descriptor=descriptor)
+    return describe_lora(
+        lora,
+        sha256=digest[0],
+        identity=identity(before),
+        sketcher=sketcher,
+        descriptor=descriptor,
+        info=file_info(path, data),
+    )

@@ -99,6 +99,25 @@ class SketchMatrix:
             out = num / np.sqrt(den_q * den_r)
         return np.clip(np.nan_to_num(out, nan=0.0), -1.0, 1.0)
 
+    def cosine_matrix(self) -> np.ndarray:
+        """Every pair's score at once, as :meth:`cosines` gives each row (for maps and duplicates).
+
+        Returns
+        -------
+        ndarray of shape (n, n)
+        """
+        n = len(self)
+        num, sq = np.zeros((n, n)), np.zeros((n, n))
+        for p in self.parts:
+            V = self.unit[p].astype(np.float32)
+            N = self.norms[p]
+            num += np.outer(N, N) * (V @ V.T).astype(np.float64)
+            present = (N > 0).astype(np.float64)
+            sq += np.outer(N**2, present)  # row i's energy on the parts column j also has
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = num / np.sqrt(sq * sq.T)
+        return np.clip(np.nan_to_num(out, nan=0.0), -1.0, 1.0)
+
     def kernel(self) -> np.ndarray:
         """Inner products of the rows' full sketches (norms restored, every part): the PCA's kernel.
 

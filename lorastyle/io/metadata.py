@@ -76,6 +76,7 @@ which is this file's data section unless a later tool rewrote the tensors. ``ssh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -360,16 +361,22 @@ def adapter_kind(layout: str, shapes: dict[str, object], keys, network: dict) ->
 # Tensor bytes: the alphas only
 
 
-def _read_alphas(path: str, entries: dict, data_start: int, keys: list[str]) -> dict[str, float]:
-    """The scalar alpha tensors (float32-rounded, as load_lora reads them), one seek and read each."""
+def _read_alphas(path: str, entries: dict, data_start: int, keys: list[str], data=None) -> dict[str, float]:
+    """The scalar alpha tensors (float32-rounded, as load_lora reads them), one seek and read each.
+
+    From ``data`` (the file's bytes) when given, without opening the file.
+    """
     alphas = {}
     spans = sorted((entries[k][2], k) for k in keys)
     try:
-        with open(path, "rb") as fh:
+        with open(path, "rb") if data is None else contextlib.nullcontext() as fh:
             for begin, key in spans:
                 dtype, shape, begin, end = entries[key]
-                fh.seek(data_start + begin)
-                raw = fh.read(end - begin)
+                if data is None:
+                    fh.seek(data_start + begin)
+                    raw = fh.read(end - begin)
+                else:
+                    raw = bytes(data[data_start + begin : data_start + end])
                 if len(raw) != end - begin:
                     raise LoraFormatError(path, f"truncated tensor data: {key!r} (file changed while reading?)")
                 with np.errstate(over="ignore"):
@@ -462,7 +469,7 @@ def _flux_names(path: str, modules: dict[str, tuple]) -> dict[str, str]:
     }
 
 
-def describe_file(path: str | os.PathLike, *, hashes: bool = True) -> dict:
+def describe_file(path: str | os.PathLike, *, hashes: bool = True, data: bytes | memoryview | None = None) -> dict:
     """Describe a LoRA file from its header: what ``lorastyle inspect`` prints.
 
     Parameters
@@ -473,6 +480,8 @@ def describe_file(path: str | os.PathLike, *, hashes: bool = True) -> dict:
         Read the whole file once for ``sha256``, ``autov1``, ``autov2``, ``autov3``, ``tensor_sha256``
         (see the module docstring). False reads only the header and the alpha tensors, and leaves
         those keys None.
+    data : bytes, optional
+        The file's bytes, already read (the index reads each file once): the file is not opened.
 
     Returns
     -------
@@ -494,11 +503,11 @@ def describe_file(path: str | os.PathLike, *, hashes: bool = True) -> dict:
         NaN weights are not found here (``lorastyle inspect --check`` loads them).
     """
     path = os.fspath(path)
-    entries, metadata, data_start = read_safetensors_header(path)
+    entries, metadata, data_start = read_safetensors_header(path, data=data)
     layout = read_layout(path, entries, metadata)
 
     alpha_keys = [k for roles in layout.modules.values() for r, k in roles.items() if r == "alpha" and k in entries]
-    alphas = {**_read_alphas(path, entries, data_start, alpha_keys), **layout.metadata_alphas}
+    alphas = {**_read_alphas(path, entries, data_start, alpha_keys, data), **layout.metadata_alphas}
     header: dict[str, tuple] = {}  # name: (part, kind, shape, role shapes, rank, alpha)
     shapes = {}
     for (part, mpath), roles in layout.modules.items():
@@ -547,7 +556,7 @@ def describe_file(path: str | os.PathLike, *, hashes: bool = True) -> dict:
         "n_tensors": len(entries),
     }
     try:
-        info["file_size"] = os.stat(path).st_size
+        info["file_size"] = len(data) if data is not None else os.stat(path).st_size
     except OSError as exc:
         raise LoraFormatError(path, f"cannot read file: {exc.strerror or exc}") from None
     if hashes:

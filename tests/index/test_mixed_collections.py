@@ -195,3 +195,11 @@ def test_weights_too_large_to_describe_are_skipped_not_overflowed(tmp_path):
         with pytest.raises(LoraFormatError, match="weights too large to describe") as excinfo:
             read_record(huge, sketcher=index.sketcher, descriptor=descriptor)
         assert excinfo.value.path == huge
+
+
+def test_all_pairs_scores_equal_the_query_scores(mixed):
+    """SketchMatrix.cosine_matrix (maps, duplicates) is the one-query score applied to every pair."""
+    index, _, _ = _build(mixed, "gram")
+    for group in index.groups.values():
+        rows = np.array([group.matrix.cosines(r.sketches, r.norms) for r in group.records])
+        np.testing.assert_allclose(group.matrix.cosine_matrix(), rows, atol=1e-6)
