@@ -76,7 +76,10 @@ fuzz: $(STAMP)
 chapters: $(STAMP)
 	$(PY) book/run_chapters.py $(NOTEBOOKS)
 
+# MathJax is served from the book, not a CDN: book/fetch_mathjax.py fetches it once from the npm
+# registry into _build/mathjax (a no-op when present), which _config.yml's html_static_path lists.
 book: $(STAMP)
+	$(PY) book/fetch_mathjax.py
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 
 # One thread: on a 2-core machine shared with other work, 2 torch threads run slower than 1.

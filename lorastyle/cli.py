@@ -160,6 +160,90 @@ def _similar(args) -> int:
     return 0
 
 
+def _map(args) -> int:
+    """One self-contained HTML page of a folder or an index (:mod:`lorastyle.collection_map`)."""
+    import os
+    import tempfile
+
+    from .index import LoraIndex, NotEnoughLorasError, index_folder
+    from .io.atomic import atomic_write
+
+    out = os.path.abspath(args.output)
+    folder = os.path.dirname(out)
+    if os.path.isdir(out):
+        _error(args.output, "cannot write: it is a folder")
+        return EXIT_BAD_INPUT
+    if not os.path.isdir(folder):
+        _error(args.output, "cannot write: its folder does not exist")
+        return EXIT_BAD_INPUT
+    if not os.access(folder, os.W_OK | os.X_OK):
+        _error(args.output, "cannot write: permission denied in its folder")
+        return EXIT_BAD_INPUT
+    if not os.path.exists(args.source):
+        _error(args.source, "no such file or folder")
+        return EXIT_BAD_INPUT
+    try:
+        from . import collection_map
+    except ImportError as exc:  # pragma: no cover - plotly or Pillow missing
+        _error("map", f"needs plotly, Pillow and umap-learn ({exc}; pip install plotly pillow umap-learn)")
+        return EXIT_BAD_INPUT
+    if os.path.isdir(args.source):
+        with contextlib.ExitStack() as stack:
+            if args.index is None:
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="lorastyle-map-"))
+                index_path, keep = os.path.join(tmp, "index.safetensors"), False
+            else:
+                index_path, keep = args.index, True
+            try:
+                run = index_folder(args.source, index_path, use_cache=keep, calibrate=keep, progress=_progress)
+            except NotEnoughLorasError as exc:
+                for path, reason in exc.skipped:
+                    _error(path, reason)
+                _error(exc.path, exc.reason)
+                return EXIT_BAD_INPUT
+            except OSError as exc:  # the kept index, its lock or its folder cannot be written
+                _error(exc.filename or index_path, f"cannot write: {exc.strerror or exc}")
+                return EXIT_BAD_INPUT
+        for path, reason in run.skipped:
+            _error(path, reason)
+        index = run.index
+    else:
+        if args.index is not None:
+            _error("--index", f"only with a folder SOURCE: {args.source} is an index file")
+            return EXIT_BAD_INPUT
+        index = LoraIndex.load(args.source)
+    data = collection_map.map_data(index, threshold=args.threshold, progress=_progress)
+    page = collection_map.map_page(index, mark=args.mark, title=f"LoRA map of {args.source}", data=data)
+    try:
+        atomic_write(out, page)
+    except OSError as exc:
+        _error(args.output, f"cannot write: {exc.strerror or exc}")
+        return EXIT_BAD_INPUT
+    result = collection_map.map_json(index, data=data)
+    if args.json:
+        print(json.dumps(result))
+    n_clusters = sum(c["size"] > 1 for g in result["groups"] for c in g["clusters"])
+    _print(
+        f"mapped {result['n_files']} files in {len(result['groups'])} base "
+        f"famil{'y' if len(result['groups']) == 1 else 'ies'}: {n_clusters} clusters of 2 or more files at "
+        f"score {data.threshold:.3f}; {len(data.previews)} preview images; wrote {args.output} "
+        f"({os.path.getsize(out) / 2**20:.1f} MiB)",
+        sys.stderr,
+    )
+    return 0
+
+
+def _score(text: str) -> float:
+    """argparse type: a score (cosine) in [-1, 1], checked when the options are parsed."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not -1.0 <= value <= 1.0:  # False for nan too
+        raise argparse.ArgumentTypeError(f"must be a score between -1 and 1, got {text}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the command's error format: one ``error: OPTION: reason`` line, exit status 2."""
 
@@ -265,6 +349,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a JSON list of {path, score, p_value, same_source_likely}, best first",
     )
     p.set_defaults(run=_similar)
+
+    p = sub.add_parser(
+        "map",
+        help="one self-contained HTML page of a folder of LoRAs (or an index): a map, clusters, previews",
+        description="Place every file of each base family on a 2-D map (positions from the scores of "
+        "`similar`, 1 - score as the distance), cluster near-copies (average linkage: files whose average "
+        "score is above the threshold), and write one HTML page that works offline: the map with hover details "
+        "and the preview images LoRA managers keep next to the files (NAME.preview.png, NAME.png, ...), and the "
+        "cluster list. SOURCE is an index file or a folder, which is indexed first (as `index` does).",
+    )
+    p.add_argument("source", help="an index file (from `lorastyle index`) or a folder of LoRA files")
+    p.add_argument("-o", "--output", required=True, help="HTML page to write (its folder must exist)")
+    p.add_argument("--json", action="store_true", help="also print the clusters as one JSON object")
+    p.add_argument(
+        "--threshold",
+        type=_score,
+        default=None,
+        help="cluster files whose average score is at least this (default: the calibrated 'same source likely' "
+        "score of the index's descriptor, else 0.5)",
+    )
+    p.add_argument(
+        "--index",
+        default=None,
+        help="with a folder SOURCE: keep its index in this file (a re-run then reads only new or changed files); "
+        "default: a temporary index",
+    )
+    p.add_argument(
+        "--mark",
+        choices=("base", "kind", "format", "dtype", "none"),
+        default="base",
+        help="what the marker symbol shows (default: base family)",
+    )
+    p.set_defaults(run=_map)
     return parser
 
 

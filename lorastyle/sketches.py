@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import scipy.fft
@@ -46,24 +47,17 @@ from ._validation import check_int_at_least, check_option
 from .descriptors import DESCRIPTORS
 from .io.formats import LoRA, LoraModule
 
-__all__ = ["Sketcher", "module_factors", "sketch_cosines"]
+__all__ = ["Sketcher", "ModuleSketch", "delta_norm2", "sketch_cosines"]
 
 NORMALISATIONS = ("none", "module")
 
 
-def module_factors(m: LoraModule) -> tuple[np.ndarray, np.ndarray]:
-    """``(U, V)`` with ``delta-W = U @ V`` (the scale folded into ``U``), in float32.
+class ModuleSketch(NamedTuple):
+    """Stage 1 of one module: its tensor sketch and two exact squared norms."""
 
-    Parameters
-    ----------
-    m : LoraModule
-
-    Returns
-    -------
-    U : ndarray of shape (out_features, k)
-    V : ndarray of shape (k, in_features)
-    """
-    return (m.scale * m.up).astype(np.float32, copy=False), m.down.astype(np.float32, copy=False)
+    sketch: np.ndarray
+    norm2: float  # of the descriptor (the Gram matrix, or delta-W)
+    delta2: float  # of delta-W
 
 
 @dataclass
@@ -186,7 +180,7 @@ class Sketcher:
             self.cache[key] = h
         return h
 
-    def module_sketch(self, m: LoraModule, descriptor: str) -> tuple[np.ndarray, float]:
+    def module_sketch(self, m: LoraModule, descriptor: str) -> ModuleSketch:
         """Stage 1 for one module: its tensor sketch (before normalisation) and its exact squared norm.
 
         A LoKr module keeps its Kronecker structure: ``kron(U1, U2)`` is never formed whole
@@ -199,9 +193,9 @@ class Sketcher:
 
         Returns
         -------
-        sketch : ndarray of shape (module_dim,), float64
-        norm2 : float
-            The exact squared Frobenius norm of the module's Gram matrix (or delta-W).
+        ModuleSketch
+            ``sketch`` (module_dim floats), ``norm2`` (the exact squared Frobenius norm of the
+            module's Gram matrix, or of delta-W for ``delta``) and ``delta2`` (of delta-W).
         """
         h = self._hashes(m.name, *m.shape)
         kron = m.kronecker()
@@ -218,17 +212,20 @@ class Sketcher:
             norm2 = s**4 * float(np.sum(QP * QP.T))  # ||U Q U^T||_F^2 = tr(QPQP)
             # the tensor sketch of sum_kl Q_kl u_k (x) u_l: U M^T counted in the frequency domain (k x k, not out x k)
             F2 = _rfft(h.rows_b @ U) @ Q.T.astype(np.complex64)  # complex BLAS (a complex x real product is not)
-            return s**2 * np.fft.irfft((F1 * F2).sum(axis=1), n=self.module_dim), norm2
+            delta2 = s**2 * float(np.sum(P * Q))  # ||U V||_F^2 = tr(PQ)
+            return ModuleSketch(s**2 * np.fft.irfft((F1 * F2).sum(axis=1), n=self.module_dim), norm2, delta2)
         F2 = _rfft(h.cols @ V.T)
-        return s * np.fft.irfft((F1 * F2).sum(axis=1), n=self.module_dim), s**2 * float(np.sum(P * Q))
+        delta2 = s**2 * float(np.sum(P * Q))
+        return ModuleSketch(s * np.fft.irfft((F1 * F2).sum(axis=1), n=self.module_dim), delta2, delta2)
 
-    def _kron_module_sketch(self, m: LoraModule, kron: tuple, h: _Hashes, descriptor: str) -> tuple[np.ndarray, float]:
+    def _kron_module_sketch(self, m: LoraModule, kron: tuple, h: _Hashes, descriptor: str) -> ModuleSketch:
         """:meth:`module_sketch` of ``scale * kron(U1 V1, U2 V2)`` through ``kron(A, B) kron(C, D) = kron(AC, BD)``."""
         U1, V1, U2, V2 = kron
         U1 = (m.scale * U1.astype(np.float64)).astype(np.float32)
         # Q_i = V_i V_i^T (the identity for a factor stored whole); norms through traces of small products
         Q1 = None if V1 is None else V1.astype(np.float64) @ V1.T
         Q2 = None if V2 is None else V2.astype(np.float64) @ V2.T
+        delta2 = _delta_trace(U1, Q1) * _delta_trace(U2, Q2)
         if descriptor == "gram":
             norm2 = _gram_trace(U1, Q1) * _gram_trace(U2, Q2)  # tr(QPQP) of a Kronecker product
             left = (h.rows_a, U1, U2)
@@ -238,7 +235,7 @@ class Sketcher:
                 U2 if Q2 is None else U2 @ Q2.astype(np.float32),
             )
         else:
-            norm2 = _delta_trace(U1, Q1) * _delta_trace(U2, Q2)
+            norm2 = delta2
             eye = lambda n: np.eye(n, dtype=np.float32)  # noqa: E731  (V stored whole: an identity)
             left = (h.rows_a, U1, U2)
             right = (h.cols, eye(U1.shape[1]) if V1 is None else V1.T, eye(U2.shape[1]) if V2 is None else V2.T)
@@ -251,7 +248,7 @@ class Sketcher:
             L = _kron_product(left[0], left[1][:, cols], left[2])
             R = _kron_product(right[0], right[1][:, cols], right[2])
             spectrum += (np.fft.rfft(L, axis=0) * np.fft.rfft(R, axis=0)).sum(axis=1)
-        return np.fft.irfft(spectrum, n=self.module_dim), norm2
+        return ModuleSketch(np.fft.irfft(spectrum, n=self.module_dim), norm2, delta2)
 
     def sketch(self, lora: LoRA, descriptor: str = "gram") -> np.ndarray:
         """The sketch of one LoRA's descriptor.
@@ -267,13 +264,18 @@ class Sketcher:
         """
         return self.sketch_and_norm(lora, descriptor)[0].astype(np.float32)
 
-    def sketch_and_norm(self, lora: LoRA, descriptor: str = "gram") -> tuple[np.ndarray, float]:
+    def sketch_and_norm(
+        self, lora: LoRA, descriptor: str = "gram", *, module_norms: dict | None = None
+    ) -> tuple[np.ndarray, float]:
         """The sketch (float64) and the exact squared norm of the descriptor before any normalisation.
 
         Parameters
         ----------
         lora : LoRA
         descriptor : {"gram", "delta", "concat"}, default="gram"
+        module_norms : dict, optional
+            Filled with every module's exact squared Frobenius norm of delta-W, by name (what tells
+            files of the same weights apart from merely similar ones).
 
         Returns
         -------
@@ -292,6 +294,8 @@ class Sketcher:
                         x = np.asarray(f, dtype=np.float64).ravel()
                         total += float(x @ x)
                         self._add_concat(out, m.name, role, x)
+                    if module_norms is not None:
+                        module_norms[m.name] = delta_norm2(m)
                 return out, total
             modules = list(lora.modules.values())
             if self.workers > 1 and len(modules) > 1:
@@ -300,8 +304,10 @@ class Sketcher:
                     stage1 = list(pool.map(lambda m: self.module_sketch(m, descriptor), modules))
             else:
                 stage1 = [self.module_sketch(m, descriptor) for m in modules]
-            for m, (t, norm2) in zip(modules, stage1):
+            for m, (t, norm2, delta2) in zip(modules, stage1):
                 total += norm2
+                if module_norms is not None:
+                    module_norms[m.name] = delta2
                 if self.normalise == "module":
                     if not norm2 > 0:
                         continue  # a zero update contributes nothing
@@ -320,6 +326,27 @@ class Sketcher:
                 np.random.default_rng(int.from_bytes(digest, "little")), x.size, self.dim
             )
         out += C @ x
+
+
+def delta_norm2(m: LoraModule) -> float:
+    """Exact ``||delta-W||_F^2`` of one module, in low rank (and through a LoKr's Kronecker structure).
+
+    Parameters
+    ----------
+    m : LoraModule
+
+    Returns
+    -------
+    float
+    """
+    kron = m.kronecker()
+    if kron is not None:
+        U1, V1, U2, V2 = kron
+        Q1 = None if V1 is None else V1.astype(np.float64) @ V1.T
+        Q2 = None if V2 is None else V2.astype(np.float64) @ V2.T
+        return m.scale**2 * _delta_trace(U1, Q1) * _delta_trace(U2, Q2)
+    U, V = m.low_rank()
+    return m.scale**2 * float(np.sum((U.T @ U).astype(np.float64) * (V @ V.T).astype(np.float64)))
 
 
 def sketch_cosines(S: np.ndarray, T: np.ndarray | None = None) -> np.ndarray:

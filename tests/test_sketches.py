@@ -197,12 +197,16 @@ def test_lokr_sketch_keeps_the_kronecker_structure_and_equals_the_expanded_one(w
     up, down = m.low_rank()
     plain = build_module("p", m.name, "unet", {"lora_up": m.scale * up, "lora_down": down})
     sk = Sketcher(dim=64, module_dim=32)
-    a, na = sk.module_sketch(m, descriptor)
-    b, nb = sk.module_sketch(plain, descriptor)
+    a, na, da = sk.module_sketch(m, descriptor)
+    b, nb, db = sk.module_sketch(plain, descriptor)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * np.abs(b).max())
     D = m.delta().astype(np.float64)
     truth = np.sum((D @ D.T) ** 2) if descriptor == "gram" else np.sum(D**2)
     assert na == pytest.approx(truth, rel=1e-5) and nb == pytest.approx(truth, rel=1e-5)
+    from lorastyle.sketches import delta_norm2
+
+    assert da == pytest.approx(np.sum(D**2), rel=1e-5) and db == pytest.approx(da, rel=1e-5)
+    assert delta_norm2(m) == pytest.approx(da, rel=1e-5) and delta_norm2(plain) == pytest.approx(da, rel=1e-5)
 
 
 def test_sketching_a_lokr_takes_memory_like_its_factors_not_its_expansion():

@@ -96,6 +96,7 @@ class RecordCache:
         tensors = {f"sketch/{p}": v for p, v in record.sketches.items()}
         if record.init is not None:
             tensors["init"] = record.init
+        tensors["module_norms"] = np.asarray(record.module_norms, np.float32)
         row = {
             "path": record.path,
             "sha256": record.sha256,
@@ -150,4 +151,5 @@ def _decode(tensors: dict, meta: dict, settings: str) -> Record | None:
         norms={p: float(row["norms"][p]) for p in parts},
         init=tensors.get("init"),
         info=dict(row["info"]),
+        module_norms=tensors["module_norms"],
     )

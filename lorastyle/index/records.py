@@ -62,6 +62,9 @@ class Record:
         Per part, the sketch's norm before it was made unit.
     init : ndarray of shape (INIT_SKETCH_DIM,), float16, or None
         Unit sketch of the A factors (``concat`` only), to tell shared initialisations.
+    module_norms : ndarray of shape (n_modules,), float32
+        Exact ``||delta-W||_F`` of every module, in the layout's (sorted) module order: equal for
+        files of the same weights whatever their names, layout, dtype or factor gauge.
     info : dict
         Small facts for people (title, trigger words), from the file's metadata.
     """
@@ -80,6 +83,7 @@ class Record:
     sketches: dict = field(repr=False)
     norms: dict = field(repr=False)
     init: np.ndarray | None = field(default=None, repr=False)
+    module_norms: np.ndarray | None = field(default=None, repr=False)
     info: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -146,10 +150,10 @@ def describe_lora(
     """
     if not lora.modules:
         raise LoraFormatError(lora.path, "no module to describe")
-    sketches, norms = {}, {}
+    sketches, norms, module_norms = {}, {}, {}
     for part in lora.parts:
         sub = replace(lora, modules={n: m for n, m in lora.modules.items() if m.part == part})
-        v, norm2 = sketcher.sketch_and_norm(sub, descriptor)
+        v, norm2 = sketcher.sketch_and_norm(sub, descriptor, module_norms=module_norms)
         if not (norm2 <= MAX_NORM2 and np.all(np.isfinite(v))):  # False for nan too
             raise LoraFormatError(
                 lora.path,
@@ -188,6 +192,7 @@ def describe_lora(
         sketches=sketches,
         norms=norms,
         init=init,
+        module_norms=np.sqrt([module_norms[n] for n in lora.modules]).astype(np.float32),
         info=info or {},
     )
 

@@ -206,6 +206,9 @@ class LoraIndex:
             for p in m.parts:
                 tensors[f"g{gi}/{p}/unit"] = m.unit[p]
                 tensors[f"g{gi}/{p}/norm"] = m.norms[p]
+            mn = [np.asarray(r.module_norms, np.float32) for r in g.records]
+            tensors[f"g{gi}/module_norms"] = np.concatenate(mn) if mn else np.zeros(0, np.float32)
+            tensors[f"g{gi}/module_norm_offsets"] = np.cumsum([0] + [len(x) for x in mn]).astype(np.int64)
             inits = [r.init for r in g.records]
             if all(x is not None for x in inits) and inits:
                 tensors[f"g{gi}/init"] = np.stack(inits).astype(np.float16)
@@ -314,8 +317,18 @@ class LoraIndex:
                 need(bool(np.all(np.isfinite(unit[p]))), f"sketches of {p} hold NaN or Inf")
             init = tensors.get(f"g{gi}/init")
             need(init is None or init.shape[0] == n, "init sketches")
+            flat, offsets = tensors[f"g{gi}/module_norms"], tensors[f"g{gi}/module_norm_offsets"]
+            need(
+                offsets.shape == (n + 1,)
+                and offsets[0] == 0
+                and offsets[-1] == len(flat)
+                and bool(np.all(np.diff(offsets) >= 0))
+                and bool(np.all(np.isfinite(flat))),
+                "module norms",
+            )
             records = []
             for i, row in enumerate(rows):
+                need(int(row["n_modules"]) == int(offsets[i + 1] - offsets[i]), "a record's module norms")
                 need(
                     isinstance(row["path"], str) and re.fullmatch(r"[0-9a-f]{64}", row["sha256"]) is not None,
                     "a record's path or sha256",
@@ -339,6 +352,7 @@ class LoraIndex:
                         norms={p: float(norms[p][i]) for p in rparts},
                         init=None if init is None else init[i],
                         info=dict(row.get("info") or {}),
+                        module_norms=flat[offsets[i] : offsets[i + 1]],
                     )
                 )
             state = {k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"g{gi}/pca/")}

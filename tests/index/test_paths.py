@@ -291,7 +291,7 @@ def test_non_utf8_names(tmp_path):
     lines = proc.stdout.split(b"\n")
     text, raw_json, inspect_first = lines[:2], lines[2], lines[3]
     assert all(re.match(rb"^[+-]\d\.\d{4}  ", line) for line in text)
-    assert {line.split(b"  ", 1)[1] for line in text} == {os.path.join(root, n) for n in names[1:]}
+    assert {line.rsplit(b"  ", 1)[1] for line in text} == {os.path.join(root, n) for n in names[1:]}
     results = json.loads(raw_json)
     assert {os.fsencode(r["path"]) for r in results} == {os.path.join(root, n) for n in names[1:]}
     assert inspect_first == os.path.join(root, names[0])

@@ -120,6 +120,11 @@ def _killed_run(folder, out, stop_at):
 
                 atomic.os.replace = stop_around_rename
             index_folder(folder, out)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            os._exit(1)
         finally:
             os._exit(0)
     _, status = os.waitpid(pid, os.WUNTRACED)
@@ -127,6 +132,7 @@ def _killed_run(folder, out, stop_at):
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         return stop_at[0]
+    assert os.WEXITSTATUS(status) == 0, "the indexing child failed (its traceback is above)"
     return "finished"
 
 

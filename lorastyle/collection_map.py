@@ -1,0 +1,933 @@
+"""A map of a user's LoRA folder: one self-contained, offline HTML page (what ``lorastyle map`` writes).
+
+For every base family of an index (each family is scored on its own, see
+:mod:`lorastyle.index.store`):
+
+* the pairwise scores are the default scorer of ``lorastyle similar``
+  (:meth:`lorastyle.index.search.SketchMatrix.cosine_matrix`: the cosine of the descriptors
+  over the model parts both files adapt);
+* :func:`map_layout` places the files in 2-D from the distances ``1 - score``;
+* :func:`clusters` groups them by average linkage: a cluster is a set of files whose average
+  score is above a threshold, by default the score above which the wild benchmark's pairs were
+  "same source likely" (:func:`lorastyle.index.calibration.load_calibration`).
+
+:func:`map_page` is the page: the map (plotly.js embedded inline: the page loads nothing from
+the network), a side panel with the file under the mouse and its preview image, and the cluster
+list as plain HTML. :func:`map_json` is the cluster list as JSON (``lorastyle map --json``).
+
+Preview images are the ones LoRA managers keep next to a file (:func:`find_preview`), embedded
+as ``data:`` URIs downscaled to at most :data:`PREVIEW_SIZE` pixels.
+
+This module imports plotly, scikit-learn, umap-learn and Pillow inside its functions only, so
+that importing it costs nothing; the command imports it only when ``map`` runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._validation import check_option
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "MDS_MAX_POINTS",
+    "PREVIEW_SIZE",
+    "PREVIEW_SUFFIXES",
+    "CIVITAI_INFO_SUFFIX",
+    "MARKS",
+    "GroupMap",
+    "MapData",
+    "map_layout",
+    "clusters",
+    "default_threshold",
+    "find_preview",
+    "preview_data_uri",
+    "map_data",
+    "map_page",
+    "map_json",
+]
+
+#: Cluster threshold when the index's descriptor and sketch settings have no calibration:
+#: files join a cluster when their average score is at least 0.5 (the calibrated ``gram``
+#: threshold of the tiny model's wild benchmark is 0.46).
+DEFAULT_THRESHOLD = 0.5
+#: Groups of up to this many files are placed by metric MDS, larger ones by UMAP (see :func:`map_layout`).
+MDS_MAX_POINTS = 300
+#: Longest side, in pixels, of an embedded preview image.
+PREVIEW_SIZE = 256
+#: Preview images looked for next to ``NAME.safetensors``, in this order (the first that exists is used):
+#: AUTOMATIC1111/Forge's extra-networks page looks, for each of png, jpg, jpeg, webp, gif, for
+#: ``NAME.EXT`` and ``NAME.preview.EXT``; its "replace preview" button and the Civitai Helper extension
+#: write ``NAME.preview.png``, so the ``.preview.`` name is tried first for each extension.
+PREVIEW_SUFFIXES = tuple(f"{mid}.{ext}" for ext in ("png", "jpg", "jpeg", "webp", "gif") for mid in (".preview", ""))
+#: The Civitai Helper extension's info file, ``NAME.civitai.info``: the Civitai API's model-version
+#: JSON. Its ``images`` are URLs (the first is saved as ``NAME.preview.png``, found above); its
+#: model name and ``trainedWords`` stand in for a title and trigger words the file's header lacks.
+CIVITAI_INFO_SUFFIX = ".civitai.info"
+#: What the marker symbol can show.
+MARKS = ("base", "kind", "format", "dtype", "none")
+
+# Okabe & Ito's colour-blind-safe palette, then Paul Tol's "bright" (as lorastyle.book.viz, which
+# imports matplotlib: the colours are repeated here). Files in no cluster are grey.
+_PALETTE = (
+    "#0072B2",
+    "#E69F00",
+    "#009E73",
+    "#CC79A7",
+    "#D55E00",
+    "#56B4E9",
+    "#F0E442",
+    "#4477AA",
+    "#EE6677",
+    "#228833",
+    "#CCBB44",
+    "#66CCEE",
+    "#AA3377",
+)
+_SINGLE = "#BBBBBB"
+_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star", "triangle-down", "pentagon", "hexagon")
+_MAX_INFO_BYTES = 8 << 20  # a .civitai.info larger than this is not read
+_MAX_IMAGE_PIXELS = 64_000_000  # a larger preview is not decoded (a decompression bomb)
+_GAP = 0.5  # space between two families' maps, in units of a map's width
+
+Progress = Callable[..., Iterable]
+
+
+def _no_progress(items, **_):
+    return items
+
+
+# --------------------------------------------------------------------------- positions and clusters
+
+
+def _check_similarity(similarity) -> np.ndarray:
+    S = np.asarray(similarity, dtype=np.float64)
+    if S.ndim != 2 or S.shape[0] != S.shape[1]:
+        raise ValueError(f"similarity must be a square matrix, got shape {S.shape}")
+    if not np.all(np.isfinite(S)):
+        raise ValueError("similarity holds NaN or Inf")
+    return S
+
+
+def _distances(S: np.ndarray) -> np.ndarray:
+    D = np.clip(1.0 - (S + S.T) / 2.0, 0.0, 2.0)
+    np.fill_diagonal(D, 0.0)
+    return D
+
+
+def map_layout(similarity, random_state=0, *, method: str = "auto") -> np.ndarray:
+    """2-D positions of a group's files from their similarity matrix (distance ``1 - similarity``).
+
+    * up to :data:`MDS_MAX_POINTS` files: metric MDS (scikit-learn's SMACOF on the precomputed
+      distances, started from classical MDS). It fits every pair's distance, so for a few hundred
+      files the gaps between clusters are readable as distances; being started from classical MDS
+      (an eigendecomposition) it is deterministic.
+    * more files: UMAP on the precomputed distances (15 nearest neighbours). In a large collection
+      most pairs are unrelated (distance near 1), which no 2-D placement can keep all equal: MDS's
+      stress then crowds the files into a ring, where UMAP keeps each file's nearest neighbours
+      next to it. It is deterministic for a given ``random_state`` (single-threaded).
+
+    One file is placed at the origin, two on the x axis at their distance.
+
+    Parameters
+    ----------
+    similarity : array-like of shape (n, n)
+        Scores in [-1, 1], 1 on the diagonal (:meth:`~lorastyle.index.search.SketchMatrix.cosine_matrix`).
+    random_state : int, default=0
+        Seed of the optimisation.
+    method : {"auto", "mds", "umap"}, default="auto"
+        ``auto``: MDS up to :data:`MDS_MAX_POINTS` files, UMAP above.
+
+    Returns
+    -------
+    ndarray of shape (n, 2)
+    """
+    check_option(method, "method", ("auto", "mds", "umap"))
+    S = _check_similarity(similarity)
+    n = len(S)
+    if n <= 2:
+        out = np.zeros((n, 2))
+        if n == 2:
+            d = _distances(S)[0, 1]
+            out[:, 0] = [-d / 2, d / 2]
+        return out
+    D = _distances(S)
+    if method == "auto":
+        method = "mds" if n <= MDS_MAX_POINTS else "umap"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FutureWarnings of defaults, UMAP's notes on precomputed metrics
+        if method == "mds":
+            from sklearn.manifold import MDS
+
+            kwargs = dict(n_components=2, n_init=1, max_iter=300, random_state=random_state, init="classical_mds")
+            try:
+                mds = MDS(metric="precomputed", **kwargs)
+            except TypeError:  # scikit-learn < 1.8 calls the option dissimilarity
+                kwargs.pop("init")
+                mds = MDS(dissimilarity="precomputed", **kwargs)
+            if np.allclose(D, 0.0):
+                return np.zeros((n, 2))
+            return np.asarray(mds.fit_transform(D), dtype=np.float64)
+        import umap
+
+        reducer = umap.UMAP(
+            n_components=2,
+            n_neighbors=min(15, n - 1),
+            min_dist=0.1,
+            metric="precomputed",
+            random_state=random_state,
+            n_jobs=1,
+        )
+        try:
+            return np.asarray(reducer.fit_transform(D), dtype=np.float64)
+        except (ValueError, np.linalg.LinAlgError):  # a graph the spectral initialisation cannot use
+            reducer.set_params(init="random")
+            return np.asarray(reducer.fit_transform(D), dtype=np.float64)
+
+
+def clusters(similarity, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """Cluster labels of a group's files: average linkage on ``1 - similarity``.
+
+    Two clusters merge while the average score between their files is above ``threshold``
+    (scikit-learn's ``AgglomerativeClustering`` with ``distance_threshold = 1 - threshold``).
+    Labels are renumbered so that cluster 0 is the largest (ties: the one whose first file
+    comes first); a file in no cluster is a cluster of one.
+
+    Parameters
+    ----------
+    similarity : array-like of shape (n, n)
+        Scores in [-1, 1].
+    threshold : float, default=DEFAULT_THRESHOLD
+        :func:`map_json` and :func:`map_page` pass the calibrated "same source likely" score
+        (:func:`default_threshold`).
+
+    Returns
+    -------
+    ndarray of int of shape (n,)
+    """
+    S = _check_similarity(similarity)
+    threshold = float(threshold)
+    if not np.isfinite(threshold) or not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be a score in [-1, 1], got {threshold!r}")
+    n = len(S)
+    if n < 2:
+        return np.zeros(n, dtype=int)
+    if threshold >= 1.0:  # nothing scores above 1: every file alone
+        raw = np.arange(n)
+    else:
+        from sklearn.cluster import AgglomerativeClustering
+
+        model = AgglomerativeClustering(
+            n_clusters=None, metric="precomputed", linkage="average", distance_threshold=1.0 - threshold
+        )
+        raw = model.fit_predict(_distances(S))
+    first = {}
+    for i, c in enumerate(raw):
+        first.setdefault(int(c), i)
+    sizes = np.bincount(raw)
+    order = sorted(first, key=lambda c: (-sizes[c], first[c]))
+    renumber = {c: k for k, c in enumerate(order)}
+    return np.array([renumber[int(c)] for c in raw], dtype=int)
+
+
+def default_threshold(index) -> tuple[float, str]:
+    """The cluster threshold for an index, and where it comes from, in words.
+
+    Parameters
+    ----------
+    index : LoraIndex
+
+    Returns
+    -------
+    threshold : float
+        The calibration's "same source likely" score for the index's descriptor and sketch
+        settings, else :data:`DEFAULT_THRESHOLD`.
+    source : str
+    """
+    from .index.calibration import load_calibration
+
+    calibration = load_calibration(index.descriptor, index.sketcher.settings)
+    if calibration is None:
+        return DEFAULT_THRESHOLD, f"the default {DEFAULT_THRESHOLD} (no calibration for {index.descriptor})"
+    return calibration.threshold, f"the 'same source likely' score of {calibration.calibrated_on}"
+
+
+# --------------------------------------------------------------------------- previews
+
+
+def find_preview(path: str | os.PathLike) -> str | None:
+    """The preview image a LoRA manager keeps next to a LoRA file, or None.
+
+    Tries ``NAME`` + each of :data:`PREVIEW_SUFFIXES` (``NAME.preview.png``, ``NAME.png``,
+    ``NAME.preview.jpg``, ... for ``NAME.safetensors``) and returns the first regular file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The LoRA file.
+
+    Returns
+    -------
+    str or None
+    """
+    stem = os.path.splitext(os.fspath(path))[0]
+    for suffix in PREVIEW_SUFFIXES:
+        candidate = stem + suffix
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def preview_data_uri(path: str | os.PathLike, size: int = PREVIEW_SIZE) -> str:
+    """An image file as a ``data:image/jpeg;base64,...`` URI, downscaled to at most ``size`` pixels.
+
+    The first frame of an animation; transparency is flattened onto white; EXIF orientation is
+    applied.
+
+    Parameters
+    ----------
+    path : str or path-like
+    size : int, default=PREVIEW_SIZE
+        Longest side, in pixels.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    ValueError
+        If the file is not an image Pillow can decode, or has more than 64 million pixels.
+    OSError
+        If it cannot be read.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > _MAX_IMAGE_PIXELS:
+                raise ValueError(f"{img.width} x {img.height} pixels: too large to decode")
+            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
+            img.seek(0)
+            frame = ImageOps.exif_transpose(img).convert("RGBA")
+            frame.thumbnail((size, size), Image.Resampling.LANCZOS)
+    except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, EOFError) as exc:
+        raise ValueError(f"not a readable image ({exc})") from None
+    flat = Image.new("RGB", frame.size, "white")
+    flat.paste(frame, mask=frame.getchannel("A"))
+    buffer = io.BytesIO()
+    flat.save(buffer, format="JPEG", quality=82, optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _civitai_info(path: str) -> dict:
+    """Title and trigger words from ``NAME.civitai.info`` (empty when absent or unusable)."""
+    info_path = os.path.splitext(path)[0] + CIVITAI_INFO_SUFFIX
+    try:
+        if os.path.getsize(info_path) > _MAX_INFO_BYTES:
+            return {}
+        with open(info_path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError, RecursionError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    out = {}
+    model = data.get("model")
+    name = model.get("name") if isinstance(model, dict) else None
+    if isinstance(name, str) and name.strip():
+        version = data.get("name")
+        title = name.strip() + (f" ({version.strip()})" if isinstance(version, str) and version.strip() else "")
+        out["title"] = title[:200]
+    words = data.get("trainedWords")
+    if isinstance(words, list):
+        words = [w.strip()[:100] for w in words if isinstance(w, str) and w.strip()][:5]
+        if words:
+            out["trigger_words"] = words
+    return out
+
+
+# --------------------------------------------------------------------------- the data
+
+
+@dataclass
+class GroupMap:
+    """One base family of the map.
+
+    Attributes
+    ----------
+    key : str
+        The index group's key (its base family).
+    records : list of Record
+    similarity : ndarray of shape (n, n)
+        Every pair's score.
+    labels : ndarray of int of shape (n,)
+        Cluster of each file (:func:`clusters`).
+    positions : ndarray of shape (n, 2) or None
+        :func:`map_layout`, when computed.
+    """
+
+    key: str
+    records: list
+    similarity: np.ndarray = field(repr=False)
+    labels: np.ndarray = field(repr=False)
+    positions: np.ndarray | None = field(default=None, repr=False)
+
+    def cluster_list(self, extra: dict | None = None) -> list[dict]:
+        """The clusters, largest first, as :func:`map_json` gives them.
+
+        Each cluster's first member is its medoid (the member with the highest total score to the
+        others; ties: the first in the index); the other members follow by their score to it.
+
+        Parameters
+        ----------
+        extra : dict of str to dict, optional
+            :attr:`MapData.extra`: titles from ``NAME.civitai.info`` for files whose header has none.
+
+        Returns
+        -------
+        list of dict
+            ``id``, ``size``, ``members``: ``index`` (in the group), ``path``, ``title``,
+            ``score`` (to the first member; 1 for the first itself), ``best_score`` and
+            ``best_match`` (the highest score to another member, and that member's path; None
+            for a cluster of one).
+        """
+        S = self.similarity
+        extra = extra or {}
+        out = []
+        for c in range(int(self.labels.max()) + 1 if len(self.labels) else 0):
+            members = [int(i) for i in np.flatnonzero(self.labels == c)]
+            sub = S[np.ix_(members, members)]
+            first = members[int(np.argmax(sub.sum(axis=1)))]
+            members.sort(key=lambda i: (i != first, -S[first, i], i))
+            rows = []
+            for i in members:
+                others = [j for j in members if j != i]
+                best = max(others, key=lambda j: (S[i, j], -j)) if others else None
+                rows.append(
+                    {
+                        "index": i,
+                        "path": self.records[i].path,
+                        "title": self.records[i].info.get("title") or extra.get(self.records[i].path, {}).get("title"),
+                        "score": 1.0 if i == first else float(S[first, i]),
+                        "best_score": None if best is None else float(S[i, best]),
+                        "best_match": None if best is None else self.records[best].path,
+                    }
+                )
+            out.append({"id": c, "size": len(members), "members": rows})
+        return out
+
+
+@dataclass
+class MapData:
+    """What the page and the JSON are made from (:func:`map_data`).
+
+    Attributes
+    ----------
+    groups : list of GroupMap
+    threshold : float
+    threshold_source : str
+        Where the threshold comes from, in words.
+    descriptor : str
+    previews : dict of str to str
+        File path to its preview's ``data:`` URI (files with a readable preview only).
+    extra : dict of str to dict
+        File path to title and trigger words from ``NAME.civitai.info``.
+    """
+
+    groups: list
+    threshold: float
+    threshold_source: str
+    descriptor: str
+    previews: dict = field(default_factory=dict, repr=False)
+    extra: dict = field(default_factory=dict, repr=False)
+
+
+def map_data(
+    index,
+    *,
+    threshold: float | None = None,
+    random_state=0,
+    layout: bool = True,
+    previews: bool = True,
+    progress: Progress | None = None,
+) -> MapData:
+    """Scores, clusters, positions and previews of every group of an index (computed once).
+
+    Parameters
+    ----------
+    index : LoraIndex
+    threshold : float, optional
+        Cluster threshold; by default :func:`default_threshold`.
+    random_state : int, default=0
+        Seed of :func:`map_layout`.
+    layout : bool, default=True
+        Compute positions (the page needs them, the JSON does not).
+    previews : bool, default=True
+        Look for preview images next to the files (``NAME.civitai.info`` files are read either way).
+    progress : callable, optional
+        ``progress(iterable, desc=..., total=...)`` wraps each pass (for example ``tqdm``).
+
+    Returns
+    -------
+    MapData
+
+    Warns
+    -----
+    UserWarning
+        For a preview image that exists but cannot be decoded (the file is shown without one).
+    """
+    progress = progress or _no_progress
+    if threshold is None:
+        threshold, source = default_threshold(index)
+    else:
+        source = "--threshold"
+    groups = []
+    for g in index.groups.values():
+        S = g.matrix.cosine_matrix()
+        groups.append(GroupMap(key=g.key, records=list(g.records), similarity=S, labels=clusters(S, threshold)))
+    if layout:
+        for gm in progress(groups, desc="placing files on the map", total=len(groups)):
+            gm.positions = map_layout(gm.similarity, random_state=random_state)
+    data = MapData(groups=groups, threshold=float(threshold), threshold_source=source, descriptor=index.descriptor)
+    records = [r for gm in groups for r in gm.records]
+    if not previews:
+        data.extra = {r.path: x for r in records if (x := _civitai_info(r.path))}
+    else:
+        for r in progress(records, desc="reading preview images", total=len(records)):
+            extra = _civitai_info(r.path)
+            if extra:
+                data.extra[r.path] = extra
+            image = find_preview(r.path)
+            if image is None:
+                continue
+            try:
+                data.previews[r.path] = preview_data_uri(image)
+            except (OSError, ValueError) as exc:
+                warnings.warn(f"{_text(image)}: preview image not shown: {exc}", stacklevel=2)
+    return data
+
+
+def map_json(index, *, threshold: float | None = None, data: MapData | None = None) -> dict:
+    """The clusters of every group of an index, as JSON.
+
+    Parameters
+    ----------
+    index : LoraIndex
+    threshold : float, optional
+        Cluster threshold; by default :func:`default_threshold`.
+    data : MapData, optional
+        Already computed by :func:`map_data` (then ``threshold`` is ignored).
+
+    Returns
+    -------
+    dict
+        ``descriptor``, ``threshold``, ``threshold_source``, ``n_files`` and ``groups``: per group
+        ``key``, ``base``, ``n_files`` and ``clusters`` (:meth:`GroupMap.cluster_list`, largest
+        first, members without their ``index``). Every file is in exactly one cluster.
+    """
+    if data is None:
+        data = map_data(index, threshold=threshold, layout=False, previews=False)
+    groups = []
+    for gm in data.groups:
+        cl = gm.cluster_list(data.extra)
+        for c in cl:
+            for m in c["members"]:
+                del m["index"]
+        groups.append({"key": gm.key, "base": gm.records[0].base, "n_files": len(gm.records), "clusters": cl})
+    return {
+        "descriptor": data.descriptor,
+        "threshold": data.threshold,
+        "threshold_source": data.threshold_source,
+        "n_files": sum(len(gm.records) for gm in data.groups),
+        "groups": groups,
+    }
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def _text(value) -> str:
+    """Text that UTF-8 can encode: a name's undecodable bytes (surrogate escapes) become U+FFFD."""
+    s = str(value)
+    try:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "replace").decode("utf-8")
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _facts(record, extra: dict) -> dict:
+    info = dict(record.info)
+    for key, value in extra.items():
+        info.setdefault(key, value)
+    return {
+        "name": _text(os.path.basename(record.path)),
+        "path": _text(record.path),
+        "title": _text(info["title"]) if info.get("title") else "",
+        "trigger_words": [_text(t) for t in info.get("trigger_words", [])],
+        "base": record.base,
+        "base_model": _text(info["base_model"]) if info.get("base_model") else "",
+        "base_mismatch": _text(info["base_mismatch"]) if info.get("base_mismatch") else "",
+        "kind": _text(info.get("kind") or "LoRA"),
+        "format": record.format,
+        "dtype": record.dtype,
+        "ranks": sorted(set(record.ranks)),
+        "size": _size(record.size),
+    }
+
+
+def _normalised(points: np.ndarray) -> np.ndarray:
+    """Positions centred in a box of width and height at most 1 (proportions kept)."""
+    if len(points) == 0:
+        return points
+    p = points - (points.max(axis=0) + points.min(axis=0)) / 2
+    extent = float(np.max(points.max(axis=0) - points.min(axis=0)))
+    return p / extent if extent > 0 else p
+
+
+def _cluster_colours(labels: np.ndarray) -> list[str]:
+    sizes = np.bincount(labels) if len(labels) else np.zeros(0, dtype=int)
+    return [_PALETTE[c % len(_PALETTE)] if sizes[c] > 1 else _SINGLE for c in labels]
+
+
+def _json_script(element_id: str, value) -> str:
+    text = json.dumps(value, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e")
+    return f'<script type="application/json" id="{element_id}">{text}</script>'
+
+
+_CSS = """
+body { font-family: "DejaVu Sans", Arial, Helvetica, sans-serif; color: #222; margin: 16px; }
+h1 { font-size: 20px; margin: 0 0 4px 0; } h2 { font-size: 17px; margin-top: 28px; } h3 { font-size: 15px; }
+.note { color: #555; font-size: 13px; margin: 2px 0; }
+.row { display: flex; gap: 16px; align-items: flex-start; }
+.plot { flex: 1 1 auto; min-width: 0; }
+#panel { flex: 0 0 300px; border: 1px solid #ccc; border-radius: 4px; padding: 10px; font-size: 13px;
+  position: sticky; top: 8px; min-height: 200px; overflow-wrap: anywhere; }
+#panel img { max-width: 256px; max-height: 256px; display: block; margin-bottom: 8px; }
+#panel .k { color: #666; }
+table.members { border-collapse: collapse; font-size: 13px; margin: 4px 0 12px 0; }
+table.members td, table.members th { border-bottom: 1px solid #eee; padding: 3px 8px; text-align: left;
+  vertical-align: middle; }
+table.members tr:hover { background: #f4f4f4; cursor: pointer; }
+table.members img { max-height: 64px; max-width: 64px; display: block; }
+.swatch { display: inline-block; width: 11px; height: 11px; border-radius: 50%; margin-right: 6px;
+  vertical-align: middle; }
+.num { font-variant-numeric: tabular-nums; }
+"""
+
+_JS = """
+(function () {
+  var info = JSON.parse(document.getElementById("lorastyle-map-files").textContent);
+  var panel = document.getElementById("panel");
+  function add(parent, tag, text, cls) {
+    var e = document.createElement(tag);
+    if (text !== undefined) e.textContent = text;
+    if (cls) e.className = cls;
+    parent.appendChild(e);
+    return e;
+  }
+  function row(key, value) {
+    if (!value || (Array.isArray(value) && !value.length)) return;
+    var p = add(panel, "div");
+    add(p, "span", key + ": ", "k");
+    add(p, "span", Array.isArray(value) ? value.join(", ") : String(value));
+  }
+  function show(i) {
+    var f = info[i];
+    if (!f) return;
+    panel.textContent = "";
+    var thumb = document.getElementById("preview-" + i);
+    if (thumb) {
+      var img = add(panel, "img");
+      img.src = thumb.src;
+      img.alt = "preview of " + f.name;
+    } else {
+      add(panel, "div", "no preview image", "note");
+    }
+    add(panel, "b", f.name);
+    row("title", f.title);
+    row("trigger words", f.trigger_words);
+    row("base", f.base + (f.base_model ? " (metadata: " + f.base_model + ")" : ""));
+    row("warning", f.base_mismatch);
+    row("kind", f.kind);
+    row("layout", f.format + ", " + f.dtype + ", rank " + f.ranks.join("/"));
+    row("size", f.size);
+    row("cluster", f.cluster_text);
+    row("closest", f.closest);
+    row("path", f.path);
+  }
+  window.lorastyleShow = show;
+  function hook() {
+    var gd = document.querySelector(".plotly-graph-div");
+    if (gd && gd.on) {
+      gd.on("plotly_hover", function (e) { show(e.points[0].customdata); });
+      gd.on("plotly_click", function (e) { show(e.points[0].customdata); });
+    }
+    document.querySelectorAll("tr[data-file]").forEach(function (tr) {
+      tr.addEventListener("click", function () { show(Number(tr.dataset.file)); });
+    });
+  }
+  if (document.readyState === "complete") hook(); else window.addEventListener("load", hook);
+})();
+"""
+
+
+def map_page(
+    index,
+    *,
+    mark: str = "base",
+    threshold: float | None = None,
+    random_state=0,
+    title: str | None = None,
+    data: MapData | None = None,
+) -> str:
+    """The map of an index as one self-contained HTML page (nothing is loaded from the network).
+
+    * the map: one scatter trace per base family (a legend entry each, to show or hide it, and a
+      dropdown to show one family at a time), the families side by side, each placed on its own
+      by :func:`map_layout` (distances between families mean nothing: they are never scored
+      against each other); points coloured by cluster (Okabe & Ito's colour-blind-safe palette,
+      then Paul Tol's; grey for a file in no cluster); the marker symbol shows ``mark``;
+    * hovering a point shows its file name, title, trigger words, base family, kind, size and
+      cluster; the side panel shows the same with its preview image and its closest files;
+    * below the map, the cluster list of every family as plain HTML: each cluster's members with
+      their score to its first member (its medoid) and their best match in the cluster, then the
+      files in no cluster with their closest file.
+
+    plotly.js is embedded inline (about 4.7 MB); preview images are embedded as ``data:`` URIs
+    (at most 256 pixels, JPEG, a few kB each).
+
+    Parameters
+    ----------
+    index : LoraIndex
+    mark : {"base", "kind", "format", "dtype", "none"}, default="base"
+        What the marker symbol shows: the base family (when several are shown), the adapter
+        kind (LoRA, LoCon, LoHa, LoKr), the file's layout, its dtype, or nothing.
+    threshold : float, optional
+        Cluster threshold; by default :func:`default_threshold`.
+    random_state : int, default=0
+        Seed of :func:`map_layout`.
+    title : str, optional
+        Page title (default: "LoRA map").
+    data : MapData, optional
+        Already computed by :func:`map_data` (then ``threshold`` and ``random_state`` are ignored).
+
+    Returns
+    -------
+    str
+        HTML text (UTF-8 encodable).
+    """
+    check_option(mark, "mark", MARKS)
+    try:
+        import plotly.graph_objects as go
+    except ImportError as exc:  # pragma: no cover - plotly is an optional dependency
+        raise ImportError("the map page needs plotly: pip install plotly") from exc
+    if data is None:
+        data = map_data(index, threshold=threshold, random_state=random_state)
+    for gm in data.groups:
+        if gm.positions is None:
+            gm.positions = map_layout(gm.similarity, random_state=random_state)
+    title = _text(title or "LoRA map")
+
+    files: list[dict] = []  # per point, in page order
+    lists: list[str] = []
+    fig = go.Figure()
+    symbol_of: dict[str, str] = {}
+    annotations, buttons = [], []
+    several = len(data.groups) > 1
+    for gi, gm in enumerate(data.groups):
+        S, labels = gm.similarity, gm.labels
+        sizes = np.bincount(labels)
+        colours = _cluster_colours(labels)
+        offset = gi * (1.0 + _GAP)
+        pts = _normalised(gm.positions) + np.array([offset, 0.0])
+        start = len(files)
+        texts, symbols = [], []
+        for i, r in enumerate(gm.records):
+            facts = _facts(r, data.extra.get(r.path, {}))
+            c = int(labels[i])
+            facts["group"] = gm.key
+            facts["cluster"] = c
+            facts["cluster_text"] = f"{c} ({sizes[c]} files)" if sizes[c] > 1 else f"{c} (no other file)"
+            near = [j for j in np.argsort(-S[i], kind="stable") if j != i][:3]
+            facts["closest"] = [f"{_text(os.path.basename(gm.records[j].path))} ({S[i, j]:.3f})" for j in near]
+            files.append(facts)
+            key = {"base": gm.key, "kind": facts["kind"], "format": r.format, "dtype": r.dtype, "none": ""}[mark]
+            if mark == "base" and not several:
+                key = ""
+            symbols.append(symbol_of.setdefault(key, _SYMBOLS[len(symbol_of) % len(_SYMBOLS)]))
+            lines = [f"<b>{html.escape(facts['name'], quote=False)}</b>"]
+            if facts["title"]:
+                lines.append(f"title: {html.escape(facts['title'], quote=False)}")
+            if facts["trigger_words"]:
+                lines.append(f"trigger words: {html.escape(', '.join(facts['trigger_words']), quote=False)}")
+            lines.append(f"base: {html.escape(facts['base'])} · kind: {html.escape(facts['kind'], quote=False)}")
+            lines.append(f"size: {facts['size']} · cluster {html.escape(facts['cluster_text'], quote=False)}")
+            texts.append("<br>".join(lines))
+        fig.add_trace(
+            go.Scatter(
+                x=pts[:, 0].round(5).tolist(),
+                y=pts[:, 1].round(5).tolist(),
+                mode="markers",
+                name=f"{gm.key} ({len(gm.records)} files)",
+                text=texts,
+                customdata=list(range(start, start + len(gm.records))),
+                hovertemplate="%{text}<extra></extra>",
+                marker=dict(size=11, color=colours, symbol=symbols, line=dict(color="white", width=0.8)),
+            )
+        )
+        annotations.append(
+            dict(x=offset, y=0.62, text=f"<b>{html.escape(gm.key)}</b>", showarrow=False, font=dict(size=13))
+        )
+        visible = [k == gi for k in range(len(data.groups))]
+        buttons.append(
+            dict(
+                label=gm.key,
+                method="update",
+                args=[{"visible": visible}, {"xaxis.range": [offset - 0.6, offset + 0.6]}],
+            )
+        )
+        lists.append(_group_list(gm, start, data))
+    axis = dict(showgrid=False, zeroline=False, showticklabels=False, ticks="", showline=False)
+    layout = dict(
+        plot_bgcolor="white",
+        paper_bgcolor="white",
+        hovermode="closest",
+        font=dict(family="DejaVu Sans, Arial, sans-serif", size=12, color="#222222"),
+        xaxis=dict(**axis),
+        yaxis=dict(scaleanchor="x", scaleratio=1, range=[-0.7, 0.7], **axis),
+        legend=dict(itemsizing="constant", font=dict(size=11), orientation="h", y=-0.02),
+        annotations=annotations,
+        height=620,
+        margin=dict(l=20, r=20, t=40, b=40),
+    )
+    if several:
+        span = [-0.6, (len(data.groups) - 1) * (1.0 + _GAP) + 0.6]
+        buttons.insert(
+            0,
+            dict(
+                label="all families",
+                method="update",
+                args=[{"visible": [True] * len(data.groups)}, {"xaxis.range": span}],
+            ),
+        )
+        layout["updatemenus"] = [dict(buttons=buttons, direction="down", x=0.0, xanchor="left", y=1.06, yanchor="top")]
+    fig.update_layout(**layout)
+    digest = hashlib.sha1(json.dumps([f["path"] for f in files]).encode()).hexdigest()[:12]
+    plot = fig.to_html(
+        include_plotlyjs=True,
+        full_html=False,
+        div_id=f"lorastyle-map-{digest}",
+        config={"displaylogo": False, "responsive": True},
+    )
+    n_clusters = sum(int((np.bincount(gm.labels) > 1).sum()) for gm in data.groups)
+    symbol_note = ""
+    if len(symbol_of) > 1:
+        shown = ", ".join(f"{sym} {html.escape(_text(k))}" for k, sym in symbol_of.items())
+        symbol_note = f'<p class="note">Marker symbol: {html.escape(mark)} ({shown}).</p>'
+    summary = (
+        f"{len(files)} files in {len(data.groups)} base famil{'y' if len(data.groups) == 1 else 'ies'}; "
+        f"{n_clusters} clusters of 2 or more files; {len(data.previews)} preview images."
+    )
+    how = (
+        f"Score: the cosine of the files' {html.escape(data.descriptor)} descriptors (as lorastyle similar "
+        f"prints it). Positions: {'metric MDS' if all(len(g.records) <= MDS_MAX_POINTS for g in data.groups) else 'MDS or UMAP'} "
+        f"of 1 - score, each family on its own (families are never compared). Clusters: average linkage, "
+        f"files whose average score is at least {data.threshold:.3f} ({html.escape(_text(data.threshold_source))}). "
+        "Colour: cluster (grey: in no cluster)."
+    )
+    return "".join(
+        [
+            "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n",
+            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n",
+            f"<h1>{html.escape(title)}</h1>\n<p class='note'>{summary}</p>\n<p class='note'>{how}</p>\n{symbol_note}\n",
+            "<div class='row'>\n<div class='plot'>\n",
+            plot,
+            "\n</div>\n<div id='panel'><span class='note'>Hover over a point (or click a row below) to see "
+            "the file and its preview image.</span></div>\n</div>\n",
+            "<section id='clusters'>\n<h2>Clusters</h2>\n",
+            "\n".join(lists),
+            "\n</section>\n",
+            _json_script("lorastyle-map-files", files),
+            f"\n<script>{_JS}</script>\n</body>\n</html>\n",
+        ]
+    )
+
+
+def _member_row(gm: GroupMap, start: int, previews: dict, m: dict, colour: str, cells: list[str]) -> str:
+    i = m["index"]
+    r = gm.records[i]
+    uri = previews.get(r.path)
+    thumb = f"<img id='preview-{start + i}' src='{uri}' alt=''>" if uri else ""
+    name = html.escape(_text(os.path.basename(r.path)))
+    title = html.escape(_text(m["title"])) if m["title"] else ""
+    tds = "".join(f"<td class='num'>{c}</td>" for c in cells)
+    return (
+        f"<tr data-file='{start + i}' title='{html.escape(_text(r.path))}'><td>{thumb}</td>"
+        f"<td><span class='swatch' style='background:{colour}'></span>{name}</td><td>{title}</td>{tds}</tr>"
+    )
+
+
+def _group_list(gm: GroupMap, start: int, data: MapData) -> str:
+    """The cluster list of one group as HTML (each file once)."""
+    previews = data.previews
+    colours = _cluster_colours(gm.labels)
+    cl = gm.cluster_list(data.extra)
+    multi = [c for c in cl if c["size"] > 1]
+    single = [c for c in cl if c["size"] == 1]
+    key = html.escape(gm.key)
+    parts = [
+        f"<h3 id='group-{key}'>{key}: {_n(len(gm.records), 'file')}, {_n(len(multi), 'cluster')} of 2 or more, "
+        f"{_n(len(single), 'file')} in no cluster</h3>"
+    ]
+    for c in multi:
+        rows = []
+        for m in c["members"]:
+            best = "" if m["best_match"] is None else html.escape(_text(os.path.basename(m["best_match"])))
+            cells = [f"{m['score']:.3f}", f"{m['best_score']:.3f} {best}"]
+            rows.append(_member_row(gm, start, previews, m, colours[m["index"]], cells))
+        parts.append(
+            f"<div class='cluster' id='cluster-{key}-{c['id']}'><b>cluster {c['id']}</b> ({c['size']} files)"
+            "<table class='members'><tr><th></th><th>file</th><th>title</th><th>score to the first</th>"
+            "<th>best match in the cluster</th></tr>" + "".join(rows) + "</table></div>"
+        )
+    if single:
+        S = gm.similarity
+        rows = []
+        for c in single:
+            m = c["members"][0]
+            i = m["index"]
+            others = [j for j in range(len(gm.records)) if j != i]
+            if others:
+                j = max(others, key=lambda j: (S[i, j], -j))
+                cells = [f"{S[i, j]:.3f} {html.escape(_text(os.path.basename(gm.records[j].path)))}"]
+            else:
+                cells = [""]
+            rows.append(_member_row(gm, start, previews, m, _SINGLE, [f"{c['id']}"] + cells))
+        parts.append(
+            "<div class='cluster single'><b>in no cluster</b>"
+            "<table class='members'><tr><th></th><th>file</th><th>title</th><th>cluster id</th>"
+            "<th>closest file</th></tr>" + "".join(rows) + "</table></div>"
+        )
+    return "\n".join(parts)
