@@ -160,8 +160,78 @@ def _similar(args) -> int:
     return 0
 
 
+def _duplicates(args) -> int:
+    """Same-weights groups and near-duplicate pairs of a folder or an index (:mod:`lorastyle.index.duplicates`)."""
+    from .index.duplicates import find_duplicates
+
+    index = _source_index(args)
+    if index is None:
+        return EXIT_BAD_INPUT
+    report = find_duplicates(index, near_threshold=args.threshold)
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        for group in report.same_weights:
+            how = "identical files" if group["identical_bytes"] else f"same weights (score {group['score']:.4f})"
+            _print(f"{how}, {group['base']}:")
+            for path in group["paths"]:
+                _print(f"  {path}")
+        for pair in report.near:
+            _print(f"near-duplicates, score {pair['score']:.3f}, {pair['base']}:")
+            for path in pair["paths"]:
+                _print(f"  {path}")
+    _print(
+        f"{len(report.same_weights)} groups of files with the same weights "
+        f"({sum(len(g['paths']) for g in report.same_weights)} files); {len(report.near)} near-duplicate pairs "
+        f"(score >= {report.near_threshold:.3f}); {len(index.records)} files compared",
+        sys.stderr,
+    )
+    return 0
+
+
+def _source_index(args):
+    """The index a command works on: SOURCE loaded if it is an index file, else SOURCE indexed now.
+
+    A folder is indexed into ``--index PATH`` when given (kept, and reused next time), else into a
+    temporary index; bad files are reported as ``index`` reports them. None after an error line.
+    """
+    import os
+    import tempfile
+
+    from .index import LoraIndex, NotEnoughLorasError, index_folder
+
+    if not os.path.exists(args.source):
+        _error(args.source, "no such file or folder")
+        return None
+    if not os.path.isdir(args.source):
+        if args.index is not None:
+            _error("--index", f"only with a folder SOURCE: {args.source} is an index file")
+            return None
+        return LoraIndex.load(args.source)
+    with contextlib.ExitStack() as stack:
+        if args.index is None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="lorastyle-"))
+            index_path, keep = os.path.join(tmp, "index.safetensors"), False
+        else:
+            index_path, keep = args.index, True
+        try:
+            run = index_folder(args.source, index_path, use_cache=keep, calibrate=keep, progress=_progress)
+        except NotEnoughLorasError as exc:
+            for path, reason in exc.skipped:
+                _error(path, reason)
+            _error(exc.path, exc.reason)
+            return None
+        except OSError as exc:  # the kept index, its lock or its folder cannot be written
+            _error(exc.filename or index_path, f"cannot write: {exc.strerror or exc}")
+            return None
+    for path, reason in run.skipped:
+        _error(path, reason)
+    return run.index
+
+
 def _map(args) -> int:
-    """One self-contained HTML page of a folder or an index (:mod:`lorastyle.collection_map`)."""
+    """One self-contained HTML page of a folder or an index (:mod:`lorastyle.lora_map`)."""
+    import importlib.util
     import os
     import tempfile
 
@@ -182,11 +252,14 @@ def _map(args) -> int:
     if not os.path.exists(args.source):
         _error(args.source, "no such file or folder")
         return EXIT_BAD_INPUT
-    try:
-        from . import collection_map
-    except ImportError as exc:  # pragma: no cover - plotly or Pillow missing
-        _error("map", f"needs plotly, Pillow and umap-learn ({exc}; pip install plotly pillow umap-learn)")
+    missing = [
+        name for module, name in (("plotly", "plotly"), ("PIL", "pillow")) if not importlib.util.find_spec(module)
+    ]
+    if missing:  # the core installs without them (pyproject's "full" extra has them)
+        _error("map", f"needs {' and '.join(missing)}: pip install {' '.join(missing)}")
         return EXIT_BAD_INPUT
+    from . import lora_map
+
     if os.path.isdir(args.source):
         with contextlib.ExitStack() as stack:
             if args.index is None:
@@ -212,14 +285,14 @@ def _map(args) -> int:
             _error("--index", f"only with a folder SOURCE: {args.source} is an index file")
             return EXIT_BAD_INPUT
         index = LoraIndex.load(args.source)
-    data = collection_map.map_data(index, threshold=args.threshold, progress=_progress)
-    page = collection_map.map_page(index, mark=args.mark, title=f"LoRA map of {args.source}", data=data)
+    data = lora_map.map_data(index, threshold=args.threshold, progress=_progress)
+    page = lora_map.map_page(index, mark=args.mark, title=f"LoRA map of {args.source}", data=data)
     try:
         atomic_write(out, page)
     except OSError as exc:
         _error(args.output, f"cannot write: {exc.strerror or exc}")
         return EXIT_BAD_INPUT
-    result = collection_map.map_json(index, data=data)
+    result = lora_map.map_json(index, data=data)
     if args.json:
         print(json.dumps(result))
     n_clusters = sum(c["size"] > 1 for g in result["groups"] for c in g["clusters"])

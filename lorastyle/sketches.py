@@ -74,11 +74,13 @@ class _Hashes:
 def _count_sketch(rng: np.random.Generator, n: int, buckets: int) -> scipy.sparse.csc_matrix:
     """A (buckets x n) matrix with one random +-1 in each column: C @ x is x's count sketch.
 
-    CSC, so that a block of its columns (rows of a Kronecker product) is cheap to take.
+    CSC, built from its arrays directly (one entry per column), so that a block of its columns (rows
+    of a Kronecker product) is cheap to take.
     """
     rows = rng.integers(0, buckets, size=n)
     signs = rng.integers(0, 2, size=n).astype(np.float32) * 2 - 1
-    return scipy.sparse.csc_matrix((signs, (rows, np.arange(n))), shape=(buckets, n))
+    indptr = np.arange(n + 1, dtype=np.int64)
+    return scipy.sparse.csc_matrix((signs, rows, indptr), shape=(buckets, n))
 
 
 def _rfft(x) -> np.ndarray:
@@ -317,15 +319,21 @@ class Sketcher:
         return out, total
 
     def _add_concat(self, out: np.ndarray, name: str, role: str, x: np.ndarray) -> None:
-        """Count-sketch one stored factor straight into ``out`` (concat compares entries one by one)."""
-        key = ("concat", name, role, x.size)
-        C = self.cache.get(key)
-        if C is None:
-            digest = hashlib.blake2b(f"{self.seed}:concat:{name}:{role}:{x.size}".encode(), digest_size=8).digest()
-            C = self.cache[key] = _count_sketch(
-                np.random.default_rng(int.from_bytes(digest, "little")), x.size, self.dim
-            )
-        out += C @ x
+        """Count-sketch one stored factor straight into ``out`` (concat compares entries one by one).
+
+        The hash of entry ``i`` is computed, not stored: a multiply-shift hash seeded by the factor's
+        name, so that memory stays that of the factor whatever its size.
+        """
+        digest = hashlib.blake2b(f"{self.seed}:concat:{name}:{role}:{x.size}".encode(), digest_size=16).digest()
+        a = np.uint64(int.from_bytes(digest[:8], "little") | 1)  # odd multiplier
+        b = np.uint64(int.from_bytes(digest[8:], "little"))
+        for start in range(0, x.size, 1 << 22):  # 4M entries at a time: bounded temporaries
+            i = np.arange(start, min(x.size, start + (1 << 22)), dtype=np.uint64)
+            with np.errstate(over="ignore"):
+                h = i * a + b  # wraps modulo 2^64: a universal hash of the index
+            bucket = ((h >> np.uint64(32)) % np.uint64(self.dim)).astype(np.int64)
+            sign = np.where((h >> np.uint64(31)) & np.uint64(1), 1.0, -1.0)
+            out += np.bincount(bucket, weights=sign * x[start : start + len(i)], minlength=self.dim)
 
 
 def delta_norm2(m: LoraModule) -> float:

@@ -1,4 +1,4 @@
-"""``lorastyle map``: one offline HTML page of a LoRA folder (lorastyle.collection_map).
+"""``lorastyle map``: one offline HTML page of a LoRA folder (lorastyle.lora_map).
 
 A synthetic folder: three sources in the tiny family with three near-copies each (the same
 factors plus 2% noise), two unrelated tiny files, two SD1-shaped near-copies and one other SD1
@@ -23,9 +23,9 @@ import pytest
 from PIL import Image
 
 from lorastyle.cli import main
-from lorastyle.collection_map import DEFAULT_THRESHOLD, clusters, find_preview, map_json, map_layout, map_page
 from lorastyle.index import LoraIndex
 from lorastyle.io.formats import save_lora
+from lorastyle.lora_map import DEFAULT_THRESHOLD, clusters, find_preview, map_json, map_layout, map_page
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 needs_chromium = pytest.mark.skipif(
@@ -160,10 +160,10 @@ def test_the_json_gives_titles_scores_and_the_calibrated_threshold(mapped):
     _, result, _, _ = mapped
     assert result["descriptor"] == "gram" and 0 < result["threshold"] < 1
     assert "same source likely" in result["threshold_source"]
+    for g in result["groups"]:
+        assert [c["id"] for c in g["clusters"]] == list(range(len(g["clusters"])))
+        assert [c["size"] for c in g["clusters"]] == sorted((c["size"] for c in g["clusters"]), reverse=True)
     clusters_ = [c for g in result["groups"] for c in g["clusters"]]
-    assert [c["id"] for c in clusters_ if c in result["groups"][0]["clusters"]] == list(
-        range(len(result["groups"][0]["clusters"]))
-    )
     for c in clusters_:
         first = c["members"][0]
         assert first["score"] == 1.0
@@ -212,7 +212,7 @@ def _blocks(sizes, within=0.95, seed=0):
     """A similarity matrix of blocks of near-copies (``within``) among unrelated files (about 0)."""
     rng = np.random.default_rng(seed)
     rows = []
-    for k, n in enumerate(sizes):
+    for n in sizes:
         centre = rng.standard_normal(64)
         for _ in range(n):
             rows.append(centre + np.sqrt(1 / within - 1) * np.linalg.norm(centre) / 8 * rng.standard_normal(64))
@@ -272,7 +272,7 @@ def test_map_page_refuses_an_unknown_mark(mapped):
 
 def test_the_core_does_not_import_plotly_or_scikit_learn():
     code = (
-        "import json, sys\nimport lorastyle.index, lorastyle.cli, lorastyle.collection_map\n"
+        "import json, sys\nimport lorastyle.index, lorastyle.cli, lorastyle.lora_map\n"
         "print(json.dumps([m for m in ('plotly', 'sklearn', 'pandas', 'matplotlib', 'umap', 'PIL') "
         "if m in sys.modules]))"
     )
@@ -378,7 +378,10 @@ def browser():
     )
     driver.execute_cdp_cmd(
         "Page.addScriptToEvaluateOnNewDocument",
-        {"source": "window.__errors = []; window.addEventListener('error', e => window.__errors.push(String(e.message)));"},
+        {
+            "source": "window.__errors = [];"
+            " window.addEventListener('error', e => window.__errors.push(String(e.message)));"
+        },
     )
     yield driver
     driver.quit()
@@ -437,30 +440,48 @@ def test_the_preview_images_decode_at_most_256_pixels(page, folder):
             assert decoded.size == previews[img["path"]]
 
 
-@needs_chromium
-def test_hovering_a_point_shows_the_file_and_its_preview_in_the_panel(page, folder):
-    _, _, previews = folder
-    panel = page.execute_script(
-        "const gd = document.querySelector('.plotly-graph-div');"
-        "const i = gd.data[0].text.findIndex(t => t.includes('style0_v0.safetensors'));"
-        "Plotly.Fx.hover(gd, {curveNumber: 0, pointNumber: i});"
+def _panel(page) -> dict:
+    return page.execute_script(
         "const img = document.querySelector('#panel img');"
-        "return {text: document.getElementById('panel').innerText, img: img ? img.src.slice(0, 30) : null};"
+        "return {text: document.getElementById('panel').innerText,"
+        " img: img ? img.src : null, width: img && img.complete ? img.naturalWidth : 0};"
     )
-    if "style0_v0.safetensors" not in panel["text"]:  # Fx.hover emits no event in some plotly.js versions
-        page.execute_script(
-            "const gd = document.querySelector('.plotly-graph-div');"
-            "const i = gd.data[0].text.findIndex(t => t.includes('style0_v0.safetensors'));"
-            "lorastyleShow(gd.data[0].customdata[i]);"
-        )
-        panel = page.execute_script(
-            "return {text: document.getElementById('panel').innerText,"
-            " img: (document.querySelector('#panel img') || {}).src};"
-        )
+
+
+@needs_chromium
+def test_hovering_a_point_shows_the_file_in_the_panel(page):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    i = page.execute_script(
+        "return document.querySelector('.plotly-graph-div').data[0].text"
+        ".findIndex(t => t.includes('lonely0.safetensors'));"
+    )
+    page.execute_script("window.scrollTo(0, 0);")
+    point = page.find_elements(By.CSS_SELECTOR, ".scatterlayer .trace:first-child path.point")[i]
+    ActionChains(page).move_to_element(point).perform()
+    panel = _panel(page)
+    assert "lonely0.safetensors" in panel["text"] and "Lonely 0" in panel["text"]
+    assert "no preview image" in panel["text"] and panel["img"] is None
+
+
+@needs_chromium
+def test_clicking_a_row_shows_the_file_and_its_preview_in_the_panel(page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    row = next(
+        r
+        for r in page.find_elements(By.CSS_SELECTOR, "tr[data-file]")
+        if r.get_attribute("title").endswith("style0_v0.safetensors")
+    )
+    page.execute_script("arguments[0].scrollIntoView({block: 'center'});", row)
+    row.find_elements(By.TAG_NAME, "td")[1].click()
+    WebDriverWait(page, 10).until(lambda d: _panel(d)["width"] > 0)
+    panel = _panel(page)
     assert "style0_v0.safetensors" in panel["text"] and "Style 0 version 0" in panel["text"]
-    assert panel["img"] and panel["img"].startswith("data:image/jpeg")
-    width = page.execute_script("const i = document.querySelector('#panel img'); return i.complete && i.naturalWidth;")
-    assert width == 64
+    assert "trigger words: style0" in panel["text"] and "cluster: 0 (3 files)" in panel["text"]
+    assert panel["img"].startswith("data:image/jpeg;base64,") and panel["width"] == 64
 
 
 @needs_chromium

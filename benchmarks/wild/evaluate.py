@@ -127,12 +127,19 @@ def sketch_error(S: np.ndarray, exact: np.ndarray) -> dict:
     }
 
 
-def calibration(S: np.ndarray, labels: np.ndarray, fpr: float = 0.01) -> dict:
-    """The null of unrelated pairs' scores (quantiles), and the score above which pairs are flagged."""
+def calibration(S: np.ndarray, rows: Sequence[dict], fpr: float = 0.01) -> dict:
+    """The null of unrelated pairs' scores (quantiles), the score above which pairs are flagged, and the
+    near-duplicate threshold: halfway between the highest unrelated score and the lowest score of two
+    checkpoints of one run (the closest relatives the benchmark has)."""
+    labels = np.array([r["set_id"] for r in rows])
+    runs = np.array([f"{r['set_id']}/{r['run']}" for r in rows])
     iu = np.triu_indices(len(S), 1)
     same = (labels[:, None] == labels[None, :])[iu]
+    same_run = (runs[:, None] == runs[None, :])[iu]
     null, hits = S[iu][~same], S[iu][same]
     threshold = float(np.quantile(null, 1 - fpr))
+    checkpoints = S[iu][same_run]
+    near = float((null.max() + checkpoints.min()) / 2) if len(checkpoints) else float("nan")
     return {
         "quantiles": [float(q) for q in np.quantile(null, np.linspace(0, 1, 1001))],
         "n_null": int(len(null)),
@@ -140,6 +147,9 @@ def calibration(S: np.ndarray, labels: np.ndarray, fpr: float = 0.01) -> dict:
         "false_positive_rate": fpr,
         "true_positive_rate": float(np.mean(hits >= threshold)),
         "n_same_source_pairs": int(len(hits)),
+        "near_duplicate_threshold": near,
+        "max_unrelated": float(null.max()),
+        "checkpoint_pairs": [float(x) for x in np.sort(checkpoints)],
     }
 
 
@@ -414,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
             results_rank4[name] = evaluate(S[np.ix_(rank4, rank4)], [rows[i] for i in rank4])
             matrices[f"all/{name}"] = S
             sketch_errors[name] = sketch_error(S, matrices[f"all/{SKETCH_OF[name]}"])
-        default_null = calibration(matrices[f"all/{INDEX_DEFAULT}"], np.array([r["set_id"] for r in rows]))
+        default_null = calibration(matrices[f"all/{INDEX_DEFAULT}"], rows)
         real = real_groups(args.real)
         results_real = {}
         if real is not None:
@@ -476,7 +486,11 @@ def main(argv: list[str] | None = None) -> None:
         + "\n\nCalibration of the default score (pairs of LoRAs of different training sets as the null): "
         f"{default_null['n_null']} unrelated pairs; at a false-positive rate of "
         f"{default_null['false_positive_rate']:.0%} the threshold is {default_null['threshold']:.3f}, above which "
-        f"{default_null['true_positive_rate']:.1%} of the {default_null['n_same_source_pairs']} same-set pairs fall."
+        f"{default_null['true_positive_rate']:.1%} of the {default_null['n_same_source_pairs']} same-set pairs fall. "
+        f"Two checkpoints of one run score {min(default_null['checkpoint_pairs'], default=float('nan')):.3f}-"
+        f"{max(default_null['checkpoint_pairs'], default=float('nan')):.3f} and the highest unrelated pair "
+        f"{default_null['max_unrelated']:.3f}: `lorastyle duplicates` calls pairs above "
+        f"{default_null['near_duplicate_threshold']:.3f} (halfway) near-duplicates."
         + (real_section(results_real) if results_real else "")
         + "\n\ntop-1 CI: Wilson 95%; mAP CI: bootstrap over training sets, "
         f"{N_BOOTSTRAP} resamples, seed 0. 'other init seed': queries none of whose same-set LoRAs shares "

@@ -37,6 +37,9 @@ class ScoreCalibration:
         Unrelated pairs they were computed from.
     threshold : float
         Scores at or above it are flagged ``same_source_likely``.
+    near_duplicate : float
+        Pairs scoring at or above it are near-duplicates (``lorastyle duplicates``): halfway between
+        the highest unrelated pair and the lowest pair of two checkpoints of one run.
     calibrated_on : str
         Which LoRAs (base family, benchmark) the null comes from.
     """
@@ -44,6 +47,7 @@ class ScoreCalibration:
     quantiles: np.ndarray
     n_null: int
     threshold: float
+    near_duplicate: float
     calibrated_on: str
 
     def p_value(self, scores: np.ndarray) -> np.ndarray:
@@ -91,5 +95,6 @@ def load_calibration(descriptor: str, sketch: dict) -> ScoreCalibration | None:
         quantiles=np.asarray(entry["quantiles"], dtype=np.float64),
         n_null=int(entry["n_null"]),
         threshold=float(entry["threshold"]),
+        near_duplicate=float(entry["near_duplicate_threshold"]),
         calibrated_on=str(entry["calibrated_on"]),
     )

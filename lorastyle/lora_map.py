@@ -146,7 +146,8 @@ def map_layout(similarity, random_state=0, *, method: str = "auto") -> np.ndarra
     random_state : int, default=0
         Seed of the optimisation.
     method : {"auto", "mds", "umap"}, default="auto"
-        ``auto``: MDS up to :data:`MDS_MAX_POINTS` files, UMAP above.
+        ``auto``: MDS up to :data:`MDS_MAX_POINTS` files, UMAP above (MDS where umap-learn is not
+        installed).
 
     Returns
     -------
@@ -163,7 +164,9 @@ def map_layout(similarity, random_state=0, *, method: str = "auto") -> np.ndarra
         return out
     D = _distances(S)
     if method == "auto":
-        method = "mds" if n <= MDS_MAX_POINTS else "umap"
+        import importlib.util
+
+        method = "mds" if n <= MDS_MAX_POINTS or importlib.util.find_spec("umap") is None else "umap"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # FutureWarnings of defaults, UMAP's notes on precomputed metrics
         if method == "mds":
@@ -410,10 +413,11 @@ class GroupMap:
             sub = S[np.ix_(members, members)]
             first = members[int(np.argmax(sub.sum(axis=1)))]
             members.sort(key=lambda i: (i != first, -S[first, i], i))
+            sub = S[np.ix_(members, members)].copy()
+            np.fill_diagonal(sub, -np.inf)
             rows = []
-            for i in members:
-                others = [j for j in members if j != i]
-                best = max(others, key=lambda j: (S[i, j], -j)) if others else None
+            for k, i in enumerate(members):
+                best = members[int(np.argmax(sub[k]))] if len(members) > 1 else None
                 rows.append(
                     {
                         "index": i,
@@ -850,9 +854,10 @@ def map_page(
         f"{len(files)} files in {len(data.groups)} base famil{'y' if len(data.groups) == 1 else 'ies'}; "
         f"{n_clusters} clusters of 2 or more files; {len(data.previews)} preview images."
     )
+    method = "metric MDS" if all(len(g.records) <= MDS_MAX_POINTS for g in data.groups) else "MDS or UMAP"
     how = (
         f"Score: the cosine of the files' {html.escape(data.descriptor)} descriptors (as lorastyle similar "
-        f"prints it). Positions: {'metric MDS' if all(len(g.records) <= MDS_MAX_POINTS for g in data.groups) else 'MDS or UMAP'} "
+        f"prints it). Positions: {method} "
         f"of 1 - score, each family on its own (families are never compared). Clusters: average linkage, "
         f"files whose average score is at least {data.threshold:.3f} ({html.escape(_text(data.threshold_source))}). "
         "Colour: cluster (grey: in no cluster)."
@@ -913,14 +918,14 @@ def _group_list(gm: GroupMap, start: int, data: MapData) -> str:
             "<th>best match in the cluster</th></tr>" + "".join(rows) + "</table></div>"
         )
     if single:
-        S = gm.similarity
+        S = gm.similarity.copy()
+        np.fill_diagonal(S, -np.inf)
         rows = []
         for c in single:
             m = c["members"][0]
             i = m["index"]
-            others = [j for j in range(len(gm.records)) if j != i]
-            if others:
-                j = max(others, key=lambda j: (S[i, j], -j))
+            if len(gm.records) > 1:
+                j = int(np.argmax(S[i]))
                 cells = [f"{S[i, j]:.3f} {html.escape(_text(os.path.basename(gm.records[j].path)))}"]
             else:
                 cells = [""]
