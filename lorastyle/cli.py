@@ -233,9 +233,7 @@ def _map(args) -> int:
     """One self-contained HTML page of a folder or an index (:mod:`lorastyle.lora_map`)."""
     import importlib.util
     import os
-    import tempfile
 
-    from .index import LoraIndex, NotEnoughLorasError, index_folder
     from .io.atomic import atomic_write
 
     out = os.path.abspath(args.output)
@@ -249,9 +247,6 @@ def _map(args) -> int:
     if not os.access(folder, os.W_OK | os.X_OK):
         _error(args.output, "cannot write: permission denied in its folder")
         return EXIT_BAD_INPUT
-    if not os.path.exists(args.source):
-        _error(args.source, "no such file or folder")
-        return EXIT_BAD_INPUT
     missing = [
         name for module, name in (("plotly", "plotly"), ("PIL", "pillow")) if not importlib.util.find_spec(module)
     ]
@@ -260,31 +255,9 @@ def _map(args) -> int:
         return EXIT_BAD_INPUT
     from . import lora_map
 
-    if os.path.isdir(args.source):
-        with contextlib.ExitStack() as stack:
-            if args.index is None:
-                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="lorastyle-map-"))
-                index_path, keep = os.path.join(tmp, "index.safetensors"), False
-            else:
-                index_path, keep = args.index, True
-            try:
-                run = index_folder(args.source, index_path, use_cache=keep, calibrate=keep, progress=_progress)
-            except NotEnoughLorasError as exc:
-                for path, reason in exc.skipped:
-                    _error(path, reason)
-                _error(exc.path, exc.reason)
-                return EXIT_BAD_INPUT
-            except OSError as exc:  # the kept index, its lock or its folder cannot be written
-                _error(exc.filename or index_path, f"cannot write: {exc.strerror or exc}")
-                return EXIT_BAD_INPUT
-        for path, reason in run.skipped:
-            _error(path, reason)
-        index = run.index
-    else:
-        if args.index is not None:
-            _error("--index", f"only with a folder SOURCE: {args.source} is an index file")
-            return EXIT_BAD_INPUT
-        index = LoraIndex.load(args.source)
+    index = _source_index(args)
+    if index is None:
+        return EXIT_BAD_INPUT
     data = lora_map.map_data(index, threshold=args.threshold, progress=_progress)
     page = lora_map.map_page(index, mark=args.mark, title=f"LoRA map of {args.source}", data=data)
     try:
@@ -422,6 +395,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a JSON list of {path, score, p_value, same_source_likely}, best first",
     )
     p.set_defaults(run=_similar)
+
+    p = sub.add_parser(
+        "duplicates",
+        help="files with the same weights, and near-duplicates (other versions of one model), apart",
+        description="Same weights: every module's delta-W is the same, whatever the file's name, dtype (float16, "
+        "bfloat16), key names, layout (kohya, diffusers/PEFT) or factorisation; byte-identical copies are said so. "
+        "Near-duplicates: other pairs whose score reaches the threshold (checkpoints of one run, rank-resized "
+        "copies, small fine-tunes); two versions of a model are never called the same weights.",
+    )
+    p.add_argument("source", help="a folder of LoRA files (indexed now) or an index file")
+    p.add_argument("--index", help="with a folder: keep its index here (reused next time)")
+    p.add_argument(
+        "--threshold",
+        type=_score,
+        default=None,
+        help="near-duplicate score (default: calibrated on the wild benchmark, see `similar --help`)",
+    )
+    p.add_argument("--json", action="store_true", help="print {same_weights, near_duplicates, near_threshold}")
+    p.set_defaults(run=_duplicates)
 
     p = sub.add_parser(
         "map",

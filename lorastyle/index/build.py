@@ -75,6 +75,7 @@ def fit_group_embedding(group: Group, n_components: int, *, calibrate: bool = Tr
     if n < 3:
         return None
     from ..embedding import StyleEmbedding  # scikit-learn: imported only when a PCA is fitted
+
     k = max(1, min(n_components, n - 2))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="calibration needs more than")  # tiny groups: factors of 1

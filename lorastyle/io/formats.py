@@ -350,6 +350,9 @@ def _canonical_kohya(raw: str) -> tuple[str, str]:
     for prefix, part in _KOHYA_PREFIXES.items():
         if raw.startswith(prefix):
             path = unmangle(raw[len(prefix) :])
+            if part == "unet" and path.startswith(("unet.", "model.diffusion_model.")):
+                # a user-made conversion that kept the source's own prefix: lora_unet_unet_down_blocks_...
+                path = path.split(".", 2 if path.startswith("model.") else 1)[-1]
             if part == "unet":
                 if any(w in path.split(".") for w in _FLUX_WORDS) or path.startswith("transformer_blocks."):
                     part = "transformer"  # a U-Net path never starts with transformer_blocks

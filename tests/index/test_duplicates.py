@@ -16,8 +16,13 @@ SHAPES = {P + "attn1.to_q": (32, 32), P + "attn2.to_k": (32, 24), P + "ff.net.2"
 
 
 def factors(rng, rank=4):
-    return {n: ((0.3 * rng.standard_normal((rank, i))).astype(np.float32),
-                (0.3 * rng.standard_normal((o, rank))).astype(np.float32)) for n, (o, i) in SHAPES.items()}
+    return {
+        n: (
+            (0.3 * rng.standard_normal((rank, i))).astype(np.float32),
+            (0.3 * rng.standard_normal((o, rank))).astype(np.float32),
+        )
+        for n, (o, i) in SHAPES.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +46,13 @@ def folder(tmp_path_factory):
     # another model, and a fine-tune of it: near-duplicates, not the same weights
     b = factors(rng)
     save_lora(root / "b.safetensors", b, alpha=4.0, base="tiny")
-    tuned = {n: (A + 0.05 * rng.standard_normal(A.shape).astype(np.float32),
-                 B + 0.05 * rng.standard_normal(B.shape).astype(np.float32)) for n, (A, B) in b.items()}
+    tuned = {
+        n: (
+            A + 0.05 * rng.standard_normal(A.shape).astype(np.float32),
+            B + 0.05 * rng.standard_normal(B.shape).astype(np.float32),
+        )
+        for n, (A, B) in b.items()
+    }
     save_lora(root / "b-tuned.safetensors", tuned, alpha=4.0, base="tiny")
     for i in range(3):
         save_lora(root / f"unrelated{i}.safetensors", factors(rng), alpha=4.0, base="tiny")
@@ -53,8 +63,9 @@ def test_same_weights_and_near_duplicates_are_told_apart(folder, tmp_path):
     run = index_folder(folder, tmp_path / "idx.safetensors")
     report = find_duplicates(run.index, near_threshold=0.7)
     names = [sorted(p.rsplit("/", 1)[1] for p in g["paths"]) for g in report.same_weights]
-    assert names == [["a-copy.safetensors", "a-gauge.safetensors", "a-peft-f16.safetensors", "a-rank8.safetensors",
-                      "a.safetensors"]]
+    assert names == [
+        ["a-copy.safetensors", "a-gauge.safetensors", "a-peft-f16.safetensors", "a-rank8.safetensors", "a.safetensors"]
+    ]
     assert not report.same_weights[0]["identical_bytes"]  # one group, of byte copies and conversions
     near = [(sorted(p.rsplit("/", 1)[1] for p in x["paths"]), x["score"]) for x in report.near]
     pairs = [n for n, _ in near]
@@ -73,8 +84,10 @@ def test_byte_identical_copies_say_so(tmp_path):
     save_lora(tmp_path / "z.safetensors", factors(rng), alpha=4.0, base="tiny")
     run = index_folder(tmp_path, tmp_path.parent / f"{tmp_path.name}.idx")
     (group,) = find_duplicates(run.index).same_weights
-    assert group["identical_bytes"] and [p.rsplit("/", 1)[1] for p in group["paths"]] == ["x.safetensors",
-                                                                                          "y.safetensors"]
+    assert group["identical_bytes"] and [p.rsplit("/", 1)[1] for p in group["paths"]] == [
+        "x.safetensors",
+        "y.safetensors",
+    ]
 
 
 def test_command_json_and_text(folder, tmp_path, capsys):

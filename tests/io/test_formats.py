@@ -25,6 +25,7 @@ import safetensors.numpy
 from safetensors import safe_open
 
 from lorastyle.io.formats import LoraFormatError, load_lora, save_lora
+from lorastyle.io.safetensors import write_safetensors
 from support import REAL_LORAS as REAL
 
 LAYOUTS = REAL / "key-layouts"
@@ -986,3 +987,20 @@ def test_lone_alpha_is_not_a_module(tmp_path, rng):
     lora = load_lora(path)
     assert list(lora.modules) == ["unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q"]
     assert "lora_unet_conv_in.alpha" in lora.extras
+
+
+def test_kohya_names_with_a_doubled_unet_prefix_are_read(tmp_path):
+    """A user-made conversion that kept its source's prefix (lora_unet_unet_down_blocks_...) reads as the U-Net."""
+    rng = np.random.default_rng(0)
+    key = "lora_unet_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    path = tmp_path / "doubled.safetensors"
+    write_safetensors(
+        path,
+        {
+            f"{key}.lora_down.weight": rng.standard_normal((4, 768)).astype(np.float32),
+            f"{key}.lora_up.weight": rng.standard_normal((320, 4)).astype(np.float32),
+        },
+    )
+    lora = load_lora(path)
+    assert list(lora.modules) == ["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"]
+    assert lora.base == "sd1"  # from the cross-attention's 768 inputs, which the doubled name hid before
