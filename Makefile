@@ -31,12 +31,13 @@ BENCHMARKS := b1_throughput b2_weights_vs_images b3_memory b4_retrieval b5_lowra
 FUZZ_INPUTS ?= 100000
 REAL_LORAS ?= ../shared/real-loras
 
-.PHONY: help venv test lint format fuzz book chapters data clean
+.PHONY: help venv test test-fast lint format fuzz book chapters data clean
 
 help:
 	@echo "Targets:"
 	@echo "  make venv   create/update $(VENV) from requirements.txt + requirements-lock.txt, install lorastyle (editable)"
 	@echo "  make test   run tests/ with pytest, then the book notebooks with nbval"
+	@echo "  make test-fast  the tests without those marked slow (no notebooks)"
 	@echo "  make lint   check formatting and lint rules with ruff (part of make test); make format fixes them"
 	@echo "  make fuzz   fuzz the file readers with $(FUZZ_INPUTS) mutated files; prints inputs and failures"
 	@echo "  make book   execute the notebooks and build the Jupyter Book into _build/html (warnings are errors)"
@@ -60,6 +61,10 @@ ifneq ($(strip $(NOTEBOOKS)),)
 	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with book/nbval_sanitize.cfg \
 		-p no:cacheprovider $(NOTEBOOKS) || { rc=$$?; [ $$rc -eq 5 ] || exit $$rc; }
 endif
+
+# The tests without the long ones (marked slow: the smoke build, 1,000 files, UMAP): for a quick check
+test-fast: $(STAMP) lint
+	MPLBACKEND=Agg $(PY) -m pytest tests -m "not slow"
 
 # ruff (pinned) formats and lints the code; a violation fails `make test`. `make format` fixes what it can.
 lint: $(STAMP)

@@ -37,7 +37,9 @@ import warnings
 from . import __version__
 from .descriptors import BLOCKS, DEFAULT_DESCRIPTOR, DESCRIPTORS, LAYER_TYPES, PARTS, ModuleSelection
 from .errors import LorastyleError
-from .index.search import SCORERS
+# lorastyle.index.search.SCORERS, spelled here so that `lorastyle inspect` does not import the index
+# (tests/test_cli.py checks the two are equal)
+SCORERS = ("cosine", "pca")
 from .io.formats import BASE_FAMILIES, load_lora
 
 __all__ = ["main", "build_parser", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED"]
@@ -181,7 +183,8 @@ def _duplicates(args) -> int:
             for path in pair["paths"]:
                 _print(f"  {path}")
     _print(
-        f"{len(report.same_weights)} groups of files with the same weights "
+        f"{len(report.same_weights)} group{'s' if len(report.same_weights) != 1 else ''} of files with the same "
+        "weights "
         f"({sum(len(g['paths']) for g in report.same_weights)} files); {len(report.near)} near-duplicate pairs "
         f"(score >= {report.near_threshold:.3f}); {len(index.records)} files compared",
         sys.stderr,

@@ -565,3 +565,10 @@ def test_top1_is_same_style(styles, tmp_path, capsys, descriptor):
         (top,), _ = run_json(capsys, ["similar", index_path, query, "-k", "1", "--json"])
         assert top["path"] != query
         assert labels[top["path"]] == style, (query, top)
+
+
+def test_the_commands_scorers_are_the_index_scorers():
+    import lorastyle.cli
+    from lorastyle.index.search import SCORERS
+
+    assert lorastyle.cli.SCORERS == SCORERS

@@ -6,9 +6,10 @@ sets (the null), and the score above which pairs were from the same training set
 positive rate of 1%. A result's ``p_value`` is the fraction of unrelated pairs that scored at
 least as high; ``same_source_likely`` says the score is above that threshold.
 
-The benchmark's LoRAs are of the project's tiny model (and real files of ``../shared/real-loras``
-when present): for other base families the p-value is an indication, not a calibrated
-probability, and the JSON says which family it was calibrated on.
+The benchmark's LoRAs are of the project's tiny model: results of other base families carry no
+p-value, since scores of unrelated LoRAs depend on the model: in ``benchmarks/results/wild.md``
+unrelated tiny-model pairs score 0.13-0.39 (5th to 95th percentile), unrelated real SD 1.5 files
+of ``../shared/real-loras`` 0.006 (median).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def _table() -> dict:
     return json.loads(text)
 
 
-def load_calibration(descriptor: str, sketch: dict) -> ScoreCalibration | None:
+def load_calibration(descriptor: str, sketch: dict, base: str | None = None) -> ScoreCalibration | None:
     """The calibration of a descriptor at these sketch settings, or None when there is none.
 
     Parameters
@@ -83,6 +84,9 @@ def load_calibration(descriptor: str, sketch: dict) -> ScoreCalibration | None:
     descriptor : str
     sketch : dict
         :attr:`lorastyle.sketches.Sketcher.settings` of the index.
+    base : str, optional
+        The base family the scores are of: None unless the calibration was made on it (scores of
+        unrelated LoRAs differ between families, so a null of one family says little of another).
 
     Returns
     -------
@@ -90,6 +94,8 @@ def load_calibration(descriptor: str, sketch: dict) -> ScoreCalibration | None:
     """
     entry = _table().get(descriptor)
     if not entry or entry.get("sketch") != sketch:
+        return None
+    if base is not None and entry.get("base") != base:
         return None
     return ScoreCalibration(
         quantiles=np.asarray(entry["quantiles"], dtype=np.float64),

@@ -179,7 +179,9 @@ class LoraIndex:
         own = os.path.abspath(query.path)
         candidates = [i for i, r in enumerate(group.records) if r.path != own]
         order = sorted(candidates, key=lambda i: (-scores[i], group.records[i].path))[:k]
-        calibration = load_calibration(self.descriptor, self.sketcher.settings) if scorer == "cosine" else None
+        calibration = (
+            load_calibration(self.descriptor, self.sketcher.settings, group.base) if scorer == "cosine" else None
+        )
         out = []
         for i in order:
             item = {"path": group.records[i].path, "score": float(scores[i])}

@@ -14,6 +14,7 @@ from lorastyle.io.formats import load_lora
 from lorastyle.io.hashes import file_sha256
 
 
+@pytest.mark.slow
 def test_manifest_describes_every_lora(smoke):
     out, log = smoke
     plan = json.loads((out / "plan.json").read_text())["loras"]
@@ -33,6 +34,7 @@ def test_manifest_describes_every_lora(smoke):
         assert len(row["training_images"].split(";")) == len(spec["images"])
 
 
+@pytest.mark.slow
 def test_resume_trains_nothing_twice(smoke):
     out, _ = smoke
     before = {p: p.stat().st_mtime_ns for p in (out / "loras").rglob("*.safetensors")}
@@ -41,6 +43,7 @@ def test_resume_trains_nothing_twice(smoke):
     assert {p: p.stat().st_mtime_ns for p in (out / "loras").rglob("*.safetensors")} == before
 
 
+@pytest.mark.slow
 def test_rebuild_reproduces_the_collection(smoke, tmp_path):
     """make data's promise: the same manifest entries and, on the same machine, the same weights."""
     import shutil
@@ -76,6 +79,7 @@ def test_a_changed_spec_or_base_changes_the_reuse_key():
     assert key != _spec_hash(LoraSpec(**{**spec.__dict__, "init_seed": 1}), p, "base-a")
 
 
+@pytest.mark.slow
 def test_features_cover_every_lora_and_setting(smoke):
     out, _ = smoke
     profile = get_profile("smoke")
@@ -89,6 +93,7 @@ def test_features_cover_every_lora_and_setting(smoke):
             assert all(f[k].shape == (min(dim, len(f.files)),) and np.all(np.isfinite(f[k])) for k in f.files)
 
 
+@pytest.mark.slow
 def test_figures_are_drawn_from_the_built_collection(smoke):
     from lorastyle.book.figures import write_figures
 
@@ -114,6 +119,7 @@ def test_base_round_trips(tmp_path):
     assert torch.equal(model.label_encoder.table.weight, again.label_encoder.table.weight)
 
 
+@pytest.mark.slow
 def test_experiments_run_on_the_smoke_collection(smoke):
     out, _ = smoke
     coll = load_collection(out)
@@ -124,6 +130,7 @@ def test_experiments_run_on_the_smoke_collection(smoke):
     assert table["ari"].between(-1, 1).all() and table["top1"].between(0, 1).all()
 
 
+@pytest.mark.slow
 def test_book_tables_run_on_the_smoke_collection(smoke):
     from lorastyle.book.experiments import invariance_table, retrieval_table, structure_comparison, subnetwork_curves
 
@@ -235,6 +242,7 @@ def test_paper_profile_runs_through_the_same_code(tmp_path):
     assert lora.base == "sd1" and lora.ranks == [profile.rank]
 
 
+@pytest.mark.slow
 def test_chapter_helpers_run_on_the_smoke_collection(smoke):
     from lorastyle.book.experiments import (
         artist_table,

@@ -95,7 +95,7 @@ def test_command_json_and_text(folder, tmp_path, capsys):
     out = capsys.readouterr()
     data = json.loads(out.out)
     assert set(data) == {"same_weights", "near_duplicates", "near_threshold"} and data["near_threshold"] == 0.7
-    assert "1 groups of files with the same weights (5 files)" in out.err
+    assert "1 group of files with the same weights (5 files)" in out.err
     assert main(["duplicates", str(folder), "--threshold", "0.7"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("same weights (score ") and "near-duplicates, score " in text

@@ -203,3 +203,18 @@ def test_all_pairs_scores_equal_the_query_scores(mixed):
     for group in index.groups.values():
         rows = np.array([group.matrix.cosines(r.sketches, r.norms) for r in group.records])
         np.testing.assert_allclose(group.matrix.cosine_matrix(), rows, atol=1e-6)
+
+
+def test_p_values_only_for_the_family_the_null_was_calibrated_on(mixed, tmp_path):
+    """The score's null comes from the tiny model's wild benchmark: sd1 results carry no p-value."""
+    from lorastyle.index.calibration import load_calibration
+
+    index, _, _ = _build(mixed, "gram")
+    calibration = load_calibration("gram", index.sketcher.settings, "tiny")
+    assert calibration is not None and load_calibration("gram", index.sketcher.settings, "sd1") is None
+    tiny = index.similar(_record(index, str(tmp_path / "q.safetensors"), mixed["r4_1"]), k=3)
+    assert all(0 < r["p_value"] <= 1 and isinstance(r["same_source_likely"], bool) for r in tiny)
+    assert [r["p_value"] for r in tiny] == sorted(r["p_value"] for r in tiny)  # higher scores, smaller p
+    assert tiny[0]["p_value"] == calibration.p_value(tiny[0]["score"])
+    (sd1,) = index.similar(_record(index, str(tmp_path / "q1.safetensors"), mixed["sd1"]), k=3)
+    assert set(sd1) == {"path", "score"}

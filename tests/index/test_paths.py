@@ -363,6 +363,7 @@ def _many_files(root, n, rng):
     return good_paths, bad
 
 
+@pytest.mark.slow
 def test_many_files_a_tenth_bad(tmp_path):
     n = int(os.environ.get("LORASTYLE_MANY_FILES", "1000"))
     root = tmp_path / "many"
@@ -388,27 +389,35 @@ def test_many_files_a_tenth_bad(tmp_path):
     assert set(errors(err)) == set(bad)
 
 
-def test_inspect_of_a_fifo_does_not_block(tmp_path):
-    import threading
+@pytest.mark.parametrize("reader", ["load_lora", "read_record", "describe_file"])
+def test_no_reader_ever_opens_a_fifo(tmp_path, monkeypatch, reader):
+    """Opening a FIFO to read blocks until a writer comes: every reader refuses it without opening it.
 
+    Checked without timing: ``open`` in each reading module is a spy that fails the test, instead of
+    blocking, if it is ever given the FIFO.
+    """
+    import stat as stat_module
+
+    import lorastyle.io.metadata as metadata_module
+    import lorastyle.io.safetensors as safetensors_module
     from lorastyle.io.formats import LoraFormatError, load_lora
+    from lorastyle.io.metadata import describe_file
+    from lorastyle.sketches import Sketcher
 
     fifo = tmp_path / "pipe.safetensors"
     os.mkfifo(fifo)
-    outcome = []
 
-    def read():
-        try:
-            load_lora(fifo)
-        except LoraFormatError as exc:
-            outcome.append(exc.reason)
+    def spy(path, *args, **kwargs):
+        if stat_module.S_ISFIFO(os.stat(path).st_mode):
+            raise AssertionError(f"{path}: a FIFO was opened")
+        return open(path, *args, **kwargs)
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(timeout=2)
-    blocked = reader.is_alive()
-    if blocked:  # unblock the reader: open the FIFO for writing and close it at once
-        os.close(os.open(fifo, os.O_WRONLY))
-        reader.join(timeout=10)
-    assert not blocked, "load_lora blocked on a FIFO"
-    assert outcome  # refused with a LoraFormatError
+    for module in (safetensors_module, records_module, metadata_module):
+        monkeypatch.setattr(module, "open", spy, raising=False)
+    call = {
+        "load_lora": lambda: load_lora(fifo),
+        "read_record": lambda: records_module.read_record(fifo, sketcher=Sketcher(dim=64, module_dim=16)),
+        "describe_file": lambda: describe_file(fifo),
+    }[reader]
+    with pytest.raises(LoraFormatError, match="not a regular file"):
+        call()
