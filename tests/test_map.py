@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +25,8 @@ from lorastyle.cli import main
 from lorastyle.index import LoraIndex
 from lorastyle.io.formats import save_lora
 from lorastyle.lora_map import DEFAULT_THRESHOLD, clusters, find_preview, map_json, map_layout, map_page
+from support import CHROMEDRIVER, CHROMIUM, chromium_driver
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
     reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
@@ -351,25 +350,7 @@ def test_a_bad_threshold_is_refused_when_parsed(capsys, tmp_path, value):
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(120)
+    driver = chromium_driver()
     # the network off: every request other than file:// fails; script errors are collected
     driver.execute_cdp_cmd("Network.enable", {})
     driver.execute_cdp_cmd(

@@ -16,7 +16,35 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["layout_shapes", "write_layout_file", "DEFAULT_LAYOUTS"]
+__all__ = ["layout_shapes", "write_layout_file", "DEFAULT_LAYOUTS", "FACTOR_SUFFIXES", "ROLE_SUFFIXES"]
+
+# Tensor-name suffixes of LoRA factors in every layout, longest first (so the first match is the role)
+FACTOR_SUFFIXES = tuple(
+    sorted(
+        [
+            ".lora_down.weight",
+            ".lora_up.weight",
+            ".lora_A.weight",
+            ".lora_B.weight",
+            ".down.weight",
+            ".up.weight",
+            ".lokr_w1",
+            ".lokr_w2",
+            ".lokr_w1_a",
+            ".lokr_w1_b",
+            ".lokr_w2_a",
+            ".lokr_w2_b",
+            ".hada_w1_a",
+            ".hada_w1_b",
+            ".hada_w2_a",
+            ".hada_w2_b",
+        ],
+        key=len,
+        reverse=True,
+    )
+)
+# ... and every role of a module: factors, alpha and DoRA's magnitude
+ROLE_SUFFIXES = tuple(sorted([*FACTOR_SUFFIXES, ".alpha", ".dora_scale"], key=len, reverse=True))
 
 DEFAULT_LAYOUTS = Path(__file__).resolve().parents[2] / "shared" / "real-loras" / "key-layouts"
 _DOWN = (".lora_down.weight", ".lora_A.weight")

@@ -9,8 +9,13 @@ from lorastyle.index.calibration import ScoreCalibration
 def test_p_value_is_the_empirical_tail_of_the_null():
     rng = np.random.default_rng(0)
     null = rng.normal(0.2, 0.08, size=5000)
-    cal = ScoreCalibration(quantiles=np.quantile(null, np.linspace(0, 1, 1001)), n_null=len(null), threshold=0.4,
-                           near_duplicate=0.7, calibrated_on="test")
+    cal = ScoreCalibration(
+        quantiles=np.quantile(null, np.linspace(0, 1, 1001)),
+        n_null=len(null),
+        threshold=0.4,
+        near_duplicate=0.7,
+        calibrated_on="test",
+    )
     for s in (0.0, 0.15, 0.2, 0.3, 0.45):
         brute = (1 + np.sum(null >= s)) / (1 + len(null))
         assert cal.p_value(s) == pytest.approx(brute, abs=2e-3)

@@ -360,28 +360,8 @@ FLUX_SPLIT_EXTRA = {
     # invokeai__flux_lokr_bfl_format: its qkv and linear1 shapes fit no split, they keep their names
 }
 # Suffixes of the tensors that are LoRA factors (not alpha, bias, norm scale or DoRA magnitude)
-FACTOR_SUFFIXES = sorted(
-    [
-        ".lora_down.weight",
-        ".lora_up.weight",
-        ".lora_A.weight",
-        ".lora_B.weight",
-        ".down.weight",
-        ".up.weight",
-        ".lokr_w1",
-        ".lokr_w2",
-        ".lokr_w1_a",
-        ".lokr_w1_b",
-        ".lokr_w2_a",
-        ".lokr_w2_b",
-        ".hada_w1_a",
-        ".hada_w1_b",
-        ".hada_w2_a",
-        ".hada_w2_b",
-    ],
-    key=len,
-    reverse=True,
-)
+from tools.layouts import FACTOR_SUFFIXES  # noqa: E402
+
 # The full-factor LoKr layout (lokr_w1 and lokr_w2, no _a/_b) loads in a child process with a memory
 # limit, so a loader that materialises in x in identities fails fast instead of swapping.
 SLOW_LAYOUTS = {"invokeai__flux_lokr_bfl_format"}
