@@ -215,3 +215,12 @@ def test_incomparable_base_and_shapes():
 def test_unknown_descriptor(loras):
     with pytest.raises(ValueError, match="unknown descriptor 'pixels'"):
         descriptor_kernel("pixels", loras)
+
+
+def test_selection_options_are_checked_as_wholes():
+    """A single string is one option, not its letters; parts are validated like layers and blocks."""
+    assert ModuleSelection(layers="feed_forward").layers == ("feed_forward",)
+    with pytest.raises(ValueError, match="unknown parts 'unte'; choose from 'unet'"):
+        ModuleSelection(parts=["unte"])
+    with pytest.raises(ValueError, match="unknown layers 'feed'"):
+        ModuleSelection(layers="feed")

@@ -218,3 +218,42 @@ def test_p_values_only_for_the_family_the_null_was_calibrated_on(mixed, tmp_path
     assert tiny[0]["p_value"] == calibration.p_value(tiny[0]["score"])
     (sd1,) = index.similar(_record(index, str(tmp_path / "q1.safetensors"), mixed["sd1"]), k=3)
     assert set(sd1) == {"path", "score"}
+
+
+def test_a_pairs_score_does_not_depend_on_what_else_is_indexed(mixed, tmp_path):
+    """The score is a cosine of the two files' descriptors: adding or removing unrelated files changes nothing."""
+    a, b = mixed["r4_0"], mixed["r4_1"]
+    rng = np.random.default_rng(5)
+    extra = []
+    for i in range(12):  # unrelated files, some of them of high norm (one took over the old PCA's first axis)
+        path = str(tmp_path / f"extra{i}.safetensors")
+        save_lora(
+            path,
+            {n: (A * (30.0 if i == 0 else 1.0), B) for n, (A, B) in factors(rng, 4).items()},
+            alpha=4.0,
+            base="tiny",
+        )
+        extra.append(path)
+    scores = []
+    for paths in ([a, b], [a, b, *extra[:3]], [a, b, *extra]):
+        index, _, _ = build_index(paths, descriptor="gram")
+        query = read_record(a, sketcher=index.sketcher)
+        (hit,) = [r for r in index.similar(query, k=20) if r["path"] == b]
+        scores.append(hit["score"])
+    assert scores[0] == scores[1] == scores[2]
+    # the paper's PCA scorer, by contrast, does depend on the folder (why it is not the default)
+    pca = []
+    for paths in ([a, b, *extra[:3]], [a, b, *extra]):
+        index, _, _ = build_index(paths, descriptor="gram")
+        (hit,) = [
+            r for r in index.similar(read_record(a, sketcher=index.sketcher), k=20, scorer="pca") if r["path"] == b
+        ]
+        pca.append(hit["score"])
+    assert abs(pca[0] - pca[1]) > 1e-3
+
+
+@pytest.mark.parametrize("k", [0, 2.5, "3", True])
+def test_similar_checks_k(mixed, tmp_path, k):
+    index, _, _ = _build(mixed, "gram")
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        index.similar(_record(index, str(tmp_path / "q.safetensors"), mixed["r4_1"]), k=k)
