@@ -70,19 +70,22 @@ def machine() -> dict:
 
 
 def other_load() -> str:
-    """A note when the collection build (a long CPU job) shares the machine."""
-    try:
-        out = subprocess.run(
-            ["pgrep", "-f", "lorastyle.collection.build"], capture_output=True, text=True
-        ).stdout.split()
-    except OSError:
-        return "unknown"
-    others = [pid for pid in out if int(pid) != os.getpid()]
-    return (
-        "shared: a `lorastyle.collection.build` training job (1 thread) ran at the same time"
-        if others
-        else "no other heavy job known"
-    )
+    """A note of what shared the machine: a collection build or a test run, and the load average."""
+    others = []
+    for pattern, what in (
+        ("lorastyle.collection.build", "a `lorastyle.collection.build` training job"),
+        ("pytest", "a pytest run"),
+    ):
+        try:
+            out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+        except OSError:
+            return "unknown"
+        if [pid for pid in out if int(pid) != os.getpid()]:
+            others.append(what)
+    load = f"1-minute load average {os.getloadavg()[0]:.1f} at the end"
+    if others:
+        return f"shared: {' and '.join(others)} ran at the same time; {load}"
+    return f"no other heavy job known; {load}"
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:

@@ -8,6 +8,8 @@ seed files and feeding every mutant to:
 * :func:`lorastyle.io.safetensors.read_safetensors`,
 * :func:`lorastyle.io.formats.load_lora`,
 * ``lorastyle inspect FILE --json`` (:func:`lorastyle.cli.main`, in-process),
+* :func:`lorastyle.index.records.read_record` (what ``lorastyle index`` does with a file:
+  one read, hashed and parsed from the same bytes, then sketched),
 * :meth:`lorastyle.index.LoraIndex.load` (an index is a file too).
 
 An input *fails* when a reader raises anything other than ``LoraFormatError``,
@@ -836,6 +838,35 @@ def _run_inspect(path: str, *flags: str) -> tuple[int, str, str]:
     return status, out.getvalue(), err.getvalue()
 
 
+def _check_record(record) -> str | None:
+    """The invariants of an index record; a description of the first broken one, or None."""
+    if not record.sketches or set(record.sketches) != set(record.parts) or set(record.norms) != set(record.parts):
+        return "parts, sketches and norms disagree"
+    for part, sketch in record.sketches.items():
+        if sketch.dtype != np.float16 or not np.all(np.isfinite(sketch)):
+            return f"{part}: sketch not finite float16"
+        if not (np.isfinite(record.norms[part]) and record.norms[part] >= 0):
+            return f"{part}: norm {record.norms[part]!r}"
+    if record.module_norms is None or not np.all(np.isfinite(record.module_norms)):
+        return "module norms not finite"
+    if len(record.module_norms) != record.n_modules:
+        return "module norms and modules disagree"
+    return None
+
+
+_SMALL_SKETCHER = None
+
+
+def _small_sketcher():
+    """A small sketcher: the record's code paths at a fraction of the default's cost."""
+    global _SMALL_SKETCHER  # a cache local to the fuzzer, not library state
+    if _SMALL_SKETCHER is None:
+        from lorastyle.sketches import Sketcher
+
+        _SMALL_SKETCHER = Sketcher(dim=256, module_dim=64)
+    return _SMALL_SKETCHER
+
+
 def check_file(path: str, *, mutation: str = "", inspect: bool = True, index: bool = True) -> tuple[str, list[Failure]]:
     """Feed one file to every reader; return the outcome and the failures.
 
@@ -845,7 +876,8 @@ def check_file(path: str, *, mutation: str = "", inspect: bool = True, index: bo
     mutation : str
         Copied into the failures.
     inspect, index : bool, default=True
-        Also run ``lorastyle inspect --json`` and :meth:`LoraIndex.load`.
+        Also run ``lorastyle inspect --json``; also run :func:`read_record` (for each descriptor)
+        and :meth:`LoraIndex.load`.
 
     Returns
     -------
@@ -901,7 +933,22 @@ def check_file(path: str, *, mutation: str = "", inspect: bool = True, index: bo
 
     if index:
         from lorastyle.index import LoraIndex
+        from lorastyle.index.records import read_record
 
+        for descriptor in ("gram", "concat"):
+            try:
+                broken = _check_record(read_record(path, sketcher=_small_sketcher(), descriptor=descriptor))
+                if broken:
+                    fail("record", ("invariant", broken.split(":")[-1].strip()), broken)
+                elif outcome != "loaded":
+                    fail("record", ("invariant", "disagrees with load_lora"), f"a record of a file load_lora {outcome}")
+            except LoraFormatError as exc:
+                if exc.path != path or not exc.reason:
+                    fail("record", ("invariant", "error naming"), str(exc))
+            except FuzzTimeout:
+                raise
+            except BaseException as exc:  # noqa: BLE001
+                fail("record", _signature(exc), f"{type(exc).__name__}: {exc}")
         try:
             LoraIndex.load(path)
         except LoraFormatError:
