@@ -37,10 +37,11 @@ import warnings
 from . import __version__
 from .descriptors import BLOCKS, DEFAULT_DESCRIPTOR, DESCRIPTORS, LAYER_TYPES, PARTS, ModuleSelection
 from .errors import LorastyleError
+from .io.formats import BASE_FAMILIES, load_lora
+
 # lorastyle.index.search.SCORERS, spelled here so that `lorastyle inspect` does not import the index
 # (tests/test_cli.py checks the two are equal)
 SCORERS = ("cosine", "pca")
-from .io.formats import BASE_FAMILIES, load_lora
 
 __all__ = ["main", "build_parser", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED"]
 
