@@ -11,6 +11,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY = $(VENV)/bin/python
 STAMP = $(VENV)/.installed
+# The chapters run in a second, light environment: binder/requirements.txt (no torch), what Binder and
+# Colab readers get; nbval runs there, so a chapter that needs more than a reader has fails `make test`.
+BOOK_VENV ?= .venv-book
+BOOK_PY = $(BOOK_VENV)/bin/python
+BOOK_STAMP = $(BOOK_VENV)/.installed
 
 # Thread caps and offline settings for every recipe (2-core machines; no hub downloads).
 export OMP_NUM_THREADS := 2
@@ -36,7 +41,7 @@ REAL_LORAS ?= ../shared/real-loras
 help:
 	@echo "Targets:"
 	@echo "  make venv   create/update $(VENV) from requirements.txt + requirements-lock.txt, install lorastyle (editable)"
-	@echo "  make test   run tests/ with pytest, then the book notebooks with nbval"
+	@echo "  make test   run tests/ with pytest, then the book notebooks with nbval (in $(BOOK_VENV), the readers' light environment)"
 	@echo "  make test-fast  the tests without those marked slow (no notebooks)"
 	@echo "  make lint   check formatting and lint rules with ruff (part of make test); make format fixes them"
 	@echo "  make fuzz   fuzz the file readers with $(FUZZ_INPUTS) mutated files; prints inputs and failures"
@@ -54,11 +59,17 @@ $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 
 venv: $(STAMP)
 
+$(BOOK_STAMP): binder/requirements.txt requirements-lock.txt pyproject.toml
+	test -x $(BOOK_PY) || $(PYTHON) -m venv $(BOOK_VENV)
+	$(BOOK_PY) -m pip install -q -r binder/requirements.txt pytest nbval -c requirements-lock.txt
+	$(BOOK_PY) -m pip install -q --no-deps -e .
+	touch $@
+
 # pytest exit code 5 means "no tests collected": not a failure here.
-test: $(STAMP) lint
+test: $(STAMP) $(BOOK_STAMP) lint
 	MPLBACKEND=Agg $(PY) -m pytest tests || { rc=$$?; [ $$rc -eq 5 ] || exit $$rc; }
 ifneq ($(strip $(NOTEBOOKS)),)
-	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with book/nbval_sanitize.cfg \
+	$(BOOK_PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with book/nbval_sanitize.cfg \
 		-p no:cacheprovider $(NOTEBOOKS) || { rc=$$?; [ $$rc -eq 5 ] || exit $$rc; }
 endif
 
@@ -78,8 +89,8 @@ format: $(STAMP)
 fuzz: $(STAMP)
 	$(PY) -m tools.fuzz.fuzzing --inputs $(FUZZ_INPUTS) --real $(REAL_LORAS)
 
-chapters: $(STAMP)
-	$(PY) book/run_chapters.py $(NOTEBOOKS)
+chapters: $(BOOK_STAMP)
+	$(BOOK_PY) book/run_chapters.py $(NOTEBOOKS)
 
 # MathJax is served from the book, not a CDN: book/fetch_mathjax.py fetches it once from the npm
 # registry into _build/mathjax (a no-op when present), which _config.yml's html_static_path lists.
