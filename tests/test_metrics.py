@@ -5,6 +5,8 @@ SciPy implementations; no test compares a function with its own output except
 for determinism and chunking invariance.
 """
 
+import math
+
 import numpy as np
 import pytest
 from scipy.spatial import procrustes
@@ -18,6 +20,7 @@ from sklearn.metrics import (
 )
 from sklearn.metrics.pairwise import cosine_similarity, euclidean_distances
 
+from lorastyle import metrics
 from lorastyle.metrics import (
     cluster_labels,
     cluster_scores,
@@ -594,3 +597,76 @@ Y5 = np.arange(10.0).reshape(5, 2)
 def test_validation(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# --------------------------------------------------------------------------
+# Paired comparison
+# --------------------------------------------------------------------------
+
+
+def _mcnemar_by_hand(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar from the binomial sum, written out."""
+    n, m = a_only + b_only, min(a_only, b_only)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, k) for k in range(m + 1)) / 2**n)
+
+
+@pytest.mark.parametrize("a_only, b_only, both, neither", [(1, 9, 20, 3), (5, 5, 0, 0), (0, 7, 4, 1), (0, 0, 6, 2)])
+def test_mcnemar_matches_the_binomial_sum(a_only, b_only, both, neither):
+    a = [1] * a_only + [0] * b_only + [1] * both + [0] * neither
+    b = [0] * a_only + [1] * b_only + [1] * both + [0] * neither
+    result = metrics.mcnemar_test(a, b)
+    assert result["a_only"] == a_only and result["b_only"] == b_only and result["n"] == len(a)
+    assert result["p_value"] == pytest.approx(_mcnemar_by_hand(a_only, b_only), rel=1e-12)
+    assert metrics.mcnemar_test(b, a)["p_value"] == pytest.approx(result["p_value"])
+    assert result["a"] == pytest.approx(np.mean(a)) and result["b"] == pytest.approx(np.mean(b))
+
+
+def test_mcnemar_uses_the_pairing():
+    # Same accuracies (0.25 and 0.45), different pairings: nested failures are significant, crossed ones not.
+    a = [1] * 10 + [0] * 30
+    nested = metrics.mcnemar_test(a, [1] * 18 + [0] * 22)  # 0 against 8 discordant
+    crossed = metrics.mcnemar_test(a, [0] * 5 + [1] * 5 + [1] * 13 + [0] * 17)  # 5 against 13
+    assert nested["a"] == crossed["a"] and nested["b"] == crossed["b"]
+    assert nested["p_value"] < 0.05 < crossed["p_value"]
+
+
+def test_mcnemar_rejects_non_binary_and_unequal_inputs():
+    with pytest.raises(ValueError, match="True/False"):
+        metrics.mcnemar_test([0.5, 1], [1, 0])
+    with pytest.raises(ValueError, match="one length"):
+        metrics.mcnemar_test([1, 0, 1], [1, 0])
+
+
+def test_paired_bootstrap_of_independent_queries_matches_the_normal_interval():
+    rng = np.random.default_rng(3)
+    a = rng.random(4000) < 0.8
+    b = np.where(rng.random(4000) < 0.85, a, ~a)  # agrees with a on 85% of the queries
+    d = a.astype(float) - b.astype(float)
+    half = 1.959964 * d.std(ddof=1) / np.sqrt(d.size)
+    result = metrics.paired_bootstrap(a, b, np.arange(d.size), n_resamples=4000)
+    assert result["difference"] == pytest.approx(d.mean())
+    assert result["low"] == pytest.approx(d.mean() - half, abs=0.003)
+    assert result["high"] == pytest.approx(d.mean() + half, abs=0.003)
+
+
+def test_paired_bootstrap_with_two_groups_has_the_enumerable_extremes():
+    # Two groups: a resample draws (2, 0), (1, 1) or (0, 2) copies with probabilities 1/4, 1/2, 1/4,
+    # so the 2.5% and 97.5% quantiles are the two single-group differences.
+    a = np.array([1, 1, 1, 0, 1, 0, 0])
+    b = np.array([0, 0, 1, 0, 1, 1, 0])
+    groups = np.array(["x", "x", "x", "x", "y", "y", "y"])
+    result = metrics.paired_bootstrap(a, b, groups, n_resamples=3000, random_state=1)
+    x = (a[:4] - b[:4]).mean()  # 0.5
+    y = (a[4:] - b[4:]).mean()  # -1/3
+    assert (result["low"], result["high"]) == pytest.approx((min(x, y), max(x, y)))
+    assert result["n_groups"] == 2
+
+
+def test_paired_bootstrap_widens_when_queries_of_a_group_move_together():
+    a = np.repeat(np.arange(20) % 2, 5).astype(bool)  # whole artists right or wrong
+    b = np.zeros(100, dtype=bool)
+    by_artist = metrics.paired_bootstrap(a, b, np.repeat(np.arange(20), 5))
+    by_query = metrics.paired_bootstrap(a, b, np.arange(100))
+    assert by_artist["high"] - by_artist["low"] > 1.8 * (by_query["high"] - by_query["low"])

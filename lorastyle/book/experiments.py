@@ -43,7 +43,12 @@ __all__ = [
     "restricted_top1",
     "style_reference_table",
     "wilson_interval",
+    "representations",
+    "paired_top1_table",
+    "colour_statistics",
+    "downsampled_pixels",
     "DESCRIPTOR_NAMES",
+    "IMAGE_BASELINES",
     "ENCODER_NAMES",
     "SUBNETWORKS",
 ]
@@ -56,6 +61,8 @@ ENCODER_NAMES = {
     "magenta": "Magenta style vector (circular)",
     "clip": "CLIP",
     "dino": "DINO",
+    "colour": "Colour statistics (baseline)",
+    "pixels": "Raw pixels 8x8 (baseline)",
 }
 
 
@@ -279,7 +286,8 @@ def feature_matrix(coll: Collection, ids: Sequence[str], encoder: str, source: s
     ids : sequence of str
         LoRA ids.
     encoder : str
-        An encoder name of :attr:`Collection.encoders`.
+        An encoder name of :attr:`Collection.encoders`, or a baseline of
+        :data:`IMAGE_BASELINES` (computed here from the training images, no model).
     source : str, default="train"
         ``"train"`` (mean over each LoRA's training images) or ``"gen/<setting>"`` (mean
         over its samples at that setting); the key ``<source>/<id>`` must exist for every id.
@@ -290,6 +298,10 @@ def feature_matrix(coll: Collection, ids: Sequence[str], encoder: str, source: s
         One mean feature vector per id, in the order of ``ids`` (``d`` as in
         :meth:`Collection.features`).
     """
+    if encoder in IMAGE_BASELINES:
+        if source != "train":
+            raise ValueError(f"the {encoder!r} baseline is computed from training images only; got source={source!r}")
+        return np.stack([IMAGE_BASELINES[encoder](coll.images(i)) for i in ids]).astype(np.float64)
     feats = coll.features(encoder)
     return np.stack([feats[f"{source}/{i}"] for i in ids]).astype(np.float64)
 
@@ -331,6 +343,169 @@ def feature_embedding(
     X = feature_matrix(coll, ids, encoder, source)
     k = min(n_components, len(ids) - 2, X.shape[1])
     return StyleEmbedding(k, random_state=random_state, calibrate=False).fit_transform(X)
+
+
+def colour_statistics(images: np.ndarray, *, bins: int = 9) -> np.ndarray:
+    """The simplest style descriptor a skeptic would try: colour statistics of a set of images.
+
+    Parameters
+    ----------
+    images : ndarray of shape (n, H, W, 3), dtype uint8
+        The images (a LoRA's training images).
+    bins : int, default=9
+        Histogram bins per channel over [0, 256).
+
+    Returns
+    -------
+    ndarray of shape (6 + 3 * bins,)
+        Per channel (R, G, B) the mean and the standard deviation of all pixels in [0, 1],
+        then per channel the normalised histogram: 33 numbers with the default.
+    """
+    pixels = np.asarray(images, dtype=np.float64).reshape(-1, 3) / 255.0
+    hist = [np.histogram(pixels[:, c], bins=bins, range=(0.0, 1.0))[0] / len(pixels) for c in range(3)]
+    return np.concatenate([pixels.mean(axis=0), pixels.std(axis=0), *hist])
+
+
+def downsampled_pixels(images: np.ndarray, *, size: int = 8) -> np.ndarray:
+    """The mean of a set of images, block-averaged to ``size`` x ``size`` pixels: raw pixels as a baseline.
+
+    Parameters
+    ----------
+    images : ndarray of shape (n, H, W, 3), dtype uint8
+        The images; ``H`` and ``W`` must be multiples of ``size``.
+    size : int, default=8
+        Output side in pixels.
+
+    Returns
+    -------
+    ndarray of shape (size * size * 3,)
+        The block means in [0, 1], row-major, channels last.
+    """
+    x = np.asarray(images, dtype=np.float64) / 255.0
+    n, h, w, c = x.shape
+    if h % size or w % size:
+        raise ValueError(f"images of {h}x{w} pixels do not divide into {size}x{size} blocks")
+    return x.reshape(n, size, h // size, size, w // size, c).mean(axis=(0, 2, 4)).ravel()
+
+
+#: Image-side baselines without any model: the name :func:`feature_matrix` knows them by.
+IMAGE_BASELINES = {"colour": colour_statistics, "pixels": downsampled_pixels}
+
+
+def representations(
+    coll: Collection,
+    ids: Sequence[str],
+    *,
+    descriptors: Sequence[str] = DESCRIPTOR_NAMES,
+    encoders: Sequence[str] = (),
+    n_components: int = 16,
+) -> dict[str, np.ndarray]:
+    """Every representation of the same LoRAs, by display name: weights first, then images.
+
+    Parameters
+    ----------
+    coll : Collection
+    ids : sequence of str
+        LoRA ids, the rows of every embedding.
+    descriptors : sequence of str, default=DESCRIPTOR_NAMES
+        LoRA descriptors (:func:`lora_embedding`), each named ``"LoRA <descriptor>"``.
+    encoders : sequence of str, default=()
+        Image encoders or baselines of :data:`IMAGE_BASELINES` (:func:`feature_embedding`
+        of the training images), named by :data:`ENCODER_NAMES`.
+    n_components : int, default=16
+        Embedding dimension.
+
+    Returns
+    -------
+    dict of str to ndarray of shape (len(ids), k)
+    """
+    reps = {f"LoRA {d}": lora_embedding(coll, ids, d, n_components=n_components) for d in descriptors}
+    reps |= {ENCODER_NAMES.get(e, e): feature_embedding(coll, ids, e, n_components=n_components) for e in encoders}
+    return reps
+
+
+def paired_top1_table(
+    coll: Collection,
+    *,
+    collection: str | Sequence[str] = "main",
+    reference: str = "LoRA concat",
+    descriptors: Sequence[str] = DESCRIPTOR_NAMES,
+    encoders: Sequence[str] = (),
+    level: str = "artist",
+    across_paintings: bool = False,
+    n_components: int = 16,
+    n_resamples: int = 2000,
+    random_state: int = 0,
+):
+    """Leave-one-out top-1 of every representation, each compared with one reference on the same queries.
+
+    A difference between two representations is tested on the queries both answer, not by
+    overlapping intervals: the exact McNemar test (:func:`lorastyle.metrics.mcnemar_test`)
+    on the queries where they disagree, and a bootstrap interval of the difference that
+    resamples whole artists (:func:`lorastyle.metrics.paired_bootstrap`), since queries of
+    one artist are not independent.
+
+    Parameters
+    ----------
+    coll : Collection
+    collection : str or sequence of str, default="main"
+        Collection(s) whose LoRAs are embedded together and queried leave-one-out.
+    reference : str, default="LoRA concat"
+        The representation the others are compared with (a key of :func:`representations`).
+    descriptors, encoders, n_components
+        As in :func:`representations`.
+    level : str, default="artist"
+        The manifest column a hit must share with its query.
+    across_paintings : bool, default=False
+        If True, the test across paintings: every LoRA that shares a source painting with the
+        query (:meth:`Collection.source_paintings`) is removed from its candidates, and only
+        queries with a LoRA of their class left count.
+    n_resamples : int, default=2000
+        Bootstrap resamples.
+    random_state : int, default=0
+        Seed of the bootstrap.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per representation: ``representation``, ``n`` (queries), ``top1`` with its
+        Wilson interval (``top1_low``, ``top1_high``), ``chance`` (a random allowed
+        candidate), ``diff`` (top-1 minus the reference's) with its artist-bootstrap interval
+        (``diff_low``, ``diff_high``), ``only_this`` and ``only_reference`` (queries one of the
+        two answers and the other misses) and ``p_mcnemar`` (NaN on the reference's row).
+    """
+    import pandas as pd
+
+    from ..metrics import mcnemar_test, paired_bootstrap
+
+    ids = coll.ids(collection)
+    y = coll.labels(ids, level)
+    artists = coll.labels(ids, "artist")
+    if across_paintings:
+        sources = [coll.source_paintings(i) for i in ids]
+        allowed = ~np.array([[bool(a & b) for b in sources] for a in sources])
+    else:
+        allowed = np.ones((len(ids), len(ids)), dtype=bool)
+    reps = representations(coll, ids, descriptors=descriptors, encoders=encoders, n_components=n_components)
+    if reference not in reps:
+        raise ValueError(f"reference {reference!r} is not one of the representations {sorted(reps)}")
+    results = {name: restricted_top1(Z, y, allowed) for name, Z in reps.items()}
+    queried, ref_hit = results[reference][0], results[reference][1]
+    rows = []
+    for name, (_, hit, chance, _) in results.items():
+        a, b = hit[queried], ref_hit[queried]
+        n = int(queried.sum())
+        top1 = float(a.mean())
+        row = {"representation": name, "n": n, "top1": top1}
+        row["top1_low"], row["top1_high"] = wilson_interval(top1, n)
+        row["chance"] = float(chance[queried].mean())
+        boot = paired_bootstrap(a, b, artists[queried], n_resamples=n_resamples, random_state=random_state)
+        test = mcnemar_test(a, b)
+        row |= {"diff": boot["difference"], "diff_low": boot["low"], "diff_high": boot["high"]}
+        row |= {"only_this": test["a_only"], "only_reference": test["b_only"]}
+        row["p_mcnemar"] = float("nan") if name == reference else test["p_value"]
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def clustering_table(
@@ -380,8 +555,7 @@ def clustering_table(
     import pandas as pd
 
     ids = coll.ids(collection)
-    reps = {f"LoRA {d}": lora_embedding(coll, ids, d, n_components=n_components) for d in descriptors}
-    reps |= {ENCODER_NAMES.get(e, e): feature_embedding(coll, ids, e, n_components=n_components) for e in encoders}
+    reps = representations(coll, ids, descriptors=descriptors, encoders=encoders, n_components=n_components)
     rows = []
     for name, Z in reps.items():
         for level in levels:
@@ -532,8 +706,7 @@ def style_reference_table(
     y = coll.labels(ids, "artist")
     sources = [coll.source_paintings(i) for i in ids]
     shares = np.array([[bool(a & b) for b in sources] for a in sources])
-    reps = {f"LoRA {d}": lora_embedding(coll, ids, d, n_components=n_components) for d in descriptors}
-    reps |= {ENCODER_NAMES.get(e, e): feature_embedding(coll, ids, e, n_components=n_components) for e in encoders}
+    reps = representations(coll, ids, descriptors=descriptors, encoders=encoders, n_components=n_components)
     rows = []
     for name, Z in reps.items():
         _, hit_any, _, nearest = restricted_top1(Z, y, np.ones_like(shares))

@@ -8,6 +8,8 @@ from scipy.stats import binomtest
 
 from lorastyle.book.experiments import (
     _nearest_distances,
+    colour_statistics,
+    downsampled_pixels,
     load_collection,
     memorisation_table,
     nearest_neighbour_chance,
@@ -209,3 +211,64 @@ def test_source_paintings_are_styles_or_else_the_cropped_painting(tmp_path):
     coll = _fake_collection(tmp_path, train, train, collection="main", sources=sources)
     assert coll.source_paintings("stylized") == {"met-1", "met-2"}
     assert coll.source_paintings("real") == {"met-3"}
+
+
+def test_colour_statistics_by_hand():
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
+    stats = colour_statistics(images, bins=4)
+    assert stats.shape == (6 + 12,)
+    for c in range(3):
+        values = [images[n, i, j, c] / 255 for n in range(3) for i in range(4) for j in range(4)]
+        mean = sum(values) / len(values)
+        assert stats[c] == pytest.approx(mean)
+        assert stats[3 + c] == pytest.approx((sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5)
+        counts = [sum(1 for v in values if b / 4 <= v < (b + 1) / 4 or (b == 3 and v == 1.0)) for b in range(4)]
+        np.testing.assert_allclose(stats[6 + 4 * c : 10 + 4 * c], np.array(counts) / len(values))
+
+
+def test_downsampled_pixels_by_hand():
+    rng = np.random.default_rng(6)
+    images = rng.integers(0, 256, (2, 4, 6, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="blocks"):
+        downsampled_pixels(images, size=4)
+    small = downsampled_pixels(images, size=2).reshape(2, 2, 3)
+    for bi in range(2):
+        for bj in range(2):
+            block = images[:, 2 * bi : 2 * bi + 2, 3 * bj : 3 * bj + 3, :] / 255
+            np.testing.assert_allclose(small[bi, bj], block.reshape(-1, 3).mean(axis=0))
+
+
+def test_paired_top1_table_counts_the_discordant_queries(tmp_path, monkeypatch):
+    # Three artists of four LoRAs, each pair of them styled by one painting. "good" finds every artist;
+    # "bad" puts x3 among artist z and y1 among artist x, so it misses those two queries.
+    ids = [f"{a}{k}" for a in "xyz" for k in range(1, 5)]
+    sources = {i: f"c{i}@0,0,1,1~{i[0]}{(int(i[1]) + 1) // 2}" for i in ids}
+    train = {i: np.zeros((1, 2, 2, 3), np.uint8) for i in ids}
+    coll = _fake_collection(tmp_path, train, train, collection="main", sources=sources)
+    for r in coll.rows:
+        r["artist"] = r["id"][0]
+    base = {"x": [1, 0, 0], "y": [0, 1, 0], "z": [0, 0, 1]}
+    rng = np.random.default_rng(0)
+    good = {i: np.array(base[i[0]]) + 0.05 * rng.random(3) for i in ids}
+    bad = dict(good) | {"x3": np.array([0.1, 0, 1]), "y1": np.array([1, 0.1, 0])}
+    import lorastyle.book.experiments as ex
+
+    feats = {"good": good, "bad": bad}
+    monkeypatch.setattr(ex, "feature_embedding", lambda c, ids, e, n_components: np.array([feats[e][i] for i in ids]))
+    monkeypatch.setitem(ex.ENCODER_NAMES, "good", "good")
+    monkeypatch.setitem(ex.ENCODER_NAMES, "bad", "bad")
+    table = ex.paired_top1_table(coll, reference="good", descriptors=(), encoders=("good", "bad"), n_resamples=500)
+    good_row, bad_row = table.set_index("representation").loc[["good", "bad"]].itertuples()
+    assert good_row.n == bad_row.n == 12 and good_row.top1 == 1.0
+    _, bad_hits, _, _ = restricted_top1(np.array([bad[i] for i in ids]), coll.labels(ids, "artist"), np.ones((12, 12)))
+    assert bad_row.top1 == pytest.approx(bad_hits.mean()) and bad_row.only_this == 0
+    assert bad_row.only_reference == int((~bad_hits).sum()) == 2
+    assert bad_row.p_mcnemar == pytest.approx(binomtest(0, bad_row.only_reference, 0.5).pvalue)
+    assert bad_row.diff == pytest.approx(bad_hits.mean() - 1) and bad_row.diff_low <= bad_row.diff <= bad_row.diff_high
+    assert np.isnan(good_row.p_mcnemar)
+    # across paintings: the LoRA of one's own painting is no candidate, the three others of the artist stay
+    across = ex.paired_top1_table(coll, reference="good", descriptors=(), encoders=("good",), across_paintings=True)
+    assert across.iloc[0].n == 12 and across.iloc[0].chance == pytest.approx(2 / 10)
+    with pytest.raises(ValueError, match="reference"):
+        ex.paired_top1_table(coll, reference="LoRA concat", descriptors=(), encoders=("good",))
