@@ -59,9 +59,9 @@ $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 
 venv: $(STAMP)
 
-$(BOOK_STAMP): binder/requirements.txt requirements-lock.txt pyproject.toml
+$(BOOK_STAMP): binder/requirements.txt requirements-lock.txt pyproject.toml Makefile
 	test -x $(BOOK_PY) || $(PYTHON) -m venv $(BOOK_VENV)
-	$(BOOK_PY) -m pip install -q -r binder/requirements.txt pytest nbval -c requirements-lock.txt
+	$(BOOK_PY) -m pip install -q -r binder/requirements.txt pytest nbval nbclient -c requirements-lock.txt
 	$(BOOK_PY) -m pip install -q --no-deps -e .
 	touch $@
 

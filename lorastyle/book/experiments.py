@@ -44,6 +44,7 @@ __all__ = [
     "style_reference_table",
     "wilson_interval",
     "representations",
+    "representation_kind",
     "paired_top1_table",
     "colour_statistics",
     "downsampled_pixels",
@@ -392,6 +393,25 @@ def downsampled_pixels(images: np.ndarray, *, size: int = 8) -> np.ndarray:
 IMAGE_BASELINES = {"colour": colour_statistics, "pixels": downsampled_pixels}
 
 
+def representation_kind(name: str) -> str:
+    """What a representation of :func:`representations` is made from, for grouping tables and figures.
+
+    Parameters
+    ----------
+    name : str
+        A key of :func:`representations`.
+
+    Returns
+    -------
+    str
+        ``"weights"`` (a LoRA descriptor), ``"baseline"`` (an entry of :data:`IMAGE_BASELINES`)
+        or ``"image encoder"``.
+    """
+    if name.startswith("LoRA "):
+        return "weights"
+    return "baseline" if name in {ENCODER_NAMES.get(b, b) for b in IMAGE_BASELINES} else "image encoder"
+
+
 def representations(
     coll: Collection,
     ids: Sequence[str],
@@ -468,7 +488,8 @@ def paired_top1_table(
     Returns
     -------
     pandas.DataFrame
-        One row per representation: ``representation``, ``n`` (queries), ``top1`` with its
+        One row per representation: ``representation``, ``kind`` (:func:`representation_kind`),
+        ``n`` (queries), ``top1`` with its
         Wilson interval (``top1_low``, ``top1_high``), ``chance`` (a random allowed
         candidate), ``diff`` (top-1 minus the reference's) with its artist-bootstrap interval
         (``diff_low``, ``diff_high``), ``only_this`` and ``only_reference`` (queries one of the
@@ -496,7 +517,7 @@ def paired_top1_table(
         a, b = hit[queried], ref_hit[queried]
         n = int(queried.sum())
         top1 = float(a.mean())
-        row = {"representation": name, "n": n, "top1": top1}
+        row = {"representation": name, "kind": representation_kind(name), "n": n, "top1": top1}
         row["top1_low"], row["top1_high"] = wilson_interval(top1, n)
         row["chance"] = float(chance[queried].mean())
         boot = paired_bootstrap(a, b, artists[queried], n_resamples=n_resamples, random_state=random_state)
@@ -544,13 +565,13 @@ def clustering_table(
     Returns
     -------
     pandas.DataFrame
-        One row per (representation, level), descriptors first: ``representation``,
-        ``level``, ``n`` (LoRAs), ``classes`` (distinct labels); ``ari``, ``nmi``,
-        ``purity`` (means over k-means seeds, with ``*_std``, the population standard
-        deviation over seeds); ``silhouette`` (euclidean, of the true labels); leave-one-out
-        cosine ``top1`` with its 95% Wilson interval over ``n`` queries (``top1_low``,
-        ``top1_high``: what n queries allow one to conclude) and ``top1_chance``, the
-        expected top-1 of a random neighbour (:func:`nearest_neighbour_chance`).
+        One row per (representation, level), descriptors first: ``representation``, ``kind``
+        (:func:`representation_kind`), ``level``, ``n`` (LoRAs), ``classes`` (distinct labels);
+        ``ari``, ``nmi``, ``purity`` (means over k-means seeds, with ``*_std``, the population
+        standard deviation over seeds); ``silhouette`` (euclidean, of the true labels); leave-
+        one-out cosine ``top1`` with its 95% Wilson interval over ``n`` queries (``top1_low``,
+        ``top1_high``: what n queries allow one to conclude) and ``top1_chance``, the expected
+        top-1 of a random neighbour (:func:`nearest_neighbour_chance`).
     """
     import pandas as pd
 
@@ -561,7 +582,8 @@ def clustering_table(
         for level in levels:
             y = coll.labels(ids, level)
             runs = [cluster_scores(Z, y, random_state=s) for s in seeds]
-            row = {"representation": name, "level": level, "n": len(ids), "classes": len(set(y))}
+            row = {"representation": name, "kind": representation_kind(name), "level": level}
+            row |= {"n": len(ids), "classes": len(set(y))}
             for key in ("ari", "nmi", "purity"):
                 vals = [r[key] for r in runs]
                 row[key], row[f"{key}_std"] = float(np.mean(vals)), float(np.std(vals))

@@ -66,6 +66,7 @@ __all__ = [
     "image_grid",
     "loss_plot",
     "bar_table",
+    "interval_plot",
     "similarity_heatmap",
 ]
 
@@ -1186,6 +1187,78 @@ def bar_table(
         ax.grid(False, axis="x")
         if legend:
             ax.legend(title=hue, loc="best")
+    return ax
+
+
+def interval_plot(
+    ax: Axes,
+    table: Any,
+    *,
+    value: str,
+    low: str,
+    high: str,
+    label: str,
+    chance: str | None = None,
+    group: str | None = None,
+    title: str | None = None,
+    xlabel: str | None = None,
+) -> Axes:
+    """Estimates with their intervals, one row each (a forest plot), and the chance level.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Axes to draw into.
+    table : list of dict, or pandas.DataFrame
+        One row per estimate, drawn top to bottom in table order.
+    value, low, high : str
+        Columns of the estimate and of its interval's ends.
+    label : str
+        Column of the row labels (y tick labels).
+    chance : str, optional
+        Column of the chance level of each row: a dashed grey tick at each row's level.
+    group : str, optional
+        Column that colours the rows (e.g. weights, image encoders, baselines), with a legend.
+    title, xlabel : str, optional
+        Axes title and x label (``value`` by default).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    rows = table.to_dict("records") if hasattr(table, "to_dict") else list(table)
+    if len(rows) == 0:
+        raise ValueError("table is empty: nothing to draw")
+    needed = [value, low, high, label] + [c for c in (chance, group) if c is not None]
+    for i, row in enumerate(rows):
+        missing = [c for c in needed if c not in row]
+        if missing:
+            raise ValueError(f"table row {i} lacks column(s) {missing}; it has {sorted(row)}")
+        if not float(row[low]) <= float(row[value]) <= float(row[high]):
+            raise ValueError(f"table row {i}: {value}={row[value]} is not inside [{row[low]}, {row[high]}]")
+    groups = list(dict.fromkeys(str(r[group]) for r in rows)) if group is not None else [None]
+    cycle = list(OKABE_ITO)
+    colour = {g: cycle[k % len(cycle)] for k, g in enumerate(groups)}
+    y = np.arange(len(rows))[::-1]  # first row on top
+    with use_style():
+        for g in groups:
+            idx = [i for i, r in enumerate(rows) if group is None or str(r[group]) == g]
+            v = np.array([float(rows[i][value]) for i in idx])
+            lo = np.array([float(rows[i][low]) for i in idx])
+            hi = np.array([float(rows[i][high]) for i in idx])
+            ax.errorbar(
+                v, y[idx], xerr=[v - lo, hi - v], fmt="o", color=colour[g], ecolor=colour[g],
+                elinewidth=2, capsize=3, markersize=5, label=g, zorder=3,
+            )  # fmt: skip
+        if chance is not None:
+            for yi, r in zip(y, rows):
+                ax.plot([float(r[chance])] * 2, [yi - 0.35, yi + 0.35], color="#666666", linestyle="--", zorder=2)
+            ax.plot([], [], color="#666666", linestyle="--", label="chance")
+        ax.set_yticks(y, [str(r[label]) for r in rows])
+        _tidy_axes(ax, xlabel=xlabel if xlabel is not None else value, ylabel=None, title=title)
+        ax.grid(False, axis="y")
+        if group is not None or chance is not None:
+            ax.legend(loc="best", fontsize=8)
     return ax
 
 

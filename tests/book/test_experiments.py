@@ -272,3 +272,11 @@ def test_paired_top1_table_counts_the_discordant_queries(tmp_path, monkeypatch):
     assert across.iloc[0].n == 12 and across.iloc[0].chance == pytest.approx(2 / 10)
     with pytest.raises(ValueError, match="reference"):
         ex.paired_top1_table(coll, reference="LoRA concat", descriptors=(), encoders=("good",))
+
+
+def test_representation_kind_names_weights_encoders_and_baselines():
+    from lorastyle.book.experiments import ENCODER_NAMES, representation_kind
+
+    assert representation_kind("LoRA gram") == "weights"
+    assert representation_kind(ENCODER_NAMES["colour"]) == representation_kind(ENCODER_NAMES["pixels"]) == "baseline"
+    assert representation_kind(ENCODER_NAMES["vgg_gram"]) == "image encoder"

@@ -457,3 +457,25 @@ def test_similarity_heatmap_writes_every_value_and_marks_missing_pairs():
     with pytest.raises(ValueError, match="square"):
         similarity_heatmap(ax, np.ones((2, 3)))
     plt.close(fig)
+
+
+def test_interval_plot_draws_each_interval_and_chance():
+    rows = [
+        {"name": "LoRA concat", "kind": "weights", "top1": 0.5, "lo": 0.4, "hi": 0.6, "chance": 0.1},
+        {"name": "colour", "kind": "baseline", "top1": 0.2, "lo": 0.1, "hi": 0.35, "chance": 0.1},
+        {"name": "LoRA gram", "kind": "weights", "top1": 0.45, "lo": 0.3, "hi": 0.5, "chance": 0.05},
+    ]
+    fig, ax = plt.subplots()
+    viz.interval_plot(ax, rows, value="top1", low="lo", high="hi", label="name", chance="chance", group="kind")
+    # one horizontal segment per row from lo to hi, at the row's height (first row on top)
+    segments = [seg for coll in ax.collections for seg in coll.get_segments()]
+    spans = sorted((round(s[0][0], 6), round(s[1][0], 6), round(s[0][1], 6)) for s in segments)
+    assert spans == sorted([(0.4, 0.6, 2.0), (0.1, 0.35, 1.0), (0.3, 0.5, 0.0)])
+    at = {round(y): t.get_text() for y, t in zip(ax.get_yticks(), ax.get_yticklabels())}
+    assert at == {2: "LoRA concat", 1: "colour", 0: "LoRA gram"}
+    dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--" and len(line.get_xdata())]
+    assert sorted(line.get_xdata()[0] for line in dashed) == [0.05, 0.1, 0.1]
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"weights", "baseline", "chance"}
+    plt.close(fig)
+    with pytest.raises(ValueError, match="not inside"):
+        viz.interval_plot(plt.subplots()[1], [dict(rows[0], lo=0.55)], value="top1", low="lo", high="hi", label="name")
