@@ -30,6 +30,7 @@ __all__ = [
     "clustering_table",
     "retrieval_table",
     "structure_comparison",
+    "structure_references",
     "subnetwork_curves",
     "invariance_table",
     "collection_summary",
@@ -925,6 +926,75 @@ def structure_comparison(
             for null, other in ((False, F), (True, F[perm])):
                 s = structure_table(Z, other, k=k, n_permutations=n_permutations, random_state=random_state)
                 rows.append({"lora": d, "images": ENCODER_NAMES.get(e, e), "null": null, **s})
+    return pd.DataFrame(rows)
+
+
+def structure_references(
+    coll: Collection,
+    *,
+    descriptor: str = "concat",
+    encoders: Sequence[str] = (),
+    n_components: int = 16,
+    k: int = 5,
+    n_permutations: int = 999,
+    random_state: int = 0,
+):
+    """What "structurally similar" should be compared with: image against image, and a null that keeps artists.
+
+    Three kinds of row on the main collection, each with the measures of
+    :func:`lorastyle.metrics.structure_table`:
+
+    ``image vs image``
+        Two image embeddings of the same LoRAs (every pair of ``encoders``): how much two
+        good image representations agree, the level a LoRA embedding can hope for.
+    ``within-artist null``
+        The LoRA embedding against an image embedding whose LoRAs are permuted *within* each
+        artist: both still sort by artist, only the order inside an artist is lost. A LoRA
+        embedding that beats this null agrees with the images on more than artist identity.
+    ``baseline``
+        The LoRA embedding against the colour statistics of the training images
+        (:func:`colour_statistics`).
+
+    Parameters
+    ----------
+    coll : Collection
+    descriptor : str, default="concat"
+        The LoRA descriptor of the null and baseline rows (:func:`lora_embedding`).
+    encoders : sequence of str, default=()
+        Image encoders (:func:`feature_embedding` of the training images).
+    n_components, k, n_permutations, random_state
+        As in :func:`structure_comparison`; ``random_state`` also seeds the within-artist
+        permutation.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per comparison: ``kind``, ``a``, ``b`` (the two representations), then ``cka``,
+        ``rsa_r``, ``rsa_p``, ``knn_overlap`` and ``procrustes``.
+    """
+    import pandas as pd
+
+    from ..metrics import structure_table
+
+    ids = coll.ids("main")
+    artists = coll.labels(ids, "artist")
+    rng = np.random.default_rng(random_state)
+    within = np.arange(len(ids))
+    for a in np.unique(artists):
+        members = np.flatnonzero(artists == a)
+        within[members] = rng.permutation(members)
+    images = {ENCODER_NAMES.get(e, e): feature_embedding(coll, ids, e, n_components=n_components) for e in encoders}
+    Z = lora_embedding(coll, ids, descriptor, n_components=n_components)
+    pairs = [
+        ("image vs image", a, images[a], b, images[b]) for i, a in enumerate(images) for b in list(images)[i + 1 :]
+    ]
+    pairs += [("within-artist null", f"LoRA {descriptor}", Z, name, F[within]) for name, F in images.items()]
+    colour = feature_embedding(coll, ids, "colour", n_components=n_components)
+    pairs.append(("baseline", f"LoRA {descriptor}", Z, ENCODER_NAMES["colour"], colour))
+    rows = []
+    for kind, a, X, b, Y in pairs:
+        scores = structure_table(X, Y, k=k, n_permutations=n_permutations, random_state=random_state)
+        rows.append({"kind": kind, "a": a, "b": b, **scores})
     return pd.DataFrame(rows)
 
 

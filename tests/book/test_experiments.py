@@ -280,3 +280,34 @@ def test_representation_kind_names_weights_encoders_and_baselines():
     assert representation_kind("LoRA gram") == "weights"
     assert representation_kind(ENCODER_NAMES["colour"]) == representation_kind(ENCODER_NAMES["pixels"]) == "baseline"
     assert representation_kind(ENCODER_NAMES["vgg_gram"]) == "image encoder"
+
+
+def test_structure_references_null_keeps_each_artist(tmp_path, monkeypatch):
+    # Image features equal within an artist: a permutation inside artists leaves them as they are,
+    # so the within-artist null scores exactly what the unpermuted pair scores.
+    from lorastyle.metrics import linear_cka
+
+    ids = [f"{a}{k}" for a in "xyzw" for k in range(3)]
+    train = {i: np.zeros((1, 2, 2, 3), np.uint8) for i in ids}
+    coll = _fake_collection(tmp_path, train, train, collection="main")
+    for r in coll.rows:
+        r["artist"] = r["id"][0]
+    rng = np.random.default_rng(1)
+    per_artist = {a: rng.normal(size=4) for a in "xyzw"}
+    lora = {i: rng.normal(size=4) for i in ids}
+    import lorastyle.book.experiments as ex
+
+    def features(c, ids, e, n_components):
+        if e == "colour":
+            return np.array([lora[i] + 0.1 * rng.normal(size=4) for i in ids])
+        return np.array([per_artist[i[0]] + (0.5 if e == "b" else 0.0) * lora[i] for i in ids])
+
+    monkeypatch.setattr(ex, "feature_embedding", features)
+    monkeypatch.setattr(ex, "lora_embedding", lambda c, ids, d, n_components: np.array([lora[i] for i in ids]))
+    table = ex.structure_references(coll, encoders=("a", "b"), n_permutations=9)
+    assert list(table.kind) == ["image vs image", "within-artist null", "within-artist null", "baseline"]
+    Z = np.array([lora[i] for i in ids])
+    F = features(coll, ids, "a", 16)
+    null_a = table[(table.kind == "within-artist null") & (table.b == "a")].iloc[0]
+    assert null_a.cka == pytest.approx(linear_cka(Z, F))
+    assert table.iloc[0].cka == pytest.approx(linear_cka(F, features(coll, ids, "b", 16)))

@@ -1,0 +1,44 @@
+"""The claims ledger: its markdown, and verdicts that follow the numbers (they change when the numbers do)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from lorastyle.book.ledger import DEFAULT_SCORER, _benchmark_rows, markdown_table
+
+
+def test_markdown_table_is_a_gfm_table_with_escaped_cells():
+    text = markdown_table(pd.DataFrame({"claim": ["a | b", "c"], "n": [1, 2]}))
+    assert text.splitlines() == ["| claim | n |", "|---|---|", "| a \\| b | 1 |", "| c | 2 |"]
+
+
+def _write_results(folder, *, ratio, default_top1, default_low, concat_other_init):
+    folder.mkdir(exist_ok=True)
+    (folder / "b2.json").write_text(
+        json.dumps({"encoders": {"x": {"ratio_to_gram": ratio}, "y": {"ratio_to_gram": ratio * 2}}})
+    )
+    default = {
+        "top1": default_top1,
+        "top1_ci": [default_low, 0.99],
+        "n_queries": 72,
+        "chance_top1": 0.07,
+        "top1_other_init": 0.9,
+        "n_queries_other_init": 48,
+    }
+    concat = {"top1_other_init": concat_other_init, "n_queries_other_init": 12, "chance_top1": 0.057}
+    (folder / "wild.json").write_text(json.dumps({"all": {DEFAULT_SCORER: default}, "rank4": {"concat": concat}}))
+
+
+def test_benchmark_verdicts_follow_their_numbers(tmp_path):
+    _write_results(tmp_path / "good", ratio=1500.0, default_top1=0.95, default_low=0.88, concat_other_init=0.0)
+    _write_results(tmp_path / "bad", ratio=40.0, default_top1=0.6, default_low=0.5, concat_other_init=0.5)
+    good = {r["claim"]: r for r in _benchmark_rows(tmp_path / "good")}
+    bad = {r["claim"]: r for r in _benchmark_rows(tmp_path / "bad")}
+    assert set(good) == set(bad) and len(good) == 3
+    assert [r["verdict"] for r in good.values()] == ["holds", "holds", "holds"]
+    assert [r["verdict"] for r in bad.values()] == ["holds in part", "holds in part", "holds in part"]
+    cost = next(r for c, r in good.items() if "cheaper" in c)
+    assert "1,500-3,000 times" in cost["measured"]
+    assert _benchmark_rows(tmp_path / "absent") == []
