@@ -73,6 +73,9 @@ class ModuleSelection:
     blocks : collection of str, optional
         U-Net stages from :data:`BLOCKS`; modules outside the U-Net stages are
         dropped when this is given.
+    names : collection of str, optional
+        Canonical module names, for selections no rule describes (a random control of
+        a given size, say).
 
     Examples
     --------
@@ -83,12 +86,17 @@ class ModuleSelection:
     parts: Collection[str] | None = None
     layers: Collection[str] | None = None
     blocks: Collection[str] | None = None
+    names: Collection[str] | None = None
 
     def __post_init__(self):
         for name, allowed in (("parts", PARTS), ("layers", LAYER_TYPES), ("blocks", BLOCKS)):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, check_options(value, name, allowed))
+        if self.names is not None:
+            if isinstance(self.names, str) or not all(isinstance(n, str) for n in self.names):
+                raise ValueError("names must be a collection of module names (str)")
+            object.__setattr__(self, "names", frozenset(self.names))
 
     def accepts(self, name: str) -> bool:
         """True if the module of canonical ``name`` is selected."""
@@ -98,6 +106,7 @@ class ModuleSelection:
             (self.parts is None or part in self.parts)
             and (self.layers is None or layer in self.layers)
             and (self.blocks is None or block in self.blocks)
+            and (self.names is None or name in self.names)
         )
 
     def modules(self, lora: LoRA) -> dict[str, LoraModule]:

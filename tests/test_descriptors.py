@@ -224,3 +224,17 @@ def test_selection_options_are_checked_as_wholes():
         ModuleSelection(parts=["unte"])
     with pytest.raises(ValueError, match="unknown layers 'feed'"):
         ModuleSelection(layers="feed")
+
+
+def test_module_selection_by_names_intersects_the_other_rules():
+    from lorastyle.descriptors import ModuleSelection
+
+    q = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    ff = "unet.down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2"
+    by_name = ModuleSelection(names=[q, ff])
+    assert by_name.accepts(q) and by_name.accepts(ff)
+    assert not by_name.accepts(q.replace("to_q", "to_k"))
+    both = ModuleSelection(names=[q, ff], layers=["feed_forward"])
+    assert both.accepts(ff) and not both.accepts(q)
+    with pytest.raises(ValueError, match="names"):
+        ModuleSelection(names=q)  # one string is not a collection of names

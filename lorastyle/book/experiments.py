@@ -32,6 +32,7 @@ __all__ = [
     "structure_comparison",
     "structure_references",
     "subnetwork_curves",
+    "random_module_control",
     "invariance_table",
     "collection_summary",
     "artist_table",
@@ -1062,6 +1063,68 @@ def subnetwork_curves(
                     "ari": cluster_scores(Z, y, random_state=0)["ari"],
                 }
             )
+    return pd.DataFrame(rows)
+
+
+def random_module_control(
+    coll: Collection,
+    *,
+    like: str = "feed-forward",
+    descriptor: str = "concat",
+    dimensions: int = 8,
+    n_draws: int = 20,
+    level: str = "artist",
+    random_state: int = 0,
+):
+    """Top-1 of random sets of modules as large as a sub-network: what a sub-network's result must beat.
+
+    Each draw takes modules in a random order until their ``concat`` length reaches that of
+    the sub-network ``like``, then scores them as :func:`subnetwork_curves` does.
+
+    Parameters
+    ----------
+    coll : Collection
+    like : str, default="feed-forward"
+        A key of :data:`SUBNETWORKS`: the size to match.
+    descriptor : {"concat", "delta", "gram"}, default="concat"
+    dimensions : int, default=8
+        PCA dimensions.
+    n_draws : int, default=20
+        Random module sets.
+    level : str, default="artist"
+        Manifest column used as labels.
+    random_state : int, default=0
+        Seed of the draws.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per draw: ``draw``, ``n_modules``, ``n_features`` (its ``concat`` length, the
+        first at or above the target's) and ``top1``.
+    """
+    import pandas as pd
+
+    from ..descriptors import concat_vectors
+
+    ids = coll.ids("main")
+    y = coll.labels(ids, level)
+    loras = [coll.lora(i) for i in ids]
+    target = concat_vectors(loras[:1], select=SUBNETWORKS[like]).shape[1]
+    names = list(loras[0].modules)
+    sizes = {n: concat_vectors(loras[:1], select=ModuleSelection(names=[n])).shape[1] for n in names}
+    rng = np.random.default_rng(random_state)
+    rows = []
+    for draw in range(n_draws):
+        chosen, total = [], 0
+        for n in rng.permutation(names):
+            if total >= target:
+                break
+            chosen.append(str(n))
+            total += sizes[n]
+        K = descriptor_kernel(descriptor, loras, select=ModuleSelection(names=chosen))
+        Z = StyleEmbedding(dimensions, solver="precomputed", calibrate=False).fit_transform(K)
+        top1 = retrieval_scores(Z, y, k=(1,))["top1"]
+        rows.append({"draw": draw, "n_modules": len(chosen), "n_features": total, "top1": top1})
     return pd.DataFrame(rows)
 
 

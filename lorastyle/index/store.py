@@ -240,11 +240,12 @@ class LoraIndex:
         select = None
         if self.select is not None:
             select = {
-                k: list(v) if v is not None else None
+                k: sorted(v) if v is not None else None
                 for k, v in (
                     ("parts", self.select.parts),
                     ("layers", self.select.layers),
                     ("blocks", self.select.blocks),
+                    ("names", self.select.names),
                 )
             }
         meta = {

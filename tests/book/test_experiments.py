@@ -311,3 +311,39 @@ def test_structure_references_null_keeps_each_artist(tmp_path, monkeypatch):
     null_a = table[(table.kind == "within-artist null") & (table.b == "a")].iloc[0]
     assert null_a.cka == pytest.approx(linear_cka(Z, F))
     assert table.iloc[0].cka == pytest.approx(linear_cka(F, features(coll, ids, "b", 16)))
+
+
+def test_random_module_control_draws_the_first_sets_that_reach_the_size(tmp_path):
+    import lorastyle.book.experiments as ex
+    from lorastyle.descriptors import concat_vectors
+
+    rng = np.random.default_rng(4)
+    block = "unet.down_blocks.0.attentions.0.transformer_blocks.0"
+    shapes = {
+        f"{block}.ff.net.0.proj": (16, 8),
+        f"{block}.ff.net.2": (8, 16),
+        f"{block}.attn1.to_q": (8, 8),
+        f"{block}.attn1.to_k": (8, 8),
+        f"{block}.attn2.to_v": (8, 12),
+        f"{block}.attn2.to_out.0": (8, 8),
+    }
+    ids = [f"{a}{k}" for a in "xyz" for k in range(2)]
+    rows = []
+    for i in ids:
+        factors = {m: (rng.standard_normal((2, n)), rng.standard_normal((o, 2))) for m, (o, n) in shapes.items()}
+        save_lora(tmp_path / f"{i}.safetensors", factors, alpha=2.0, layout="kohya", base="sd15")
+        rows.append({"id": i, "file": f"{i}.safetensors", "artist": i[0], "genre": "g", "collection": "main"})
+    with open(tmp_path / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    coll = load_collection(tmp_path)
+    table = ex.random_module_control(coll, dimensions=2, n_draws=5)
+    target = concat_vectors([coll.lora("x0")], select=ex.SUBNETWORKS["feed-forward"]).shape[1]
+    size = {m: 2 * (o + n) for m, (o, n) in shapes.items()}  # rank 2: A is 2 x n, B is o x 2
+    smallest = min(size.values())
+    assert len(table) == 5
+    assert (table.n_features >= target).all()
+    # a set stops at the first module that reaches the size: it overshoots by less than its largest module
+    assert (table.n_features < target + max(size.values())).all() and (table.n_features >= smallest).all()
+    assert table.top1.between(0, 1).all()
