@@ -816,7 +816,8 @@ def retrieval_table(
         ``S4``), ``representation`` (``"LoRA <descriptor>"`` or the encoder's
         :data:`ENCODER_NAMES` name), ``setting`` (``"in the fitted set"``,
         ``"uncalibrated"``/``"calibrated"``, ``"training images"``, or a sample setting
-        such as ``T25-w3-k6``), ``top1``, ``map`` (mean average precision), one
+        such as ``T25-w3-k6``), ``n`` (queries), ``top1`` with its 95% Wilson interval
+        (``top1_low``, ``top1_high``), ``map`` (mean average precision), one
         ``precision@<k>`` column per cut-off, and ``drift`` (S2 only; NaN elsewhere).
     """
     import pandas as pd
@@ -828,12 +829,17 @@ def retrieval_table(
     rows = []
 
     def add(scenario, rep, setting, scores, drift=np.nan):
+        n = len(main) if scenario == "S1" else len(held)  # every query has a relevant item in the index
+        low, high = wilson_interval(scores["top1"], n)
         rows.append(
             {
                 "scenario": scenario,
                 "representation": rep,
                 "setting": setting,
+                "n": n,
                 "top1": scores["top1"],
+                "top1_low": low,
+                "top1_high": high,
                 "map": scores["map"],
                 **{f"precision@{j}": scores[f"precision@{j}"] for j in k},
                 "drift": drift,
