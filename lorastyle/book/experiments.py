@@ -1134,12 +1134,16 @@ def random_module_control(
     return pd.DataFrame(rows)
 
 
-def invariance_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTOR_NAMES):
+def invariance_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTOR_NAMES, n_components: int = 16):
     """How each descriptor sees a LoRA retrained with another A seed or another rank.
 
     For each variant, the cosine similarity (in the descriptor's own feature
     space) to the main LoRA it repeats, beside the mean cosine to the other
-    main LoRAs of the same artist and of other artists.
+    main LoRAs of the same artist and of other artists; then, as a search would see it,
+    where the original ranks among all main LoRAs and whether the nearest main LoRA is of the
+    variant's artist: in the descriptor's own space, and in the ``n_components``-dimensional
+    PCA of the main collection into which the variant is projected (as scenario S2 of
+    :func:`retrieval_table` projects held-out LoRAs).
 
     The original is the artist's first main LoRA in manifest order. ``concat`` has no
     row for a rank variant: it cannot compare different ranks.
@@ -1149,42 +1153,60 @@ def invariance_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTO
     coll : Collection
         A collection with ``seed_variant`` and/or ``rank_variant`` LoRAs.
     descriptors : sequence of str, default=DESCRIPTOR_NAMES
+    n_components : int, default=16
+        Dimension of the PCA of the main collection.
 
     Returns
     -------
     pandas.DataFrame
         One row per (descriptor, variant): ``descriptor``, ``variant`` (its id),
         ``collection`` (``seed_variant`` or ``rank_variant``), ``cos_to_original``,
-        ``cos_same_artist``, ``cos_other_artists`` (means; NaN where there is no such LoRA).
+        ``cos_same_artist``, ``cos_other_artists`` (means; NaN where there is no such LoRA),
+        ``rank_of_original`` (1 = the nearest of the main LoRAs) and ``nearest_same_artist``
+        in the descriptor's space, and ``rank_of_original_pca`` and ``nearest_same_artist_pca``
+        in the PCA.
     """
     import pandas as pd
 
     variants = coll.ids(["seed_variant", "rank_variant"])
     main = coll.ids("main")
+    artists = coll.labels(main, "artist")
     rows = []
+
+    def rank_and_hit(similarity: np.ndarray, original: int, artist: str) -> tuple[int, bool]:
+        order = np.argsort(-similarity, kind="stable")
+        return int(np.flatnonzero(order == original)[0]) + 1, bool(artists[order[0]] == artist)
+
     for d in descriptors:
+        emb, loras = _lora_fit(coll, main, d, n_components)
+        fitted = emb.embedding_
         for v in variants:
             artist = coll.by_id[v]["artist"]
             original = next(i for i in main if coll.by_id[i]["artist"] == artist)  # main LoRA 0 of the artist
-            others = [i for i in main if i != original]
             if d == "concat" and coll.lora(v).ranks != coll.lora(original).ranks:
                 continue  # concat cannot compare ranks: the table shows the gap
-            group = [v, original] + others
-            if d == "concat":
-                group = [i for i in group if coll.lora(i).ranks == coll.lora(v).ranks]
-            K = descriptor_kernel(d, [coll.lora(i) for i in group])
+            K = descriptor_kernel(d, [coll.lora(v)] + loras)
             norms = np.sqrt(np.diag(K))
-            cos = K[0] / (norms[0] * norms)
-            same = [j for j, i in enumerate(group[2:], 2) if coll.by_id[i]["artist"] == artist]
-            other = [j for j, i in enumerate(group[2:], 2) if coll.by_id[i]["artist"] != artist]
+            cos = K[0, 1:] / (norms[0] * norms[1:])  # to every main LoRA, in the order of `main`
+            o = main.index(original)
+            same = [j for j, i in enumerate(main) if i != original and artists[j] == artist]
+            other = [j for j, i in enumerate(main) if artists[j] != artist]
+            rank, hit = rank_and_hit(cos, o, artist)
+            z = emb.project(K[:1, 1:])[0]
+            pca_cos = fitted @ z / (np.linalg.norm(fitted, axis=1) * np.linalg.norm(z))
+            rank_pca, hit_pca = rank_and_hit(pca_cos, o, artist)
             rows.append(
                 {
                     "descriptor": d,
                     "variant": v,
                     "collection": coll.by_id[v]["collection"],
-                    "cos_to_original": float(cos[1]),
+                    "cos_to_original": float(cos[o]),
                     "cos_same_artist": float(np.mean(cos[same])) if same else np.nan,
                     "cos_other_artists": float(np.mean(cos[other])) if other else np.nan,
+                    "rank_of_original": rank,
+                    "nearest_same_artist": hit,
+                    "rank_of_original_pca": rank_pca,
+                    "nearest_same_artist_pca": hit_pca,
                 }
             )
     return pd.DataFrame(rows)
