@@ -159,6 +159,11 @@ def test_book_tables_run_on_the_smoke_collection(smoke):
     assert set(inv["collection"]) == {"seed_variant", "rank_variant"}
     assert not ((inv["descriptor"] == "concat") & (inv["collection"] == "rank_variant")).any()
     assert inv["cos_to_original"].between(-1 - 1e-9, 1 + 1e-9).all()
+    n_main = len(coll.ids("main"))
+    assert inv["rank_of_original"].between(1, n_main).all() and inv["rank_of_original_pca"].between(1, n_main).all()
+    # when the original is the nearest main LoRA, the nearest is of the variant's artist
+    first = inv["rank_of_original"] == 1
+    assert inv.loc[first, "nearest_same_artist"].all()
 
 
 def fake_artbench(root, artists_by_style, per_artist, size=40):
