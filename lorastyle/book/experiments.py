@@ -37,6 +37,7 @@ __all__ = [
     "collection_summary",
     "artist_table",
     "map_panels",
+    "map_neighbour_table",
     "sample_rows",
     "loss_curves",
     "memorisation_table",
@@ -1328,6 +1329,36 @@ def map_panels(
         for e in encoders
     }
     return {title: (Z[:, :2], artists, genres) for title, Z in panels.items()}
+
+
+def map_neighbour_table(panels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]):
+    """How often a map's nearest point is of the same artist: what the eye reads as "grouped together".
+
+    Parameters
+    ----------
+    panels : dict of str to (points, artists, genres)
+        As :func:`map_panels` returns.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per panel: ``map``, ``n`` (points), ``same_artist`` (leave-one-out share of
+        points whose nearest other point in the 2-D map, euclidean, is of their artist) with its
+        95% Wilson interval (``low``, ``high``), ``same_genre`` likewise, and ``chance`` (a
+        random other point of the same artist).
+    """
+    import pandas as pd
+
+    rows = []
+    for title, (points, artists, genres) in panels.items():
+        n = len(points)
+        row = {"map": title, "n": n}
+        for key, labels in (("same_artist", artists), ("same_genre", genres)):
+            row[key] = retrieval_scores(points, labels, k=(1,), metric="euclidean")["top1"]
+        row["low"], row["high"] = wilson_interval(row["same_artist"], n)
+        row["chance"] = nearest_neighbour_chance(artists)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def sample_rows(coll: Collection, artist: str, *, n: int = 6) -> dict[str, np.ndarray]:

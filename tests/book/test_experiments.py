@@ -347,3 +347,16 @@ def test_random_module_control_draws_the_first_sets_that_reach_the_size(tmp_path
     # a set stops at the first module that reaches the size: it overshoots by less than its largest module
     assert (table.n_features < target + max(size.values())).all() and (table.n_features >= smallest).all()
     assert table.top1.between(0, 1).all()
+
+
+def test_map_neighbour_table_by_hand():
+    from lorastyle.book.experiments import map_neighbour_table
+
+    points = np.array([[0, 0], [0, 1], [5, 5], [5, 6], [0, 2], [9, 9]], dtype=float)
+    artists = np.array(list("aabbcc"))
+    genres = np.array(list("xxyyxy"))
+    row = map_neighbour_table({"toy": (points, artists, genres)}).iloc[0]
+    # nearest others: 0->1 (a), 1->0 (a), 2->3 (b), 3->2 (b), 4->1 (a, not c), 5->3 (b, not c)
+    assert row.same_artist == pytest.approx(4 / 6)
+    assert row.same_genre == pytest.approx(1.0)  # genres x x y y x y: every nearest other shares its genre
+    assert row.low < row.same_artist < row.high and row.chance == pytest.approx(1 / 5)
