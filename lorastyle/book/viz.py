@@ -1015,7 +1015,7 @@ def loss_plot(
     logy: bool = False,
     legend: bool = True,
 ) -> Axes:
-    """Loss curves: the raw values faint, a trailing moving average bold.
+    """Loss curves: the raw values faint, a trailing moving average bold (from the first full window on).
 
     Parameters
     ----------
@@ -1052,7 +1052,11 @@ def loss_plot(
             colour = cycle[k % len(cycle)]
             if smooth > 1 and y.size > 1:
                 ax.plot(steps, y, color=colour, alpha=0.25, linewidth=0.8)
-                ax.plot(steps, _moving_average(y, int(smooth)), color=colour, linewidth=1.8, label=str(label))
+                # only full windows: a mean over fewer values at the start would bend where the window fills
+                window = min(int(smooth), y.size)
+                full = slice(window - 1, None)
+                average = _moving_average(y, window)[full]
+                ax.plot(steps[full], average, color=colour, linewidth=1.8, label=str(label))
             else:
                 ax.plot(steps, y, color=colour, linewidth=1.4, label=str(label))
         if logy:
