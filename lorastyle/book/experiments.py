@@ -1435,13 +1435,22 @@ def _nearest_distances(images: np.ndarray, references: np.ndarray) -> np.ndarray
     return np.sqrt(np.maximum(d2, 0).min(axis=1) / x.shape[1])
 
 
-def memorisation_table(coll: Collection, *, collections: Sequence[str] = ("memorisation", "main")):
+def memorisation_table(
+    coll: Collection,
+    *,
+    collections: Sequence[str] = ("memorisation", "main"),
+    n_draws: int = 20,
+    random_state: int = 0,
+):
     """Do LoRAs trained on few images copy them? Nearest-neighbour distances of generated images.
 
     For every LoRA, the RMS pixel distance of each generated image to the nearest
-    of its own training images (``d_own``) and to the nearest training image of
-    the other LoRAs of the same collection (``d_others``). Copying shows as
-    ``d_own`` far below ``d_others``; ``ratio = d_own / d_others``.
+    of its own training images (``d_own``), and to the nearest of as many training images
+    of other LoRAs, drawn at random (``d_others``, the mean over ``n_draws`` draws). A
+    nearest distance shrinks as the reference set grows, so both sides get sets of the same
+    size: comparing 3 own images with 1,300 others would make every ratio look like "no
+    copying". Copying shows as ``d_own`` far below ``d_others``; ``ratio = d_own / d_others``.
+    ``d_all_others`` (nearest over every other LoRA's images) is kept for reference.
 
     Distances are per pixel channel on the 0-255 scale, averaged over the generated
     images. LoRAs that share a training image with the query LoRA are not "others".
@@ -1451,14 +1460,20 @@ def memorisation_table(coll: Collection, *, collections: Sequence[str] = ("memor
     coll : Collection
     collections : sequence of str, default=("memorisation", "main")
         Collections whose LoRAs are rows; "others" are taken from all of them together.
+    n_draws : int, default=20
+        Random reference sets of other LoRAs' images per LoRA.
+    random_state : int, default=0
+        Seed of the draws.
 
     Returns
     -------
     pandas.DataFrame
-        One row per LoRA: ``collection``, ``id``, ``n_images``, ``d_own``, ``d_others``, ``ratio``.
+        One row per LoRA: ``collection``, ``id``, ``n_images``, ``d_own``, ``d_others``,
+        ``ratio`` and ``d_all_others``.
     """
     import pandas as pd
 
+    rng = np.random.default_rng(random_state)
     ids = coll.ids(collections)
     train = {i: coll.images(i, "train") for i in ids}
     sources = {i: set(filter(None, coll.by_id[i].get("training_images", "").split(";"))) for i in ids}
@@ -1469,16 +1484,19 @@ def memorisation_table(coll: Collection, *, collections: Sequence[str] = ("memor
             # a LoRA that saw any of the same training images is not an "other" (a memorisation
             # LoRA's three images are the first images of a main LoRA)
             others = np.concatenate([train[j] for j in ids if j != i and not sources[i] & sources[j]])
+            n = len(train[i])
             d_own = _nearest_distances(gen, train[i]).mean()
-            d_others = _nearest_distances(gen, others).mean()
+            draws = [rng.choice(len(others), size=n, replace=False) for _ in range(n_draws)]
+            d_others = float(np.mean([_nearest_distances(gen, others[d]).mean() for d in draws]))
             rows.append(
                 {
                     "collection": c,
                     "id": i,
                     "n_images": int(coll.by_id[i]["n_images"]),
                     "d_own": float(d_own),
-                    "d_others": float(d_others),
+                    "d_others": d_others,
                     "ratio": float(d_own / d_others) if d_others > 0 else np.nan,
+                    "d_all_others": float(_nearest_distances(gen, others).mean()),
                 }
             )
     return pd.DataFrame(rows)

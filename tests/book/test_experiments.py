@@ -87,7 +87,29 @@ def test_memorisation_table_keeps_loras_with_shared_training_images_out_of_the_o
         _fake_collection(tmp_path, train, gen, sources=sources), collections=("memorisation",)
     ).set_index("id")
     assert mem.loc["a", "d_own"] == 0 and mem.loc["a", "d_others"] > 0  # b is not among a's others
-    assert mem.loc["c", "d_others"] == 0  # for c, a and b are others and hold the copied images
+    assert mem.loc["c", "d_all_others"] == 0  # for c, a and b are others and hold the copied images
+
+
+def test_memorisation_reference_sets_have_the_size_of_the_own_set(tmp_path):
+    # Pure noise everywhere: no LoRA copies. Against all 9 other images the nearest is nearer than
+    # against the own 3, which would read as "farther from its own images"; against 3 others drawn
+    # at random the two sides are alike.
+    rng = np.random.default_rng(7)
+    train = {i: rng.integers(0, 256, (3, 6, 6, 3), dtype=np.uint8) for i in "abcd"}
+    gen = {i: rng.integers(0, 256, (8, 6, 6, 3), dtype=np.uint8) for i in "abcd"}
+    mem = memorisation_table(_fake_collection(tmp_path, train, gen), collections=("memorisation",), n_draws=200)
+    assert (mem.d_all_others < mem.d_others).all()
+    assert mem.ratio.mean() == pytest.approx(1.0, abs=0.02)
+    brute = [
+        np.mean(
+            [
+                min(np.sqrt(np.mean((g.astype(float) - t) ** 2)) for j in "abcd" if j != i for t in train[j])
+                for g in gen[i]
+            ]
+        )
+        for i in "abcd"
+    ]
+    np.testing.assert_allclose(mem.d_all_others, brute, rtol=1e-9)
 
 
 def test_real_lora_similarity_sees_through_the_gauge_and_across_ranks(tmp_path):
