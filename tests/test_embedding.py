@@ -213,3 +213,24 @@ def test_large_kernels_use_lanczos_with_the_same_result():
     w_d, V_d = scipy.linalg.eigh(embedding.center_kernel(K, K), subset_by_index=[397, 399])
     np.testing.assert_allclose(w_l, w_d[::-1], rtol=1e-8)
     same_up_to_sign(V_l, V_d[:, ::-1], atol=1e-6)
+
+
+def test_lanczos_starts_on_an_exactly_centred_kernel():
+    """The vector of ones is an exact null vector of a centred kernel: the solver must not start there.
+
+    Rows X and -X give column means of exactly 0, so the kernel is centred exactly and
+    Kc @ ones == 0 in floating point (this made `lorastyle index` fail at 2,000 files).
+    """
+    import scipy.linalg
+
+    from lorastyle import embedding
+
+    rng = np.random.default_rng(6)
+    Y = rng.integers(-3, 4, size=(200, 8)).astype(float)
+    X = np.vstack([Y, -Y])
+    Kc = X @ X.T
+    assert not (Kc @ np.ones(len(X))).any()
+    w_l, V_l = embedding._top_eigen(Kc, 3)
+    w_d, V_d = scipy.linalg.eigh(Kc, subset_by_index=[len(X) - 3, len(X) - 1])
+    np.testing.assert_allclose(w_l, w_d[::-1], rtol=1e-8)
+    same_up_to_sign(V_l, V_d[:, ::-1], atol=1e-6)
