@@ -1,10 +1,10 @@
 """The claims ledger that opens the book: each claim, what we measured, and the verdict the numbers give.
 
 Every row is computed when the book runs: from the collection (through
-:mod:`lorastyle.book.experiments`) or from the results files that ``make bench`` and
-``benchmarks/wild/evaluate.py`` write. The verdict of a row follows from its numbers by the
-rule written next to it, so a reader can check the verdict against the measurement and a
-change in the numbers changes the verdict.
+:mod:`lorastyle.book.experiments`, :func:`claims_ledger`) or from the results files that
+``make bench`` and ``benchmarks/wild/evaluate.py`` write (:func:`benchmark_ledger`). The
+verdict of a row follows from its numbers by the rule written next to it, so a reader can
+check the verdict against the measurement and a change in the numbers changes the verdict.
 
 Verdicts: ``holds``, ``holds in part``, ``does not hold here``, ``untestable here``.
 """
@@ -19,7 +19,7 @@ import numpy as np
 from ..metrics import linear_cka
 from . import experiments as ex
 
-__all__ = ["claims_ledger", "markdown_table"]
+__all__ = ["claims_ledger", "benchmark_ledger", "markdown_table"]
 
 DEFAULT_SCORER = "index: gram sketch, per-module normalised (default)"
 
@@ -175,7 +175,7 @@ def _memorisation_row(coll: ex.Collection) -> dict:
         f"own-to-other distance ratio of generated images: 3-image {few.mean():.2f} (n = {len(few)}), "
         f"12-image {many.mean():.2f} (n = {len(many)}); below 1 would mean memorisation",
         "untestable here" if few.min() >= 1 else "holds in part",
-        "the generator cannot draw its training images at all; the reference sets differ in size",
+        "the generator cannot draw its training images at all",
         "[Discussion](discussion.ipynb)",
     )
 
@@ -231,15 +231,13 @@ def _benchmark_rows(results: Path) -> list[dict]:
     return rows
 
 
-def claims_ledger(coll: ex.Collection, results: str | Path = "../benchmarks/results"):
-    """One row per claim of the paper and per finding of ours, with the measurement and its verdict.
+def claims_ledger(coll: ex.Collection):
+    """One row per claim of the paper and per finding of ours that the collection measures.
 
     Parameters
     ----------
     coll : Collection
         The collection the book runs on (:func:`lorastyle.book.experiments.load_collection`).
-    results : str or Path, default="../benchmarks/results"
-        The folder ``make bench`` writes; rows that need a missing results file are left out.
 
     Returns
     -------
@@ -255,8 +253,26 @@ def claims_ledger(coll: ex.Collection, results: str | Path = "../benchmarks/resu
     rows.append(_retrieval_row(coll, encoders))
     rows.append(_subnetwork_row(coll))
     rows.append(_memorisation_row(coll))
-    rows += _benchmark_rows(Path(results))
     return pd.DataFrame(rows)
+
+
+def benchmark_ledger(results: str | Path = "../benchmarks/results"):
+    """The rows of the ledger that the benchmarks measure (they change with each ``make bench``).
+
+    Parameters
+    ----------
+    results : str or Path, default="../benchmarks/results"
+        The folder ``make bench`` and ``benchmarks/wild/evaluate.py`` write; a row whose
+        results file is missing is left out.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns of :func:`claims_ledger`.
+    """
+    import pandas as pd
+
+    return pd.DataFrame(_benchmark_rows(Path(results)), columns=list(_row(*[""] * 6)))
 
 
 def markdown_table(table) -> str:

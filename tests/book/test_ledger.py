@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 
-from lorastyle.book.ledger import DEFAULT_SCORER, _benchmark_rows, markdown_table
+from lorastyle.book.ledger import DEFAULT_SCORER, _benchmark_rows, benchmark_ledger, markdown_table
 
 
 def test_markdown_table_is_a_gfm_table_with_escaped_cells():
@@ -42,3 +42,11 @@ def test_benchmark_verdicts_follow_their_numbers(tmp_path):
     cost = next(r for c, r in good.items() if "cheaper" in c)
     assert "1,500-3,000 times" in cost["measured"]
     assert _benchmark_rows(tmp_path / "absent") == []
+    assert list(benchmark_ledger(tmp_path / "absent").columns) == [
+        "claim",
+        "by",
+        "measured",
+        "verdict",
+        "why",
+        "chapter",
+    ]
