@@ -28,6 +28,7 @@ __all__ = [
     "feature_matrix",
     "feature_embedding",
     "clustering_table",
+    "factor_split_table",
     "retrieval_table",
     "structure_comparison",
     "structure_references",
@@ -529,6 +530,67 @@ def paired_top1_table(
         row |= {"only_this": test["a_only"], "only_reference": test["b_only"]}
         row["p_mcnemar"] = float("nan") if name == reference else test["p_value"]
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def factor_split_table(coll: Collection, *, collection: str = "main", n_components: int = 16):
+    """The paper's ``concat`` split into its halves: is the style in A (``lora_down``), in B (``lora_up``), or both?
+
+    Each LoRA's stored factors of one role, flattened and concatenated over modules in
+    canonical order (as :func:`lorastyle.descriptors.concat_vectors` does with both), then the
+    in-sample PCA and leave-one-out artist top-1 of :func:`paired_top1_table`, with every
+    split compared with the whole ``concat`` on the same queries (exact McNemar).
+
+    Parameters
+    ----------
+    coll : Collection
+    collection : str, default="main"
+        Collection whose LoRAs are embedded.
+    n_components : int, default=16
+        Embedding dimension.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per split (``A only``, ``B only``, ``A and B``): ``split``, ``n_features``,
+        ``n``, ``top1`` with its Wilson interval (``top1_low``, ``top1_high``),
+        ``only_this``, ``only_concat`` and ``p_mcnemar`` against ``A and B``.
+    """
+    import pandas as pd
+
+    from ..metrics import mcnemar_test
+
+    ids = coll.ids(collection)
+    y = coll.labels(ids, "artist")
+    loras = [coll.lora(i) for i in ids]
+    roles = {"A only": ("lora_down",), "B only": ("lora_up",), "A and B": ("lora_down", "lora_up")}
+    hits, sizes = {}, {}
+    for name, keep in roles.items():
+        X = np.stack(
+            [np.concatenate([m.factors[r].ravel() for m in lora.modules.values() for r in keep]) for lora in loras]
+        ).astype(np.float64)
+        k = min(n_components, len(ids) - 2)
+        Z = StyleEmbedding(k, calibrate=False).fit_transform(X)
+        _, hits[name], _, _ = restricted_top1(Z, y, np.ones((len(ids), len(ids)), dtype=bool))
+        sizes[name] = X.shape[1]
+    rows = []
+    for name in roles:
+        top1 = float(hits[name].mean())
+        low, high = wilson_interval(top1, len(ids))
+        test = mcnemar_test(hits[name], hits["A and B"])
+        rows.append(
+            {
+                "split": name,
+                "n_features": sizes[name],
+                "n": len(ids),
+                "top1": top1,
+                "top1_low": low,
+                "top1_high": high,
+                "only_this": test["a_only"],
+                "only_concat": test["b_only"],
+                "p_mcnemar": float("nan") if name == "A and B" else test["p_value"],
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -335,6 +335,19 @@ def test_structure_references_null_keeps_each_artist(tmp_path, monkeypatch):
     assert table.iloc[0].cka == pytest.approx(linear_cka(F, features(coll, ids, "b", 16)))
 
 
+def _lora_collection(root, factors_by_id):
+    """A main collection of LoRA files, the artist being each id's first letter."""
+    rows = []
+    for i, factors in factors_by_id.items():
+        save_lora(root / f"{i}.safetensors", factors, alpha=2.0, layout="kohya", base="sd15")
+        rows.append({"id": i, "file": f"{i}.safetensors", "artist": i[0], "genre": "g", "collection": "main"})
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return load_collection(root)
+
+
 def test_random_module_control_draws_the_first_sets_that_reach_the_size(tmp_path):
     import lorastyle.book.experiments as ex
     from lorastyle.descriptors import concat_vectors
@@ -350,16 +363,10 @@ def test_random_module_control_draws_the_first_sets_that_reach_the_size(tmp_path
         f"{block}.attn2.to_out.0": (8, 8),
     }
     ids = [f"{a}{k}" for a in "xyz" for k in range(2)]
-    rows = []
-    for i in ids:
-        factors = {m: (rng.standard_normal((2, n)), rng.standard_normal((o, 2))) for m, (o, n) in shapes.items()}
-        save_lora(tmp_path / f"{i}.safetensors", factors, alpha=2.0, layout="kohya", base="sd15")
-        rows.append({"id": i, "file": f"{i}.safetensors", "artist": i[0], "genre": "g", "collection": "main"})
-    with open(tmp_path / "manifest.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    coll = load_collection(tmp_path)
+    factors = {
+        i: {m: (rng.standard_normal((2, n)), rng.standard_normal((o, 2))) for m, (o, n) in shapes.items()} for i in ids
+    }
+    coll = _lora_collection(tmp_path, factors)
     table = ex.random_module_control(coll, dimensions=2, n_draws=5)
     target = concat_vectors([coll.lora("x0")], select=ex.SUBNETWORKS["feed-forward"]).shape[1]
     size = {m: 2 * (o + n) for m, (o, n) in shapes.items()}  # rank 2: A is 2 x n, B is o x 2
@@ -382,3 +389,23 @@ def test_map_neighbour_table_by_hand():
     assert row.same_artist == pytest.approx(4 / 6)
     assert row.same_genre == pytest.approx(1.0)  # genres x x y y x y: every nearest other shares its genre
     assert row.low < row.same_artist < row.high and row.chance == pytest.approx(1 / 5)
+
+
+def test_factor_split_finds_the_style_in_the_factor_that_carries_it(tmp_path):
+    # A carries the artist (a shared direction plus a little noise), B is pure noise.
+    import lorastyle.book.experiments as ex
+
+    rng = np.random.default_rng(8)
+    block = "unet.down_blocks.0.attentions.0.transformer_blocks.0"
+    names = [f"{block}.attn1.to_q", f"{block}.attn2.to_k"]
+    style = {a: rng.standard_normal((2, 64)) for a in "wxyz"}
+    factors = {
+        f"{a}{k}": {m: (style[a] + 0.1 * rng.standard_normal((2, 64)), rng.standard_normal((64, 2))) for m in names}
+        for a in "wxyz"
+        for k in range(3)
+    }
+    table = ex.factor_split_table(_lora_collection(tmp_path, factors), n_components=4).set_index("split")
+    assert table.loc["A only", "top1"] == 1.0 and table.loc["B only", "top1"] < 0.6
+    assert table.loc["A only", "n_features"] == 2 * 2 * 64 and table.loc["A and B", "n_features"] == 4 * 2 * 64
+    # the split the style is in answers every query concat answers
+    assert table.loc["A only", "only_concat"] == 0 and np.isnan(table.loc["A and B", "p_mcnemar"])
