@@ -48,7 +48,7 @@ help:
 	@echo "  make book   execute the notebooks and build the Jupyter Book into _build/html (warnings are errors)"
 	@echo "  make chapters  execute the notebooks in place (refresh the outputs nbval compares against)"
 	@echo "  make data   build (or resume) the embedded LoRA collection in data/ (hours on 2 cores)"
-	@echo "  make bench  run benchmarks/b1..b5 (about 20 min, 19 GB of temporary files); tables in benchmarks/results/"
+	@echo "  make bench  run benchmarks/b1..b5 (about an hour, mostly B3: 2,000 sparse SDXL-size files); tables in benchmarks/results/"
 	@echo "  make clean  remove _build"
 
 $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
