@@ -279,7 +279,7 @@ def lora_embedding(
     loras = [coll.lora(i) for i in ids]
     K = descriptor_kernel(descriptor, loras, select=select)
     k = min(n_components, len(ids) - 2)
-    return StyleEmbedding(k, solver="precomputed", random_state=random_state).fit_transform(K)
+    return StyleEmbedding(k, solver="precomputed", calibrate=False, random_state=random_state).fit_transform(K)
 
 
 def feature_matrix(coll: Collection, ids: Sequence[str], encoder: str, source: str = "train") -> np.ndarray:
@@ -634,9 +634,10 @@ def clustering_table(
         (:func:`representation_kind`), ``level``, ``n`` (LoRAs), ``classes`` (distinct labels);
         ``ari``, ``nmi``, ``purity`` (means over k-means seeds, with ``*_std``, the population
         standard deviation over seeds); ``silhouette`` (euclidean, of the true labels); leave-
-        one-out cosine ``top1`` with its 95% Wilson interval over ``n`` queries (``top1_low``,
-        ``top1_high``: what n queries allow one to conclude) and ``top1_chance``, the expected
-        top-1 of a random neighbour (:func:`nearest_neighbour_chance`).
+        one-out cosine ``top1`` over the ``n_queries`` LoRAs whose class has another member,
+        with its 95% Wilson interval over them (``top1_low``, ``top1_high``: what those
+        queries allow one to conclude) and ``top1_chance``, the expected top-1 of a random
+        neighbour (:func:`nearest_neighbour_chance`).
     """
     import pandas as pd
 
@@ -654,7 +655,10 @@ def clustering_table(
                 row[key], row[f"{key}_std"] = float(np.mean(vals)), float(np.std(vals))
             row["silhouette"] = runs[0]["silhouette"]
             row["top1"] = retrieval_scores(Z, y, k=(1,))["top1"]
-            row["top1_low"], row["top1_high"] = wilson_interval(row["top1"], len(ids))
+            # retrieval_scores averages over the queries whose class has another member
+            _, counts = np.unique(y, return_counts=True)
+            row["n_queries"] = int(counts[counts > 1].sum())
+            row["top1_low"], row["top1_high"] = wilson_interval(row["top1"], row["n_queries"])
             row["top1_chance"] = nearest_neighbour_chance(y)
             rows.append(row)
     return pd.DataFrame(rows)
@@ -1545,8 +1549,11 @@ def memorisation_table(
             gen = coll.images(i, "gen")
             # a LoRA that saw any of the same training images is not an "other" (a memorisation
             # LoRA's three images are the first images of a main LoRA)
-            others = np.concatenate([train[j] for j in ids if j != i and not sources[i] & sources[j]])
+            pool = [train[j] for j in ids if j != i and not sources[i] & sources[j]]
             n = len(train[i])
+            if sum(map(len, pool)) < n:
+                raise ValueError(f"{i}: fewer than {n} training images of other LoRAs to compare its samples with")
+            others = np.concatenate(pool)
             d_own = _nearest_distances(gen, train[i]).mean()
             draws = [rng.choice(len(others), size=n, replace=False) for _ in range(n_draws)]
             d_others = float(np.mean([_nearest_distances(gen, others[d]).mean() for d in draws]))
@@ -1608,6 +1615,8 @@ def real_lora_similarity(
     from ..errors import IncomparableLorasError
 
     paths = sorted(Path(folder).glob("*.safetensors"))
+    if len(paths) < 2:
+        raise ValueError(f"{folder}: {len(paths)} .safetensors file(s); comparing needs at least 2")
     loras = [load_lora(p) for p in paths]
     shared = set.intersection(*(set(select.modules(lora)) for lora in loras))
     if not shared:

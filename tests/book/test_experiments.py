@@ -409,3 +409,32 @@ def test_factor_split_finds_the_style_in_the_factor_that_carries_it(tmp_path):
     assert table.loc["A only", "n_features"] == 2 * 2 * 64 and table.loc["A and B", "n_features"] == 4 * 2 * 64
     # the split the style is in answers every query concat answers
     assert table.loc["A only", "only_concat"] == 0 and np.isnan(table.loc["A and B", "p_mcnemar"])
+
+
+def test_real_lora_similarity_needs_two_files(tmp_path):
+    with pytest.raises(ValueError, match="at least 2"):
+        real_lora_similarity(tmp_path)
+
+
+def test_memorisation_table_says_when_there_is_nothing_to_compare_with(tmp_path):
+    rng = np.random.default_rng(2)
+    train = {"a": rng.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)}
+    with pytest.raises(ValueError, match="fewer than 3 training images of other LoRAs"):
+        memorisation_table(_fake_collection(tmp_path, train, train), collections=("memorisation",))
+
+
+def test_clustering_interval_counts_only_queries_that_can_succeed(tmp_path, monkeypatch):
+    # artist z has one LoRA: it cannot be answered, and retrieval_scores leaves it out of top-1
+    import lorastyle.book.experiments as ex
+
+    ids = ["x1", "x2", "y1", "y2", "z1"]
+    train = {i: np.zeros((1, 2, 2, 3), np.uint8) for i in ids}
+    coll = _fake_collection(tmp_path, train, train, collection="main")
+    for r in coll.rows:
+        r["artist"] = r["id"][0]
+    rng = np.random.default_rng(0)
+    feats = {i: rng.normal(size=3) for i in ids}
+    monkeypatch.setattr(ex, "feature_embedding", lambda c, ids, e, n_components: np.array([feats[i] for i in ids]))
+    row = ex.clustering_table(coll, descriptors=(), encoders=("toy",), levels=("artist",), seeds=(0,)).iloc[0]
+    assert row.n_queries == 4
+    assert (row.top1_low, row.top1_high) == pytest.approx(wilson_interval(row.top1, 4))
