@@ -76,9 +76,15 @@ def _top_eigen(Kc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     n = Kc.shape[0]
     if n > 300 and k < n // 10:
         v0 = np.random.default_rng(0).standard_normal(n)  # a local generator: no global state
-        w, V = scipy.sparse.linalg.eigsh(Kc, k=k, which="LA", v0=v0, tol=1e-10)
-        order = np.argsort(w)[::-1]
-        return w[order], V[:, order]
+        try:
+            w, V = scipy.sparse.linalg.eigsh(Kc, k=k, which="LA", v0=v0, tol=1e-10)
+        except scipy.sparse.linalg.ArpackError:
+            # a kernel of (numerical) rank below k, e.g. many copies of one file: ARPACK's Krylov
+            # space collapses ("starting vector is zero"); the dense solver has no such trouble
+            pass
+        else:
+            order = np.argsort(w)[::-1]
+            return w[order], V[:, order]
     w, V = scipy.linalg.eigh(Kc, subset_by_index=[n - k, n - 1])
     return w[::-1], V[:, ::-1]
 

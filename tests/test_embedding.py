@@ -234,3 +234,23 @@ def test_lanczos_starts_on_an_exactly_centred_kernel():
     w_d, V_d = scipy.linalg.eigh(Kc, subset_by_index=[len(X) - 3, len(X) - 1])
     np.testing.assert_allclose(w_l, w_d[::-1], rtol=1e-8)
     same_up_to_sign(V_l, V_d[:, ::-1], atol=1e-6)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_lanczos_falls_back_on_a_kernel_of_too_low_rank(rank):
+    """Many copies of one file give a centred kernel of rank 0 or 1: ARPACK cannot start there."""
+    from lorastyle import embedding
+
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(400, 1)) if rank else np.zeros((400, 1))
+    Kc = x @ x.T
+    w, V = embedding._top_eigen(Kc, 5)
+    assert w.shape == (5,) and V.shape == (400, 5)
+    np.testing.assert_allclose(w[0], float(x[:, 0] @ x[:, 0]), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(w[1:], 0, atol=1e-8)
+
+
+def test_a_fit_on_400_identical_items_does_not_fail():
+    X = np.tile(np.arange(6.0), (400, 1))
+    Z = StyleEmbedding(4, solver="precomputed", calibrate=False).fit_transform(X @ X.T)
+    np.testing.assert_allclose(Z, 0, atol=1e-6)
