@@ -33,7 +33,7 @@ def main() -> None:
     p = c.parser(__doc__.split("\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="collection sizes (default 500 2000)")
     args = p.parse_args()
-    sizes = args.sizes or ([4, 8] if args.quick else [500, 2000])
+    sizes = args.sizes or ([2, 4] if args.quick else [500, 2000])
     shapes = layout_shapes(SDXL)
     tmp = Path(tempfile.mkdtemp(prefix="lorastyle-b3-", dir=args.tmp))
     lorastyle = str(Path(c.python()).with_name("lorastyle"))

@@ -377,8 +377,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--real",
         type=Path,
-        default=c.ROOT.parent / "shared" / "real-loras",
-        help="real LoRA files with same-source groups (skipped when absent)",
+        default=None,
+        help="real LoRA files with same-source groups (default ../shared/real-loras, skipped when absent; "
+        "--quick skips them unless given)",
     )
     p.add_argument(
         "--calibrate",
@@ -425,7 +426,8 @@ def main(argv: list[str] | None = None) -> None:
             matrices[f"all/{name}"] = S
             sketch_errors[name] = sketch_error(S, matrices[f"all/{SKETCH_OF[name]}"])
         default_null = calibration(matrices[f"all/{INDEX_DEFAULT}"], rows)
-        real = real_groups(args.real)
+        real_folder = args.real or (None if args.quick else c.ROOT.parent / "shared" / "real-loras")
+        real = real_groups(real_folder) if real_folder is not None else None
         results_real = {}
         if real is not None:
             real_loras, real_rows = real
