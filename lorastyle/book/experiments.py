@@ -416,6 +416,12 @@ def representation_kind(name: str) -> str:
     return "baseline" if name in {ENCODER_NAMES.get(b, b) for b in IMAGE_BASELINES} else "image encoder"
 
 
+def _share_a_painting(coll: Collection, ids: Sequence[str]) -> np.ndarray:
+    """``[i, j]``: LoRAs i and j take a source painting in common (:meth:`Collection.source_paintings`)."""
+    sources = [coll.source_paintings(i) for i in ids]
+    return np.array([[bool(a & b) for b in sources] for a in sources])
+
+
 def representations(
     coll: Collection,
     ids: Sequence[str],
@@ -507,8 +513,7 @@ def paired_top1_table(
     y = coll.labels(ids, level)
     artists = coll.labels(ids, "artist")
     if across_paintings:
-        sources = [coll.source_paintings(i) for i in ids]
-        allowed = ~np.array([[bool(a & b) for b in sources] for a in sources])
+        allowed = ~_share_a_painting(coll, ids)
     else:
         allowed = np.ones((len(ids), len(ids)), dtype=bool)
     reps = representations(coll, ids, descriptors=descriptors, encoders=encoders, n_components=n_components)
@@ -795,8 +800,7 @@ def style_reference_table(
 
     ids = coll.ids(collection)
     y = coll.labels(ids, "artist")
-    sources = [coll.source_paintings(i) for i in ids]
-    shares = np.array([[bool(a & b) for b in sources] for a in sources])
+    shares = _share_a_painting(coll, ids)
     reps = representations(coll, ids, descriptors=descriptors, encoders=encoders, n_components=n_components)
     rows = []
     for name, Z in reps.items():
