@@ -4,8 +4,9 @@ Contract (other tools call it exactly so):
 
 * ``lorastyle inspect FILE --json``: one JSON object with ``format``, ``base``,
   ``parts``, ``n_modules``, ``ranks``, ``alphas``, ``dtype``.
-* ``lorastyle index DIR -o INDEX [--descriptor concat|delta|gram] [--components N]``:
-  embeds every LoRA file under DIR; bad files are skipped and reported; exit 0
+* ``lorastyle index DIR -o INDEX [--descriptor concat|delta|gram] [--components N]
+  [--scheduler ADDRESS | --workers N]``: embeds every LoRA file under DIR (reading them on a
+  Dask cluster with ``--scheduler`` or ``--workers``); bad files are skipped and reported; exit 0
   when at least two files were embedded together. The last stderr line says
   how many files came from the cache.
 * ``lorastyle similar INDEX QUERY [-k K] --json``: ``[{"path", "score"}, ...]``, best first.
@@ -103,18 +104,25 @@ def _index(args) -> int:
     select = None
     if args.layers or args.blocks or args.parts:
         select = ModuleSelection(parts=args.parts, layers=args.layers, blocks=args.blocks)
+    cluster = contextlib.nullcontext()
+    if args.scheduler or args.workers:
+        from .index.distributed import cluster_client
+
+        cluster = cluster_client(scheduler=args.scheduler, workers=args.workers)
     try:
-        run = index_folder(
-            args.dir,
-            args.output,
-            descriptor=args.descriptor,
-            n_components=args.components or 8,
-            select=select,
-            base=args.base,
-            use_cache=not args.no_cache,
-            calibrate=not args.no_calibration,
-            progress=_progress,
-        )
+        with cluster as client:
+            run = index_folder(
+                args.dir,
+                args.output,
+                descriptor=args.descriptor,
+                n_components=args.components or 8,
+                select=select,
+                base=args.base,
+                use_cache=not args.no_cache,
+                calibrate=not args.no_calibration,
+                progress=_progress,
+                client=client,
+            )
     except NotEnoughLorasError as exc:
         for path, reason in exc.skipped:
             _error(path, reason)
@@ -370,6 +378,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-calibration",
         action="store_true",
         help="skip the PCA's out-of-sample calibration (100 leave-one-out fits; for many thousands of files)",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="read the files on the workers of the Dask scheduler at ADDRESS (tcp://host:8786, as `dask scheduler` "
+        "prints it); every worker needs lorastyle installed and the files at the same paths",
+    )
+    where.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="read the files in N local worker processes (a Dask LocalCluster); default: in this process",
     )
     p.set_defaults(run=_index)
 

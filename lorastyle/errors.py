@@ -20,6 +20,7 @@ __all__ = [
     "IncomparableLorasError",
     "NotEnoughLorasError",
     "IndexBusyError",
+    "ClusterError",
     "WeightsChecksumError",
 ]
 
@@ -87,3 +88,7 @@ class IndexBusyError(LorastyleError, RuntimeError):
 
 class WeightsChecksumError(LorastyleError, RuntimeError):
     """A packaged weight file whose sha256 is not the one lorastyle was checked against."""
+
+
+class ClusterError(LorastyleError, RuntimeError):
+    """A Dask cluster that cannot do the work: no scheduler at the address, no worker, a worker without lorastyle."""

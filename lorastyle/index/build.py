@@ -13,18 +13,19 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from .._validation import check_option, check_positive_int
 from ..comparability import comparable_subset
 from ..descriptors import DEFAULT_DESCRIPTOR, DESCRIPTORS, ModuleSelection
-from ..errors import LoraFormatError, NotEnoughLorasError, UnreadableFileError
+from ..errors import NotEnoughLorasError
 from ..io.formats import BASE_FAMILIES
-from ..io.safetensors import PICKLE_SUFFIXES
 from ..sketches import Sketcher
 from .cache import RecordCache
-from .records import Record, read_record
+from .distributed import read_files_on_cluster
+from .records import Record, read_files
 from .store import Group, LoraIndex, group_key
 from .walk import identity
 
@@ -97,6 +98,7 @@ def build_index(
     previous: LoraIndex | None = None,
     cache: RecordCache | None = None,
     progress: Progress | None = None,
+    client=None,
 ) -> tuple[LoraIndex, list[tuple[str, str]], BuildStats]:
     """Read, check, group and embed LoRA files.
 
@@ -125,6 +127,10 @@ def build_index(
         Records of an interrupted run are taken from it; records made now are added.
     progress : callable, optional
         ``progress(iterable, desc=..., total=...)`` wraps each pass (for example ``tqdm``).
+    client : distributed.Client, optional
+        Read the files on this Dask cluster's workers (:mod:`lorastyle.index.distributed`); the
+        records, and so the index, are those of a run in one process. Everything after the reads
+        (cache, grouping, fit) happens here, from the records.
 
     Returns
     -------
@@ -156,41 +162,57 @@ def build_index(
     known = {(r.path, r.identity): r for r in previous.records} if same_settings else {}
     refused = {(p, ident): reason for p, ident, reason in previous.skipped} if same_settings else {}
     stats = BuildStats()
-    records: list[Record] = []
-    skipped: list[tuple[str, str]] = []
-    lasting: list[tuple[str, tuple, str]] = []  # skipped for a reason that holds while the file is unchanged
-    for path in progress(paths, desc="reading files", total=len(paths)):
+    # First what is known without a read (previous index, cache), then the reads (here or on a
+    # cluster), then every file in its place: the result does not depend on who read what.
+    found: dict[int, tuple] = {}  # position -> ("record", Record) | ("skip", reason, lasting identity or None)
+    to_read: list[int] = []
+    idents: dict[int, tuple] = {}
+    for i, path in enumerate(paths):
         absolute = os.path.abspath(path)
         try:
             ident = identity(os.stat(path))
         except OSError as exc:
-            skipped.append((path, f"cannot read file: {exc.strerror or exc}"))
+            found[i] = ("skip", f"cannot read file: {exc.strerror or exc}", None)
             continue
+        idents[i] = ident
         record = known.get((absolute, ident))
         if record is not None:
             stats.reused += 1
+            found[i] = ("record", record)
         elif (absolute, ident) in refused:
-            skipped.append((path, refused[(absolute, ident)]))
-            lasting.append((absolute, ident, refused[(absolute, ident)]))
-            continue
+            found[i] = ("skip", refused[(absolute, ident)], (absolute, ident))
         else:
             record = cache.get(path, ident) if cache is not None else None
             if record is not None:
                 stats.from_cache += 1
+                found[i] = ("record", record)
             else:
-                try:
-                    record = read_record(path, sketcher=sketcher, descriptor=descriptor, select=select)
-                except UnreadableFileError as exc:  # may be readable later: not remembered
-                    skipped.append((path, exc.reason))
-                    continue
-                except LoraFormatError as exc:
-                    stats.read += os.path.splitext(path)[1].lower() not in PICKLE_SUFFIXES  # those: refused by name
-                    skipped.append((path, exc.reason))
-                    lasting.append((absolute, ident, exc.reason))
-                    continue
-                stats.read += 1
-                if cache is not None:
-                    cache.put(record)
+                to_read.append(i)
+    reads = read_files if client is None else partial(read_files_on_cluster, client=client)
+    outcomes = reads(
+        [paths[i] for i in to_read], sketcher=sketcher, descriptor=descriptor, select=select, progress=progress
+    )
+    for i, outcome in zip(to_read, outcomes, strict=True):
+        stats.read += outcome.counted
+        if outcome.record is not None:
+            if cache is not None:
+                cache.put(outcome.record)
+            found[i] = ("record", outcome.record)
+        else:
+            lasting = (os.path.abspath(paths[i]), idents[i]) if outcome.lasting else None
+            found[i] = ("skip", outcome.reason, lasting)
+    records: list[Record] = []
+    skipped: list[tuple[str, str]] = []
+    lasting_skips: list[tuple[str, tuple, str]] = []  # skipped for a reason that holds while the file is unchanged
+    for i, path in enumerate(paths):
+        kind, *rest = found[i]
+        if kind == "skip":
+            reason, lasting = rest
+            skipped.append((path, reason))
+            if lasting is not None:
+                lasting_skips.append((*lasting, reason))
+            continue
+        record = rest[0]
         if base is not None and record.base != base:
             skipped.append((path, f"base family {record.base}, not {base} (--base {base})"))
             continue
@@ -208,7 +230,7 @@ def build_index(
             groups[key] = Group(key=key, records=kept)
     for group in progress(list(groups.values()), desc="fitting PCA per base family", total=len(groups)):
         group.embedding = fit_group_embedding(group, n_components, calibrate=calibrate, random_state=random_state)
-    index = LoraIndex(descriptor=descriptor, sketcher=sketcher, groups=groups, select=select, skipped=lasting)
+    index = LoraIndex(descriptor=descriptor, sketcher=sketcher, groups=groups, select=select, skipped=lasting_skips)
     if descriptor == "concat":
         _warn_mixed_scales(index)
         _warn_unshared_initialisation(index)

@@ -132,6 +132,7 @@ def index_folder(
     calibrate: bool = True,
     random_state=0,
     progress: Progress | None = None,
+    client=None,
 ) -> IndexRun:
     """Index every LoRA file under a folder into ``output``, safely (what ``lorastyle index`` runs).
 
@@ -139,8 +140,9 @@ def index_folder(
     ----------
     root, output : str or path-like
         The folder, and the index file to write (its folder must exist).
-    descriptor, n_components, select, base, sketcher, calibrate, random_state, progress
-        As in :func:`~lorastyle.index.build.build_index`.
+    descriptor, n_components, select, base, sketcher, calibrate, random_state, progress, client
+        As in :func:`~lorastyle.index.build.build_index` (``client``: read the files on a Dask
+        cluster; the lock, the cache and the index file stay with this process).
     use_cache : bool, default=True
         Keep records in ``OUTPUT.cache/`` while running (for a resume after a kill) and reuse the
         previous index's records of unchanged files.
@@ -193,6 +195,7 @@ def index_folder(
                 previous=previous,
                 cache=cache,
                 progress=progress,
+                client=client,
             )
         except NotEnoughLorasError as exc:
             raise NotEnoughLorasError(root, exc.reason, problems + exc.skipped) from None

@@ -28,7 +28,18 @@ from ..io.safetensors import PICKLE_SUFFIXES
 from ..sketches import Sketcher
 from .walk import file_kind, identity
 
-__all__ = ["Record", "read_record", "describe_lora", "file_info", "MAX_NORM2", "INIT_SKETCH_DIM", "INFO_KEYS"]
+__all__ = [
+    "Record",
+    "ReadOutcome",
+    "read_record",
+    "read_outcome",
+    "read_files",
+    "describe_lora",
+    "file_info",
+    "MAX_NORM2",
+    "INIT_SKETCH_DIM",
+    "INFO_KEYS",
+]
 
 # Squared descriptor norms beyond this come from weights no trainer writes (fp16 LoRAs stay below 1e20)
 # and overflow float32 arithmetic downstream (the fuzzer's 1e18-valued factors reach 1e72).
@@ -296,3 +307,75 @@ def read_record(
         descriptor=descriptor,
         info=file_info(path, data),
     )
+
+
+@dataclass
+class ReadOutcome:
+    """What one attempt to read a file gave: a record, or the reason there is none.
+
+    Attributes
+    ----------
+    record : Record or None
+    reason : str or None
+        Why there is no record.
+    lasting : bool
+        The reason holds while the file is unchanged (not a read error), so a later run may
+        report it without reading the file again.
+    counted : bool
+        The file was opened and read (pickles are refused by name, unread).
+    """
+
+    record: Record | None
+    reason: str | None = None
+    lasting: bool = False
+    counted: bool = True
+
+
+def read_outcome(
+    path: str,
+    *,
+    sketcher: Sketcher,
+    descriptor: str = "gram",
+    select: ModuleSelection | None = None,
+) -> ReadOutcome:
+    """:func:`read_record`, with a bad file's reason returned rather than raised (for batch work).
+
+    Parameters
+    ----------
+    path : str
+    sketcher : Sketcher
+    descriptor : {"gram", "delta", "concat"}, default="gram"
+    select : ModuleSelection, optional
+
+    Returns
+    -------
+    ReadOutcome
+    """
+    try:
+        return ReadOutcome(read_record(path, sketcher=sketcher, descriptor=descriptor, select=select))
+    except UnreadableFileError as exc:  # may be readable later: not remembered
+        return ReadOutcome(None, exc.reason, lasting=False, counted=False)
+    except LoraFormatError as exc:
+        counted = os.path.splitext(path)[1].lower() not in PICKLE_SUFFIXES
+        return ReadOutcome(None, exc.reason, lasting=True, counted=counted)
+
+
+def read_files(paths: list, *, sketcher: Sketcher, descriptor: str, select=None, progress=None) -> list[ReadOutcome]:
+    """Read files one after the other in this process, in order.
+
+    Parameters
+    ----------
+    paths : list of str
+    sketcher : Sketcher
+    descriptor : str
+    select : ModuleSelection, optional
+    progress : callable, optional
+        ``progress(iterable, desc=..., total=...)``.
+
+    Returns
+    -------
+    list of ReadOutcome
+        One per path, in the order of ``paths``.
+    """
+    items = paths if progress is None else progress(paths, desc="reading files", total=len(paths))
+    return [read_outcome(p, sketcher=sketcher, descriptor=descriptor, select=select) for p in items]
