@@ -23,15 +23,19 @@ from ..descriptors import DEFAULT_DESCRIPTOR, DESCRIPTORS, ModuleSelection
 from ..errors import NotEnoughLorasError
 from ..io.formats import BASE_FAMILIES
 from ..sketches import Sketcher
+from .ann import ANN_MIN_RECORDS, AnnIndex
 from .cache import RecordCache
 from .distributed import read_files_on_cluster
 from .records import Record, read_files
 from .store import Group, LoraIndex, group_key
 from .walk import identity
 
-__all__ = ["build_index", "BuildStats", "fit_group_embedding"]
+__all__ = ["build_index", "BuildStats", "fit_group_embedding", "MAX_PCA_RECORDS"]
 
 Progress = Callable[..., Iterable]
+
+# The PCA is fitted on the n-by-n kernel of a group's sketches: 3.2 GB of float64 at this size.
+MAX_PCA_RECORDS = 20_000
 
 
 @dataclass
@@ -60,6 +64,9 @@ def _no_progress(items, **_):
 def fit_group_embedding(group: Group, n_components: int, *, calibrate: bool = True, random_state=0):
     """The paper's calibrated PCA of a group's descriptors (from their sketches), or None below 3 files.
 
+    Also None above :data:`MAX_PCA_RECORDS` files: the fit works on the n-by-n kernel of the
+    sketches, which would not fit in memory (``similar`` scores by cosine, through the ANN index).
+
     Parameters
     ----------
     group : Group
@@ -73,7 +80,7 @@ def fit_group_embedding(group: Group, n_components: int, *, calibrate: bool = Tr
     StyleEmbedding or None
     """
     n = len(group.records)
-    if n < 3:
+    if n < 3 or n > MAX_PCA_RECORDS:
         return None
     from ..embedding import StyleEmbedding  # scikit-learn: imported only when a PCA is fitted
 
@@ -99,6 +106,7 @@ def build_index(
     cache: RecordCache | None = None,
     progress: Progress | None = None,
     client=None,
+    ann_min_records: int = ANN_MIN_RECORDS,
 ) -> tuple[LoraIndex, list[tuple[str, str]], BuildStats]:
     """Read, check, group and embed LoRA files.
 
@@ -131,6 +139,9 @@ def build_index(
         Read the files on this Dask cluster's workers (:mod:`lorastyle.index.distributed`); the
         records, and so the index, are those of a run in one process. Everything after the reads
         (cache, grouping, fit) happens here, from the records.
+    ann_min_records : int, default=ANN_MIN_RECORDS
+        Groups of at least this many files get an approximate-nearest-neighbour index
+        (:class:`~lorastyle.index.ann.AnnIndex`) for ``similar``; scores stay exact.
 
     Returns
     -------
@@ -230,6 +241,9 @@ def build_index(
             groups[key] = Group(key=key, records=kept)
     for group in progress(list(groups.values()), desc="fitting PCA per base family", total=len(groups)):
         group.embedding = fit_group_embedding(group, n_components, calibrate=calibrate, random_state=random_state)
+    for group in groups.values():
+        if len(group.records) >= max(ann_min_records, 2):
+            group.ann = AnnIndex(random_state=random_state).fit(group.matrix.full)
     index = LoraIndex(descriptor=descriptor, sketcher=sketcher, groups=groups, select=select, skipped=lasting_skips)
     if descriptor == "concat":
         _warn_mixed_scales(index)

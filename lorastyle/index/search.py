@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["SketchMatrix", "SCORERS"]
+__all__ = ["SketchMatrix", "FullVectors", "SCORERS"]
 
 SCORERS = ("cosine", "pca")
 # Rows converted from float16 at once: bounds the temporary float32 copy of a group's sketches.
@@ -63,36 +63,37 @@ class SketchMatrix:
     def __len__(self) -> int:
         return len(next(iter(self.norms.values()))) if self.norms else 0
 
-    def _dots(self, part: str, q: np.ndarray) -> np.ndarray:
-        """Inner products of the unit rows of ``part`` with a unit vector, in float32 chunks."""
-        U = self.unit[part]
+    def _dots(self, part: str, q: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Inner products of the unit rows of ``part`` (or only ``rows``) with a unit vector, in float32 chunks."""
+        U = self.unit[part] if rows is None else self.unit[part][rows]
         out = np.empty(len(U))
         q32 = q.astype(np.float32)
         for start in range(0, len(U), _CHUNK_ROWS):
             out[start : start + _CHUNK_ROWS] = U[start : start + _CHUNK_ROWS].astype(np.float32) @ q32
         return out
 
-    def cosines(self, sketches: dict, norms: dict) -> np.ndarray:
-        """Cosine of one query with every row, over the parts both have (0 where none is shared).
+    def cosines(self, sketches: dict, norms: dict, rows: np.ndarray | None = None) -> np.ndarray:
+        """Cosine of one query with every row (or only ``rows``), over the parts both have (0 where none is shared).
 
         Parameters
         ----------
         sketches : dict of str to ndarray of shape (dim,)
             The query's unit sketches per part.
         norms : dict of str to float
+        rows : ndarray of int, optional
 
         Returns
         -------
-        ndarray of shape (n,)
+        ndarray of shape (n,) or (len(rows),)
         """
-        n = len(self)
+        n = len(self) if rows is None else len(rows)
         num, den_q, den_r = np.zeros(n), np.zeros(n), np.zeros(n)
         for p, u in sketches.items():
             if p not in self.unit or not norms[p] > 0:
                 continue
-            N = self.norms[p]
+            N = self.norms[p] if rows is None else self.norms[p][rows]
             shared = N > 0
-            num += norms[p] * N * self._dots(p, u)
+            num += norms[p] * N * self._dots(p, u, rows)
             den_q += np.where(shared, norms[p] ** 2, 0.0)
             den_r += N**2
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -149,3 +150,52 @@ class SketchMatrix:
             if p in self.unit:
                 out += norms[p] * self.norms[p] * self._dots(p, u)
         return out
+
+    def full_vector(self, sketches: dict, norms: dict) -> np.ndarray:
+        """A query's full sketch over this matrix's parts (norms restored), made unit: what the ANN index holds.
+
+        Parameters
+        ----------
+        sketches : dict of str to ndarray of shape (dim,)
+        norms : dict of str to float
+
+        Returns
+        -------
+        ndarray of shape (dim * len(parts),), float32
+        """
+        dim = self.unit[self.parts[0]].shape[1]
+        v = np.concatenate(
+            [
+                norms[p] * sketches[p].astype(np.float32) if p in sketches else np.zeros(dim, np.float32)
+                for p in self.parts
+            ]
+        )
+        norm = np.linalg.norm(v)
+        return v / norm if norm > 0 else v
+
+    @property
+    def full(self) -> FullVectors:
+        """The rows' full unit sketches, made on demand (an array-like for :class:`~lorastyle.index.ann.AnnIndex`)."""
+        return FullVectors(self)
+
+
+@dataclass
+class FullVectors:
+    """Rows of a :class:`SketchMatrix` as unit full sketches (parts concatenated, norms restored), float32.
+
+    Indexing with a slice or an array of row ids makes only those rows.
+    """
+
+    matrix: SketchMatrix
+
+    @property
+    def shape(self) -> tuple:
+        m = self.matrix
+        return (len(m), m.unit[m.parts[0]].shape[1] * len(m.parts))
+
+    def __getitem__(self, rows) -> np.ndarray:
+        m = self.matrix
+        blocks = [m.norms[p][rows, None].astype(np.float32) * m.unit[p][rows].astype(np.float32) for p in m.parts]
+        V = np.concatenate(blocks, axis=1)
+        norm = np.linalg.norm(V, axis=1, keepdims=True)
+        return np.divide(V, norm, out=np.zeros_like(V), where=norm > 0)

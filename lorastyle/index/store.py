@@ -22,6 +22,7 @@ from ..descriptors import DESCRIPTORS, ModuleSelection
 from ..errors import IncomparableLorasError, LoraFormatError
 from ..io.safetensors import read_safetensors, write_safetensors
 from ..sketches import Sketcher
+from .ann import AnnIndex
 from .calibration import load_calibration
 from .records import Record
 from .search import SCORERS, SketchMatrix
@@ -64,11 +65,14 @@ class Group:
     records : list of Record
     embedding : StyleEmbedding or None
         The paper's calibrated PCA of the group's descriptors (None for fewer than 3 files).
+    ann : AnnIndex or None
+        Candidates for ``similar`` in a large group (:mod:`lorastyle.index.ann`); None: exact search.
     """
 
     key: str
     records: list
     embedding: object = None
+    ann: object = None
     _matrix: SketchMatrix | None = field(default=None, repr=False)
 
     @property
@@ -165,19 +169,27 @@ class LoraIndex:
         k = check_positive_int(k, "k")
         check_option(scorer, "scorer", SCORERS)
         group = self.group_of(query)
-        if scorer == "cosine":
+        rows = None
+        if scorer == "cosine" and group.ann is not None:  # candidates from the ANN index, exact scores
+            q = group.matrix.full_vector(query.sketches, query.norms)
+            rows = np.sort(group.ann.candidates_of(q, max(group.ann.candidates, k + 1)))
+            scores = np.full(len(group.records), -np.inf)
+            scores[rows] = group.matrix.cosines(query.sketches, query.norms, rows=rows)
+        elif scorer == "cosine":
             scores = group.matrix.cosines(query.sketches, query.norms)
         else:
             if group.embedding is None:
                 raise IncomparableLorasError(
-                    query.path, f"group {group.key} has {len(group.records)} files: too few for a PCA embedding"
+                    query.path,
+                    f"group {group.key} of {len(group.records)} files has no PCA embedding "
+                    "(it needs 3 files, and at most 20,000): --scorer cosine",
                 )
             z = group.embedding.project(group.matrix.kernel_row(query.sketches, query.norms)[None, :])[0]
             Z = group.embedding.embedding_
             with np.errstate(divide="ignore", invalid="ignore"):
                 scores = np.nan_to_num(Z @ z / (np.linalg.norm(Z, axis=1) * np.linalg.norm(z)))
         own = os.path.abspath(query.path)
-        candidates = [i for i, r in enumerate(group.records) if r.path != own]
+        candidates = [i for i in (range(len(group.records)) if rows is None else rows) if group.records[i].path != own]
         order = sorted(candidates, key=lambda i: (-scores[i], group.records[i].path))[:k]
         calibration = (
             load_calibration(self.descriptor, self.sketcher.settings, group.base) if scorer == "cosine" else None
@@ -217,6 +229,9 @@ class LoraIndex:
             if g.embedding is not None:
                 for name, arr in g.embedding.get_state().items():
                     tensors[f"g{gi}/pca/{name}"] = arr
+            if g.ann is not None:
+                for name, arr in g.ann.get_state().items():
+                    tensors[f"g{gi}/ann/{name}"] = arr
             rows = []
             for r in g.records:
                 layouts.setdefault(r.layout.key, r.layout.to_json())
@@ -361,7 +376,10 @@ class LoraIndex:
             state = {k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"g{gi}/pca/")}
             embedding = StyleEmbedding.from_state(state) if state else None
             need(embedding is None or embedding.embedding_.shape[0] == n, "the PCA embedding's size")
-            group = Group(key=str(g["key"]), records=records, embedding=embedding)
+            ann_state = {k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"g{gi}/ann/")}
+            ann = AnnIndex.from_state(ann_state) if ann_state else None
+            need(ann is None or len(ann.reduced_) == n, "the ANN index's size")
+            group = Group(key=str(g["key"]), records=records, embedding=embedding, ann=ann)
             group._matrix = SketchMatrix(parts=tuple(parts), unit=unit, norms=norms)
             groups[group.key] = group
         skipped = [
