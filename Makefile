@@ -30,7 +30,7 @@ NOTEBOOKS := $(wildcard book/*.ipynb)
 # `make bench`: threads of the benchmarks (1 on a machine shared with `make data`), temporary folder
 BENCH_THREADS ?= $(OMP_NUM_THREADS)
 BENCH_TMP ?=
-BENCHMARKS := b1_throughput b2_weights_vs_images b3_memory b4_retrieval b5_lowrank
+BENCHMARKS := b1_throughput b2_weights_vs_images b3_memory b4_retrieval b5_lowrank b6_cluster
 
 # `make fuzz`: inputs of the long fuzzing run, and real LoRA files used as extra seeds (if present).
 FUZZ_INPUTS ?= 100000
@@ -48,7 +48,7 @@ help:
 	@echo "  make book   execute the notebooks and build the Jupyter Book into _build/html (warnings are errors)"
 	@echo "  make chapters  execute the notebooks in place (refresh the outputs nbval compares against)"
 	@echo "  make data   build (or resume) the embedded LoRA collection in data/ (hours on 2 cores)"
-	@echo "  make bench  run benchmarks/b1..b5 (about an hour, mostly B3: 2,000 sparse SDXL-size files); tables in benchmarks/results/"
+	@echo "  make bench  run benchmarks/b1..b6 (hours, mostly B3 and B6: 2,000 sparse SDXL-size files each); tables in benchmarks/results/"
 	@echo "  make clean  remove _build"
 
 $(STAMP): requirements.txt requirements-lock.txt pyproject.toml

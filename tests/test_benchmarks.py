@@ -27,6 +27,7 @@ SCRIPTS = {
     "b3": "b3_memory.py",
     "b4": "b4_retrieval.py",
     "b5": "b5_lowrank.py",
+    "b6": "b6_cluster.py",
 }
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 
@@ -66,10 +67,12 @@ def test_script_writes_json_and_markdown_in_quick_mode(name, tmp_path):
     assert numbers and all(math.isfinite(x) for x in numbers)
     md = (tmp_path / f"{name}.md").read_text()
     assert md.startswith(f"### {name.upper()}: ") and "(quick mode" in md
-    rows = [line for line in md.split("\n") if line.startswith("|")]
-    assert len(rows) >= 3 and set(rows[1].strip("|").split("|")) == {"---"}
-    width = rows[0].count("|")
-    assert all(row.count("|") == width for row in rows)  # a rectangular table
+    tables = [block.split("\n") for block in md.split("\n\n") if block.startswith("|")]
+    assert tables
+    for rows in tables:
+        assert len(rows) >= 3 and set(rows[1].strip("|").split("|")) == {"---"}
+        width = rows[0].count("|")
+        assert all(row.startswith("|") and row.count("|") == width for row in rows)  # a rectangular table
     assert "**met**" in md or "**missed**" in md
     assert "Machine: " in md and "cores" in md and "GiB RAM" in md
     # temporary files are removed

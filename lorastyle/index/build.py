@@ -176,6 +176,12 @@ def build_index(
     # First what is known without a read (previous index, cache), then the reads (here or on a
     # cluster), then every file in its place: the result does not depend on who read what.
     found: dict[int, tuple] = {}  # position -> ("record", Record) | ("skip", reason, lasting identity or None)
+    layouts: dict = {}  # one Layout object per layout: a record's own copy is about 1 MB for an SDXL file
+
+    def shared(record: Record) -> Record:
+        record.layout = layouts.setdefault(record.layout.key, record.layout)
+        return record
+
     to_read: list[int] = []
     idents: dict[int, tuple] = {}
     for i, path in enumerate(paths):
@@ -196,19 +202,20 @@ def build_index(
             record = cache.get(path, ident) if cache is not None else None
             if record is not None:
                 stats.from_cache += 1
-                found[i] = ("record", record)
+                found[i] = ("record", shared(record))
             else:
                 to_read.append(i)
     reads = read_files if client is None else partial(read_files_on_cluster, client=client)
     outcomes = reads(
         [paths[i] for i in to_read], sketcher=sketcher, descriptor=descriptor, select=select, progress=progress
     )
-    for i, outcome in zip(to_read, outcomes, strict=True):
+    for j, outcome in outcomes:  # as each file is read: into the cache at once (a killed run resumes)
+        i = to_read[j]
         stats.read += outcome.counted
         if outcome.record is not None:
             if cache is not None:
                 cache.put(outcome.record)
-            found[i] = ("record", outcome.record)
+            found[i] = ("record", shared(outcome.record))
         else:
             lasting = (os.path.abspath(paths[i]), idents[i]) if outcome.lasting else None
             found[i] = ("skip", outcome.reason, lasting)

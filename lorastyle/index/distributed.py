@@ -62,7 +62,7 @@ def read_files_on_cluster(
     select: ModuleSelection | None = None,
     progress=None,
     files_per_task: int | None = None,
-) -> list[ReadOutcome]:
+) -> Iterator[tuple[int, ReadOutcome]]:
     """Read files on a Dask cluster's workers, as :func:`lorastyle.index.records.read_files` does here.
 
     Parameters
@@ -79,10 +79,11 @@ def read_files_on_cluster(
     files_per_task : int, optional
         Default: :data:`FILES_PER_TASK`, fewer when there are few files per worker.
 
-    Returns
-    -------
-    list of ReadOutcome
-        One per path, in the order of ``paths``.
+    Yields
+    ------
+    position : int
+        The file's position in ``paths``: outcomes come as batches finish, in any order, each once.
+    outcome : ReadOutcome
 
     Raises
     ------
@@ -92,7 +93,7 @@ def read_files_on_cluster(
     from distributed import KilledWorker, as_completed
 
     if not paths:
-        return []
+        return
     n_workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
     if n_workers == 0:
         raise ClusterError(str(client.scheduler.address), "the Dask scheduler has no worker")
@@ -129,14 +130,10 @@ def read_files_on_cluster(
             for j, outcome in enumerate(result):
                 yield first + j, outcome
 
-    out: list[ReadOutcome | None] = [None] * len(paths)
     items = outcomes()
     if progress is not None:
         items = progress(items, desc=f"reading files on {n_workers} Dask workers", total=len(paths))
-    for position, outcome in items:
-        out[position] = outcome
-    assert all(o is not None for o in out)  # every batch answered once
-    return out
+    yield from items
 
 
 @contextmanager

@@ -16,6 +16,7 @@ import hashlib
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -360,8 +361,10 @@ def read_outcome(
         return ReadOutcome(None, exc.reason, lasting=True, counted=counted)
 
 
-def read_files(paths: list, *, sketcher: Sketcher, descriptor: str, select=None, progress=None) -> list[ReadOutcome]:
-    """Read files one after the other in this process, in order.
+def read_files(
+    paths: list, *, sketcher: Sketcher, descriptor: str, select=None, progress=None
+) -> Iterator[tuple[int, ReadOutcome]]:
+    """Read files one after the other in this process, yielding each outcome as soon as it is made.
 
     Parameters
     ----------
@@ -372,10 +375,14 @@ def read_files(paths: list, *, sketcher: Sketcher, descriptor: str, select=None,
     progress : callable, optional
         ``progress(iterable, desc=..., total=...)``.
 
-    Returns
-    -------
-    list of ReadOutcome
-        One per path, in the order of ``paths``.
+    Yields
+    ------
+    position : int
+        The file's position in ``paths``.
+    outcome : ReadOutcome
     """
-    items = paths if progress is None else progress(paths, desc="reading files", total=len(paths))
-    return [read_outcome(p, sketcher=sketcher, descriptor=descriptor, select=select) for p in items]
+    items = enumerate(paths)
+    if progress is not None:
+        items = progress(items, desc="reading files", total=len(paths))
+    for position, path in items:
+        yield position, read_outcome(path, sketcher=sketcher, descriptor=descriptor, select=select)

@@ -152,10 +152,13 @@ def test_a_file_that_kills_its_workers_is_reported_and_the_rest_kept(folder, mon
         LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
         Client(cluster) as c,
     ):
-        outcomes = dist.read_files_on_cluster(
-            paths, client=c, sketcher=Sketcher(**SKETCHER), descriptor="gram", files_per_task=4
+        pairs = list(
+            dist.read_files_on_cluster(
+                paths, client=c, sketcher=Sketcher(**SKETCHER), descriptor="gram", files_per_task=4
+            )
         )
-    assert len(outcomes) == len(paths)
+    assert sorted(j for j, _ in pairs) == list(range(len(paths)))  # each file answered once
+    outcomes = [o for _, o in sorted(pairs, key=lambda pair: pair[0])]
     assert outcomes[3].record is None and "died" in outcomes[3].reason and not outcomes[3].lasting
     for path, outcome in zip(paths, outcomes, strict=True):
         if path != killer:
