@@ -92,6 +92,8 @@ def test_cluster_gives_the_index_of_one_process(folder, client):
         paths, sketcher=Sketcher(**SKETCHER), client=client, progress=progress
     )
     assert_same_index(local, remote, skipped_local, skipped_remote)
+    for index in (local, remote):  # records of one layout share one Layout object (each is ~0.6 MB for SDXL)
+        assert len({id(r.layout) for r in index.records}) == len({r.layout.key for r in index.records})
     assert stats_local == stats_remote and stats_remote.read == len(paths) - 1  # the pickle is refused unread
     assert sorted(seen) == list(range(len(paths)))  # each file reported once
     reasons = dict(skipped_remote)
