@@ -226,3 +226,54 @@ def test_sketching_a_lokr_takes_memory_like_its_factors_not_its_expansion():
     finally:
         tracemalloc.stop()
     assert peak < 40 << 20, f"peak {peak >> 20} MB"
+
+
+def test_stacked_modules_equal_module_by_module_sketches(monkeypatch):
+    """The stacked path (modules of one shape and rank in one call per step) against module_sketch of each.
+
+    Convolution factors (4-d), float16, a zero module, several stacks of one shape (a small stack
+    size), a factorisation wider than its matrix (module by module), on 1 and 3 threads.
+    """
+    import lorastyle.sketches as sketches
+
+    rng = np.random.default_rng(11)
+    modules = {}
+    for i in range(7):
+        roles = {
+            "lora_down": rng.standard_normal((4, 6, 3, 3)).astype(np.float16),
+            "lora_up": (rng.standard_normal((10, 4, 1, 1)) * (i > 0)).astype(np.float16),  # module 0 is zero
+            "alpha": np.float32(2.0 + i),
+        }
+        modules[f"unet.conv{i}"] = build_module("x.safetensors", f"unet.conv{i}", "unet", roles)
+    for i in range(4):
+        name = f"text_encoder.lin{i}.to_q"
+        modules[name] = build_module(
+            "x.safetensors",
+            name,
+            "text_encoder",
+            {"lora_down": rng.standard_normal((3, 8)).astype(np.float32), "lora_up": rng.standard_normal((5, 3))},
+        )
+    wide = {"lora_down": rng.standard_normal((6, 4)).astype(np.float32), "lora_up": rng.standard_normal((3, 6))}
+    modules["unet.wide.to_k"] = build_module("x.safetensors", "unet.wide.to_k", "unet", wide)
+    lo = LoRA(path="x.safetensors", format="kohya", base="tiny", modules=dict(sorted(modules.items())), dtype="mixed")
+    monkeypatch.setattr(sketches, "STACK_BYTES", 4 * 4 * (10 + 54) * 3)  # three conv modules per stack
+    assert sum(sketches._plain_key(m) is not None for m in lo.modules.values()) == 11
+    for descriptor in ("gram", "delta"):
+        one_by_one = [Sketcher(workers=1).module_sketch(m, descriptor) for m in lo.modules.values()]
+        for workers in (1, 3):
+            stacked = Sketcher(workers=workers)._stage1(list(lo.modules.values()), descriptor)
+            for a, b in zip(one_by_one, stacked):
+                np.testing.assert_allclose(b.sketch, a.sketch, rtol=1e-5, atol=1e-6 * np.abs(a.sketch).max())
+                np.testing.assert_allclose([b.norm2, b.delta2], [a.norm2, a.delta2], rtol=1e-9)
+        parts = Sketcher(workers=3).part_sketches(lo, descriptor)
+        assert sorted(parts) == ["text_encoder", "unet"]
+        sub = LoRA(
+            path="x",
+            format="kohya",
+            base="tiny",
+            dtype="mixed",
+            modules={n: m for n, m in lo.modules.items() if m.part == "unet"},
+        )
+        v, norm2 = Sketcher(workers=1).sketch_and_norm(sub, descriptor)
+        np.testing.assert_allclose(parts["unet"][0], v, rtol=1e-6, atol=1e-9)
+        assert parts["unet"][1] == pytest.approx(norm2, rel=1e-12)

@@ -37,8 +37,11 @@ FILES_PER_TASK = 8
 
 @lru_cache(maxsize=4)
 def _worker_sketcher(settings: str) -> Sketcher:
-    """One Sketcher per worker process and settings: its hash matrices are made once, not per task."""
-    return Sketcher(**json.loads(settings))
+    """One Sketcher per worker process and settings: its hash matrices are made once, not per task.
+
+    One thread each: the cluster's processes are the parallelism.
+    """
+    return Sketcher(**json.loads(settings), workers=1)
 
 
 def _read_batch(paths: list, settings: str, descriptor: str, select: ModuleSelection | None) -> list[ReadOutcome]:

@@ -17,6 +17,7 @@ import os
 import stat
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -25,7 +26,7 @@ from ..comparability import Layout
 from ..descriptors import ModuleSelection
 from ..errors import LoraFormatError, UnreadableFileError
 from ..io.formats import LoRA, load_lora
-from ..io.safetensors import PICKLE_SUFFIXES
+from ..io.safetensors import PICKLE_SUFFIXES, read_safetensors_header
 from ..sketches import Sketcher
 from .walk import file_kind, identity
 
@@ -163,9 +164,7 @@ def describe_lora(
     if not lora.modules:
         raise LoraFormatError(lora.path, "no module to describe")
     sketches, norms, module_norms = {}, {}, {}
-    for part in lora.parts:
-        sub = replace(lora, modules={n: m for n, m in lora.modules.items() if m.part == part})
-        v, norm2 = sketcher.sketch_and_norm(sub, descriptor, module_norms=module_norms)
+    for part, (v, norm2) in sketcher.part_sketches(lora, descriptor, module_norms=module_norms).items():
         if not (norm2 <= MAX_NORM2 and np.all(np.isfinite(v))):  # False for nan too
             raise LoraFormatError(
                 lora.path,
@@ -212,7 +211,7 @@ def describe_lora(
 INFO_KEYS = ("kind", "title", "trigger_words", "base_model", "base_mismatch")
 
 
-def file_info(path: str, data: bytes | memoryview | None = None) -> dict:
+def file_info(path: str, data: bytes | memoryview | None = None, *, _header: tuple | None = None) -> dict:
     """What people want to see of a file in a list or a map: kind, title, trigger words, base model.
 
     From :func:`lorastyle.io.metadata.describe_file` (the header and the alphas only), kept short:
@@ -230,7 +229,7 @@ def file_info(path: str, data: bytes | memoryview | None = None) -> dict:
     """
     from ..io.metadata import describe_file
 
-    described = describe_file(path, hashes=False, data=data)
+    described = describe_file(path, hashes=False, data=data, _header=_header)
     info = {k: described[k] for k in INFO_KEYS if described.get(k) not in (None, "", [])}
     if "trigger_words" in info:
         info["trigger_words"] = [t["text"][:100] for t in info["trigger_words"][:5]]
@@ -241,6 +240,50 @@ def file_info(path: str, data: bytes | memoryview | None = None) -> dict:
 
 def _hash(data: memoryview, out: list) -> None:
     out.append(hashlib.sha256(data).hexdigest())  # releases the GIL: runs beside the parser
+
+
+@dataclass
+class _Parsed:
+    """A file read once and parsed: what :func:`describe_lora` needs besides the sketcher."""
+
+    lora: LoRA
+    sha256: str
+    identity: tuple
+    info: dict
+
+
+def _read_and_parse(path: str, select: ModuleSelection | None) -> _Parsed:
+    """The reading half of :func:`read_record` (raises as it does)."""
+    if os.path.splitext(path)[1].lower() in PICKLE_SUFFIXES:
+        load_lora(path)  # refuses by name, with the reason, without reading
+    try:
+        before = os.stat(path)
+        if not stat.S_ISREG(before.st_mode):  # a FIFO would block the reader forever
+            raise LoraFormatError(path, f"not a regular file ({file_kind(before.st_mode)})")
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise UnreadableFileError(path, f"cannot read file: {exc.strerror or exc}") from None
+    digest: list[str] = []
+    hasher = threading.Thread(target=_hash, args=(memoryview(data), digest), daemon=True)
+    hasher.start()
+    try:
+        header = read_safetensors_header(path, data=data)  # parsed once for both readers
+        lora = load_lora(path, data=data, _header=header)
+        info = file_info(path, data, _header=header)
+    finally:
+        hasher.join()
+    try:
+        changed = identity(os.stat(path)) != identity(before) or len(data) != before.st_size
+    except OSError:
+        changed = True
+    if changed:
+        raise UnreadableFileError(path, "the file changed or vanished while it was being read")
+    if select is not None:
+        lora.modules = select.modules(lora)
+        if not lora.modules:
+            raise LoraFormatError(path, f"no module matches the selection {select}")
+    return _Parsed(lora, digest[0], identity(before), info)
 
 
 def read_record(
@@ -272,41 +315,17 @@ def read_record(
         subclass) for read errors: the file may be readable later, so such a reason is never
         remembered.
     """
-    path = os.fspath(path)
-    if os.path.splitext(path)[1].lower() in PICKLE_SUFFIXES:
-        load_lora(path)  # refuses by name, with the reason, without reading
-    try:
-        before = os.stat(path)
-        if not stat.S_ISREG(before.st_mode):  # a FIFO would block the reader forever
-            raise LoraFormatError(path, f"not a regular file ({file_kind(before.st_mode)})")
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise UnreadableFileError(path, f"cannot read file: {exc.strerror or exc}") from None
-    digest: list[str] = []
-    hasher = threading.Thread(target=_hash, args=(memoryview(data), digest), daemon=True)
-    hasher.start()
-    try:
-        lora = load_lora(path, data=data)
-    finally:
-        hasher.join()
-    try:
-        changed = identity(os.stat(path)) != identity(before) or len(data) != before.st_size
-    except OSError:
-        changed = True
-    if changed:
-        raise UnreadableFileError(path, "the file changed or vanished while it was being read")
-    if select is not None:
-        lora.modules = select.modules(lora)
-        if not lora.modules:
-            raise LoraFormatError(path, f"no module matches the selection {select}")
+    return _describe(_read_and_parse(os.fspath(path), select), sketcher, descriptor)
+
+
+def _describe(parsed: _Parsed, sketcher: Sketcher, descriptor: str) -> Record:
     return describe_lora(
-        lora,
-        sha256=digest[0],
-        identity=identity(before),
+        parsed.lora,
+        sha256=parsed.sha256,
+        identity=parsed.identity,
         sketcher=sketcher,
         descriptor=descriptor,
-        info=file_info(path, data),
+        info=parsed.info,
     )
 
 
@@ -352,8 +371,13 @@ def read_outcome(
     -------
     ReadOutcome
     """
+    return _outcome(path, lambda: read_record(path, sketcher=sketcher, descriptor=descriptor, select=select))
+
+
+def _outcome(path: str, make) -> ReadOutcome:
+    """``make()``'s record, or the reason it raised (see :class:`ReadOutcome`)."""
     try:
-        return ReadOutcome(read_record(path, sketcher=sketcher, descriptor=descriptor, select=select))
+        return ReadOutcome(make())
     except UnreadableFileError as exc:  # may be readable later: not remembered
         return ReadOutcome(None, exc.reason, lasting=False, counted=False)
     except LoraFormatError as exc:
@@ -365,6 +389,10 @@ def read_files(
     paths: list, *, sketcher: Sketcher, descriptor: str, select=None, progress=None
 ) -> Iterator[tuple[int, ReadOutcome]]:
     """Read files one after the other in this process, yielding each outcome as soon as it is made.
+
+    The next file is read and parsed in a thread while this one is sketched: parsing is mostly
+    Python (it holds the GIL), sketching mostly numpy (it releases it), so the two overlap. At most
+    two files are in memory at a time.
 
     Parameters
     ----------
@@ -384,5 +412,12 @@ def read_files(
     items = enumerate(paths)
     if progress is not None:
         items = progress(items, desc="reading files", total=len(paths))
-    for position, path in items:
-        yield position, read_outcome(path, sketcher=sketcher, descriptor=descriptor, select=select)
+    with ThreadPoolExecutor(1) as reader:
+        parse = lambda p: reader.submit(_outcome, p, lambda: _read_and_parse(p, select))  # noqa: E731
+        pending = parse(paths[0]) if paths else None
+        for position, path in items:
+            outcome = pending.result()  # its record, if any, is the parsed file
+            pending = parse(paths[position + 1]) if position + 1 < len(paths) else None
+            if outcome.record is not None:
+                outcome = _outcome(path, lambda p=outcome.record: _describe(p, sketcher, descriptor))
+            yield position, outcome

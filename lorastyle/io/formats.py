@@ -735,8 +735,8 @@ def _lokr_factor_shape(path: str, name: str, shapes: dict, i: str) -> tuple[int,
 
 def _all_finite(arr: np.ndarray) -> bool:
     """No NaN or Inf, without a float32 copy of a float16 tensor (its exponent bits tell)."""
-    if arr.dtype == np.float16:
-        return not np.any((arr.view(np.uint16) & 0x7C00) == 0x7C00)
+    if arr.dtype == np.float16:  # all exponent bits set: Inf or NaN
+        return arr.size == 0 or int((arr.view(np.uint16) & 0x7FFF).max()) < 0x7C00
     return bool(np.isfinite(arr).all())
 
 
@@ -749,7 +749,7 @@ def _dtype_name(dtypes: set[str]) -> str:
 # ---------------------------------------------------------------------------
 
 
-def load_lora(path: str | os.PathLike, *, data: bytes | memoryview | None = None) -> LoRA:
+def load_lora(path: str | os.PathLike, *, data: bytes | memoryview | None = None, _header: tuple | None = None) -> LoRA:
     """Read a LoRA file of any supported layout.
 
     Factors keep their stored dtype (float16 stays float16, as views of the bytes read; bfloat16
@@ -782,7 +782,8 @@ def load_lora(path: str | os.PathLike, *, data: bytes | memoryview | None = None
     ('kohya', 'sd1', [8])
     """
     path = os.fspath(path)
-    entries, header_metadata, start = read_safetensors_header(path, data=data)
+    # _header: what read_safetensors_header returned for these bytes (the index parses it once for two readers)
+    entries, header_metadata, start = _header if _header is not None else read_safetensors_header(path, data=data)
     layout = read_layout(path, entries, header_metadata)  # names and shapes: what describe_file reads too
     tensors, metadata = read_safetensors(path, data=data, _header=(entries, header_metadata, start))
     for key, alpha in layout.metadata_alphas.items():

@@ -469,7 +469,13 @@ def _flux_names(path: str, modules: dict[str, tuple]) -> dict[str, str]:
     }
 
 
-def describe_file(path: str | os.PathLike, *, hashes: bool = True, data: bytes | memoryview | None = None) -> dict:
+def describe_file(
+    path: str | os.PathLike,
+    *,
+    hashes: bool = True,
+    data: bytes | memoryview | None = None,
+    _header: tuple | None = None,
+) -> dict:
     """Describe a LoRA file from its header: what ``lorastyle inspect`` prints.
 
     Parameters
@@ -503,7 +509,8 @@ def describe_file(path: str | os.PathLike, *, hashes: bool = True, data: bytes |
         NaN weights are not found here (``lorastyle inspect --check`` loads them).
     """
     path = os.fspath(path)
-    entries, metadata, data_start = read_safetensors_header(path, data=data)
+    # _header: as in load_lora
+    entries, metadata, data_start = _header if _header is not None else read_safetensors_header(path, data=data)
     layout = read_layout(path, entries, metadata)
 
     alpha_keys = [k for roles in layout.modules.values() for r, k in roles.items() if r == "alpha" and k in entries]
