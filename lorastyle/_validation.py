@@ -188,3 +188,46 @@ def sklearn_seed(random_state: RandomState) -> int | None:
     if random_state is None or _is_int(random_state):
         return random_state
     return int(check_random_state(random_state).integers(2**31 - 1))
+
+
+# The fitted state of a ``precomputed`` StyleEmbedding as plain arrays (an index stores it so). Checked
+# here, without scikit-learn, so that loading an index checks it without importing scikit-learn.
+EMBEDDING_STATE = (
+    "embedding_",
+    "calibration_",
+    "dual_coef_",
+    "kernel_col_means_",
+    "explained_variance_",
+    "explained_variance_ratio_",
+)
+
+
+def check_embedding_state(state: dict) -> tuple[int, int]:
+    """Check the arrays of :meth:`lorastyle.embedding.StyleEmbedding.get_state`; return (n, n_components).
+
+    Raises
+    ------
+    ValueError
+        When an array is missing, of the wrong shape, or not finite.
+    """
+    missing = [name for name in EMBEDDING_STATE if name not in state]
+    if missing:
+        raise ValueError(f"embedding state lacks {', '.join(missing)}")
+    emb = state["embedding_"]
+    if emb.ndim != 2 or emb.shape[0] < 2 or emb.shape[1] < 1:
+        raise ValueError(f"embedding_ has shape {emb.shape}")
+    n, k = emb.shape
+    want = {
+        "calibration_": (k,),
+        "dual_coef_": (n, k),
+        "kernel_col_means_": (n,),
+        "explained_variance_": (k,),
+        "explained_variance_ratio_": (k,),
+    }
+    for name, shape in want.items():
+        if state[name].shape != shape:
+            raise ValueError(f"{name} has shape {state[name].shape}, expected {shape}")
+    for name in EMBEDDING_STATE:
+        if not np.all(np.isfinite(state[name])):
+            raise ValueError(f"{name} holds NaN or Inf values")
+    return n, k

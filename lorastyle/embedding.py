@@ -39,7 +39,7 @@ from sklearn.decomposition import PCA, IncrementalPCA
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._validation import RandomState, check_random_state, sklearn_seed
+from ._validation import EMBEDDING_STATE, RandomState, check_embedding_state, check_random_state, sklearn_seed
 
 __all__ = ["StyleEmbedding", "calibration_factors", "center_kernel"]
 
@@ -333,15 +333,7 @@ class StyleEmbedding(TransformerMixin, BaseEstimator):
         Z = self.transform(X)
         return Z * self.calibration_ if calibrated else Z
 
-    # the fitted state of a ``precomputed`` embedding as plain arrays (an index stores it so)
-    _STATE = (
-        "embedding_",
-        "calibration_",
-        "dual_coef_",
-        "kernel_col_means_",
-        "explained_variance_",
-        "explained_variance_ratio_",
-    )
+    _STATE = EMBEDDING_STATE
 
     def get_state(self) -> dict[str, np.ndarray]:
         """The fitted ``precomputed`` embedding as named float64 arrays (for a file; never a pickle).
@@ -376,26 +368,7 @@ class StyleEmbedding(TransformerMixin, BaseEstimator):
         ValueError
             When an array is missing, of the wrong shape, or not finite.
         """
-        missing = [name for name in cls._STATE if name not in state]
-        if missing:
-            raise ValueError(f"embedding state lacks {', '.join(missing)}")
-        emb = state["embedding_"]
-        if emb.ndim != 2 or emb.shape[0] < 2 or emb.shape[1] < 1:
-            raise ValueError(f"embedding_ has shape {emb.shape}")
-        n, k = emb.shape
-        want = {
-            "calibration_": (k,),
-            "dual_coef_": (n, k),
-            "kernel_col_means_": (n,),
-            "explained_variance_": (k,),
-            "explained_variance_ratio_": (k,),
-        }
-        for name, shape in want.items():
-            if state[name].shape != shape:
-                raise ValueError(f"{name} has shape {state[name].shape}, expected {shape}")
-        for name in cls._STATE:
-            if not np.all(np.isfinite(state[name])):
-                raise ValueError(f"{name} holds NaN or Inf values")
+        n, k = check_embedding_state(state)
         self = cls(n_components=k, solver="precomputed", **params)
         for name in cls._STATE:
             setattr(self, name, np.asarray(state[name], dtype=np.float64))

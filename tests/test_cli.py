@@ -433,6 +433,21 @@ def test_similar_in_index_query(collection, built_indexes, capsys, descriptor):
         assert all(-1.0 - 1e-9 <= s <= 1.0 + 1e-9 for s in scores)
 
 
+def test_a_cosine_query_does_not_import_scikit_learn_and_a_pca_query_does(collection, built_indexes):
+    """scikit-learn takes about 1.5 s to import: the default query must not pay it (the PCA scorer must)."""
+    index_path = built_indexes["gram"][1]
+    probe = (
+        "import sys\nfrom lorastyle.cli import main\n"
+        "status = main(['similar', sys.argv[1], sys.argv[2], '-k', '2', '--json', '--scorer', sys.argv[3]])\n"
+        "print(status, 'sklearn' in sys.modules, file=sys.stderr)\n"
+    )
+    for scorer, imported in (("cosine", "False"), ("pca", "True")):
+        proc = subprocess.run(
+            [sys.executable, "-c", probe, index_path, collection["outside"], scorer], capture_output=True, text=True
+        )
+        assert proc.stderr.strip().splitlines()[-1] == f"0 {imported}", proc.stderr
+
+
 @pytest.mark.parametrize("descriptor", DESCRIPTORS)
 def test_similar_out_of_index_query(collection, built_indexes, capsys, descriptor):
     index_path = built_indexes[descriptor][1]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import __version__
-from .._validation import check_option, check_positive_int
+from .._validation import check_embedding_state, check_option, check_positive_int
 from ..comparability import Layout
 from ..descriptors import DESCRIPTORS, ModuleSelection
 from ..errors import IncomparableLorasError, LoraFormatError
@@ -71,9 +71,26 @@ class Group:
 
     key: str
     records: list
-    embedding: object = None
+    _embedding: object = field(default=None, repr=False)
     ann: object = None
     _matrix: SketchMatrix | None = field(default=None, repr=False)
+    # a loaded embedding's checked arrays, made a StyleEmbedding when first asked for: scikit-learn
+    # takes 1.5 s to import, and a query scored by cosine never needs it
+    _embedding_state: dict | None = field(default=None, repr=False)
+
+    @property
+    def embedding(self):
+        """The paper's calibrated PCA (StyleEmbedding) of the group, or None."""
+        if self._embedding is None and self._embedding_state is not None:
+            from ..embedding import StyleEmbedding
+
+            self._embedding = StyleEmbedding.from_state(self._embedding_state)
+            self._embedding_state = None
+        return self._embedding
+
+    @embedding.setter
+    def embedding(self, value) -> None:
+        self._embedding, self._embedding_state = value, None
 
     @property
     def base(self) -> str:
@@ -306,8 +323,6 @@ class LoraIndex:
 
     @classmethod
     def _from_parts(cls, tensors: dict, meta: dict) -> LoraIndex:
-        from ..embedding import StyleEmbedding
-
         def need(condition: bool, what: str) -> None:
             if not condition:
                 raise ValueError(what)
@@ -374,12 +389,11 @@ class LoraIndex:
                     )
                 )
             state = {k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"g{gi}/pca/")}
-            embedding = StyleEmbedding.from_state(state) if state else None
-            need(embedding is None or embedding.embedding_.shape[0] == n, "the PCA embedding's size")
+            need(not state or check_embedding_state(state)[0] == n, "the PCA embedding's size")
             ann_state = {k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"g{gi}/ann/")}
             ann = AnnIndex.from_state(ann_state) if ann_state else None
             need(ann is None or len(ann.reduced_) == n, "the ANN index's size")
-            group = Group(key=str(g["key"]), records=records, embedding=embedding, ann=ann)
+            group = Group(key=str(g["key"]), records=records, ann=ann, _embedding_state=state or None)
             group._matrix = SketchMatrix(parts=tuple(parts), unit=unit, norms=norms)
             groups[group.key] = group
         skipped = [
