@@ -394,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive_int,
         metavar="N",
-        help="read the files in N local worker processes (a Dask LocalCluster); default: in this process",
+        help="read the files in N local worker processes (a Dask LocalCluster); default: in this process, each "
+        "file's modules sketched on one thread per core (at most 4) while the next file is read",
     )
     p.set_defaults(run=_index)
 

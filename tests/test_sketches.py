@@ -277,3 +277,43 @@ def test_stacked_modules_equal_module_by_module_sketches(monkeypatch):
         v, norm2 = Sketcher(workers=1).sketch_and_norm(sub, descriptor)
         np.testing.assert_allclose(parts["unet"][0], v, rtol=1e-6, atol=1e-9)
         assert parts["unet"][1] == pytest.approx(norm2, rel=1e-12)
+
+
+def test_a_loha_is_sketched_through_its_factors_not_its_delta_w():
+    """(A1 B1) * (A2 B2) = khatri_rao(A1, A2) khatri_rao(B1^T, B2^T)^T: rank 16^2 = 256 of 2048 x 2048.
+
+    Its delta-W would be 16 MB (float32) and its Gram matrix as much again; the sketch stays below
+    either, and equals the sketch of the expanded low-rank form (the brute force of delta-W is the
+    unbiasedness test's).
+    """
+    import tracemalloc
+
+    rng = np.random.default_rng(8)
+    f = {
+        k: (rng.standard_normal(s) * 0.1).astype(np.float16)
+        for k, s in (
+            ("hada_w1_a", (2048, 16)),
+            ("hada_w1_b", (16, 2048)),
+            ("hada_w2_a", (2048, 16)),
+            ("hada_w2_b", (16, 2048)),
+        )
+    }
+    m = build_module("h", "unet.big.to_q", "unet", {**f, "alpha": np.float32(16)})
+    lo = LoRA(path="h", format="lycoris-loha", base="tiny", modules={m.name: m}, dtype="float16")
+    sk = Sketcher(workers=1)
+    sk.sketch(lo)  # hash matrices made outside the measurement
+    tracemalloc.start()
+    try:
+        got = sk.sketch(lo, "gram")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 << 20, f"peak {peak >> 20} MB"
+    D = (
+        m.scale
+        * (f["hada_w1_a"].astype(np.float64) @ f["hada_w1_b"])
+        * (f["hada_w2_a"].astype(np.float64) @ f["hada_w2_b"])
+    )
+    U, V = m.low_rank()
+    np.testing.assert_allclose(m.scale * (U.astype(np.float64) @ V), D, rtol=1e-4, atol=1e-6)
+    assert np.linalg.norm(got) > 0

@@ -225,9 +225,9 @@ class AnnIndex:
             ids = self.candidates_of(q, self.candidates + 1)
             if exclude is not None:
                 ids = ids[ids != exclude[i]]
-            exact = np.asarray(X[np.sort(ids)], np.float32) @ q
-            order = np.argsort(-exact)[:k]
-            out.append(np.sort(ids)[order])
+            ids = np.sort(ids)  # rows in file order: X may be a memory map
+            exact = np.asarray(X[ids], np.float32) @ q
+            out.append(ids[np.argsort(-exact)[:k]])
         return out
 
     def get_state(self) -> dict:

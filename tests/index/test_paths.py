@@ -421,3 +421,31 @@ def test_no_reader_ever_opens_a_fifo(tmp_path, monkeypatch, reader):
     }[reader]
     with pytest.raises(LoraFormatError, match="not a regular file"):
         call()
+
+
+def test_reading_ahead_yields_what_reading_one_by_one_gives(tmp_path):
+    """read_files parses the next file in a thread: outcomes, their order and their records are unchanged."""
+    from lorastyle.sketches import Sketcher
+
+    paths = []
+    for i, kind in enumerate(["good", "truncated", "good", "missing", "empty", "good"]):
+        p = tmp_path / f"{i}-{kind}.safetensors"
+        if kind == "good":
+            good(p, i)
+        elif kind == "truncated":
+            good(p, i)
+            p.write_bytes(p.read_bytes()[:-7])
+        elif kind == "empty":
+            p.write_bytes(b"")
+        paths.append(str(p))
+    sk = Sketcher(dim=256, module_dim=64)
+    ahead = list(records_module.read_files(paths, sketcher=sk, descriptor="gram"))
+    assert [pos for pos, _ in ahead] == list(range(len(paths)))
+    for path, (_, got) in zip(paths, ahead):
+        want = records_module.read_outcome(path, sketcher=sk, descriptor="gram")
+        assert (got.reason, got.lasting, got.counted) == (want.reason, want.lasting, want.counted)
+        assert (got.record is None) == (want.record is None) == ("good" not in path)
+        if got.record is not None:
+            assert got.record.sha256 == want.record.sha256
+            np.testing.assert_array_equal(got.record.sketches["unet"], want.record.sketches["unet"])
+    assert list(records_module.read_files([], sketcher=sk, descriptor="gram")) == []
