@@ -20,6 +20,8 @@ __all__ = [
     "check_option",
     "check_options",
     "check_random_state",
+    "check_embedding_state",
+    "EMBEDDING_STATE",
     "sklearn_seed",
 ]
 
@@ -203,7 +205,17 @@ EMBEDDING_STATE = (
 
 
 def check_embedding_state(state: dict) -> tuple[int, int]:
-    """Check the arrays of :meth:`lorastyle.embedding.StyleEmbedding.get_state`; return (n, n_components).
+    """Check the arrays of :meth:`lorastyle.embedding.StyleEmbedding.get_state`.
+
+    Parameters
+    ----------
+    state : dict of str to ndarray
+
+    Returns
+    -------
+    n : int
+        Number of embedded items.
+    n_components : int
 
     Raises
     ------
