@@ -50,6 +50,7 @@ __all__ = [
     "representations",
     "representation_kind",
     "paired_top1_table",
+    "subnetwork_paired_table",
     "colour_statistics",
     "downsampled_pixels",
     "DESCRIPTOR_NAMES",
@@ -507,8 +508,6 @@ def paired_top1_table(
     """
     import pandas as pd
 
-    from ..metrics import mcnemar_test, paired_bootstrap
-
     ids = coll.ids(collection)
     y = coll.labels(ids, level)
     artists = coll.labels(ids, "artist")
@@ -520,13 +519,28 @@ def paired_top1_table(
     if reference not in reps:
         raise ValueError(f"reference {reference!r} is not one of the representations {sorted(reps)}")
     results = {name: restricted_top1(Z, y, allowed) for name, Z in reps.items()}
+    rows = _compared_with(results, reference, artists, n_resamples=n_resamples, random_state=random_state)
+    for row in rows:
+        row["kind"] = representation_kind(row["representation"])
+    columns = ["representation", "kind", *[c for c in rows[0] if c not in ("representation", "kind")]]
+    return pd.DataFrame(rows)[columns]
+
+
+def _compared_with(results: dict, reference: str, artists: np.ndarray, *, n_resamples: int, random_state) -> list:
+    """Rows of :func:`paired_top1_table` from :func:`restricted_top1`'s results per representation.
+
+    Every representation is counted on the queries the reference can answer, and compared
+    with it on those: exact McNemar on the discordant queries, bootstrap over artists.
+    """
+    from ..metrics import mcnemar_test, paired_bootstrap
+
     queried, ref_hit = results[reference][0], results[reference][1]
     rows = []
     for name, (_, hit, chance, _) in results.items():
         a, b = hit[queried], ref_hit[queried]
         n = int(queried.sum())
         top1 = float(a.mean())
-        row = {"representation": name, "kind": representation_kind(name), "n": n, "top1": top1}
+        row = {"representation": name, "n": n, "top1": top1}
         row["top1_low"], row["top1_high"] = wilson_interval(top1, n)
         row["chance"] = float(chance[queried].mean())
         boot = paired_bootstrap(a, b, artists[queried], n_resamples=n_resamples, random_state=random_state)
@@ -535,7 +549,7 @@ def paired_top1_table(
         row |= {"only_this": test["a_only"], "only_reference": test["b_only"]}
         row["p_mcnemar"] = float("nan") if name == reference else test["p_value"]
         rows.append(row)
-    return pd.DataFrame(rows)
+    return rows
 
 
 def factor_split_table(coll: Collection, *, collection: str = "main", n_components: int = 16):
@@ -1141,6 +1155,61 @@ def subnetwork_curves(
                 }
             )
     return pd.DataFrame(rows)
+
+
+def subnetwork_paired_table(
+    coll: Collection,
+    *,
+    descriptor: str = "concat",
+    dimensions: int = 8,
+    reference: str = "all modules",
+    level: str = "artist",
+    subnetworks: dict[str, ModuleSelection] | None = None,
+    n_resamples: int = 2000,
+    random_state: int = 0,
+):
+    """Each sub-network against one reference (all modules) on the same queries, at one PCA dimension.
+
+    The embeddings of :func:`subnetwork_curves`; leave-one-out top-1 by cosine
+    (:func:`restricted_top1`, every other main LoRA a candidate), compared as
+    :func:`paired_top1_table` compares representations: exact McNemar on the discordant
+    queries and a bootstrap of the difference over artists.
+
+    Parameters
+    ----------
+    coll : Collection
+    descriptor : {"concat", "delta", "gram"}, default="concat"
+    dimensions : int, default=8
+    reference : str, default="all modules"
+        A key of ``subnetworks``.
+    level : str, default="artist"
+    subnetworks : dict of str to ModuleSelection, optional
+        Default :data:`SUBNETWORKS`.
+    n_resamples : int, default=2000
+    random_state : int, default=0
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per sub-network: ``subnetwork`` and the columns of :func:`paired_top1_table`
+        but ``kind``.
+    """
+    import pandas as pd
+
+    subnetworks = subnetworks or SUBNETWORKS
+    if reference not in subnetworks:
+        raise ValueError(f"reference {reference!r} is not one of the sub-networks {sorted(subnetworks)}")
+    ids = coll.ids("main")
+    y, artists = coll.labels(ids, level), coll.labels(ids, "artist")
+    loras = [coll.lora(i) for i in ids]
+    allowed = np.ones((len(ids), len(ids)), dtype=bool)
+    results = {}
+    for name, select in subnetworks.items():
+        K = descriptor_kernel(descriptor, loras, select=select)
+        Z = StyleEmbedding(dimensions, solver="precomputed", calibrate=False).fit_transform(K)
+        results[name] = restricted_top1(Z, y, allowed)
+    rows = _compared_with(results, reference, artists, n_resamples=n_resamples, random_state=random_state)
+    return pd.DataFrame(rows).rename(columns={"representation": "subnetwork"})
 
 
 def random_module_control(

@@ -378,6 +378,47 @@ def test_random_module_control_draws_the_first_sets_that_reach_the_size(tmp_path
     assert table.top1.between(0, 1).all()
 
 
+def test_subnetwork_paired_table_compares_each_subnetwork_with_all_modules_on_the_same_queries(tmp_path):
+    # Feed-forward factors carry the artist (one large direction per artist), attention factors are small noise:
+    # feed-forward and all modules find every artist, self-attention misses some, and those misses are the
+    # discordant queries of its McNemar test against all modules.
+    import lorastyle.book.experiments as ex
+
+    rng = np.random.default_rng(6)
+    block = "unet.down_blocks.0.attentions.0.transformer_blocks.0"
+    shapes = {f"{block}.ff.net.2": (8, 16), f"{block}.attn1.to_q": (8, 8), f"{block}.attn1.to_k": (8, 8)}
+    ids = [f"{a}{k}" for a in "xyz" for k in range(3)]
+    style = {a: (rng.standard_normal((2, 16)), rng.standard_normal((8, 2))) for a in "xyz"}
+    factors = {}
+    for i in ids:
+        A, B = style[i[0]]
+        factors[i] = {
+            f"{block}.ff.net.2": (
+                10 * A + 0.1 * rng.standard_normal(A.shape),
+                10 * B + 0.1 * rng.standard_normal(B.shape),
+            ),
+            **{
+                m: (rng.standard_normal((2, n)), rng.standard_normal((o, 2)))
+                for m, (o, n) in shapes.items()
+                if "attn" in m
+            },
+        }
+    coll = _lora_collection(tmp_path, factors)
+    subnetworks = {k: ex.SUBNETWORKS[k] for k in ("all modules", "self-attention", "feed-forward")}
+    table = ex.subnetwork_paired_table(coll, dimensions=3, subnetworks=subnetworks, n_resamples=200)
+    table = table.set_index("subnetwork")
+    assert (table.n == 9).all()
+    assert table.loc["all modules", "top1"] == table.loc["feed-forward", "top1"] == 1.0
+    assert np.isnan(table.loc["all modules", "p_mcnemar"]) and table.loc["feed-forward", "p_mcnemar"] == 1.0
+    attn = table.loc["self-attention"]
+    misses = round(9 * (1 - attn.top1))
+    assert misses >= 1 and attn.only_reference == misses and attn.only_this == 0
+    assert attn.p_mcnemar == pytest.approx(binomtest(0, misses, 0.5).pvalue)
+    assert attn["diff"] == pytest.approx(attn.top1 - 1.0) and attn.diff_low <= attn["diff"] <= attn.diff_high
+    with pytest.raises(ValueError, match="reference"):
+        ex.subnetwork_paired_table(coll, reference="nothing", subnetworks=subnetworks)
+
+
 def test_map_neighbour_table_by_hand():
     from lorastyle.book.experiments import map_neighbour_table
 
