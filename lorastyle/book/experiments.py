@@ -50,6 +50,7 @@ __all__ = [
     "representations",
     "representation_kind",
     "paired_top1_table",
+    "heldout_paired_table",
     "subnetwork_paired_table",
     "colour_statistics",
     "downsampled_pixels",
@@ -960,6 +961,70 @@ def retrieval_table(
                     "S4", name, s, query_scores(X_index, y_main, feature_matrix(coll, held, e, f"gen/{s}"), y_held, k=k)
                 )
     return pd.DataFrame(rows)
+
+
+def heldout_paired_table(
+    coll: Collection,
+    *,
+    descriptors: Sequence[str] = DESCRIPTOR_NAMES,
+    encoders: Sequence[str] = (),
+    reference: str = "LoRA concat",
+    n_components: int = 16,
+    n_resamples: int = 2000,
+    random_state: int = 0,
+):
+    """Unseen queries answered from the weights (S2) and from the training images (S3), compared pairwise.
+
+    Each held-out LoRA is one query for every representation: its calibrated projection into
+    the main collection's embedding for a descriptor (:func:`retrieval_table`'s S2), its
+    training images' mean features against the main LoRAs' for an encoder (S3). A hit is a
+    nearest main LoRA (cosine) of the query's artist. Representations are compared with one
+    reference on these same queries as :func:`paired_top1_table` does (exact McNemar,
+    bootstrap over artists).
+
+    Parameters
+    ----------
+    coll : Collection
+        With ``main`` and ``heldout`` LoRAs.
+    descriptors, encoders, n_components
+        As in :func:`retrieval_table`.
+    reference : str, default="LoRA concat"
+    n_resamples : int, default=2000
+    random_state : int, default=0
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns of :func:`paired_top1_table`, with ``scenario`` (S2 or S3) after
+        ``representation``.
+    """
+    import pandas as pd
+
+    main, held = coll.ids("main"), coll.ids("heldout")
+    y_main, y_held = coll.labels(main, "artist"), coll.labels(held, "artist")
+    queries, scenario = {}, {}
+    for d in descriptors:
+        emb, loras = _lora_fit(coll, main, d, n_components)
+        Z = emb.project(descriptor_kernel(d, [coll.lora(i) for i in held], loras), calibrated=True)
+        queries[f"LoRA {d}"], scenario[f"LoRA {d}"] = (emb.embedding_, Z), "S2"
+    for e in encoders:
+        name = ENCODER_NAMES.get(e, e)
+        queries[name], scenario[name] = (feature_matrix(coll, main, e), feature_matrix(coll, held, e)), "S3"
+    if reference not in queries:
+        raise ValueError(f"reference {reference!r} is not one of the representations {sorted(queries)}")
+    same = y_held[:, None] == y_main[None, :]
+    results = {}
+    for name, (index, Q) in queries.items():
+        S = similarity_matrix(np.asarray(Q, np.float64), np.asarray(index, np.float64), metric="cosine")
+        nearest = S.argmax(axis=1)
+        queried = same.any(axis=1)
+        hit = queried & same[np.arange(len(held)), nearest]
+        results[name] = (queried, hit, same.mean(axis=1), nearest)
+    rows = _compared_with(results, reference, y_held, n_resamples=n_resamples, random_state=random_state)
+    for row in rows:
+        row["scenario"] = scenario[row["representation"]]
+    columns = ["representation", "scenario", *[c for c in rows[0] if c not in ("representation", "scenario")]]
+    return pd.DataFrame(rows)[columns]
 
 
 def structure_comparison(

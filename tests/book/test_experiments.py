@@ -296,6 +296,43 @@ def test_paired_top1_table_counts_the_discordant_queries(tmp_path, monkeypatch):
         ex.paired_top1_table(coll, reference="LoRA concat", descriptors=(), encoders=("good",))
 
 
+def test_heldout_paired_table_scores_unseen_queries_as_query_scores_does(tmp_path, monkeypatch):
+    # Six main LoRAs of three artists and six held-out queries; features "a" and "b" place the queries near
+    # their artist's main LoRAs, "b" with two queries moved to another artist.
+    import lorastyle.book.experiments as ex
+    from lorastyle.metrics import query_scores
+
+    main = [f"{a}{k}" for a in "xyz" for k in range(2)]
+    held = [f"h{a}{k}" for a in "xyz" for k in range(2)]
+    train = {i: np.zeros((1, 2, 2, 3), np.uint8) for i in main + held}
+    coll = _fake_collection(tmp_path, train, train, collection="main")
+    for r in coll.rows:
+        r["artist"] = r["id"][-2]
+        r["collection"] = "heldout" if r["id"].startswith("h") else "main"
+    rng = np.random.default_rng(2)
+    base = {"x": [1, 0, 0], "y": [0, 1, 0], "z": [0, 0, 1]}
+    a = {i: np.array(base[i[-2]]) + 0.1 * rng.random(3) for i in main + held}
+    b = dict(a) | {"hx0": np.array([0, 1, 0.1]), "hy1": np.array([0.1, 0, 1])}
+    feats = {"a": a, "b": b}
+    monkeypatch.setattr(ex, "feature_matrix", lambda c, ids, e, *args: np.array([feats[e][i] for i in ids]))
+    monkeypatch.setitem(ex.ENCODER_NAMES, "a", "a")
+    monkeypatch.setitem(ex.ENCODER_NAMES, "b", "b")
+    table = ex.heldout_paired_table(coll, descriptors=(), encoders=("a", "b"), reference="a", n_resamples=300)
+    table = table.set_index("representation")
+    y_main, y_held = coll.labels(coll.ids("main"), "artist"), coll.labels(coll.ids("heldout"), "artist")
+    for e in ("a", "b"):
+        X_main = np.array([feats[e][i] for i in coll.ids("main")])
+        X_held = np.array([feats[e][i] for i in coll.ids("heldout")])
+        assert table.loc[e, "top1"] == pytest.approx(query_scores(X_main, y_main, X_held, y_held, k=(1,))["top1"])
+    assert (table.scenario == "S3").all() and (table.n == 6).all()
+    assert table.loc["a", "top1"] == 1.0 and table.loc["b", "top1"] == pytest.approx(4 / 6)
+    assert table.loc["b", "only_reference"] == 2 and table.loc["b", "only_this"] == 0
+    assert table.loc["b", "p_mcnemar"] == pytest.approx(binomtest(0, 2, 0.5).pvalue)
+    assert table.loc["a", "chance"] == pytest.approx(2 / 6)
+    with pytest.raises(ValueError, match="reference"):
+        ex.heldout_paired_table(coll, descriptors=(), encoders=("a",))
+
+
 def test_representation_kind_names_weights_encoders_and_baselines():
     from lorastyle.book.experiments import ENCODER_NAMES, representation_kind
 
