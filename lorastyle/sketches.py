@@ -263,7 +263,8 @@ class Sketcher:
         Parameters
         ----------
         modules : list of LoraModule
-            Of kind ``"lora"``, one shape and one rank, without row slices (:func:`is_plain`).
+            Of kind ``"lora"``, of one shape and one stored rank, without row slices (those for which
+            ``_plain_key`` gives one key).
         descriptor : {"gram", "delta"}
 
         Returns
@@ -271,7 +272,7 @@ class Sketcher:
         list of ModuleSketch
         """
         n = len(modules)
-        (out, inp), k = modules[0].shape, modules[0].rank
+        (out, inp), k = modules[0].shape, modules[0].factors["lora_down"].shape[0]
         U = np.empty((n, out, k), dtype=np.float32)
         V = np.empty((n, k, inp), dtype=np.float32)
         for i, m in enumerate(modules):
