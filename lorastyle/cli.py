@@ -163,7 +163,14 @@ def _similar(args) -> int:
 
     index = LoraIndex.load(args.index)
     query = read_record(args.query, sketcher=index.sketcher, descriptor=index.descriptor, select=index.select)
-    results = index.similar(query, k=args.k, scorer=args.scorer)
+    query_lora = None
+    if args.rerank:
+        from .io.formats import load_lora
+
+        query_lora = load_lora(args.query)
+        if index.select is not None:
+            query_lora.modules = index.select.modules(query_lora)
+    results = index.similar(query, k=args.k, scorer=args.scorer, rerank=args.rerank or 0, query_lora=query_lora)
     if args.json:
         print(json.dumps(results))
     else:
@@ -171,7 +178,8 @@ def _similar(args) -> int:
             flag = ""
             if "p_value" in r:
                 flag = f"  p={r['p_value']:.3g}" + ("  same source likely" if r["same_source_likely"] else "")
-            _print(f"{r['score']:+.4f}{flag}  {r['path']}")
+            exact = "  (exact)" if r.get("exact") else ""
+            _print(f"{r['score']:+.4f}{flag}{exact}  {r['path']}")
     return 0
 
 
@@ -418,6 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="cosine",
         help="cosine (default): the descriptors' cosine, the same in any folder; pca: the cosine in the family's "
         "calibrated PCA embedding (the paper's method), which depends on what else is indexed",
+    )
+    p.add_argument(
+        "--rerank",
+        type=_positive_int,
+        metavar="N",
+        help="read the N best-scored files again and score them exactly, not by their sketches (marked "
+        "'(exact)'; with --scorer cosine and the gram or delta descriptor): for real files of strangers, whose "
+        "scores of 0.01-0.03 are near the sketches' error",
     )
     p.add_argument(
         "--json",

@@ -50,6 +50,7 @@ __all__ = [
     "delta_inner_products",
     "gram_inner_products",
     "descriptor_kernel",
+    "module_cosines",
 ]
 
 DESCRIPTORS = ("concat", "delta", "gram")
@@ -279,6 +280,46 @@ def gram_inner_products(
     ndarray of shape (len(X), len(Y))
     """
     return _kernel("gram", X, Y, select, batch_size)
+
+
+def module_cosines(
+    descriptor: str, X: Sequence[LoRA], Y: Sequence[LoRA], *, select: ModuleSelection | None = None
+) -> dict[str, np.ndarray]:
+    """Per module, the exact cosine of the ``delta`` or ``gram`` descriptors of X's and Y's LoRAs, in low rank.
+
+    ``C[name][i, j] = <D_i, D_j> / (||D_i|| ||D_j||)`` with ``D`` the module's delta-W (``delta``)
+    or its Gram matrix ``dW dW^T`` (``gram``); 0 where either LoRA lacks the module or its update
+    is zero. What the index's per-module normalised sketches estimate (:mod:`lorastyle.sketches`).
+
+    Parameters
+    ----------
+    descriptor : {"delta", "gram"}
+    X, Y : sequence of LoRA
+    select : ModuleSelection, optional
+
+    Returns
+    -------
+    dict of str to ndarray of shape (len(X), len(Y))
+        One entry per module name either side has.
+
+    Raises
+    ------
+    IncomparableLorasError
+        As :func:`descriptor_kernel`.
+    """
+    if descriptor not in ("delta", "gram"):
+        raise ValueError(f"module cosines are defined for delta and gram, not {descriptor!r}")
+    both = _checked(list(X) + list(Y), descriptor, select)
+    X, Y = both[: len(X)], both[len(X) :]
+    out = {}
+    for name in sorted({name for lora in both for name in lora.modules}):
+        K = _kernel_tile(descriptor, X, Y, [name])
+        nx = np.sqrt([_kernel_tile(descriptor, [x], [x], [name])[0, 0] if name in x.modules else 0.0 for x in X])
+        ny = np.sqrt([_kernel_tile(descriptor, [y], [y], [name])[0, 0] if name in y.modules else 0.0 for y in Y])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            C = K / np.outer(nx, ny)
+        out[name] = np.nan_to_num(C, nan=0.0, posinf=0.0, neginf=0.0)
+    return out
 
 
 def descriptor_kernel(

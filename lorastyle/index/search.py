@@ -199,3 +199,38 @@ class FullVectors:
         V = np.concatenate(blocks, axis=1)
         norm = np.linalg.norm(V, axis=1, keepdims=True)
         return np.divide(V, norm, out=np.zeros_like(V), where=norm > 0)
+
+
+def exact_cosines(descriptor: str, query, candidates: list, *, select=None) -> np.ndarray:
+    """The score :meth:`SketchMatrix.cosines` estimates, computed exactly from the files' factors.
+
+    Every module's descriptor scaled to unit norm (:func:`lorastyle.descriptors.module_cosines`),
+    the modules of the model parts both files adapt summed: ``sum_m cos_m / sqrt(n_q n_c)`` with
+    ``n`` the number of non-zero modules each file has in those parts.
+
+    Parameters
+    ----------
+    descriptor : {"gram", "delta"}
+    query : LoRA
+    candidates : list of LoRA
+    select : ModuleSelection, optional
+
+    Returns
+    -------
+    ndarray of shape (len(candidates),)
+    """
+    from ..descriptors import module_cosines
+    from ..sketches import delta_norm2
+
+    C = module_cosines(descriptor, [query], candidates, select=select)
+    nonzero = lambda lora: {n: m.part for n, m in lora.modules.items() if delta_norm2(m) > 0}  # noqa: E731
+    mine = nonzero(query)
+    out = np.zeros(len(candidates))
+    for j, cand in enumerate(candidates):
+        theirs = nonzero(cand)
+        shared = set(mine.values()) & set(theirs.values())
+        n_q = sum(part in shared for part in mine.values())
+        n_c = sum(part in shared for part in theirs.values())
+        num = sum(C[name][0, j] for name, part in mine.items() if part in shared and name in theirs)
+        out[j] = num / np.sqrt(n_q * n_c) if n_q and n_c else 0.0
+    return np.clip(out, -1.0, 1.0)

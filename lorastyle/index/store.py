@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -162,7 +163,9 @@ class LoraIndex:
             )
         return group
 
-    def similar(self, query: Record, k: int = 10, *, scorer: str = "cosine") -> list[dict]:
+    def similar(
+        self, query: Record, k: int = 10, *, scorer: str = "cosine", rerank: int = 0, query_lora=None
+    ) -> list[dict]:
         """The ``k`` indexed files most similar to ``query``, best first.
 
         A query whose path is in the index is left out of its own results; another copy of the
@@ -176,12 +179,20 @@ class LoraIndex:
             ``cosine``: the cosine of the descriptors over the parts both adapt (the same in any
             folder); ``pca``: the cosine in the group's calibrated PCA embedding (the paper's
             method; depends on the folder).
+        rerank : int, default=0
+            With ``cosine``: read the ``rerank`` best-scored files again and score them by the exact
+            descriptors (:func:`lorastyle.index.search.exact_cosines`) instead of their sketches,
+            best first; for files whose scores are near the sketch's error (real files of
+            strangers score 0.01-0.03). A file that cannot be read keeps its sketch's score.
+        query_lora : LoRA, optional
+            The query's loaded file, needed for ``rerank`` (with the index's selection applied).
 
         Returns
         -------
         list of dict
             ``path``, ``score``, and for ``cosine`` with a calibration for these settings,
-            ``p_value`` and ``same_source_likely``.
+            ``p_value`` and ``same_source_likely``; with ``rerank``, ``exact`` (whether the score
+            is the exact one).
         """
         k = check_positive_int(k, "k")
         check_option(scorer, "scorer", SCORERS)
@@ -207,7 +218,14 @@ class LoraIndex:
                 scores = np.nan_to_num(Z @ z / (np.linalg.norm(Z, axis=1) * np.linalg.norm(z)))
         own = os.path.abspath(query.path)
         candidates = [i for i in (range(len(group.records)) if rows is None else rows) if group.records[i].path != own]
-        order = sorted(candidates, key=lambda i: (-scores[i], group.records[i].path))[:k]
+        order = sorted(candidates, key=lambda i: (-scores[i], group.records[i].path))
+        exact = set()
+        if rerank and scorer == "cosine" and self.descriptor in ("gram", "delta"):
+            if query_lora is None:
+                raise ValueError("rerank needs the query's loaded file (query_lora)")
+            exact = self._rerank(scores, group, order[: check_positive_int(rerank, "rerank")], query_lora)
+            order = sorted(order, key=lambda i: (i not in exact, -scores[i], group.records[i].path))
+        order = order[:k]
         calibration = (
             load_calibration(self.descriptor, self.sketcher.settings, group.base) if scorer == "cosine" else None
         )
@@ -217,8 +235,36 @@ class LoraIndex:
             if calibration is not None:
                 item["p_value"] = float(calibration.p_value(scores[i]))
                 item["same_source_likely"] = bool(scores[i] >= calibration.threshold)
+            if rerank:
+                item["exact"] = i in exact
             out.append(item)
         return out
+
+    def _rerank(self, scores: np.ndarray, group: Group, rows: list, query_lora) -> set:
+        """Replace the scores of ``rows`` by exact ones, from the files read again; the rows rescored."""
+        from ..errors import LoraFormatError
+        from ..io.formats import load_lora
+        from .search import exact_cosines
+
+        loaded = {}
+        for i in rows:
+            try:
+                lora = load_lora(group.records[i].path)
+            except (LoraFormatError, OSError) as exc:
+                warnings.warn(f"{group.records[i].path}: not rescored, it cannot be read ({exc})", stacklevel=3)
+                continue
+            if self.select is not None:
+                lora.modules = self.select.modules(lora)
+            loaded[i] = lora
+        if loaded:
+            try:
+                exact = exact_cosines(self.descriptor, query_lora, list(loaded.values()), select=None)
+            except IncomparableLorasError as exc:  # a file changed since it was indexed
+                warnings.warn(f"not rescored: {exc}", stacklevel=3)
+                return set()
+            for i, score in zip(loaded, exact):
+                scores[i] = score
+        return set(loaded)
 
     # ------------------------------------------------------------------ saving
 
