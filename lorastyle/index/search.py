@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["SketchMatrix", "FullVectors", "SCORERS"]
+__all__ = ["SketchMatrix", "FullVectors", "SCORERS", "exact_cosines"]
 
 SCORERS = ("cosine", "pca")
 # Rows converted from float16 at once: bounds the temporary float32 copy of a group's sketches.
