@@ -166,8 +166,8 @@ class Sketcher:
     workers : int, optional
         Threads that sketch modules in parallel (the result does not depend on it). Default: one
         per core, at most :data:`MAX_WORKERS`. While they run, BLAS runs on one thread: its own
-        threads on a module's small products cost more than they save (three times the time on
-        SDXL files, measured in benchmark B1).
+        threads on a module's small products cost more than they save (they tripled the time of
+        an SDXL file on 2 cores).
 
     Attributes
     ----------
