@@ -109,8 +109,10 @@ book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 
 # One thread: on a 2-core machine shared with other work, 2 torch threads run slower than 1.
+# LoRAs trained at once by `make data` (one process and one thread each)
+JOBS ?= 2
 data: $(STAMP)
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m lorastyle.collection.build --profile default --out data
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m lorastyle.collection.build --profile default --out data --jobs $(JOBS)
 	$(PY) -m lorastyle.book.figures data
 
 # Not timed tests: each script writes benchmarks/results/bN.json and bN.md, whatever the machine's speed.

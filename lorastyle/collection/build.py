@@ -13,7 +13,8 @@ Layout of the output folder::
     loras/<collection>/<id>.safetensors   LoRAs, diffusers/PEFT layout, metadata inside
     losses.json                loss curves (base and every LoRA)
     features/<encoder>.npz     per-LoRA mean features: train/<id> and gen/<T>-<w>/<id>
-    manifest.csv               file, sha256, artist, genre, collection, seeds, rank, training images
+    manifest.csv               file, sha256, artist, genre, painting (the three levels of truth), collection,
+                               seeds, rank, training images
     cache/                     rendered training images and samples (not committed)
 """
 
@@ -314,6 +315,58 @@ def _train_base(out: Path, profile: Profile, base_pool, load, losses: dict, devi
     return model
 
 
+def _lora_schedule(spec: LoraSpec, profile: Profile) -> dict:
+    """The keyword arguments of :func:`lorastyle.collection.diffusion.train_lora` for one LoRA."""
+    return dict(
+        rank=spec.rank,
+        alpha=spec.rank,
+        steps=profile.lora_steps,
+        batch_size=profile.lora_batch,
+        lr=profile.lora_lr,
+        seed=spec.seed,
+        init_seed=spec.init_seed,
+    )
+
+
+_WORKER_MODEL = None  # the base model of a training worker process (set by _start_worker, in that process only)
+
+
+def _start_worker(base_path: str) -> None:
+    import torch
+
+    global _WORKER_MODEL
+    torch.set_num_threads(1)
+    _WORKER_MODEL = load_base(Path(base_path))
+
+
+def _train_in_worker(images: np.ndarray, condition, schedule: dict):
+    from .diffusion import train_lora
+
+    return train_lora(_WORKER_MODEL, images, condition, **schedule)
+
+
+def _train_loras(todo, train_images, model, profile: Profile, condition, *, jobs: int, base_path: Path):
+    """Train the LoRAs of ``todo`` ((spec, key) pairs); yield their TrainedLora in the order of ``todo``."""
+    from .diffusion import train_lora
+
+    if jobs == 1 or len(todo) < 2:
+        for spec, _ in todo:
+            yield train_lora(model, train_images[spec.id], condition, **_lora_schedule(spec, profile))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: a forked torch with threads already started can deadlock
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(str(base_path),)) as pool:
+        futures = [
+            pool.submit(_train_in_worker, train_images[spec.id], condition, _lora_schedule(spec, profile))
+            for spec, _ in todo
+        ]
+        for future in futures:
+            yield future.result()
+
+
 def build_collection(
     profile: Profile,
     out: str | os.PathLike,
@@ -323,6 +376,7 @@ def build_collection(
     stylizer=None,
     progress: bool = True,
     device: str = "cpu",
+    jobs: int = 1,
 ) -> dict:
     """Run every stage of the pipeline; skip what is already done.
 
@@ -342,6 +396,11 @@ def build_collection(
     device : str, default="cpu"
         Where the diffusion model trains and samples (``cuda`` on a GPU machine). Random numbers
         are drawn on the CPU and moved, so the draws do not depend on the device.
+    jobs : int, default=1
+        LoRAs trained at once, each in its own process on one thread (CPU, tiny model only):
+        the tiny model's small batches keep one core busy at best, so two jobs on two cores
+        train about twice as many LoRAs per hour. The weights equal those of ``jobs=1`` up to
+        float rounding (the thread count changes the order of sums).
 
     Returns
     -------
@@ -350,10 +409,14 @@ def build_collection(
     """
     from tqdm.auto import tqdm
 
-    from .diffusion import TrainedLora, generate, train_lora
+    from .diffusion import TrainedLora, generate
     from .features import MagentaStyleEncoder, get_encoder, mean_features
 
     out = Path(out)
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    if jobs > 1 and (model is not None or "model_id" in profile.extra or device != "cpu"):
+        raise ValueError("jobs > 1 trains the tiny model on CPU processes; pass jobs=1 with a given model or device")
     (out / "cache").mkdir(parents=True, exist_ok=True)
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -390,8 +453,8 @@ def build_collection(
     style_vectors: dict = {}
     train_images: dict[str, np.ndarray] = {}
     t = time.perf_counter()
-    trained = 0
-    for spec in tqdm(specs, desc="loras", disable=not progress):
+    todo = []
+    for spec in tqdm(specs, desc="training images", disable=not progress):
         cache = out / "cache" / "train" / f"{spec.id}.npy"
         if cache.exists():
             train_images[spec.id] = np.load(cache, allow_pickle=False)
@@ -401,20 +464,12 @@ def build_collection(
             _save_npy(cache, train_images[spec.id])
         path = _lora_path(out, spec)
         key = _spec_hash(spec, profile, base_sha256)
-        if path.exists() and load_lora(path).metadata.get("lorastyle.spec") == key:
-            continue
-        result = train_lora(
-            model,
-            train_images[spec.id],
-            condition,
-            rank=spec.rank,
-            alpha=spec.rank,
-            steps=profile.lora_steps,
-            batch_size=profile.lora_batch,
-            lr=profile.lora_lr,
-            seed=spec.seed,
-            init_seed=spec.init_seed,
-        )
+        if not (path.exists() and load_lora(path).metadata.get("lorastyle.spec") == key):
+            todo.append((spec, key))
+    trained = 0
+    runs = _train_loras(todo, train_images, model, profile, condition, jobs=jobs, base_path=out / "base.safetensors")
+    for (spec, key), result in tqdm(zip(todo, runs), desc="loras", total=len(todo), disable=not progress):
+        path = _lora_path(out, spec)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {
             "artist": spec.artist,
@@ -440,7 +495,7 @@ def build_collection(
     sweep = {(T, w, profile.sweep_samples) for T in profile.sweep_steps for w in profile.sweep_guidance}
     generated: dict[tuple, dict[str, np.ndarray]] = {}
     for spec in tqdm(specs, desc="samples", disable=not progress):
-        if spec.collection not in ("main", "heldout", "real", "memorisation"):
+        if spec.collection not in ("main", "heldout", "real", "memorisation"):  # retrained copies: weights only
             continue
         wanted = {default} | (sweep if spec.collection == "heldout" else set())
         lora = None
@@ -568,6 +623,7 @@ def _write_manifest(out: Path, specs: list[LoraSpec]) -> None:
                 "id": spec.id,
                 "artist": spec.artist,
                 "genre": spec.genre,
+                "painting": spec.painting or "",
                 "collection": spec.collection,
                 "seed": spec.seed,
                 "init_seed": spec.init_seed,
@@ -597,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artbench", help="paper profile: the local ArtBench-10 ImageFolder copy")
     parser.add_argument("--model-id", help="paper profile: a Stable Diffusion 1.x model id or folder")
     parser.add_argument("--device", default="cpu", help="where the model trains and samples (default: cpu)")
+    parser.add_argument("--jobs", type=int, default=1, help="LoRAs trained at once, one process each (CPU; default 1)")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
     extra = dict(profile.extra)
@@ -604,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         extra["artbench_root"] = args.artbench
     if args.model_id:
         extra["model_id"] = args.model_id
-    log = build_collection(get_profile(args.profile, extra=extra), args.out, device=args.device)
+    log = build_collection(get_profile(args.profile, extra=extra), args.out, device=args.device, jobs=args.jobs)
     _log(json.dumps(log))
     return 0
 

@@ -4,8 +4,13 @@ The paper's LoRAs each saw 10-20 paintings of one artist: one style over many
 subjects. With 2-4 paintings per artist here, crops of the same paintings
 would let any image feature recognise the *pictures* rather than the style, so
 the main collection renders varied content in each artist's style (see the
-rules in :func:`plan_collection`). A second, real-pixel collection (one LoRA per
-painting, crops of that painting only) keeps a check with no stylisation in it.
+rules in :func:`plan_collection`). A second, real-pixel collection (LoRAs on
+crops of one painting only) keeps a check with no stylisation in it.
+
+Ground truth has three levels: the style painting (:attr:`LoraSpec.painting`),
+the artist and the genre. The test that matters is across paintings: an
+artist's LoRA found through a LoRA of the same artist made from another painting.
+So the rules spread every artist's LoRAs over their paintings.
 
 A plan is plain data (:class:`LoraSpec`), deterministic for a profile's seed,
 and recorded in the manifest: for every training image its content source, crop
@@ -24,7 +29,16 @@ from .profiles import Profile
 
 __all__ = ["Artwork", "TrainingImage", "LoraSpec", "select_artists", "plan_collection", "COLLECTIONS"]
 
-COLLECTIONS = ("main", "heldout", "real", "seed_variant", "rank_variant", "memorisation")
+COLLECTIONS = (
+    "main",
+    "retrained",
+    "heldout",
+    "heldout_stranger",
+    "real",
+    "seed_variant",
+    "rank_variant",
+    "memorisation",
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,13 @@ class LoraSpec:
     rank: int
     init_seed: int
     seed: int
+
+    @property
+    def painting(self) -> str | None:
+        """The one painting the LoRA's style comes from: its images' style reference, or for
+        real-pixel LoRAs the painting cropped; None when the images come from several."""
+        sources = {im.style if im.style is not None else im.content for im in self.images}
+        return sources.pop() if len(sources) == 1 else None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -131,18 +152,25 @@ def plan_collection(
 ) -> list[LoraSpec]:
     """Decide every LoRA and its training images.
 
-    Rules (main collection, per artist):
+    Rules (per artist):
 
-    * ``loras_per_artist`` LoRAs, each on ``images_per_lora`` crops of distinct
+    * ``loras_per_artist`` main LoRAs, each on ``images_per_lora`` crops of distinct
       content sources; two LoRAs of one artist never share a content source.
-    * Styles rotate over the artist's paintings, holding the last one out when
-      there is a held-out LoRA: a LoRA's images are all rendered in one painting's
-      style, and consecutive LoRAs use different paintings.
-    * The held-out LoRA uses content and a painting no other LoRA of the artist used.
-    * Seed variants retrain LoRA 0's exact training set with other ``init_seed``;
-      rank variants with other ranks; memorisation LoRAs use its first
-      ``memorisation_images`` images only.
-    * Real-pixel LoRAs: one per painting, crops of that painting only.
+    * A LoRA's images are all rendered in one painting's style. Main LoRAs take the
+      artist's paintings in turn (sorted by id), so an artist with two paintings or more
+      has main LoRAs on at least two, as balanced as the paintings allow: every main LoRA
+      has a LoRA of its artist made from another painting.
+    * The held-out LoRA is held out by its content: sources no other LoRA of the artist
+      used, in the style of the next painting in turn (a painting the main LoRAs may use).
+    * ``training_seeds - 1`` retrained copies of every main LoRA: the same images and
+      initialisation of A, another training seed (noise and batches).
+    * With ``heldout_strangers``, every held-out LoRA also trained as a stranger would:
+      the same images, its own initialisation seed and training seed.
+    * Seed variants retrain main LoRA 0's exact training set with other ``init_seed``
+      (same training seed); rank variants with other ranks; memorisation LoRAs use its
+      first ``memorisation_images`` images only.
+    * Real-pixel LoRAs: ``real_per_painting`` per painting, each on its own random crops
+      of that painting only.
 
     Parameters
     ----------
@@ -185,49 +213,64 @@ def plan_collection(
     specs: list[LoraSpec] = []
     for a_index, artist in enumerate(artists):
         works = sorted((p for p in paintings if p.artist == artist), key=lambda p: p.id)
-        styles = works[:-1] if profile.heldout else works
         order = rng.permutation(len(content))
         chunks = [order[i * n : (i + 1) * n] for i in range(per_artist)]
         genre, slug = genres[artist], _slug(artist)
+        add = _adder(specs, profile, artist, genre)
 
         def images(chunk, style):
             return tuple(TrainingImage(content[j].id, _square_box(rng, content[j], 0.4, 0.9), style.id) for j in chunk)
 
-        def spec(
-            id_, collection, imgs, rank=profile.rank, init_seed=profile.init_seed, seed=None, artist=artist, genre=genre
-        ):
-            seed = profile.seed + len(specs) if seed is None else seed
-            return LoraSpec(
-                id=id_,
-                collection=collection,
-                artist=artist,
-                genre=genre,
-                images=imgs,
-                rank=rank,
-                init_seed=init_seed,
-                seed=seed,
-            )
-
-        main = []
-        for k in range(profile.loras_per_artist):
-            s = spec(f"main-{slug}-{k}", "main", images(chunks[k], styles[k % len(styles)]))
-            specs.append(s)
-            main.append(s)
+        main = [
+            add(f"main-{slug}-{k}", "main", images(chunks[k], works[k % len(works)]))
+            for k in range(profile.loras_per_artist)
+        ]
+        held = None
         if profile.heldout:
-            specs.append(spec(f"heldout-{slug}", "heldout", images(chunks[-1], works[-1])))
-        if a_index < profile.variant_artists:
-            for s_ in profile.variant_init_seeds:
-                # same images and training noise as main LoRA 0: only A's initialisation differs
-                specs.append(spec(f"seed-{slug}-{s_}", "seed_variant", main[0].images, init_seed=s_, seed=main[0].seed))
-            for r in profile.variant_ranks:
-                specs.append(spec(f"rank-{slug}-{r}", "rank_variant", main[0].images, rank=r, seed=main[0].seed))
-        if a_index < profile.memorisation_artists:
-            specs.append(spec(f"memo-{slug}", "memorisation", main[0].images[: profile.memorisation_images]))
+            held = add(f"heldout-{slug}", "heldout", images(chunks[-1], works[len(main) % len(works)]))
+        _add_runs(profile, a_index, slug, main, held, add)
         if profile.real_pixels:
             for w in works:
-                crops = tuple(TrainingImage(w.id, _square_box(rng, w, 0.3, 0.7), None) for _ in range(n))
-                specs.append(spec(f"real-{slug}-{w.id}", "real", crops))
+                for j in range(profile.real_per_painting):
+                    crops = tuple(TrainingImage(w.id, _square_box(rng, w, 0.3, 0.7), None) for _ in range(n))
+                    add(f"real-{slug}-{w.id}-{j}", "real", crops)
     return specs
+
+
+def _adder(specs: list[LoraSpec], profile: Profile, artist: str, genre: str):
+    """``add(id, collection, images, **fields)``: append a LoraSpec of the artist to ``specs``.
+
+    The training seed defaults to ``profile.seed`` plus the number of LoRAs planned before it,
+    so every LoRA has its own unless one is given (variants that repeat a LoRA's noise).
+    """
+
+    def add(id_: str, collection: str, images: tuple[TrainingImage, ...], **fields) -> LoraSpec:
+        fields.setdefault("seed", profile.seed + len(specs))
+        fields.setdefault("rank", profile.rank)
+        fields.setdefault("init_seed", profile.init_seed)
+        specs.append(LoraSpec(id=id_, collection=collection, artist=artist, genre=genre, images=images, **fields))
+        return specs[-1]
+
+    return add
+
+
+def _add_runs(profile: Profile, a_index: int, slug: str, main, held, add) -> None:
+    """The extra training runs of an artist's planned images: retrained, stranger, variants, memorisation."""
+    for s in main:
+        for r in range(1, profile.training_seeds):
+            add(f"retrain-{s.id.removeprefix('main-')}-{r}", "retrained", s.images)
+    if held is not None and profile.heldout_strangers:
+        # its own initialisation, as two people's LoRAs never share one (seeds above any other init seed)
+        add(f"stranger-{slug}", "heldout_stranger", held.images, init_seed=1000 + a_index)
+    first = main[0]
+    if a_index < profile.variant_artists:
+        for s_ in profile.variant_init_seeds:
+            # same images and training noise as main LoRA 0: only A's initialisation differs
+            add(f"seed-{slug}-{s_}", "seed_variant", first.images, init_seed=s_, seed=first.seed)
+        for r in profile.variant_ranks:
+            add(f"rank-{slug}-{r}", "rank_variant", first.images, rank=r, seed=first.seed)
+    if a_index < profile.memorisation_artists:
+        add(f"memo-{slug}", "memorisation", first.images[: profile.memorisation_images])
 
 
 def _centre_box(art: Artwork) -> tuple[int, int, int, int]:
@@ -254,43 +297,9 @@ def _plan_on_paintings(
         order = rng.permutation(len(works))
         chunks = [[works[j] for j in order[i * n : (i + 1) * n]] for i in range(per_artist)]
         genre, slug = genres[artist], _slug(artist)
-        first = None
-        for k, chunk in enumerate(chunks):
-            heldout = profile.heldout and k == len(chunks) - 1
-            spec = LoraSpec(
-                id=f"heldout-{slug}" if heldout else f"main-{slug}-{k}",
-                collection="heldout" if heldout else "main",
-                artist=artist,
-                genre=genre,
-                images=tuple(TrainingImage(w.id, _centre_box(w), None) for w in chunk),
-                rank=profile.rank,
-                init_seed=profile.init_seed,
-                seed=profile.seed + len(specs),
-            )
-            specs.append(spec)
-            first = first or spec
-        if a_index < profile.variant_artists:
-            specs += [
-                LoraSpec(f"seed-{slug}-{s}", "seed_variant", artist, genre, first.images, profile.rank, s, first.seed)
-                for s in profile.variant_init_seeds
-            ]
-            specs += [
-                LoraSpec(
-                    f"rank-{slug}-{r}", "rank_variant", artist, genre, first.images, r, profile.init_seed, first.seed
-                )
-                for r in profile.variant_ranks
-            ]
-        if a_index < profile.memorisation_artists:
-            specs.append(
-                LoraSpec(
-                    f"memo-{slug}",
-                    "memorisation",
-                    artist,
-                    genre,
-                    first.images[: profile.memorisation_images],
-                    profile.rank,
-                    profile.init_seed,
-                    first.seed,
-                )
-            )
+        add = _adder(specs, profile, artist, genre)
+        boxes = [tuple(TrainingImage(w.id, _centre_box(w), None) for w in chunk) for chunk in chunks]
+        main = [add(f"main-{slug}-{k}", "main", imgs) for k, imgs in enumerate(boxes[: profile.loras_per_artist])]
+        held = add(f"heldout-{slug}", "heldout", boxes[-1]) if profile.heldout else None
+        _add_runs(profile, a_index, slug, main, held, add)
     return specs

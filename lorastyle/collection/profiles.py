@@ -35,11 +35,14 @@ class Profile:
     loras_per_artist: int = 4
     images_per_lora: int = 12
     heldout: bool = True
+    training_seeds: int = 2  # training runs of every main LoRA (same images and init, own noise and batches)
+    heldout_strangers: bool = True  # held-out LoRAs also trained from their own initialisation seeds
     real_pixels: bool = True
+    real_per_painting: int = 2  # real-pixel LoRAs per painting, each on its own crops
     variant_artists: int = 3
     variant_init_seeds: tuple[int, ...] = (1, 2)
     variant_ranks: tuple[int, ...] = (2, 8)
-    memorisation_artists: int = 3
+    memorisation_artists: int = 9
     memorisation_images: int = 3
     # images
     resolution: int = 32
