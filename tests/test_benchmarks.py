@@ -105,3 +105,28 @@ def test_written_sd15_file_loads_as_sd1_kohya(tmp_path):
     }
     ff = lora.modules["unet.down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj"]
     assert ff.shape == (2560, 320)
+
+
+def test_generator_study_scores_on_worked_examples():
+    """The recipe study's two measures, on sets whose answers are known."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("lora_recipe", BENCH / "generator" / "lora_recipe.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    flat = lambda v: np.full((2, 4, 4, 3), v, dtype=np.uint8)  # noqa: E731
+    train = {"a": flat(20), "b": flat(120), "c": flat(220)}
+    mean = lambda images: images.reshape(-1, 3).mean(0)  # noqa: E731
+    # a's samples near a's colour: found; b's (200) are nearer c's set (220): missed
+    hits, ratio = study._scores({"a": flat(22), "b": flat(200)}, train, mean)
+    assert hits == 1 and 0 < ratio < 1
+    # distances sqrt(3) * (1, 201, 101) to c, a, b: the ratio of its own to the mean of the others, 1 / 151
+    hits, ratio = study._scores({"c": flat(221)}, train, mean)
+    assert hits == 1 and ratio == pytest.approx(1 / 151)
+    base = {"a": flat(120)}
+    assert study._effect({"a": flat(120)}, base, train) == (0.0, 0.0)  # no change from the base samples
+    rms, closed = study._effect({"a": flat(20)}, base, train)
+    assert rms == 100.0 and closed == 1.0  # all the way to the training images' mean colour
+    assert study._effect({"a": flat(70)}, base, train)[1] == 0.5

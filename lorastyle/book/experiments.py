@@ -56,6 +56,7 @@ __all__ = [
     "downsampled_pixels",
     "DESCRIPTOR_NAMES",
     "IMAGE_BASELINES",
+    "MODEL_BASELINES",
     "ENCODER_NAMES",
     "SUBNETWORKS",
 ]
@@ -70,7 +71,10 @@ ENCODER_NAMES = {
     "dino": "DINO",
     "colour": "Colour statistics (baseline)",
     "pixels": "Raw pixels 8x8 (baseline)",
+    "base_gradient": "Base-model loss gradient (baseline)",
 }
+#: Baselines computed by the build from the base model alone, no training (``features/<name>.npz``).
+MODEL_BASELINES = ("base_gradient",)
 
 
 @dataclass
@@ -189,9 +193,16 @@ class Collection:
     @property
     def encoders(self) -> list[str]:
         """Image encoders whose features the build computed (``features/<name>.npz``), in book order."""
-        found = {p.stem for p in (self.root / "features").glob("*.npz")}
+        found = {p.stem for p in (self.root / "features").glob("*.npz")} - set(MODEL_BASELINES)
         order = list(ENCODER_NAMES)
         return sorted(found, key=lambda e: (order.index(e) if e in order else len(order), e))
+
+    @property
+    def baselines(self) -> list[str]:
+        """The skeptic's baselines for this collection: :data:`IMAGE_BASELINES` (computed from the
+        training images), then those of :data:`MODEL_BASELINES` the build computed."""
+        found = {p.stem for p in (self.root / "features").glob("*.npz")}
+        return list(IMAGE_BASELINES) + [b for b in MODEL_BASELINES if b in found]
 
     def images(self, lora_id: str, kind: str = "train") -> np.ndarray:
         """uint8 images of a LoRA: ``train`` (its training images) or ``gen`` (generated at the default setting).
@@ -294,7 +305,8 @@ def feature_matrix(coll: Collection, ids: Sequence[str], encoder: str, source: s
         LoRA ids.
     encoder : str
         An encoder name of :attr:`Collection.encoders`, or a baseline of
-        :data:`IMAGE_BASELINES` (computed here from the training images, no model).
+        :attr:`Collection.baselines`: :data:`IMAGE_BASELINES` are computed here from the
+        training images (no model), :data:`MODEL_BASELINES` read like encoders' features.
     source : str, default="train"
         ``"train"`` (mean over each LoRA's training images) or ``"gen/<setting>"`` (mean
         over its samples at that setting); the key ``<source>/<id>`` must exist for every id.
@@ -410,12 +422,14 @@ def representation_kind(name: str) -> str:
     Returns
     -------
     str
-        ``"weights"`` (a LoRA descriptor), ``"baseline"`` (an entry of :data:`IMAGE_BASELINES`)
+        ``"weights"`` (a LoRA descriptor), ``"baseline"`` (an entry of :data:`IMAGE_BASELINES`
+        or :data:`MODEL_BASELINES`)
         or ``"image encoder"``.
     """
     if name.startswith("LoRA "):
         return "weights"
-    return "baseline" if name in {ENCODER_NAMES.get(b, b) for b in IMAGE_BASELINES} else "image encoder"
+    baselines = (*IMAGE_BASELINES, *MODEL_BASELINES)
+    return "baseline" if name in {ENCODER_NAMES.get(b, b) for b in baselines} else "image encoder"
 
 
 def _share_a_painting(coll: Collection, ids: Sequence[str]) -> np.ndarray:

@@ -94,7 +94,41 @@ def _clustering_rows(coll: ex.Collection, encoders: list[str]) -> list[dict]:
             "[Clustering](clustering.ipynb)",
         )
     )
+    rows += _base_model_rows(coll)
     return rows
+
+
+def _base_model_rows(coll: ex.Collection) -> list[dict]:
+    """The zero-training baseline: the base model's loss gradient on a LoRA's training images."""
+    if "base_gradient" not in coll.baselines:
+        return []
+    name = ex.ENCODER_NAMES["base_gradient"]
+    main = ex.paired_top1_table(coll, collection="main", encoders=["base_gradient"]).set_index("representation")
+    pooled = ex.paired_top1_table(
+        coll, collection=("main", "heldout", "real"), encoders=["base_gradient"], across_paintings=True
+    ).set_index("representation")
+    a, b = main.loc[name], pooled.loc[name]
+    ties = all(r.diff_low <= 0 <= r.diff_high for r in (a, b))
+    trails = any(r.diff_high < 0 for r in (a, b))
+    # Rule: holds when both differences (gradient minus concat) include 0, not when either is below it.
+    return [
+        _row(
+            "the trained weights do not beat the base model with no training: its loss gradient on the"
+            " same training images",
+            "ours",
+            f"gradient {a.top1:.3f} against concat {main.loc['LoRA concat'].top1:.3f} (same painting allowed), "
+            f"difference {_ci(a.diff_low, a.diff_high)}; across paintings {b.top1:.3f} against "
+            f"{pooled.loc['LoRA concat'].top1:.3f}, difference {_ci(b.diff_low, b.diff_high)} (artist bootstrap),"
+            f" McNemar p = {b.p_mcnemar:.3f}",
+            "holds" if ties else "does not hold here" if trails else "holds in part",
+            "no difference is significant on the same queries; a LoRA's first step follows this gradient"
+            if ties
+            else "the trained weights find more than the untrained model's gradient"
+            if trails
+            else "see the chapter",
+            "[Clustering](clustering.ipynb)",
+        )
+    ]
 
 
 def _structure_row(coll: ex.Collection, encoders: list[str], n_null: int = 200) -> dict:

@@ -47,6 +47,7 @@ __all__ = [
     "save_base",
     "isometric_coordinates",
     "write_images",
+    "write_gradient_features",
     "main",
 ]
 
@@ -286,14 +287,10 @@ def _lora_path(out: Path, spec: LoraSpec) -> Path:
     return out / "loras" / spec.collection / f"{spec.id}.safetensors"
 
 
-def _train_base(out: Path, profile: Profile, base_pool, load, losses: dict, device: str = "cpu"):
+def _base_images(profile: Profile, base_pool, load) -> np.ndarray:
+    """The base model's ``profile.base_images`` pre-training crops, spread over the base pool's paintings."""
     from .datasets import painting_crops
-    from .diffusion import tiny_model, train_base
 
-    path = out / "base.safetensors"
-    if path.exists():
-        return load_base(path).to(device)
-    _log(f"base: {profile.base_images} crops of {len(base_pool)} paintings, {profile.base_steps} steps")
     per = -(-profile.base_images // len(base_pool))
     images = np.concatenate(
         [
@@ -301,11 +298,22 @@ def _train_base(out: Path, profile: Profile, base_pool, load, losses: dict, devi
             for i, a in enumerate(base_pool)
         ]
     )
+    return images[: profile.base_images]
+
+
+def _train_base(out: Path, profile: Profile, base_pool, load, losses: dict, device: str = "cpu"):
+    from .diffusion import tiny_model, train_base
+
+    path = out / "base.safetensors"
+    if path.exists():
+        return load_base(path).to(device)
+    _log(f"base: {profile.base_images} crops of {len(base_pool)} paintings, {profile.base_steps} steps")
+    images = _base_images(profile, base_pool, load)
     model = tiny_model(seed=profile.seed).to(device)
     losses["base"] = train_base(
         model,
-        images[: profile.base_images],
-        [CONDITION] * min(len(images), profile.base_images),
+        images,
+        [CONDITION] * len(images),
         steps=profile.base_steps,
         batch_size=profile.base_batch,
         lr=profile.base_lr,
@@ -546,12 +554,55 @@ def build_collection(
         seed=profile.seed,
     )
     write_images(out / "images.npz", train_images, generated[default], base_samples)
+    if model.label_encoder is not None:  # the tiny model (SD's attention weights alone are ~10^8 numbers per LoRA)
+        t = time.perf_counter()
+        write_gradient_features(out, model, train_images, progress=progress)
+        timing["gradients_s"] = time.perf_counter() - t
     _write_manifest(out, specs)
     _write_json(out / "losses.json", losses)
     timing["total_s"] = time.perf_counter() - t0
     log = {"profile": profile.name, "n_loras": len(specs), "trained_now": trained, **timing}
     _write_json(out / "build_log.json", log, indent=1)
     return log
+
+
+def write_gradient_features(
+    out: str | os.PathLike, model=None, train_images: dict[str, np.ndarray] | None = None, *, progress: bool = True
+) -> Path:
+    """Write ``features/base_gradient.npz``: the base model's loss gradient on every LoRA's training images.
+
+    The zero-training baseline of the book (:func:`lorastyle.collection.diffusion.loss_gradients`):
+    keys ``train/<id>`` like the image encoders' features, in the basis of their span
+    (:func:`isometric_coordinates`), so the book reads it without torch.
+
+    Parameters
+    ----------
+    out : path
+        A built collection folder.
+    model : DiffusionModel, optional
+        Default: ``out/base.safetensors``.
+    train_images : dict of str to ndarray, optional
+        LoRA id -> training images. Default: the ``train/<id>`` arrays of ``out/images.npz``.
+    progress : bool, default=True
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    from .diffusion import loss_gradients
+
+    out = Path(out)
+    model = load_base(out / "base.safetensors") if model is None else model
+    if train_images is None:
+        with np.load(out / "images.npz", allow_pickle=False) as data:
+            train_images = {k[len("train/") :]: data[k] for k in data.files if k.startswith("train/")}
+    grads = loss_gradients(model, train_images, CONDITION, progress=progress)
+    path = out / "features" / "base_gradient.npz"
+    path.parent.mkdir(exist_ok=True)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **isometric_coordinates({f"train/{k}": v for k, v in grads.items()}))
+    return path
 
 
 def isometric_coordinates(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -654,7 +705,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-id", help="paper profile: a Stable Diffusion 1.x model id or folder")
     parser.add_argument("--device", default="cpu", help="where the model trains and samples (default: cpu)")
     parser.add_argument("--jobs", type=int, default=1, help="LoRAs trained at once, one process each (CPU; default 1)")
+    parser.add_argument(
+        "--gradients-only",
+        action="store_true",
+        help="only (re)write features/base_gradient.npz of the collection already in --out",
+    )
     args = parser.parse_args(argv)
+    if args.gradients_only:
+        _log(f"wrote {write_gradient_features(args.out)}")
+        return 0
     profile = get_profile(args.profile)
     extra = dict(profile.extra)
     if args.artbench:

@@ -39,6 +39,7 @@ __all__ = [
     "LORA_TARGETS",
     "TINY_UNET_CONFIG",
     "TrainedLora",
+    "loss_gradients",
 ]
 
 # The six module kinds a style LoRA adapts (attention projections and feed-forward).
@@ -441,6 +442,81 @@ def train_lora(
     finally:
         model.unet.unload_lora()  # removes the peft wrappers too, restoring the plain U-Net
     return TrainedLora(factors=_factors(state), rank=rank, alpha=alpha, losses=losses, checkpoints=saved)
+
+
+def loss_gradients(
+    model: DiffusionModel,
+    image_sets: dict[str, np.ndarray],
+    prompt,
+    *,
+    timesteps: Sequence[int] = (100, 300, 500, 700, 900),
+    seed: int = 0,
+    targets: Sequence[str] = LORA_TARGETS,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """The base model's denoising-loss gradient on each image set: a style descriptor with no training.
+
+    For every set, the gradient of the mean denoising loss over its images, each noised at every
+    one of ``timesteps``, with respect to the weights a LoRA adapts (``targets``), concatenated in
+    module-name order. A LoRA's first optimiser step moves along this direction (projected onto
+    its random A), so it is the baseline any trained LoRA descriptor has to beat: what the base
+    model already says about the images before any training. The noise is drawn from ``seed``
+    for each image position, the same for every set, so sets differ by their images only.
+
+    Parameters
+    ----------
+    model : DiffusionModel
+        Left unchanged (no optimiser step; gradients are cleared afterwards).
+    image_sets : dict of str to ndarray of shape (n, H, W, 3), uint8
+        Set name (a LoRA id) -> its training images.
+    prompt : int or str
+        The condition used for every image, as in training.
+    timesteps : sequence of int, default=(100, 300, 500, 700, 900)
+    seed : int, default=0
+    targets : sequence of str, default=LORA_TARGETS
+        Module name suffixes whose weight gradients are kept.
+    progress : bool, default=False
+
+    Returns
+    -------
+    dict of str to ndarray of shape (d,), dtype float32
+        Set name -> gradient; ``d`` is the number of weights of the target modules.
+    """
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(**model.scheduler_config)
+    weights = [
+        (name, module.weight)
+        for name, module in sorted(model.unet.named_modules())
+        if any(name.endswith(t) for t in targets) and isinstance(module, torch.nn.Linear)
+    ]
+    if not weights:
+        raise ValueError(f"no linear module of the model ends with any of {list(targets)}")
+    was_training = model.unet.training
+    was_trainable = [w.requires_grad for _, w in weights]
+    model.unet.eval()
+    for _, w in weights:  # train_lora leaves the base frozen: the gradient needs these weights live
+        w.requires_grad_(True)
+    out = {}
+    try:
+        for key in tqdm(sorted(image_sets), desc="loss gradients", disable=not progress):
+            dtype = weights[0][1].dtype
+            x0 = model.to_latents(_to_tensor(image_sets[key]).to(model.device, dtype))
+            n = len(x0)
+            gen = torch.Generator().manual_seed(seed)
+            ts = torch.as_tensor(list(timesteps), dtype=torch.long).repeat_interleave(n)
+            noise = torch.randn((len(ts), *x0.shape[1:]), generator=gen, dtype=dtype).to(x0.device)
+            x = x0.repeat(len(timesteps), 1, 1, 1)
+            cond = model.condition([prompt] * len(x))
+            pred = model.unet(sched.add_noise(x, noise, ts.to(x.device)), ts.to(x.device), encoder_hidden_states=cond)
+            loss = torch.nn.functional.mse_loss(pred.sample, noise)
+            grads = torch.autograd.grad(loss, [w for _, w in weights])
+            out[key] = torch.cat([g.reshape(-1) for g in grads]).detach().float().cpu().numpy()
+    finally:
+        model.unet.train(was_training)
+        for (_, w), flag in zip(weights, was_trainable):
+            w.requires_grad_(flag)
+    return out
 
 
 def _factors(state: dict[str, torch.Tensor]) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -10,6 +10,7 @@ from lorastyle.book.experiments import (
     _nearest_distances,
     colour_statistics,
     downsampled_pixels,
+    feature_matrix,
     load_collection,
     memorisation_table,
     nearest_neighbour_chance,
@@ -339,6 +340,22 @@ def test_representation_kind_names_weights_encoders_and_baselines():
     assert representation_kind("LoRA gram") == "weights"
     assert representation_kind(ENCODER_NAMES["colour"]) == representation_kind(ENCODER_NAMES["pixels"]) == "baseline"
     assert representation_kind(ENCODER_NAMES["vgg_gram"]) == "image encoder"
+    assert representation_kind(ENCODER_NAMES["base_gradient"]) == "baseline"
+
+
+def test_model_baselines_are_baselines_not_encoders(tmp_path):
+    rng = np.random.default_rng(0)
+    train = {i: rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8) for i in "ab"}
+    coll = _fake_collection(tmp_path, train, train)
+    (tmp_path / "features").mkdir()
+    assert coll.encoders == [] and coll.baselines == ["colour", "pixels"]
+    for name in ("magenta", "base_gradient"):
+        np.savez(tmp_path / "features" / f"{name}.npz", **{f"train/{i}": rng.standard_normal(4) for i in "ab"})
+    assert coll.encoders == ["magenta"] and coll.baselines == ["colour", "pixels", "base_gradient"]
+    with np.load(tmp_path / "features" / "base_gradient.npz") as f:
+        np.testing.assert_array_equal(
+            feature_matrix(coll, ["b", "a"], "base_gradient"), np.stack([f["train/b"], f["train/a"]])
+        )
 
 
 def test_structure_references_null_keeps_each_artist(tmp_path, monkeypatch):

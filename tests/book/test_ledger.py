@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from lorastyle.book.ledger import DEFAULT_SCORER, _benchmark_rows, benchmark_ledger, markdown_table
 
@@ -50,3 +51,32 @@ def test_benchmark_verdicts_follow_their_numbers(tmp_path):
         "why",
         "chapter",
     ]
+
+
+@pytest.mark.parametrize(
+    "main_diff, across_diff, verdict",
+    [
+        ((-0.05, 0.02), (-0.04, 0.06), "holds"),  # both intervals hold 0: the gradient ties the weights
+        ((-0.05, 0.02), (-0.12, -0.01), "does not hold here"),  # the trained weights win across paintings
+        ((0.01, 0.08), (-0.04, 0.06), "holds in part"),  # the gradient wins: "ties" is not the word
+    ],
+)
+def test_base_model_verdict_follows_the_difference_intervals(monkeypatch, main_diff, across_diff, verdict):
+    import pandas as pd
+
+    from lorastyle.book import experiments as ex
+    from lorastyle.book.ledger import _base_model_rows
+
+    def table(coll, *, collection, encoders, across_paintings=False):
+        low, high = across_diff if across_paintings else main_diff
+        rows = [("LoRA concat", 0.9, 0.0, 0.0, None), (ex.ENCODER_NAMES["base_gradient"], 0.88, low, high, 0.3)]
+        return pd.DataFrame(rows, columns=["representation", "top1", "diff_low", "diff_high", "p_mcnemar"])
+
+    class Coll:
+        baselines = ["colour", "pixels", "base_gradient"]
+
+    monkeypatch.setattr(ex, "paired_top1_table", table)
+    (row,) = _base_model_rows(Coll())
+    assert row["verdict"] == verdict
+    Coll.baselines = ["colour", "pixels"]
+    assert _base_model_rows(Coll()) == []  # a collection built without it has no such row

@@ -113,6 +113,10 @@ def test_features_cover_every_lora_and_setting(smoke):
             assert any(k.startswith(default) for k in f.files)
             # features longer than their number are stored in a basis of their span (isometric_coordinates)
             assert all(f[k].shape == (min(dim, len(f.files)),) and np.all(np.isfinite(f[k])) for k in f.files)
+    # the zero-training baseline: one gradient per LoRA, in the basis of their span
+    with np.load(out / "features" / "base_gradient.npz", allow_pickle=False) as f:
+        assert set(f.files) == {f"train/{i}" for i in ids}
+        assert all(f[k].shape == (len(ids),) and np.all(np.isfinite(f[k])) and np.any(f[k]) for k in f.files)
 
 
 @pytest.mark.slow

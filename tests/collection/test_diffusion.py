@@ -8,6 +8,7 @@ from lorastyle.collection.diffusion import (
     LORA_TARGETS,
     _apply_lora,
     generate,
+    loss_gradients,
     stable_diffusion_model,
     tiny_model,
     train_base,
@@ -175,3 +176,52 @@ def test_seeding_leaves_the_callers_random_state_alone():
     torch.manual_seed(123)
     tiny_model(seed=5)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_loss_gradients_match_finite_differences(images):
+    """The gradient of the written-out loss, checked by central differences in float64."""
+    from diffusers import DDPMScheduler
+
+    m = tiny_model(seed=1)
+    m.unet.double()
+    m.label_encoder.double()
+    m.unet.requires_grad_(False)  # as train_lora leaves it: the gradients must not depend on it
+    before = {k: v.clone() for k, v in m.unet.state_dict().items()}
+    sets = {"a": images[:3], "b": images[3:5]}
+    grads = loss_gradients(m, sets, 1, timesteps=(50, 600), seed=4)
+    assert all(torch.equal(v, m.unet.state_dict()[k]) for k, v in before.items())  # the model is unchanged
+    assert all(p.grad is None and not p.requires_grad for p in m.unet.parameters())
+    linear = sorted(
+        (n, mod) for n, mod in m.unet.named_modules() if n.endswith(LORA_TARGETS) and isinstance(mod, torch.nn.Linear)
+    )
+    sizes = [mod.weight.numel() for _, mod in linear]
+    assert {k: g.shape for k, g in grads.items()} == {"a": (sum(sizes),), "b": (sum(sizes),)}
+    sched = DDPMScheduler(**m.scheduler_config)
+
+    def loss(imgs):  # the definition: mean denoising loss, every image at every timestep, noise from the seed
+        x0 = torch.from_numpy(imgs).permute(0, 3, 1, 2).double() / 127.5 - 1
+        ts = torch.tensor([50, 600]).repeat_interleave(len(x0))
+        noise = torch.randn((len(ts), *x0.shape[1:]), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+        x = x0.repeat(2, 1, 1, 1)
+        cond = m.condition([1] * len(x))
+        with torch.no_grad():
+            pred = m.unet(sched.add_noise(x, noise, ts), ts, encoder_hidden_states=cond).sample
+        return torch.nn.functional.mse_loss(pred, noise).item()
+
+    rng = np.random.default_rng(0)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    for which in (0, len(linear) - 1):  # an attention projection and a feed-forward layer
+        name, mod = linear[which]
+        D = torch.from_numpy(rng.standard_normal(tuple(mod.weight.shape)))
+        eps = 1e-4
+        with torch.no_grad():
+            mod.weight += eps * D
+            up = loss(sets["a"])
+            mod.weight -= 2 * eps * D
+            down = loss(sets["a"])
+            mod.weight += eps * D
+        g = grads["a"][offsets[which] : offsets[which + 1]]
+        np.testing.assert_allclose((up - down) / (2 * eps), float(g @ D.numpy().ravel()), rtol=1e-5)
+    assert not np.allclose(grads["a"], grads["b"])
+    with pytest.raises(ValueError, match="no linear module"):
+        loss_gradients(m, sets, 1, targets=("nothing",))
