@@ -597,7 +597,13 @@ def write_gradient_features(
     if train_images is None:
         with np.load(out / "images.npz", allow_pickle=False) as data:
             train_images = {k[len("train/") :]: data[k] for k in data.files if k.startswith("train/")}
-    grads = loss_gradients(model, train_images, CONDITION, progress=progress)
+    # retrained copies and variants share their images (and so their gradient): compute each set once
+    digest = {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).digest() for k, v in sorted(train_images.items())}
+    first: dict[bytes, str] = {}
+    for key, d in digest.items():
+        first.setdefault(d, key)
+    by_set = loss_gradients(model, {k: train_images[k] for k in first.values()}, CONDITION, progress=progress)
+    grads = {k: by_set[first[d]] for k, d in digest.items()}
     path = out / "features" / "base_gradient.npz"
     path.parent.mkdir(exist_ok=True)
     with atomic_path(path, suffix=".npz") as tmp:

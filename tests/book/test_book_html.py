@@ -224,9 +224,17 @@ def test_mathjax_is_served_by_the_book_and_typesets(html, browser):
 
 def test_figure_1_page_shows_the_static_and_the_interactive_map(html, browser):
     browser.get((html / "book" / "style_map.html").as_uri())
-    # plotly draws into SVG once its inlined script has run: the interactive map is live
-    svgs = browser.execute_script("return document.querySelectorAll('.plotly-graph-div .main-svg').length;")
-    assert svgs > 0
+    # plotly draws into SVG once its inlined script has run: the interactive map is live. Drawing can
+    # finish after the load event on a busy machine, so wait for it (up to a minute), then check
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    count = "return document.querySelectorAll('.plotly-graph-div .main-svg').length;"
+    try:
+        WebDriverWait(browser, 60, poll_frequency=0.5).until(lambda b: b.execute_script(count) > 0)
+    except TimeoutException:  # the assertion below says what is missing
+        pass
+    assert browser.execute_script(count) > 0
     points = browser.execute_script(
         "return document.querySelectorAll('.plotly-graph-div .scatterlayer .point').length;"
     )

@@ -117,6 +117,16 @@ def test_features_cover_every_lora_and_setting(smoke):
     with np.load(out / "features" / "base_gradient.npz", allow_pickle=False) as f:
         assert set(f.files) == {f"train/{i}" for i in ids}
         assert all(f[k].shape == (len(ids),) and np.all(np.isfinite(f[k])) and np.any(f[k]) for k in f.files)
+        # a retrained copy saw its main LoRA's images, so it has its gradient; another LoRA has another
+        twins = [i for i in ids if i.startswith("retrain-")]
+        assert twins
+        for twin in twins:
+            main = "main-" + twin.removeprefix("retrain-").rsplit("-", 1)[0]
+            # the same vector, written in the span basis: equal up to the QR's rounding
+            a, b = f[f"train/{twin}"], f[f"train/{main}"]
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.linalg.norm(b))
+            other = f[f"train/{ids[0] if ids[0] != main else ids[1]}"]
+            assert np.linalg.norm(a - other) > 1e-2 * np.linalg.norm(b)
 
 
 @pytest.mark.slow
