@@ -19,6 +19,7 @@ import numpy as np
 from ..descriptors import ModuleSelection, descriptor_kernel
 from ..embedding import StyleEmbedding
 from ..io.formats import LoRA, load_lora
+from ..collection.build import read_images
 from ..metrics import cluster_scores, retrieval_scores, similarity_matrix
 
 __all__ = [
@@ -222,8 +223,7 @@ class Collection:
         path = self.root / "images.npz"
         if not path.exists():
             raise FileNotFoundError(f"{path}: no images; rebuild the collection with `make data`")
-        with np.load(path, allow_pickle=False) as data:
-            return data[f"{kind}/{lora_id}"]
+        return read_images(path, kind, [lora_id])[lora_id]
 
 
 def load_collection(root: str | Path = "data") -> Collection:

@@ -47,6 +47,7 @@ __all__ = [
     "save_base",
     "isometric_coordinates",
     "write_images",
+    "read_images",
     "write_gradient_features",
     "main",
 ]
@@ -434,7 +435,7 @@ def build_collection(
     else:
         paintings, genres, content, base_pool, load = source_artworks(profile)
     specs = plan_collection(paintings, genres, content, profile)
-    _write_json(out / "plan.json", {"profile": profile.name, "loras": [s.to_dict() for s in specs]}, indent=1)
+    _write_json(out / "plan.json", {"profile": profile.name, "loras": [s.to_dict() for s in specs]})
     losses_path = out / "losses.json"
     losses = json.loads(losses_path.read_text()) if losses_path.exists() else {}
 
@@ -559,7 +560,8 @@ def build_collection(
         write_gradient_features(out, model, train_images, progress=progress)
         timing["gradients_s"] = time.perf_counter() - t
     _write_manifest(out, specs)
-    _write_json(out / "losses.json", losses)
+    # six significant digits: float32 losses written as float64 would take three times the space
+    _write_json(out / "losses.json", {k: [float(f"{v:.6g}") for v in curve] for k, curve in losses.items()})
     timing["total_s"] = time.perf_counter() - t0
     log = {"profile": profile.name, "n_loras": len(specs), "trained_now": trained, **timing}
     _write_json(out / "build_log.json", log, indent=1)
@@ -595,8 +597,7 @@ def write_gradient_features(
     out = Path(out)
     model = load_base(out / "base.safetensors") if model is None else model
     if train_images is None:
-        with np.load(out / "images.npz", allow_pickle=False) as data:
-            train_images = {k[len("train/") :]: data[k] for k in data.files if k.startswith("train/")}
+        train_images = read_images(out / "images.npz", "train")
     # retrained copies and variants share their images (and so their gradient): compute each set once
     digest = {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).digest() for k, v in sorted(train_images.items())}
     first: dict[bytes, str] = {}
@@ -645,9 +646,12 @@ def write_images(
 ) -> None:
     """Every LoRA's training images and default-setting samples as one compressed uint8 file.
 
-    Small enough to commit (about 10 MB for the default collection), so the book draws
+    Small enough to commit (about 17 MB for the default collection), so the book draws
     its image grids and the memorisation check without the rendering cache.
     Keys are ``train/<id>``, ``gen/<id>`` and ``base`` (the base model's samples, no LoRA).
+    A set of training images shared by several LoRAs (a retrained copy, a stranger's copy,
+    a variant) is stored once, under its first id; the ``same_images`` array of
+    ``(id, stored id)`` rows says where the others' are. Read with :func:`read_images`.
 
     Parameters
     ----------
@@ -660,11 +664,48 @@ def write_images(
     base_samples : ndarray of shape (k, H, W, 3)
         The base model's samples at the default setting.
     """
-    arrays = {f"train/{i}": np.asarray(v, dtype=np.uint8) for i, v in sorted(train_images.items())}
+    arrays, stored, same = {}, {}, []
+    for i, v in sorted(train_images.items()):
+        v = np.ascontiguousarray(v, dtype=np.uint8)
+        key = hashlib.sha256(v.tobytes() + repr(v.shape).encode()).digest()
+        if key in stored:
+            same.append((i, stored[key]))
+        else:
+            stored[key] = i
+            arrays[f"train/{i}"] = v
     arrays |= {f"gen/{i}": np.asarray(v, dtype=np.uint8) for i, v in sorted(samples.items())}
     arrays["base"] = np.asarray(base_samples, dtype=np.uint8)
+    arrays["same_images"] = np.array(same, dtype=str).reshape(-1, 2)
     with atomic_path(path, suffix=".npz") as tmp:  # np.savez adds .npz to names without it
         np.savez_compressed(tmp, **arrays)
+
+
+def read_images(path: str | os.PathLike, kind: str = "train", ids: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The ``kind`` images of a file written by :func:`write_images`, shared sets expanded.
+
+    Parameters
+    ----------
+    path : path
+        An ``images.npz`` file.
+    kind : {"train", "gen"}, default="train"
+    ids : list of str, optional
+        The LoRA ids wanted (``KeyError`` for one that has no such images). Default: all.
+
+    Returns
+    -------
+    dict of str to ndarray of shape (n_images, H, W, 3), dtype uint8
+    """
+    if kind not in ("train", "gen"):
+        raise ValueError(f"kind must be 'train' or 'gen', not {kind!r}")
+    with np.load(path, allow_pickle=False) as data:
+        stored = {k[len(kind) + 1 :]: k for k in data.files if k.startswith(f"{kind}/")}
+        if kind == "train" and "same_images" in data.files:  # files before shared sets were stored once lack it
+            stored |= {i: f"train/{holder}" for i, holder in data["same_images"]}
+        wanted = sorted(stored) if ids is None else list(ids)
+        missing = [i for i in wanted if i not in stored]
+        if missing:
+            raise KeyError(f"{path}: no {kind} images for {', '.join(missing[:5])}")
+        return {i: data[stored[i]] for i in wanted}
 
 
 def _write_manifest(out: Path, specs: list[LoraSpec]) -> None:
