@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..collection.build import read_images
 from ..descriptors import ModuleSelection, descriptor_kernel
 from ..embedding import StyleEmbedding
 from ..io.formats import LoRA, load_lora
-from ..collection.build import read_images
 from ..metrics import cluster_scores, retrieval_scores, similarity_matrix
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "sample_rows",
     "loss_curves",
     "memorisation_table",
+    "memorisation_summary",
     "real_lora_similarity",
     "nearest_neighbour_chance",
     "restricted_top1",
@@ -967,8 +968,7 @@ def retrieval_table(
         add("S3", name, "training images", query_scores(X_main, y_main, X_held, y_held, k=k))
         feats = coll.features(e)
         settings = sorted({key.split("/")[1] for key in feats if key.startswith("gen/")})
-        default = max(settings, key=lambda s: sum(key.startswith(f"gen/{s}/main-") for key in feats))
-        X_index = feature_matrix(coll, main, e, f"gen/{default}")
+        X_index = feature_matrix(coll, main, e, f"gen/{_default_setting(coll, e)}")
         for s in settings:
             if all(f"gen/{s}/{i}" in feats for i in held):
                 add(
@@ -977,58 +977,81 @@ def retrieval_table(
     return pd.DataFrame(rows)
 
 
+def _default_setting(coll: Collection, encoder: str) -> str:
+    """The sample setting of the index (``T25-w3-k6``): the one every main LoRA was sampled at."""
+    feats = coll.features(encoder)
+    settings = sorted({key.split("/")[1] for key in feats if key.startswith("gen/")})
+    return max(settings, key=lambda s: sum(key.startswith(f"gen/{s}/main-") for key in feats))
+
+
 def heldout_paired_table(
     coll: Collection,
     *,
     descriptors: Sequence[str] = DESCRIPTOR_NAMES,
     encoders: Sequence[str] = (),
     reference: str = "LoRA concat",
+    queries: str = "heldout",
+    generated: bool = False,
     n_components: int = 16,
     n_resamples: int = 2000,
     random_state: int = 0,
 ):
-    """Unseen queries answered from the weights (S2) and from the training images (S3), compared pairwise.
+    """Unseen queries answered from the weights (S2), the training images (S3) or generated images (S4).
 
-    Each held-out LoRA is one query for every representation: its calibrated projection into
-    the main collection's embedding for a descriptor (:func:`retrieval_table`'s S2), its
-    training images' mean features against the main LoRAs' for an encoder (S3). A hit is a
-    nearest main LoRA (cosine) of the query's artist. Representations are compared with one
-    reference on these same queries as :func:`paired_top1_table` does (exact McNemar,
-    bootstrap over artists).
+    Each LoRA of the ``queries`` collection is one query for every representation: its
+    calibrated projection into the main collection's embedding for a descriptor
+    (:func:`retrieval_table`'s S2), its training images' mean features against the main LoRAs'
+    for an encoder (S3) and, with ``generated``, the mean features of the images it generates
+    at the default setting against those of the main LoRAs (S4, rows named ``"<encoder>,
+    generated"``). A hit is a nearest main LoRA (cosine) of the query's artist.
+    Representations are compared with one reference on these same queries as
+    :func:`paired_top1_table` does (exact McNemar, bootstrap over artists).
 
     Parameters
     ----------
     coll : Collection
-        With ``main`` and ``heldout`` LoRAs.
+        With ``main`` LoRAs and LoRAs of the ``queries`` collection.
     descriptors, encoders, n_components
         As in :func:`retrieval_table`.
     reference : str, default="LoRA concat"
+    queries : str, default="heldout"
+        The collection of the queries: ``heldout`` (A initialised as the main LoRAs were) or
+        ``heldout_stranger`` (the same training sets, each from its own initialisation seed, as
+        a stranger would train them).
+    generated : bool, default=False
+        Add the S4 rows (the queries must have generated images).
     n_resamples : int, default=2000
     random_state : int, default=0
 
     Returns
     -------
     pandas.DataFrame
-        The columns of :func:`paired_top1_table`, with ``scenario`` (S2 or S3) after
+        The columns of :func:`paired_top1_table`, with ``scenario`` (S2, S3 or S4) after
         ``representation``.
     """
     import pandas as pd
 
-    main, held = coll.ids("main"), coll.ids("heldout")
+    main, held = coll.ids("main"), coll.ids(queries)
+    if not held:
+        raise ValueError(f"the collection has no {queries!r} LoRAs to query with")
     y_main, y_held = coll.labels(main, "artist"), coll.labels(held, "artist")
-    queries, scenario = {}, {}
+    queried_by, scenario = {}, {}
     for d in descriptors:
         emb, loras = _lora_fit(coll, main, d, n_components)
         Z = emb.project(descriptor_kernel(d, [coll.lora(i) for i in held], loras), calibrated=True)
-        queries[f"LoRA {d}"], scenario[f"LoRA {d}"] = (emb.embedding_, Z), "S2"
+        queried_by[f"LoRA {d}"], scenario[f"LoRA {d}"] = (emb.embedding_, Z), "S2"
     for e in encoders:
         name = ENCODER_NAMES.get(e, e)
-        queries[name], scenario[name] = (feature_matrix(coll, main, e), feature_matrix(coll, held, e)), "S3"
-    if reference not in queries:
-        raise ValueError(f"reference {reference!r} is not one of the representations {sorted(queries)}")
+        queried_by[name], scenario[name] = (feature_matrix(coll, main, e), feature_matrix(coll, held, e)), "S3"
+    for e in encoders if generated else ():
+        name, source = f"{ENCODER_NAMES.get(e, e)}, generated", f"gen/{_default_setting(coll, e)}"
+        index, Q = feature_matrix(coll, main, e, source), feature_matrix(coll, held, e, source)
+        queried_by[name], scenario[name] = (index, Q), "S4"
+    if reference not in queried_by:
+        raise ValueError(f"reference {reference!r} is not one of the representations {sorted(queried_by)}")
     same = y_held[:, None] == y_main[None, :]
     results = {}
-    for name, (index, Q) in queries.items():
+    for name, (index, Q) in queried_by.items():
         S = similarity_matrix(np.asarray(Q, np.float64), np.asarray(index, np.float64), metric="cosine")
         nearest = S.argmax(axis=1)
         queried = same.any(axis=1)
@@ -1353,8 +1376,14 @@ def random_module_control(
     return pd.DataFrame(rows)
 
 
-def invariance_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTOR_NAMES, n_components: int = 16):
-    """How each descriptor sees a LoRA retrained with another A seed or another rank.
+def invariance_table(
+    coll: Collection,
+    *,
+    collections: Sequence[str] = ("seed_variant", "rank_variant"),
+    descriptors: Sequence[str] = DESCRIPTOR_NAMES,
+    n_components: int = 16,
+):
+    """How each descriptor sees a LoRA retrained on the same images: another A seed, rank or training seed.
 
     For each variant, the cosine similarity (in the descriptor's own feature
     space) to the main LoRA it repeats, beside the mean cosine to the other
@@ -1364,13 +1393,17 @@ def invariance_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTO
     PCA of the main collection into which the variant is projected (as scenario S2 of
     :func:`retrieval_table` projects held-out LoRAs).
 
-    The original is the artist's first main LoRA in manifest order. ``concat`` has no
-    row for a rank variant: it cannot compare different ranks.
+    The original is the main LoRA trained on the same training images (the manifest's
+    ``training_images``). ``concat`` has no row for a rank variant: it cannot compare
+    different ranks.
 
     Parameters
     ----------
     coll : Collection
-        A collection with ``seed_variant`` and/or ``rank_variant`` LoRAs.
+        A collection with LoRAs of ``collections``, each a retraining of a main LoRA.
+    collections : sequence of str, default=("seed_variant", "rank_variant")
+        ``seed_variant`` (another initialisation seed of A), ``rank_variant`` (another rank),
+        ``retrained`` (the same initialisation, another seed for the noise and the batches).
     descriptors : sequence of str, default=DESCRIPTOR_NAMES
     n_components : int, default=16
         Dimension of the PCA of the main collection.
@@ -1378,8 +1411,8 @@ def invariance_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTO
     Returns
     -------
     pandas.DataFrame
-        One row per (descriptor, variant): ``descriptor``, ``variant`` (its id),
-        ``collection`` (``seed_variant`` or ``rank_variant``), ``cos_to_original``,
+        One row per (descriptor, variant): ``descriptor``, ``variant`` (its id), ``original``
+        (the id of the main LoRA it retrains), ``collection`` (one of ``collections``), ``cos_to_original``,
         ``cos_same_artist``, ``cos_other_artists`` (means; NaN where there is no such LoRA),
         ``rank_of_original`` (1 = the nearest of the main LoRAs) and ``nearest_same_artist``
         in the descriptor's space, and ``rank_of_original_pca`` and ``nearest_same_artist_pca``
@@ -1387,9 +1420,15 @@ def invariance_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTO
     """
     import pandas as pd
 
-    variants = coll.ids(["seed_variant", "rank_variant"])
+    variants = coll.ids(list(collections))
     main = coll.ids("main")
     artists = coll.labels(main, "artist")
+    by_training_set = {coll.by_id[i]["training_images"]: i for i in main}
+    originals = {}
+    for v in variants:
+        if coll.by_id[v]["training_images"] not in by_training_set:
+            raise ValueError(f"{v}: no main LoRA was trained on its training images")
+        originals[v] = by_training_set[coll.by_id[v]["training_images"]]
     rows = []
 
     def rank_and_hit(similarity: np.ndarray, original: int, artist: str) -> tuple[int, bool]:
@@ -1401,7 +1440,7 @@ def invariance_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTO
         fitted = emb.embedding_
         for v in variants:
             artist = coll.by_id[v]["artist"]
-            original = next(i for i in main if coll.by_id[i]["artist"] == artist)  # main LoRA 0 of the artist
+            original = originals[v]
             if d == "concat" and coll.lora(v).ranks != coll.lora(original).ranks:
                 continue  # concat cannot compare ranks: the table shows the gap
             K = descriptor_kernel(d, [coll.lora(v)] + loras)
@@ -1418,6 +1457,7 @@ def invariance_table(coll: Collection, *, descriptors: Sequence[str] = DESCRIPTO
                 {
                     "descriptor": d,
                     "variant": v,
+                    "original": original,
                     "collection": coll.by_id[v]["collection"],
                     "cos_to_original": float(cos[o]),
                     "cos_same_artist": float(np.mean(cos[same])) if same else np.nan,
@@ -1720,6 +1760,50 @@ def memorisation_table(
                     "d_all_others": float(_nearest_distances(gen, others).mean()),
                 }
             )
+    return pd.DataFrame(rows)
+
+
+def memorisation_summary(mem, *, reference: str = "main"):
+    """The distance ratio of each collection of :func:`memorisation_table`, with a 95% interval.
+
+    One row per collection: ``n`` (LoRAs), the mean ``ratio`` with its Student-t interval
+    (``ratio_low``, ``ratio_high``; one value per LoRA, so LoRAs are the units), the mean
+    ``d_own`` and ``d_others``, and ``p_vs_reference``, the two-sided Mann-Whitney p-value of
+    the collection's ratios against the ``reference`` collection's (NaN on its own row).
+    Memorisation would show as an interval below 1, and below the reference's.
+
+    Parameters
+    ----------
+    mem : pandas.DataFrame
+        The output of :func:`memorisation_table`.
+    reference : str, default="main"
+        The collection the others are compared with.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    import pandas as pd
+    from scipy.stats import mannwhitneyu, t
+
+    ref = mem[mem.collection == reference].ratio.to_numpy()
+    rows = []
+    for c, group in mem.groupby("collection", sort=False):
+        r = group.ratio.to_numpy()
+        half = t.ppf(0.975, len(r) - 1) * r.std(ddof=1) / np.sqrt(len(r)) if len(r) > 1 else np.nan
+        p = np.nan if c == reference or not len(ref) else float(mannwhitneyu(r, ref).pvalue)
+        rows.append(
+            {
+                "collection": c,
+                "n": len(r),
+                "ratio": float(r.mean()),
+                "ratio_low": float(r.mean() - half),
+                "ratio_high": float(r.mean() + half),
+                "d_own": float(group.d_own.mean()),
+                "d_others": float(group.d_others.mean()),
+                "p_vs_reference": p,
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -3,6 +3,7 @@
 import csv
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
@@ -533,3 +534,61 @@ def test_clustering_interval_counts_only_queries_that_can_succeed(tmp_path, monk
     row = ex.clustering_table(coll, descriptors=(), encoders=("toy",), levels=("artist",), seeds=(0,)).iloc[0]
     assert row.n_queries == 4
     assert (row.top1_low, row.top1_high) == pytest.approx(wilson_interval(row.top1, 4))
+
+
+def test_memorisation_summary_matches_scipy():
+    from scipy import stats
+
+    from lorastyle.book.experiments import memorisation_summary
+
+    rng = np.random.default_rng(0)
+    few, many = rng.normal(1.3, 0.2, 9), rng.normal(1.45, 0.3, 40)
+    mem = pd.DataFrame(
+        {
+            "collection": ["memorisation"] * 9 + ["main"] * 40,
+            "ratio": np.r_[few, many],
+            "d_own": rng.random(49),
+            "d_others": rng.random(49),
+        }
+    )
+    summary = memorisation_summary(mem).set_index("collection")
+    for name, r in (("memorisation", few), ("main", many)):
+        low, high = stats.t.interval(0.95, len(r) - 1, loc=r.mean(), scale=stats.sem(r))
+        assert summary.loc[name, "ratio_low"] == pytest.approx(low)
+        assert summary.loc[name, "ratio_high"] == pytest.approx(high)
+        assert summary.loc[name, "n"] == len(r)
+    assert summary.loc["memorisation", "p_vs_reference"] == pytest.approx(stats.mannwhitneyu(few, many).pvalue)
+    assert np.isnan(summary.loc["main", "p_vs_reference"])
+
+
+def test_heldout_paired_table_takes_other_queries_and_generated_images(tmp_path, monkeypatch):
+    # Strangers' queries (another collection) and S4 rows, whose generated-image features all point at artist x.
+    import lorastyle.book.experiments as ex
+
+    main = [f"{a}{k}" for a in "xyz" for k in range(2)]
+    held = [f"s{a}" for a in "xyz"]
+    train = {i: np.zeros((1, 2, 2, 3), np.uint8) for i in main + held}
+    coll = _fake_collection(tmp_path, train, train, collection="main")
+    for r in coll.rows:
+        r["artist"] = r["id"][-2] if r["id"] in main else r["id"][-1]
+        r["collection"] = "heldout_stranger" if r["id"] in held else "main"
+    base = {"x": [1.0, 0, 0], "y": [0, 1.0, 0], "z": [0, 0, 1.0]}
+
+    def features(c, ids, e, source="train"):
+        artist = lambda i: i[-2] if i in main else i[-1]  # noqa: E731
+        if source == "train":
+            return np.array([base[artist(i)] for i in ids])
+        return np.array([base["x"] if i in held else base[artist(i)] for i in ids])
+
+    monkeypatch.setattr(ex, "feature_matrix", features)
+    monkeypatch.setattr(ex, "_default_setting", lambda c, e: "T25-w3-k6")
+    monkeypatch.setitem(ex.ENCODER_NAMES, "a", "a")
+    table = ex.heldout_paired_table(
+        coll, descriptors=(), encoders=("a",), reference="a", queries="heldout_stranger", generated=True
+    ).set_index("representation")
+    assert list(table.scenario) == ["S3", "S4"] and (table.n == 3).all()
+    assert table.loc["a", "top1"] == 1.0
+    assert table.loc["a, generated", "top1"] == pytest.approx(1 / 3)  # only the query of artist x
+    assert table.loc["a, generated", "only_reference"] == 2
+    with pytest.raises(ValueError, match="no 'heldout' LoRAs"):
+        ex.heldout_paired_table(coll, descriptors=(), encoders=("a",), reference="a")

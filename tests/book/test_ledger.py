@@ -80,3 +80,29 @@ def test_base_model_verdict_follows_the_difference_intervals(monkeypatch, main_d
     assert row["verdict"] == verdict
     Coll.baselines = ["colour", "pixels"]
     assert _base_model_rows(Coll()) == []  # a collection built without it has no such row
+
+
+@pytest.mark.parametrize(
+    "few, many, verdict",
+    [
+        ([1.3, 1.4, 1.2, 1.5], [1.4, 1.5, 1.3, 1.6, 1.45], "untestable here"),  # both far from their own images
+        ([0.2, 0.3, 0.25, 0.2], [1.0, 1.1, 0.9, 1.05, 1.0], "holds"),  # 3-image LoRAs nearer their own: copying
+        ([0.9, 1.2, 0.8, 1.1], [1.0, 1.1, 0.9, 1.05, 1.0], "does not hold here"),  # near 1: no copying shown
+    ],
+)
+def test_memorisation_verdict_follows_the_ratio_intervals(monkeypatch, few, many, verdict):
+    from lorastyle.book import experiments as ex
+    from lorastyle.book.ledger import _memorisation_row
+
+    mem = pd.DataFrame(
+        {
+            "collection": ["memorisation"] * len(few) + ["main"] * len(many),
+            "ratio": few + many,
+            "d_own": 1.0,
+            "d_others": 1.0,
+        }
+    )
+    monkeypatch.setattr(ex, "memorisation_table", lambda coll: mem)
+    row = _memorisation_row(None)
+    assert row["verdict"] == verdict
+    assert f"(n = {len(few)})" in row["measured"] and f"(n = {len(many)})" in row["measured"]

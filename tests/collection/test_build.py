@@ -193,6 +193,12 @@ def test_book_tables_run_on_the_smoke_collection(smoke):
     assert n["down blocks"] + n["mid block"] + n["up blocks"] == n["all modules"]
     inv = invariance_table(coll)
     assert set(inv["collection"]) == {"seed_variant", "rank_variant"}
+    # a retrained copy's original is the main LoRA of the same training images (and the same id stem)
+    twins = invariance_table(coll, collections=("retrained",))
+    assert len(twins) == len(coll.ids("retrained")) * 3
+    for row in twins.itertuples():
+        assert coll.by_id[row.original]["training_images"] == coll.by_id[row.variant]["training_images"]
+        assert row.original == "main-" + row.variant.removeprefix("retrain-").rsplit("-", 1)[0]
     assert not ((inv["descriptor"] == "concat") & (inv["collection"] == "rank_variant")).any()
     assert inv["cos_to_original"].between(-1 - 1e-9, 1 + 1e-9).all()
     n_main = len(coll.ids("main"))
@@ -321,3 +327,22 @@ def test_chapter_helpers_run_on_the_smoke_collection(smoke):
     mem = memorisation_table(coll)
     assert set(mem["collection"]) == {"memorisation", "main"}
     assert (mem["d_own"] >= 0).all() and np.allclose(mem["ratio"], mem["d_own"] / mem["d_others"])
+
+
+def test_images_file_stores_a_shared_training_set_once(tmp_path):
+    from lorastyle.collection.build import read_images, write_images
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8) for _ in range(2))
+    train = {"main-x-0": a, "retrain-x-0-1": a.copy(), "main-y-0": b, "stranger-y": b.copy(), "other": a[:2]}
+    gen = {"main-x-0": b[:2], "main-y-0": a[:2]}
+    write_images(tmp_path / "images.npz", train, gen, a[:1])
+    with np.load(tmp_path / "images.npz") as f:
+        stored = {k for k in f.files if k.startswith("train/")}
+    assert stored == {"train/main-x-0", "train/main-y-0", "train/other"}  # first id of each distinct set
+    back = read_images(tmp_path / "images.npz")
+    assert set(back) == set(train) and all(np.array_equal(back[k], v) for k, v in train.items())
+    assert set(read_images(tmp_path / "images.npz", "gen")) == set(gen)
+    assert np.array_equal(read_images(tmp_path / "images.npz", ids=["stranger-y"])["stranger-y"], b)
+    with pytest.raises(KeyError, match="no gen images for stranger-y"):
+        read_images(tmp_path / "images.npz", "gen", ids=["stranger-y"])
