@@ -1438,19 +1438,24 @@ def invariance_table(
     for d in descriptors:
         emb, loras = _lora_fit(coll, main, d, n_components)
         fitted = emb.embedding_
-        for v in variants:
+        # concat cannot compare ranks: a rank variant has no concat row (the table shows the gap)
+        queries = [v for v in variants if d != "concat" or coll.lora(v).ranks == coll.lora(originals[v]).ranks]
+        if not queries:
+            continue
+        # One kernel of every variant against the main LoRAs, and only the norms of each side
+        # (a full kernel per variant would recompute the main LoRAs' own one each time)
+        K = descriptor_kernel(d, [coll.lora(v) for v in queries], loras)
+        norms_main = np.sqrt([descriptor_kernel(d, [m])[0, 0] for m in loras])
+        for row, v in enumerate(queries):
             artist = coll.by_id[v]["artist"]
             original = originals[v]
-            if d == "concat" and coll.lora(v).ranks != coll.lora(original).ranks:
-                continue  # concat cannot compare ranks: the table shows the gap
-            K = descriptor_kernel(d, [coll.lora(v)] + loras)
-            norms = np.sqrt(np.diag(K))
-            cos = K[0, 1:] / (norms[0] * norms[1:])  # to every main LoRA, in the order of `main`
+            norm_v = np.sqrt(descriptor_kernel(d, [coll.lora(v)])[0, 0])
+            cos = K[row] / (norm_v * norms_main)  # to every main LoRA, in the order of `main`
             o = main.index(original)
             same = [j for j, i in enumerate(main) if i != original and artists[j] == artist]
             other = [j for j, i in enumerate(main) if artists[j] != artist]
             rank, hit = rank_and_hit(cos, o, artist)
-            z = emb.project(K[:1, 1:])[0]
+            z = emb.project(K[row : row + 1])[0]
             pca_cos = fitted @ z / (np.linalg.norm(fitted, axis=1) * np.linalg.norm(z))
             rank_pca, hit_pca = rank_and_hit(pca_cos, o, artist)
             rows.append(

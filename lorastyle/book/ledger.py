@@ -270,7 +270,11 @@ def _training_seed_rows(coll: ex.Collection) -> list[dict]:
                     f"{d.removeprefix('LoRA ')} {top1['retrained'][d]:.3f} ({top1['main'][d]:.3f})"
                     for d in top1["main"].index
                 )
-                + f"; the original ranked first for {first.min()} of {n} copies or more, under every descriptor",
+                + (
+                    f"; the original ranked first for all {n} copies, under every descriptor"
+                    if first.min() == n
+                    else f"; the original ranked first for at least {first.min()} of {n} copies, under every descriptor"
+                ),
                 "holds" if first.min() == n else "holds in part",
                 f"the headline moves by at most {spread:.3f}, far inside its interval",
                 "[Invariance](invariance.ipynb)",

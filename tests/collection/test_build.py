@@ -201,6 +201,14 @@ def test_book_tables_run_on_the_smoke_collection(smoke):
         assert row.original == "main-" + row.variant.removeprefix("retrain-").rsplit("-", 1)[0]
     assert not ((inv["descriptor"] == "concat") & (inv["collection"] == "rank_variant")).any()
     assert inv["cos_to_original"].between(-1 - 1e-9, 1 + 1e-9).all()
+    # cosines against a brute-force one on the flattened factors (concat's feature space)
+    import pandas as pd
+
+    from lorastyle.descriptors import concat_vectors
+
+    for row in pd.concat([inv, twins]).query("descriptor == 'concat'").itertuples():
+        v, o = concat_vectors([coll.lora(row.variant), coll.lora(row.original)]).astype(np.float64)
+        assert row.cos_to_original == pytest.approx(v @ o / (np.linalg.norm(v) * np.linalg.norm(o)), abs=1e-6)
     n_main = len(coll.ids("main"))
     assert inv["rank_of_original"].between(1, n_main).all() and inv["rank_of_original_pca"].between(1, n_main).all()
     # when the original is the nearest main LoRA, the nearest is of the variant's artist
