@@ -1675,7 +1675,9 @@ def loss_curves(coll: Collection) -> dict[str, dict[str, list[float]]]:
         ``"base"``: ``{"base model": loss per step}`` of the base model's pre-training,
         or ``{}`` when the build did not train one; ``"loras"``: collection name to the
         per-step mean loss over its LoRAs recorded in ``losses.json``, in order of first
-        appearance in the manifest.
+        appearance in the manifest; ``"reference"``: ``{label: level}``, the base model's loss
+        on the LoRAs' own images, as the mean over every LoRA of its first step (taken while
+        B is still zero, so the LoRA adds nothing yet), or ``{}`` without LoRA losses.
     """
     import json
 
@@ -1684,9 +1686,12 @@ def loss_curves(coll: Collection) -> dict[str, dict[str, list[float]]]:
     for r in coll.rows:
         if r["id"] in losses:
             by_collection.setdefault(r["collection"], []).append(losses[r["id"]])
+    firsts = [curve[0] for curves in by_collection.values() for curve in curves if curve]
+    n = len(firsts)
     return {
         "base": {"base model": losses["base"]} if "base" in losses else {},
         "loras": {c: list(np.mean(v, axis=0)) for c, v in by_collection.items()},
+        "reference": {f"base model on the LoRAs' images (step 1 of {n} LoRAs)": float(np.mean(firsts))} if n else {},
     }
 
 

@@ -7,12 +7,11 @@ so that the pipeline never imports the book's helpers.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from .experiments import Collection, load_collection
+from .experiments import Collection, load_collection, loss_curves
 from .viz import image_grid, loss_plot, use_style
 
 __all__ = ["write_figures", "sample_grid_rows", "main"]
@@ -83,20 +82,18 @@ def write_figures(root: str | Path) -> list[Path]:
             fig.savefig(path)
             plt.close(fig)
             written.append(path)
-        losses = json.loads((Path(root) / "losses.json").read_text())
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-        if "base" in losses:
-            loss_plot(axes[0], {"base model": losses["base"]}, smooth=50, title="Base model pre-training loss")
-        by_collection: dict[str, list] = {}
-        for row in coll.rows:
-            if row["id"] in losses:
-                by_collection.setdefault(row["collection"], []).append(losses[row["id"]])
+        curves = loss_curves(coll)
+        fig, axes = plt.subplots(1, 2, figsize=(13, 3.8), width_ratios=(1, 1.1))
+        if curves["base"]:
+            loss_plot(axes[0], curves["base"], smooth=50, title="Base model pre-training loss")
         loss_plot(
             axes[1],
-            {c: list(np.mean(v, axis=0)) for c, v in sorted(by_collection.items())},
+            curves["loras"],
             smooth=10,
-            title="LoRA training loss, mean per collection",
+            title="LoRA training loss, mean per collection, against the base model",
+            reference=curves["reference"],
         )
+        axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)  # beside the curves, not over them
         path = folder / "loss_curves.png"
         fig.savefig(path)
         plt.close(fig)

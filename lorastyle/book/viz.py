@@ -1014,6 +1014,7 @@ def loss_plot(
     ylabel: str = "loss",
     logy: bool = False,
     legend: bool = True,
+    reference: Mapping[str, float] | None = None,
 ) -> Axes:
     """Loss curves: the raw values faint, a trailing moving average bold (from the first full window on).
 
@@ -1032,7 +1033,10 @@ def loss_plot(
     logy : bool, default=False
         Logarithmic y axis.
     legend : bool, default=True
-        Draw a legend (when there is more than one curve).
+        Draw a legend (when there is more than one line).
+    reference : mapping of str to float, optional
+        Label to a level drawn as a dashed horizontal line across the steps (e.g. the base
+        model's loss on the same images), to read the curves against.
 
     Returns
     -------
@@ -1040,6 +1044,9 @@ def loss_plot(
     """
     if not isinstance(curves, Mapping) or len(curves) == 0:
         raise ValueError("curves must be a non-empty mapping label -> list of losses")
+    reference = dict(reference or {})
+    if not all(np.isfinite(float(v)) for v in reference.values()):
+        raise ValueError(f"reference levels must be finite numbers, got {reference!r}")
     if int(smooth) != smooth or smooth < 1:
         raise ValueError(f"smooth must be a positive integer, got {smooth!r}")
     cycle = list(OKABE_ITO) + list(TOL_BRIGHT)
@@ -1059,10 +1066,12 @@ def loss_plot(
                 ax.plot(steps[full], average, color=colour, linewidth=1.8, label=str(label))
             else:
                 ax.plot(steps, y, color=colour, linewidth=1.4, label=str(label))
+        for label, level in reference.items():
+            ax.axhline(float(level), color=_DARK, linestyle="--", linewidth=1, alpha=0.7, label=str(label), zorder=1)
         if logy:
             ax.set_yscale("log")
         _tidy_axes(ax, xlabel=xlabel, ylabel=ylabel, title=title)
-        if legend and len(curves) > 1:
+        if legend and len(curves) + len(reference) > 1:
             ax.legend(loc="best")
     return ax
 

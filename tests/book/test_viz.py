@@ -387,6 +387,18 @@ def test_loss_plot_moving_average(tmp_path):
         viz.loss_plot(ax, {"a": y}, smooth=0)
 
 
+def test_loss_plot_reference_level():
+    fig, ax = plt.subplots()
+    viz.loss_plot(ax, {"lora": [0.5, 0.4, 0.3]}, smooth=1, reference={"base model": 0.45})
+    (curve, level) = ax.lines
+    np.testing.assert_allclose(level.get_ydata(), [0.45, 0.45])
+    assert level.get_linestyle() == "--"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["lora", "base model"]
+    with pytest.raises(ValueError, match="reference"):
+        viz.loss_plot(ax, {"lora": [0.5]}, reference={"base model": float("nan")})
+    plt.close(fig)
+
+
 def test_bar_table_grouped_with_errorbars(tmp_path):
     rows = [
         dict(descriptor=d, level=lv, ari=v, std=s)

@@ -332,6 +332,11 @@ def test_chapter_helpers_run_on_the_smoke_collection(smoke):
     curves = loss_curves(coll)
     assert len(curves["base"]["base model"]) == get_profile("smoke").base_steps
     assert set(curves["loras"]) == set(summary.index)
+    # the reference level: every LoRA's first loss (B = 0 there), averaged, straight from losses.json
+    losses = json.loads((out / "losses.json").read_text())
+    firsts = [losses[r["id"]][0] for r in coll.rows if r["id"] in losses]
+    ((label, level),) = curves["reference"].items()
+    assert level == pytest.approx(np.mean(firsts)) and f"{len(firsts)} LoRAs" in label
     mem = memorisation_table(coll)
     assert set(mem["collection"]) == {"memorisation", "main"}
     assert (mem["d_own"] >= 0).all() and np.allclose(mem["ratio"], mem["d_own"] / mem["d_others"])
