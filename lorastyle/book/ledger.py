@@ -219,7 +219,7 @@ def _retrieval_rows(coll: ex.Collection, encoders: list[str]) -> list[dict]:
             f"encoder at {worst.setting}: {worst.top1:.3f} {_ci(worst.top1_low, worst.top1_high)}; "
             f"{n} queries, chance {chance:.3f}",
             "holds" if sensitive else "holds in part" if carried else "untestable here",
-            "generated images find the style painting only when sampled as the index was (T = 25); the samples"
+            f"generated images find the style painting at {best.setting} and not at {worst.setting}; the samples"
             " carry its colours faintly, not a style a reader can see"
             if sensitive
             else "the tiny generator's samples carry no style"
