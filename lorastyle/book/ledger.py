@@ -137,6 +137,45 @@ def _clustering_rows(coll: ex.Collection, encoders: list[str]) -> list[dict]:
     return rows
 
 
+def _fidelity_row(report) -> dict:
+    """The generator-fidelity gate (:mod:`lorastyle.book.fidelity`) as a row: the precondition of every
+    row about generated images."""
+    if report is None:
+        return _row(
+            "the generator draws: its base matches its data, LoRAs learn and move their samples toward their images",
+            "ours",
+            "not measured: the collection has no samples.npz",
+            "untestable here",
+            "rebuild the collection (or run `python -m lorastyle.collection.build --fidelity-only`)",
+            "[Collections](collections.ipynb)",
+        )
+    checks = {c.name: c for c in report.checks}
+    measured = "; ".join(
+        f"{c.name} {c.value:.3g} ({'≤' if c.name == 'base luminance' else '≥'} {c.threshold:g}"
+        f"{', passed' if c.passed else ', failed'})"
+        for c in checks.values()
+    )
+    # Rule: holds when every check passes; does not hold when any fails.
+    return _row(
+        "the generator draws: its base matches its data, LoRAs learn and move their samples toward their images",
+        "ours",
+        measured,
+        "holds" if report.passed else "does not hold here",
+        "every row about generated images stands on it"
+        if report.passed
+        else "failed: " + ", ".join(report.failed()) + "; the rows about generated images are untestable here",
+        "[Collections](collections.ipynb)",
+    )
+
+
+def _gated(row: dict, report) -> dict:
+    """A row about generated images: 'untestable here' unless the generator passes the fidelity gate."""
+    if report is not None and report.passed:
+        return row
+    reason = "not measured" if report is None else "failed " + ", ".join(report.failed())
+    return {**row, "verdict": "untestable here", "why": f"the generator fails the fidelity gate ({reason})"}
+
+
 def _base_model_rows(coll: ex.Collection) -> list[dict]:
     """The zero-training baseline: the base model's loss gradient on a LoRA's training images."""
     if "base_gradient" not in coll.baselines:
@@ -410,12 +449,16 @@ def claims_ledger(coll: ex.Collection):
     """
     import pandas as pd
 
+    from .fidelity import collection_gate
+
     encoders = [e for e in coll.encoders if e not in ex.IMAGE_BASELINES]
-    rows = _clustering_rows(coll, encoders)
+    gate = collection_gate(coll)
+    rows = [_fidelity_row(gate)]
+    rows += _clustering_rows(coll, encoders)
     rows.append(_structure_row(coll, encoders))
-    rows += _retrieval_rows(coll, encoders)
+    rows += [_gated(r, gate) for r in _retrieval_rows(coll, encoders)]  # both rows compare generated images
     rows.append(_subnetwork_row(coll))
-    rows.append(_memorisation_row(coll))
+    rows.append(_gated(_memorisation_row(coll), gate))
     rows += _training_seed_rows(coll)
     return pd.DataFrame(rows)
 

@@ -13,6 +13,10 @@ Layout of the output folder::
     loras/<collection>/<id>.safetensors   LoRAs, diffusers/PEFT layout, metadata inside
     losses.json                loss curves (base and every LoRA)
     features/<encoder>.npz     per-LoRA mean features: train/<id> and gen/<T>-<w>/<id>
+    samples.npz                every sampled LoRA's samples at the default setting (key: its id), the base
+                               model's (``base``) and 256 of its training crops (``base_train``): the
+                               fidelity gate's inputs (lorastyle.book.fidelity), read without torch
+    held_losses.json           per LoRA, the loss on fixed draws of its training images with B = 0 and trained
     manifest.csv               file, sha256, artist, genre, painting (the three levels of truth), collection,
                                seeds, rank, training images
     cache/                     rendered training images and samples (not committed)
@@ -45,10 +49,12 @@ __all__ = [
     "render_training_images",
     "load_base",
     "save_base",
+    "base_recipe",
     "isometric_coordinates",
     "write_images",
     "read_images",
     "write_gradient_features",
+    "write_fidelity_inputs",
     "main",
 ]
 
@@ -219,7 +225,7 @@ def render_training_images(
     return np.stack(out)
 
 
-def save_base(model, path: Path) -> None:
+def save_base(model, path: Path, training: dict | None = None) -> None:
     """Write the tiny model's weights as safetensors (never a pickle).
 
     Parameters
@@ -227,15 +233,26 @@ def save_base(model, path: Path) -> None:
     model : DiffusionModel
         The tiny model, with a ``label_encoder``; its tensors are written as
         ``unet.<name>`` and ``label_encoder.<name>``, with metadata
-        ``{"lorastyle.model": "tiny"}``.
+        ``lorastyle.model`` (``"tiny"``), ``lorastyle.objective`` and
+        ``lorastyle.scheduler`` (its ``scheduler_config`` as JSON).
     path : Path
         The ``.safetensors`` file to write.
+    training : dict, optional
+        How it was trained (images, steps, batch, learning rate, recipe), written as
+        ``lorastyle.training`` (JSON).
     """
     tensors = {f"unet.{k}": v.detach().cpu().numpy() for k, v in model.unet.state_dict().items()}
     tensors.update(
         {f"label_encoder.{k}": v.detach().cpu().numpy() for k, v in model.label_encoder.state_dict().items()}
     )
-    write_safetensors(path, tensors, {"lorastyle.model": "tiny"})
+    meta = {
+        "lorastyle.model": "tiny",
+        "lorastyle.objective": model.objective,
+        "lorastyle.scheduler": json.dumps(model.scheduler_config, sort_keys=True),
+    }
+    if training is not None:
+        meta["lorastyle.training"] = json.dumps(training, sort_keys=True)
+    write_safetensors(path, tensors, meta)
 
 
 def load_base(path: Path, n_labels: int = 8):
@@ -244,22 +261,34 @@ def load_base(path: Path, n_labels: int = 8):
     Parameters
     ----------
     path : Path
-        A ``.safetensors`` file written by :func:`save_base`.
+        A ``.safetensors`` file written by :func:`save_base`. A file without
+        ``lorastyle.scheduler`` (collections v1 and v2) is an epsilon model.
     n_labels : int, default=8
         Size of the condition table; must match the saved model's.
 
     Returns
     -------
     DiffusionModel
-        A :func:`lorastyle.collection.diffusion.tiny_model` with the saved weights,
-        its U-Net in eval mode.
+        A :func:`lorastyle.collection.diffusion.tiny_model` with the saved weights and
+        schedule, its U-Net in eval mode.
+
+    Raises
+    ------
+    ValueError
+        For a file that names an unknown objective.
     """
     import torch
 
-    from .diffusion import tiny_model
+    from .diffusion import DiffusionModel, tiny_model
 
+    tensors, meta = read_safetensors(path)
     model = tiny_model(n_labels=n_labels)
-    tensors, _ = read_safetensors(path)
+    config = json.loads(meta["lorastyle.scheduler"]) if "lorastyle.scheduler" in meta else None
+    if config is None:
+        from .diffusion import _scheduler_config
+
+        config = _scheduler_config(objective="epsilon")
+    model = DiffusionModel(unet=model.unet, scheduler_config=config, base=model.base, label_encoder=model.label_encoder)
     for prefix, module in (("unet.", model.unet), ("label_encoder.", model.label_encoder)):
         state = {k[len(prefix) :]: torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith(prefix)}
         module.load_state_dict(state)
@@ -302,6 +331,13 @@ def _base_images(profile: Profile, base_pool, load) -> np.ndarray:
     return images[: profile.base_images]
 
 
+def base_recipe(profile: Profile):
+    """The :class:`~lorastyle.collection.diffusion.BaseRecipe` a profile's base model is trained with."""
+    from .diffusion import BaseRecipe
+
+    return BaseRecipe(warmup_steps=profile.base_warmup, ema_decay=profile.base_ema)
+
+
 def _train_base(out: Path, profile: Profile, base_pool, load, losses: dict, device: str = "cpu"):
     from .diffusion import tiny_model, train_base
 
@@ -310,7 +346,15 @@ def _train_base(out: Path, profile: Profile, base_pool, load, losses: dict, devi
         return load_base(path).to(device)
     _log(f"base: {profile.base_images} crops of {len(base_pool)} paintings, {profile.base_steps} steps")
     images = _base_images(profile, base_pool, load)
-    model = tiny_model(seed=profile.seed).to(device)
+    model = tiny_model(
+        seed=profile.seed,
+        objective=profile.objective,
+        time_sampling=profile.time_sampling,
+        loss_weighting=profile.loss_weighting,
+    ).to(device)
+    recipe = base_recipe(profile)
+    # kept every 200 steps: an interrupted build resumes the base where it stopped
+    state = out / "cache" / "base-state.safetensors"
     losses["base"] = train_base(
         model,
         images,
@@ -319,8 +363,18 @@ def _train_base(out: Path, profile: Profile, base_pool, load, losses: dict, devi
         batch_size=profile.base_batch,
         lr=profile.base_lr,
         seed=profile.seed,
+        recipe=recipe,
+        state_path=state,
     )
-    save_base(model, path)
+    training = dict(
+        images=len(images),
+        steps=profile.base_steps,
+        batch=profile.base_batch,
+        lr=profile.base_lr,
+        seed=profile.seed,
+        recipe=recipe.to_dict(),
+    )
+    save_base(model, path, training)
     return model
 
 
@@ -612,6 +666,93 @@ def write_gradient_features(
     return path
 
 
+def write_fidelity_inputs(
+    out: str | os.PathLike,
+    profile: Profile,
+    model=None,
+    *,
+    samples: dict[str, np.ndarray] | None = None,
+    base_samples: np.ndarray | None = None,
+    train_images: dict[str, np.ndarray] | None = None,
+    progress: bool = True,
+) -> tuple[Path, Path]:
+    """Write ``samples.npz`` and ``held_losses.json``: what the generator-fidelity gate reads.
+
+    ``samples.npz`` holds every LoRA's samples at the default setting (key: the LoRA's id), the
+    base model's samples (``base``) and 256 of the base model's training crops spread over its
+    paintings (``base_train``). ``held_losses.json`` holds, per LoRA id, the loss on fixed draws
+    of its training images (:func:`lorastyle.collection.diffusion.held_loss`, seed 0) with B = 0
+    and with the trained LoRA; ids already there are not computed again.
+
+    Parameters
+    ----------
+    out : path
+        A built collection folder.
+    profile : Profile
+        Its profile (the base crops are drawn as the build drew them).
+    model : DiffusionModel, optional
+        Default: ``out/base.safetensors``.
+    samples, base_samples, train_images : optional
+        Default: the ``gen/<id>``, ``base`` and ``train/<id>`` arrays of ``out/images.npz``.
+    progress : bool, default=True
+
+    Returns
+    -------
+    (Path, Path)
+        The two files written.
+    """
+    from tqdm.auto import tqdm
+
+    from .diffusion import TrainedLora, held_loss
+
+    out = Path(out)
+    model = load_base(out / "base.safetensors") if model is None else model
+    if samples is None:
+        samples = read_images(out / "images.npz", "gen")
+    if base_samples is None:
+        with np.load(out / "images.npz", allow_pickle=False) as data:
+            base_samples = data["base"]
+    if train_images is None:
+        train_images = read_images(out / "images.npz", "train")
+    paintings, genres, content, base_pool, load = source_artworks(profile)
+    crops = _base_images(profile, base_pool, load) if base_pool else np.zeros((0, *base_samples.shape[1:]), np.uint8)
+    arrays = {i: np.asarray(v, dtype=np.uint8) for i, v in sorted(samples.items())}
+    arrays["base"] = np.asarray(base_samples, dtype=np.uint8)
+    arrays["base_train"] = crops[:: max(len(crops) // 256, 1)][:256]
+    samples_path = out / "samples.npz"
+    with atomic_path(samples_path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+
+    losses_path = out / "held_losses.json"
+    held = json.loads(losses_path.read_text()) if losses_path.exists() else {}
+    condition = CONDITION if model.label_encoder is not None else "a painting"
+    base_loss: dict[bytes, float] = {}
+    paths = sorted((out / "loras").glob("*/*.safetensors"))
+    for path in tqdm(paths, desc="held losses", disable=not progress):
+        lora_id = path.stem
+        if lora_id in held or lora_id not in train_images:
+            continue
+        images = train_images[lora_id]
+        loaded = load_lora(path)
+        rank = loaded.ranks[0]
+        lora = TrainedLora(
+            factors={n: (m.down, m.up) for n, m in loaded.modules.items()},
+            rank=rank,
+            alpha=float(next(iter(loaded.modules.values())).scale * rank),
+            losses=[],
+        )
+        key = hashlib.sha256(np.ascontiguousarray(images).tobytes()).digest()
+        if key not in base_loss:
+            base_loss[key] = held_loss(model, images, condition, seed=0)
+        held[lora_id] = [
+            float(f"{base_loss[key]:.6g}"),
+            float(f"{held_loss(model, images, condition, lora=lora, seed=0):.6g}"),
+        ]
+        _write_json(losses_path, held)
+    _write_json(losses_path, held)
+    return samples_path, losses_path
+
+
 def isometric_coordinates(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The same vectors in an orthonormal basis of their span, when that is shorter.
 
@@ -753,6 +894,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="where the model trains and samples (default: cpu)")
     parser.add_argument("--jobs", type=int, default=1, help="LoRAs trained at once, one process each (CPU; default 1)")
     parser.add_argument(
+        "--fidelity-only",
+        action="store_true",
+        help="only (re)write samples.npz and held_losses.json (the fidelity gate's inputs) of the collection in --out",
+    )
+    parser.add_argument(
         "--gradients-only",
         action="store_true",
         help="only (re)write features/base_gradient.npz of the collection already in --out",
@@ -760,6 +906,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.gradients_only:
         _log(f"wrote {write_gradient_features(args.out)}")
+        return 0
+    if args.fidelity_only:
+        _log("wrote {} and {}".format(*write_fidelity_inputs(args.out, get_profile(args.profile))))
         return 0
     profile = get_profile(args.profile)
     extra = dict(profile.extra)

@@ -13,7 +13,18 @@ One code path serves two model kinds:
   the paper profile on a GPU.
 
 Both are :class:`DiffusionModel` objects; :func:`train_base`, :func:`train_lora`
-and :func:`generate` do not care which. LoRAs are trained with peft on
+and :func:`generate` do not care which. A model's ``scheduler_config`` names its
+training objective (:data:`OBJECTIVES`), and training, sampling and
+:func:`loss_gradients` follow it:
+
+* ``"epsilon"``: DDPM noise prediction, DDIM sampling (Stable Diffusion 1.5's
+  objective; the paper profile);
+* ``"flow"``: rectified flow. ``x_t = (1 - t) x0 + t e`` with ``t`` in [0, 1], the
+  U-Net predicts the velocity ``v = e - x0`` at timestep ``1000 t``, and samples
+  are drawn by Euler steps from ``t = 1`` to ``0``. The tiny model's objective: with
+  the same U-Net, epsilon prediction samples grey noise after a CPU's worth of
+  training while rectified flow draws its training images' palettes
+  (``benchmarks/generator/recipe_study.py``). LoRAs are trained with peft on
 attention and feed-forward layers and returned as plain (A, B) factors keyed by
 canonical module names, ready for :func:`lorastyle.io.formats.save_lora`.
 """
@@ -30,6 +41,9 @@ from tqdm.auto import tqdm
 from .seeding import seeded
 
 __all__ = [
+    "OBJECTIVES",
+    "BaseRecipe",
+    "held_loss",
     "DiffusionModel",
     "tiny_model",
     "stable_diffusion_model",
@@ -44,6 +58,11 @@ __all__ = [
 
 # The six module kinds a style LoRA adapts (attention projections and feed-forward).
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+
+#: Training objectives a model's ``scheduler_config["objective"]`` may name (a config without the key is epsilon).
+OBJECTIVES = ("epsilon", "flow")
+_TIME_SAMPLINGS = ("uniform", "logit_normal")
+_LOSS_WEIGHTINGS = ("none", "min_snr")
 
 TINY_UNET_CONFIG = dict(
     sample_size=32,
@@ -79,7 +98,11 @@ class DiffusionModel:
     ----------
     unet : diffusers.UNet2DConditionModel
     scheduler_config : dict
-        DDPM/DDIM noise schedule (shared by training and sampling).
+        The noise schedule shared by training and sampling. Its ``"objective"`` (one of
+        :data:`OBJECTIVES`; absent means ``"epsilon"``) says what the U-Net predicts; the
+        other keys are a DDPM/DDIM schedule (epsilon) or, for ``"flow"``,
+        ``num_train_timesteps``, ``time_sampling`` (``"uniform"`` or ``"logit_normal"``
+        draws of ``t`` in training) and ``loss_weighting`` (``"none"`` or ``"min_snr"``).
     base : str
         Base family written into saved LoRAs (``tiny`` or ``sd1``).
     label_encoder : torch.nn.Module, optional
@@ -96,6 +119,19 @@ class DiffusionModel:
     tokenizer: object | None = None
     vae: torch.nn.Module | None = None
     latent_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose from {list(OBJECTIVES)}")
+        if self.objective == "flow":
+            for key, allowed in (("time_sampling", _TIME_SAMPLINGS), ("loss_weighting", _LOSS_WEIGHTINGS)):
+                if self.scheduler_config.get(key, allowed[0]) not in allowed:
+                    raise ValueError(f"{key} must be one of {list(allowed)}, got {self.scheduler_config[key]!r}")
+
+    @property
+    def objective(self) -> str:
+        """What the U-Net predicts: ``"epsilon"`` (noise) or ``"flow"`` (velocity ``e - x0``)."""
+        return self.scheduler_config.get("objective", "epsilon")
 
     @property
     def device(self) -> torch.device:
@@ -149,8 +185,16 @@ class DiffusionModel:
         return self.vae.decode(latents / self.latent_scale).sample
 
 
-def _scheduler_config(steps: int = 1000) -> dict:
+def _scheduler_config(
+    steps: int = 1000, objective: str = "epsilon", *, time_sampling: str = "uniform", loss_weighting: str = "none"
+) -> dict:
+    """A model's ``scheduler_config`` for an objective (see :class:`DiffusionModel`)."""
+    if objective == "flow":
+        return dict(
+            objective="flow", num_train_timesteps=steps, time_sampling=time_sampling, loss_weighting=loss_weighting
+        )
     return dict(
+        objective=objective,
         num_train_timesteps=steps,
         beta_start=0.0001,
         beta_end=0.02,
@@ -160,7 +204,22 @@ def _scheduler_config(steps: int = 1000) -> dict:
     )
 
 
-def tiny_model(*, n_labels: int = 8, seed: int = 0) -> DiffusionModel:
+def _ddpm_scheduler(model: DiffusionModel, kind: str = "ddpm"):
+    """The diffusers scheduler of an epsilon model's schedule (``objective`` is ours, not diffusers')."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    config = {k: v for k, v in model.scheduler_config.items() if k != "objective"}
+    return (DDIMScheduler if kind == "ddim" else DDPMScheduler)(**config)
+
+
+def tiny_model(
+    *,
+    n_labels: int = 8,
+    seed: int = 0,
+    objective: str = "flow",
+    time_sampling: str = "uniform",
+    loss_weighting: str = "none",
+) -> DiffusionModel:
     """A fresh tiny SD-architecture model (random weights; train it with :func:`train_base`).
 
     Parameters
@@ -168,13 +227,28 @@ def tiny_model(*, n_labels: int = 8, seed: int = 0) -> DiffusionModel:
     n_labels : int, default=8
         Size of the condition table; label 0 is the null condition.
     seed : int, default=0
+    objective : {"flow", "epsilon"}, default="flow"
+        What the U-Net learns to predict (see :class:`DiffusionModel`).
+    time_sampling : {"uniform", "logit_normal"}, default="uniform"
+        Flow only: how training draws ``t`` (logit-normal puts more draws at mid ``t``).
+    loss_weighting : {"none", "min_snr"}, default="none"
+        Flow only: ``"min_snr"`` weights each draw's velocity loss by
+        ``min((1 - t)^2, 5 t^2)``, min-SNR-5 weighting of the equivalent ``x0`` loss.
+
+    Raises
+    ------
+    ValueError
+        For an unknown objective, time sampling or loss weighting.
     """
     from diffusers import UNet2DConditionModel
 
+    config = _scheduler_config(objective=objective, time_sampling=time_sampling, loss_weighting=loss_weighting)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose from {list(OBJECTIVES)}")
     with seeded(seed):  # the caller's global RNG is left as it was
         unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
         enc = _LabelEncoder(n_labels, TINY_UNET_CONFIG["cross_attention_dim"])
-    return DiffusionModel(unet=unet, scheduler_config=_scheduler_config(), base="tiny", label_encoder=enc)
+    return DiffusionModel(unet=unet, scheduler_config=config, base="tiny", label_encoder=enc)
 
 
 def stable_diffusion_model(
@@ -240,15 +314,143 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return x / 127.5 - 1.0
 
 
-def _denoising_loss(
-    model: DiffusionModel, x0: torch.Tensor, cond: torch.Tensor, gen: torch.Generator, noise_scheduler
-) -> torch.Tensor:
+def _noised(
+    model: DiffusionModel, x0: torch.Tensor, noise: torch.Tensor, u: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The U-Net's input, timesteps, target and per-draw loss weight for clean ``x0``, noise and times.
+
+    ``u`` holds integer DDPM timesteps (epsilon) or times ``t`` in [0, 1] (flow). The weight is
+    None where every draw counts the same.
+    """
+    if model.objective == "flow":
+        t = u.to(x0.dtype).view(-1, 1, 1, 1)
+        noisy = (1 - t) * x0 + t * noise
+        weight = None
+        if model.scheduler_config.get("loss_weighting", "none") == "min_snr":
+            # min-SNR-5 on the x0 loss: |x0 error|^2 = t^2 |v error|^2 and SNR = ((1 - t) / t)^2
+            weight = torch.minimum((1 - u) ** 2, 5 * u**2).to(x0.dtype)
+        return noisy, u * model.scheduler_config["num_train_timesteps"], noise - x0, weight
+    sched = _ddpm_scheduler(model)
+    return sched.add_noise(x0, noise, u), u, noise, None
+
+
+def _draw_times(model: DiffusionModel, n: int, gen: torch.Generator) -> torch.Tensor:
+    """Training times for ``n`` draws from the CPU generator: DDPM timesteps, or flow times in [0, 1]."""
+    if model.objective == "flow":
+        if model.scheduler_config.get("time_sampling", "uniform") == "logit_normal":
+            return torch.sigmoid(torch.randn(n, generator=gen))
+        return torch.rand(n, generator=gen)
+    return torch.randint(0, model.scheduler_config["num_train_timesteps"], (n,), generator=gen)
+
+
+def _denoising_loss(model: DiffusionModel, x0: torch.Tensor, cond: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     # drawn by the CPU generator, then moved: the same numbers on every device
     noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), generator=gen).to(x0.device)
-    noisy = noise_scheduler.add_noise(x0, noise, t)
-    pred = model.unet(noisy, t, encoder_hidden_states=cond).sample
-    return torch.nn.functional.mse_loss(pred, noise)
+    u = _draw_times(model, len(x0), gen).to(x0.device)
+    noisy, timesteps, target, weight = _noised(model, x0, noise, u)
+    pred = model.unet(noisy, timesteps, encoder_hidden_states=cond).sample
+    per_draw = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
+    return per_draw.mean() if weight is None else (weight.float() * per_draw).mean()
+
+
+@dataclass(frozen=True)
+class BaseRecipe:
+    """How :func:`train_base` trains, beyond steps, batch size and learning rate.
+
+    The defaults are the tiny model's recipe (issue "A model that draws": its prototype and
+    ``benchmarks/generator/recipe_study.py``); ``BaseRecipe.plain()`` is the constant-rate
+    AdamW of the LoRAs, with none of the extras.
+
+    Attributes
+    ----------
+    warmup_steps : int, default=100
+        Steps of linear warm-up of the learning rate from 0.
+    final_lr_ratio : float, default=0.1
+        After warm-up the rate follows a cosine from ``lr`` down to ``final_lr_ratio * lr``
+        at the last step (1 keeps it constant).
+    clip_grad : float or None, default=1.0
+        Largest gradient norm (None: no clipping).
+    hflip : bool, default=True
+        Mirror each drawn image left-right with probability 1/2.
+    ema_decay : float or None, default=0.999
+        Exponential moving average of the weights, with the usual warm-up
+        (``min(decay, (1 + step) / (10 + step))``); the returned model holds the average.
+        None keeps the last weights.
+    autocast : bool, default=False
+        Run the forward pass in bfloat16 (weights and optimiser stay float32).
+    null_rate : float, default=0.1
+        Share of draws trained with the null condition (classifier-free guidance needs it).
+    """
+
+    warmup_steps: int = 100
+    final_lr_ratio: float = 0.1
+    clip_grad: float | None = 1.0
+    hflip: bool = True
+    ema_decay: float | None = 0.999
+    autocast: bool = False
+    null_rate: float = 0.1
+
+    @classmethod
+    def plain(cls) -> BaseRecipe:
+        """Constant learning rate, no clipping, flips or average: how LoRAs are trained."""
+        return cls(warmup_steps=0, final_lr_ratio=1.0, clip_grad=None, hflip=False, ema_decay=None)
+
+    def lr_at(self, step: int, steps: int, lr: float) -> float:
+        """The learning rate of optimiser step ``step`` (1 to ``steps``)."""
+        if step <= self.warmup_steps:
+            return lr * step / self.warmup_steps
+        span = max(steps - self.warmup_steps, 1)
+        progress = min((step - self.warmup_steps) / span, 1.0)
+        return lr * (self.final_lr_ratio + (1 - self.final_lr_ratio) * 0.5 * (1 + np.cos(np.pi * progress)))
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _save_state(path, params, ema, opt, gen, step: int, losses: list[float], fingerprint: str) -> None:
+    """Write a resumable training state (weights, average, Adam moments, generator) as safetensors."""
+    import json
+
+    from ..io.safetensors import write_safetensors
+
+    tensors = {f"param.{i}": p.detach().cpu().numpy() for i, p in enumerate(params)}
+    if ema is not None:
+        tensors |= {f"ema.{i}": e.cpu().numpy() for i, e in enumerate(ema)}
+    for i, p in enumerate(params):
+        state = opt.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                tensors[f"adam.{i}.{key}"] = state[key].detach().cpu().numpy()
+    tensors["generator"] = gen.get_state().numpy()
+    meta = {"step": str(step), "losses": json.dumps([float(f"{x:.6g}") for x in losses]), "fingerprint": fingerprint}
+    write_safetensors(path, tensors, meta)
+
+
+def _load_state(path, params, ema, opt, gen, fingerprint: str) -> tuple[int, list[float]]:
+    """Restore what :func:`_save_state` wrote; return (steps done, losses so far)."""
+    import json
+
+    from ..io.safetensors import read_safetensors
+
+    tensors, meta = read_safetensors(path)
+    if meta.get("fingerprint") != fingerprint:
+        raise ValueError(f"{path}: a training state of another run (other settings); remove it to start again")
+    step = int(meta["step"])
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(torch.from_numpy(tensors[f"param.{i}"].copy()))
+            if ema is not None:
+                ema[i].copy_(torch.from_numpy(tensors[f"ema.{i}"].copy()))
+            if f"adam.{i}.exp_avg" in tensors:
+                opt.state[p] = {
+                    "step": torch.tensor(float(step)),
+                    "exp_avg": torch.from_numpy(tensors[f"adam.{i}.exp_avg"].copy()).to(p.device),
+                    "exp_avg_sq": torch.from_numpy(tensors[f"adam.{i}.exp_avg_sq"].copy()).to(p.device),
+                }
+    gen.set_state(torch.from_numpy(tensors["generator"].copy()))
+    return step, json.loads(meta["losses"])
 
 
 def _train(
@@ -263,36 +465,79 @@ def _train(
     seed: int,
     desc: str,
     progress: bool,
+    recipe: BaseRecipe | None = None,
     on_step: Callable[[int], None] | None = None,
+    state_path=None,
+    save_every: int = 200,
 ) -> list[float]:
-    from diffusers import DDPMScheduler
-
     if len(images) == 0:
         raise ValueError("no training images")
     if len(labels) != len(images):
         raise ValueError(f"{len(labels)} labels for {len(images)} images")
-    sched = DDPMScheduler(**model.scheduler_config)
+    recipe = BaseRecipe.plain() if recipe is None else recipe
+    params = list(params)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    ema = [p.detach().clone() for p in params] if recipe.ema_decay is not None else None
     x_all = _to_tensor(images)
     labels = list(labels)
-    losses = []
+    losses: list[float] = []
+    done = 0
+    fingerprint = ""
+    if state_path is not None:
+        import hashlib
+        import json
+        from pathlib import Path
+
+        state_path = Path(state_path)
+        blob = json.dumps(
+            [recipe.to_dict(), model.scheduler_config, steps, batch_size, lr, seed, len(images), len(params)],
+            sort_keys=True,
+        )
+        fingerprint = hashlib.sha256(blob.encode() + np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
+        if state_path.exists():
+            done, losses = _load_state(state_path, params, ema, opt, gen, fingerprint)
     model.unet.train()
-    for step in tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False):
+    autocast = torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=recipe.autocast)
+    for step in tqdm(range(done + 1, steps + 1), desc=desc, disable=not progress, leave=False):
         idx = torch.randint(0, len(x_all), (min(batch_size, len(x_all)),), generator=gen)
+        x = x_all[idx]
+        if recipe.hflip:
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         with torch.no_grad():
-            x0 = model.to_latents(x_all[idx].to(model.device))
-        # classifier-free guidance needs the null condition seen in training: drop 10% of labels
-        drop = torch.rand(len(idx), generator=gen) < 0.1
+            x0 = model.to_latents(x.to(model.device))
+        # classifier-free guidance needs the null condition seen in training: drop some labels
+        drop = torch.rand(len(idx), generator=gen) < recipe.null_rate
         batch_labels = [None if d else labels[i] for i, d in zip(idx.tolist(), drop.tolist())]
-        cond = model.condition(batch_labels)
-        loss = _denoising_loss(model, x0, cond, gen, sched)
+        if recipe.warmup_steps or recipe.final_lr_ratio != 1.0:
+            for group in opt.param_groups:
+                group["lr"] = recipe.lr_at(step, steps, lr)
+        with autocast:
+            cond = model.condition(batch_labels)
+            loss = _denoising_loss(model, x0, cond, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if recipe.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(params, recipe.clip_grad)
         opt.step()
+        if ema is not None:
+            decay = min(recipe.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for e, p in zip(ema, params):
+                    e.mul_(decay).add_(p.detach(), alpha=1 - decay)
         losses.append(loss.item())
         if on_step is not None:
             on_step(step)
+        if state_path is not None and (step % save_every == 0 or step == steps):
+            from ..io.atomic import atomic_path
+
+            with atomic_path(state_path, suffix=".safetensors") as tmp:
+                _save_state(tmp, params, ema, opt, gen, step, losses, fingerprint)
+    if ema is not None:
+        with torch.no_grad():
+            for e, p in zip(ema, params):
+                p.copy_(e)
     model.unet.eval()
     return losses
 
@@ -304,8 +549,11 @@ def train_base(
     *,
     steps: int = 2000,
     batch_size: int = 32,
-    lr: float = 2e-4,
+    lr: float = 1e-3,
     seed: int = 0,
+    recipe: BaseRecipe | None = None,
+    state_path=None,
+    save_every: int = 200,
     progress: bool = True,
 ) -> list[float]:
     """Pre-train the whole tiny model (U-Net and condition table) on images.
@@ -313,16 +561,38 @@ def train_base(
     Parameters
     ----------
     model : DiffusionModel
+        Trained in place with its own objective; afterwards it holds the weights' moving
+        average when ``recipe.ema_decay`` is set.
     images : ndarray of shape (n, H, W, 3), uint8, at the model's resolution
     labels : sequence of int
         Condition index per image (0 is the null condition).
-    steps, batch_size, lr, seed : training schedule.
+    steps : int, default=2000
+        Optimiser steps.
+    batch_size : int, default=32
+        Images per step, drawn with replacement.
+    lr : float, default=1e-3
+        Peak learning rate (AdamW, no weight decay).
+    seed : int, default=0
+        Batches, flips, dropped labels, noise and times.
+    recipe : BaseRecipe, optional
+        Warm-up, decay, clipping, flips, moving average, autocast. Default: ``BaseRecipe()``.
+    state_path : path, optional
+        A file where the full training state is kept every ``save_every`` steps and at the
+        end: a call with the same arguments and an existing state continues from it, and
+        ends with the same weights as an uninterrupted run.
+    save_every : int, default=200
     progress : bool, default=True
 
     Returns
     -------
     list of float
-        The loss at every step.
+        The loss at every step (those of an earlier, resumed run included).
+
+    Raises
+    ------
+    ValueError
+        For no images, a label count that differs from the image count, or a
+        ``state_path`` left by a run with other settings.
     """
     params = list(model.unet.parameters())
     if model.label_encoder is not None:
@@ -338,7 +608,70 @@ def train_base(
         seed=seed,
         desc="base",
         progress=progress,
+        recipe=BaseRecipe() if recipe is None else recipe,
+        state_path=state_path,
+        save_every=save_every,
     )
+
+
+def held_loss(
+    model: DiffusionModel,
+    images: np.ndarray,
+    prompt,
+    *,
+    lora: TrainedLora | None = None,
+    draws: int = 8,
+    seed: int = 0,
+) -> float:
+    """The denoising loss on a fixed set of (image, time, noise) draws: how well a model fits images.
+
+    Every image is noised ``draws`` times, at times spread evenly over the schedule (the
+    midpoints of ``draws`` equal bins of [0, 1], or of the DDPM timesteps) with noise drawn
+    from ``seed``; the same draws for every call with the same images and seed, so a LoRA's
+    loss and the base model's (``lora=None``, the LoRA's B = 0) are compared on the same draws.
+
+    Parameters
+    ----------
+    model : DiffusionModel
+    images : ndarray of shape (n, H, W, 3), uint8
+    prompt : int or str
+        The condition, as in training.
+    lora : TrainedLora, optional
+        Applied for this call only.
+    draws : int, default=8
+        Times per image.
+    seed : int, default=0
+
+    Returns
+    -------
+    float
+        The mean squared error of the U-Net's prediction (unweighted).
+
+    Raises
+    ------
+    ValueError
+        For ``draws`` < 1 or no images.
+    """
+    if draws < 1 or len(images) == 0:
+        raise ValueError(f"held_loss needs images and draws >= 1, got {len(images)} images, draws={draws}")
+    mid = (torch.arange(draws, dtype=torch.float64) + 0.5) / draws
+    if model.objective == "flow":
+        u = mid.float().repeat_interleave(len(images))
+    else:
+        u = (mid * model.scheduler_config["num_train_timesteps"]).long().repeat_interleave(len(images))
+    if lora is not None:
+        _apply_lora(model, lora)
+    try:
+        with torch.no_grad():
+            x0 = model.to_latents(_to_tensor(images).to(model.device)).repeat(draws, 1, 1, 1)
+            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0.device)
+            noisy, timesteps, target, _ = _noised(model, x0, noise, u.to(x0.device))
+            cond = model.condition([prompt] * len(x0))
+            pred = model.unet(noisy, timesteps, encoder_hidden_states=cond).sample
+            return float(torch.nn.functional.mse_loss(pred.float(), target.float()))
+    finally:
+        if lora is not None:
+            model.unet.unload_lora()
 
 
 @dataclass
@@ -456,8 +789,9 @@ def loss_gradients(
 ) -> dict[str, np.ndarray]:
     """The base model's denoising-loss gradient on each image set: a style descriptor with no training.
 
-    For every set, the gradient of the mean denoising loss over its images, each noised at every
-    one of ``timesteps``, with respect to the weights a LoRA adapts (``targets``), concatenated in
+    For every set, the gradient of the mean denoising loss (the model's own objective) over its
+    images, each noised at every one of ``timesteps`` (DDPM timesteps; a flow model takes
+    ``t = timestep / 1000``), with respect to the weights a LoRA adapts (``targets``), concatenated in
     module-name order. A LoRA's first optimiser step moves along this direction (projected onto
     its random A), so it is the baseline any trained LoRA descriptor has to beat: what the base
     model already says about the images before any training. The noise is drawn from ``seed``
@@ -482,9 +816,6 @@ def loss_gradients(
     dict of str to ndarray of shape (d,), dtype float32
         Set name -> gradient; ``d`` is the number of weights of the target modules.
     """
-    from diffusers import DDPMScheduler
-
-    sched = DDPMScheduler(**model.scheduler_config)
     weights = [
         (name, module.weight)
         for name, module in sorted(model.unet.named_modules())
@@ -508,8 +839,10 @@ def loss_gradients(
             noise = torch.randn((len(ts), *x0.shape[1:]), generator=gen, dtype=dtype).to(x0.device)
             x = x0.repeat(len(timesteps), 1, 1, 1)
             cond = model.condition([prompt] * len(x))
-            pred = model.unet(sched.add_noise(x, noise, ts.to(x.device)), ts.to(x.device), encoder_hidden_states=cond)
-            loss = torch.nn.functional.mse_loss(pred.sample, noise)
+            u = ts.to(dtype) / model.scheduler_config["num_train_timesteps"] if model.objective == "flow" else ts
+            noisy, steps_in, target, _ = _noised(model, x, noise, u.to(x.device))
+            pred = model.unet(noisy, steps_in, encoder_hidden_states=cond)
+            loss = torch.nn.functional.mse_loss(pred.sample, target)
             grads = torch.autograd.grad(loss, [w for _, w in weights])
             out[key] = torch.cat([g.reshape(-1) for g in grads]).detach().float().cpu().numpy()
     finally:
@@ -541,7 +874,10 @@ def generate(
     lora: TrainedLora | None = None,
     batch_size: int = 16,
 ) -> np.ndarray:
-    """Sample images with DDIM and classifier-free guidance, optionally through a LoRA.
+    """Sample images with classifier-free guidance, optionally through a LoRA.
+
+    An epsilon model samples with DDIM; a flow model with Euler steps from ``t = 1`` to ``0``
+    (as many U-Net calls per step).
 
     Parameters
     ----------
@@ -550,7 +886,7 @@ def generate(
         Number of images.
     prompt : int or str
     steps : int, default=25
-        DDIM steps T.
+        Sampling steps T (DDIM or Euler).
     guidance : float, default=3.0
         Guidance scale w (1 means no guidance).
     seed : int, default=0
@@ -562,12 +898,15 @@ def generate(
     -------
     ndarray of shape (n, H, W, 3), uint8
     """
-    from diffusers import DDIMScheduler
-
     if n < 1 or steps < 1:
         raise ValueError(f"n and steps must be positive, got n={n}, steps={steps}")
-    sched = DDIMScheduler(**model.scheduler_config)
-    sched.set_timesteps(steps)
+    flow = model.objective == "flow"
+    if flow:
+        times = torch.linspace(1.0, 0.0, steps + 1)
+        scale = model.scheduler_config["num_train_timesteps"]
+    else:
+        sched = _ddpm_scheduler(model, "ddim")
+        sched.set_timesteps(steps)
     if lora is not None:
         _apply_lora(model, lora)
     try:
@@ -580,14 +919,20 @@ def generate(
             x = torch.randn(shape, generator=gen).to(model.device)  # CPU draws: the same images on any device
             cond = model.condition([prompt] * m)
             null = model.condition([None] * m)
-            for t in sched.timesteps.to(model.device):
+
+            def predict(x, t, cond=cond, null=null):
                 if guidance == 1.0:
-                    eps = model.unet(x, t, encoder_hidden_states=cond).sample
-                else:
-                    both = model.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([null, cond])).sample
-                    eps_null, eps_cond = both.chunk(2)
-                    eps = eps_null + guidance * (eps_cond - eps_null)
-                x = sched.step(eps, t, x).prev_sample
+                    return model.unet(x, t, encoder_hidden_states=cond).sample
+                both = model.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([null, cond])).sample
+                pred_null, pred_cond = both.chunk(2)
+                return pred_null + guidance * (pred_cond - pred_null)
+
+            if flow:
+                for t_now, t_next in zip(times[:-1].tolist(), times[1:].tolist()):
+                    x = x + (t_next - t_now) * predict(x, torch.tensor(t_now * scale, device=model.device))
+            else:
+                for t in sched.timesteps.to(model.device):
+                    x = sched.step(predict(x, t), t, x).prev_sample
             img = model.to_images(x).clamp(-1, 1)
             out.append(((img + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
         return np.concatenate(out)

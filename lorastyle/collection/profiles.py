@@ -47,11 +47,16 @@ class Profile:
     # images
     resolution: int = 32
     stylize_size: int = 128
-    # base model
+    # base model (the tiny model; a profile with extra["model_id"] uses that model as it is)
+    objective: str = "flow"  # "flow" (rectified flow) or "epsilon" (DDPM): see collection.diffusion
+    time_sampling: str = "uniform"  # flow: how training draws t ("uniform" or "logit_normal")
+    loss_weighting: str = "none"  # flow: "none" or "min_snr"
     base_images: int = 2000
     base_steps: int = 600
     base_batch: int = 32
-    base_lr: float = 5e-4
+    base_lr: float = 1e-3
+    base_warmup: int = 100  # warm-up steps, then a cosine decay to 0.1x (collection.diffusion.BaseRecipe)
+    base_ema: float | None = 0.999  # the base is the weights' moving average (None: the last weights)
     # LoRAs
     rank: int = 4
     lora_steps: int = 60
@@ -86,6 +91,7 @@ PROFILES: dict[str, Profile] = {
         base_images=32,
         base_steps=2,
         base_batch=8,
+        base_warmup=1,
         lora_steps=2,
         lora_batch=4,
         samples_per_lora=2,
@@ -104,6 +110,7 @@ PROFILES: dict[str, Profile] = {
         loras_per_artist=5,
         images_per_lora=15,
         real_pixels=False,
+        objective="epsilon",  # Stable Diffusion 1.5's
         resolution=512,
         base_steps=0,
         lora_steps=1000,

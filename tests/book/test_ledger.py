@@ -106,3 +106,33 @@ def test_memorisation_verdict_follows_the_ratio_intervals(monkeypatch, few, many
     row = _memorisation_row(None)
     assert row["verdict"] == verdict
     assert f"(n = {len(few)})" in row["measured"] and f"(n = {len(many)})" in row["measured"]
+
+
+def _report(passed_flags):
+    from lorastyle.book.fidelity import FidelityCheck, FidelityReport
+
+    names = ["base luminance", "base contrast", "LoRAs learn"]
+    return FidelityReport([FidelityCheck(n, 0.5, 0.1, ok) for n, ok in zip(names, passed_flags)])
+
+
+@pytest.mark.parametrize(
+    "flags, verdict",
+    [((True, True, True), "holds"), ((True, False, True), "does not hold here"), (None, "untestable here")],
+)
+def test_the_fidelity_row_and_the_rows_it_gates(flags, verdict):
+    """The gate's row can say each of its verdicts; a row about generated images keeps its own verdict only
+    while the gate passes."""
+    from lorastyle.book.ledger import _fidelity_row, _gated, _row
+
+    report = None if flags is None else _report(flags)
+    row = _fidelity_row(report)
+    assert row["verdict"] == verdict
+    generated = _row("S4", "paper", "0.5", "holds", "because", "x")
+    gated = _gated(generated, report)
+    if verdict == "holds":
+        assert gated == generated
+    else:
+        assert gated["verdict"] == "untestable here" and "fidelity gate" in gated["why"]
+        assert gated["measured"] == "0.5"  # the measurement is still shown
+    if flags == (True, False, True):
+        assert "base contrast" in row["why"] and "base contrast" in gated["why"]

@@ -8,6 +8,7 @@ from lorastyle.collection.diffusion import (
     LORA_TARGETS,
     _apply_lora,
     generate,
+    held_loss,
     loss_gradients,
     stable_diffusion_model,
     tiny_model,
@@ -178,11 +179,12 @@ def test_seeding_leaves_the_callers_random_state_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_loss_gradients_match_finite_differences(images):
+@pytest.mark.parametrize("objective", ["epsilon", "flow"])
+def test_loss_gradients_match_finite_differences(images, objective):
     """The gradient of the written-out loss, checked by central differences in float64."""
     from diffusers import DDPMScheduler
 
-    m = tiny_model(seed=1)
+    m = tiny_model(seed=1, objective=objective)
     m.unet.double()
     m.label_encoder.double()
     m.unet.requires_grad_(False)  # as train_lora leaves it: the gradients must not depend on it
@@ -196,7 +198,6 @@ def test_loss_gradients_match_finite_differences(images):
     )
     sizes = [mod.weight.numel() for _, mod in linear]
     assert {k: g.shape for k, g in grads.items()} == {"a": (sum(sizes),), "b": (sum(sizes),)}
-    sched = DDPMScheduler(**m.scheduler_config)
 
     def loss(imgs):  # the definition: mean denoising loss, every image at every timestep, noise from the seed
         x0 = torch.from_numpy(imgs).permute(0, 3, 1, 2).double() / 127.5 - 1
@@ -205,8 +206,13 @@ def test_loss_gradients_match_finite_differences(images):
         x = x0.repeat(2, 1, 1, 1)
         cond = m.condition([1] * len(x))
         with torch.no_grad():
-            pred = m.unet(sched.add_noise(x, noise, ts), ts, encoder_hidden_states=cond).sample
-        return torch.nn.functional.mse_loss(pred, noise).item()
+            if objective == "epsilon":
+                sched = DDPMScheduler(**{k: v for k, v in m.scheduler_config.items() if k != "objective"})
+                pred = m.unet(sched.add_noise(x, noise, ts), ts, encoder_hidden_states=cond).sample
+                return torch.nn.functional.mse_loss(pred, noise).item()
+            t = ts.double().view(-1, 1, 1, 1) / 1000  # rectified flow: x_t = (1 - t) x0 + t e, target e - x0
+            pred = m.unet((1 - t) * x + t * noise, ts.double(), encoder_hidden_states=cond).sample
+            return torch.nn.functional.mse_loss(pred, noise - x).item()
 
     rng = np.random.default_rng(0)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
@@ -225,3 +231,135 @@ def test_loss_gradients_match_finite_differences(images):
     assert not np.allclose(grads["a"], grads["b"])
     with pytest.raises(ValueError, match="no linear module"):
         loss_gradients(m, sets, 1, targets=("nothing",))
+
+
+def test_a_resumed_base_run_ends_where_an_uninterrupted_one_does(images, tmp_path):
+    """Training state kept every 2 steps: 3 steps, then a call for 5 from the state, equals 5 in one go."""
+    from lorastyle.collection.diffusion import BaseRecipe
+
+    recipe = BaseRecipe(warmup_steps=2)
+    straight = tiny_model(seed=2)
+    losses = train_base(straight, images, [1] * 12, steps=5, batch_size=4, recipe=recipe, progress=False)
+    state = tmp_path / "state.safetensors"
+    resumed = tiny_model(seed=2)
+    first = train_base(resumed, images, [1] * 12, steps=3, batch_size=4, recipe=recipe, progress=False)
+    # a run of 3 is another run (its cosine ends earlier): a 5-step run killed in its third step instead
+    interrupted = tiny_model(seed=2)
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    import lorastyle.collection.diffusion as diffusion
+
+    original = diffusion._denoising_loss
+
+    def loss_then_stop(*args):
+        calls.append(len(calls) + 1)
+        if len(calls) == 3:
+            raise Stop
+        return original(*args)
+
+    diffusion._denoising_loss = loss_then_stop
+    try:
+        with pytest.raises(Stop):
+            train_base(
+                interrupted,
+                images,
+                [1] * 12,
+                steps=5,
+                batch_size=4,
+                recipe=recipe,
+                state_path=state,
+                save_every=2,
+                progress=False,
+            )
+    finally:
+        diffusion._denoising_loss = original
+    assert calls == [1, 2, 3] and state.exists()
+    again = tiny_model(seed=2)
+    resumed_losses = train_base(
+        again, images, [1] * 12, steps=5, batch_size=4, recipe=recipe, state_path=state, save_every=2, progress=False
+    )
+    assert resumed_losses == pytest.approx(losses, rel=1e-5)  # the state keeps 6 significant digits
+    for (k, a), b in zip(straight.unet.state_dict().items(), again.unet.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=k)
+    assert len(first) == 3
+    with pytest.raises(ValueError, match="another run"):
+        train_base(
+            tiny_model(seed=2), images, [1] * 12, steps=6, batch_size=4, recipe=recipe, state_path=state, progress=False
+        )
+
+
+def test_base_recipe_learning_rate_schedule():
+    from lorastyle.collection.diffusion import BaseRecipe
+
+    r = BaseRecipe(warmup_steps=10, final_lr_ratio=0.1)
+    assert r.lr_at(5, 110, 1.0) == pytest.approx(0.5)
+    assert r.lr_at(10, 110, 1.0) == pytest.approx(1.0)
+    assert r.lr_at(60, 110, 1.0) == pytest.approx(0.1 + 0.9 * 0.5)  # half way down the cosine
+    assert r.lr_at(110, 110, 1.0) == pytest.approx(0.1)
+    assert BaseRecipe.plain().lr_at(7, 10, 0.3) == pytest.approx(0.3)
+
+
+def test_ema_holds_the_average_of_the_weights(images):
+    """With decay d the returned weights are the recursive average (warm-up included), not the last weights."""
+    from lorastyle.collection.diffusion import BaseRecipe
+
+    recipe = BaseRecipe(warmup_steps=0, final_lr_ratio=1.0, clip_grad=None, hflip=False, ema_decay=0.5)
+    m = tiny_model(seed=3)
+    init = [p.detach().clone() for p in m.unet.parameters()]
+    steps_seen = []
+    plain = tiny_model(seed=3)
+    train_base(plain, images, [1] * 12, steps=1, batch_size=4, recipe=BaseRecipe.plain(), progress=False)
+    train_base(m, images, [1] * 12, steps=1, batch_size=4, recipe=recipe, progress=False)
+    d = min(0.5, 2 / 11)  # the warm-up of step 1
+    for p0, p1, avg in zip(init, plain.unet.parameters(), m.unet.parameters()):
+        torch.testing.assert_close(avg, d * p0 + (1 - d) * p1, rtol=1e-5, atol=1e-6)
+    assert not steps_seen
+
+
+@pytest.mark.parametrize("objective", ["epsilon", "flow"])
+def test_held_loss_falls_when_a_lora_fits_its_images(images, objective):
+    """held_loss is the written-out loss on fixed draws; a LoRA trained on the images lowers it."""
+    m = tiny_model(seed=4, objective=objective)
+    train_base(m, images, [1] * 12, steps=3, batch_size=4, progress=False)
+    base = held_loss(m, images[:4], 1, draws=4, seed=1)
+    assert base == held_loss(m, images[:4], 1, draws=4, seed=1)  # fixed draws
+    assert base != held_loss(m, images[:4], 1, draws=4, seed=2)
+    lora = train_lora(m, images[:4], 1, steps=15, batch_size=4, lr=1e-2, seed=0)
+    assert held_loss(m, images[:4], 1, lora=lora, draws=4, seed=1) < base
+    if objective == "flow":  # the definition, written out at the midpoints t = 1/8, 3/8, 5/8, 7/8
+        x0 = torch.from_numpy(images[:4]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        x0 = x0.repeat(4, 1, 1, 1)
+        t = torch.tensor([0.125, 0.375, 0.625, 0.875]).repeat_interleave(4)
+        e = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            pred = m.unet(
+                (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * e,
+                t * 1000,
+                encoder_hidden_states=m.condition([1] * 16),
+            ).sample
+        assert base == pytest.approx(torch.nn.functional.mse_loss(pred, e - x0).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="draws"):
+        held_loss(m, images[:4], 1, draws=0)
+
+
+def test_flow_sampling_is_euler_on_the_velocity():
+    """generate() of a flow model equals Euler steps x <- x + (t_next - t) v(x, 1000 t), written out."""
+    m = tiny_model(seed=5, objective="flow")
+    out = generate(m, 2, 1, steps=3, guidance=1.0, seed=7)
+    x = torch.randn((2, 3, 32, 32), generator=torch.Generator().manual_seed(7))
+    ts = [1.0, 2 / 3, 1 / 3, 0.0]
+    with torch.no_grad():
+        for a, b in zip(ts[:-1], ts[1:]):
+            x = x + (b - a) * m.unet(x, torch.tensor(a * 1000), encoder_hidden_states=m.condition([1, 1])).sample
+    expected = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    assert np.abs(out.astype(int) - expected).max() <= 1
+
+
+def test_unknown_objectives_are_refused():
+    with pytest.raises(ValueError, match="unknown objective"):
+        tiny_model(objective="score")
+    with pytest.raises(ValueError, match="time_sampling"):
+        tiny_model(time_sampling="cosine")
