@@ -16,13 +16,19 @@ Arms (``--arms``; each differs from ``flow`` in one thing):
 * ``epsilon``: the same recipe with DDPM epsilon prediction (the objective of collections v1/v2);
 * ``logit_normal``: t drawn logit-normally; ``min_snr``: min-SNR-5 weighting;
 * ``crops4000``: 4,000 base crops; ``bf16``: the forward pass in bfloat16 autocast;
-* ``long``: ``flow`` with ``--long-factor`` times the budget (base length).
+* ``long``: ``flow`` with ``--long-factor`` times the budget (base length);
+* ``lora_lr5e-3``, ``lora_lr1e-2``, ``lora_steps150``: the LoRAs' learning rate or length, on the
+  ``flow`` arm's base (run that arm first).
 
-The number of base steps of an arm is its budget divided by the time of a step measured in a
-20-step trial (the cosine schedule needs the length in advance); it is recorded, so a resumed run
-keeps it. Base training keeps its full state every 200 steps and LoRAs and samples are cached:
-an interrupted run resumes (``~/.cache/lorastyle/generator-recipe/``); an arm whose gate is in the
-results file is not run again.
+Arms write into one results file under a lock, so two study processes can run different arms side
+by side (one core each).
+
+The number of base steps of an arm is its budget divided by the time of a step measured in one
+20-step trial at the start (the cosine schedule needs the length in advance; ``bf16`` has a trial of
+its own); it is recorded, so a resumed run keeps it. Base training keeps its full state every 200
+steps and LoRAs and samples are cached: an interrupted run resumes
+(``~/.cache/lorastyle/generator-recipe/``); an arm whose gate is in the results file is not run
+again.
 ``--throughput`` also measures base-training steps per second with 2 threads in one process
 against 2 processes of 1 thread.
 
@@ -53,6 +59,10 @@ ARMS = {
     "crops4000": {"base_images": 4000},
     "bf16": {"autocast": True},
     "long": {"long": True},
+    # LoRA recipes on the flow arm's base (no base of their own)
+    "lora_lr5e-3": {"base_from": "flow", "lora_lr": 5e-3},
+    "lora_lr1e-2": {"base_from": "flow", "lora_lr": 1e-2},
+    "lora_steps150": {"base_from": "flow", "lora_steps": 150},
 }
 
 
@@ -71,10 +81,20 @@ def _chosen(manifest: list[dict], n: int) -> list[str]:
 
 
 def _save(path: Path, obj) -> None:
+    """Merge ``obj`` into the results file under a lock: several study processes may run arms side by side."""
+    import fcntl
+    import os
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        on_disk = json.loads(path.read_text()) if path.exists() else {}
+        arms = {**on_disk.get("arms", {}), **obj.get("arms", {})}
+        merged = {**on_disk, **obj, "arms": arms}
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(merged, indent=1))
+        tmp.replace(path)
+    obj.update(merged)
 
 
 def _step_time(model, images, recipe, batch: int) -> float:
@@ -159,7 +179,15 @@ def run_arm(name: str, args, train, painting, collection_of, chosen, results: di
     recipe = BaseRecipe(autocast=settings.get("autocast", False))
     budget = args.budget * (args.long_factor if settings.get("long") else 1)
     base_path = work / "base.safetensors"
-    if base_path.exists():
+    if "base_from" in settings:
+        base_path = WORK / settings["base_from"] / "base.safetensors"
+        if not base_path.exists():
+            raise SystemExit(f"arm {name} needs the base of arm {settings['base_from']}: run that arm first")
+        source = results["arms"][settings["base_from"]]
+        arm.update(base_steps=source["base_steps"], base_wall_s=source.get("base_wall_s", float("nan")))
+        model = load_base(base_path)
+        work = WORK / name
+    elif base_path.exists():
         model = load_base(base_path)
     else:
         model = tiny_model(
@@ -169,7 +197,13 @@ def run_arm(name: str, args, train, painting, collection_of, chosen, results: di
             loss_weighting=settings.get("loss_weighting", "none"),
         )
         if "base_steps" not in arm:
-            arm["step_s"] = _step_time(model, images, recipe, 32)
+            # one trial for every arm whose step costs the same (all but bf16): arms measured later, on a
+            # machine busier or quieter than at the first trial, still get the same number of steps
+            if settings.get("autocast"):
+                arm["step_s"] = _step_time(model, images, recipe, 32)
+            else:
+                results.setdefault("step_s", _step_time(model, images, recipe, 32))
+                arm["step_s"] = results["step_s"]
             arm["base_steps"] = int(budget / arm["step_s"])
             arm["budget_s"] = budget
             _save(args.out, results)
@@ -191,7 +225,7 @@ def run_arm(name: str, args, train, painting, collection_of, chosen, results: di
         save_base(model, base_path, {"steps": arm["base_steps"], "recipe": recipe.to_dict()})
         _save(args.out, results)
     gen_kw = dict(steps=25, guidance=3.0)
-    base_samples_path = work / "base-samples.npy"
+    base_samples_path = base_path.parent / "base-samples.npy"
     if not base_samples_path.exists():
         np.save(base_samples_path, generate(model, args.base_samples, CONDITION, seed=10_000, **gen_kw))
     base_samples = np.load(base_samples_path)
@@ -200,7 +234,17 @@ def run_arm(name: str, args, train, painting, collection_of, chosen, results: di
         path = work / f"lora-{i}.npz"
         if not path.exists():
             t = time.perf_counter()
-            lora = train_lora(model, train[i], CONDITION, rank=4, alpha=4, steps=60, batch_size=8, lr=2e-3, seed=k)
+            lora = train_lora(
+                model,
+                train[i],
+                CONDITION,
+                rank=4,
+                alpha=4,
+                steps=settings.get("lora_steps", 60),
+                batch_size=8,
+                lr=settings.get("lora_lr", 2e-3),
+                seed=k,
+            )
             lora_s = time.perf_counter() - t
             before = held_loss(model, train[i], CONDITION, seed=k)
             after = held_loss(model, train[i], CONDITION, lora=lora, seed=k)

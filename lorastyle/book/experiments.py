@@ -218,9 +218,17 @@ class Collection:
         Returns
         -------
         ndarray of shape (n_images, H, W, 3), dtype uint8
-            The array ``<kind>/<lora_id>`` of ``images.npz`` (``KeyError`` when absent, e.g.
-            ``gen`` for a seed or rank variant, which are not sampled).
+            ``train``: the array ``train/<lora_id>`` of ``images.npz``. ``gen``: the array
+            ``<lora_id>`` of ``samples.npz`` where the collection has one, else ``gen/<lora_id>``
+            of ``images.npz`` (collections v1 and v2). ``KeyError`` when absent (a LoRA that was
+            not sampled).
         """
+        samples = self.root / "samples.npz"
+        if kind == "gen" and samples.exists():  # collections from v3 on keep every LoRA's samples there
+            with np.load(samples, allow_pickle=False) as data:
+                if lora_id not in data.files:
+                    raise KeyError(f"{samples}: no samples of {lora_id}")
+                return data[lora_id]
         path = self.root / "images.npz"
         if not path.exists():
             raise FileNotFoundError(f"{path}: no images; rebuild the collection with `make data`")

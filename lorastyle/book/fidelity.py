@@ -50,6 +50,7 @@ __all__ = [
     "FidelityReport",
     "fidelity_gate",
     "collection_gate",
+    "gate_tables",
 ]
 
 LUMINANCE_TOLERANCE = 12.0  # levels of 255
@@ -302,7 +303,8 @@ def fidelity_gate(
     base_samples : ndarray of shape (k, H, W, 3), uint8
         The base model's samples (no LoRA), drawn as the LoRAs' are.
     base_train : ndarray of shape (m, H, W, 3), uint8
-        Crops of the base model's training data.
+        Crops of the base model's training data; with none (``m = 0``) the base checks fail as
+        not measured.
     painting : mapping of str to str
         LoRA id -> its style painting.
     collection : mapping of str to str
@@ -326,11 +328,19 @@ def fidelity_gate(
     if not main:
         raise ValueError("the gate needs samples of main LoRAs")
     candidates = {i: train[i] for i in sorted(train) if collection.get(i) == "main"}
-    y_gen, y_train = luminance(base_samples), luminance(base_train)
-    gen_x = _check_images(base_samples).astype(np.float64)
-    train_x = _check_images(base_train, "base_train").astype(np.float64)
-    lum_gap = abs(float(y_gen.mean() - y_train.mean()))
-    std_ratio = float(gen_x.std() / train_x.std()) if train_x.std() > 0 else float("nan")
+    gen_x = _check_images(base_samples, "base_samples").astype(np.float64)
+    if len(base_train):  # a base model we did not train (Stable Diffusion) comes without its data
+        train_x = _check_images(base_train, "base_train").astype(np.float64)
+        y_gen, y_train = luminance(gen_x).mean(), luminance(train_x).mean()
+        lum_gap = abs(float(y_gen - y_train))
+        std_ratio = float(gen_x.std() / train_x.std()) if train_x.std() > 0 else float("nan")
+        base_detail = (
+            f"samples {y_gen:.1f}, training crops {y_train:.1f} (levels of 255)",
+            f"pixel std {gen_x.std():.1f} against {train_x.std():.1f}",
+        )
+    else:
+        lum_gap = std_ratio = float("nan")
+        base_detail = ("not measured: no training crops", "not measured: no training crops")
 
     by_collection = {}
     for name in sorted({collection[i] for i in samples if i in collection}):
@@ -347,15 +357,15 @@ def fidelity_gate(
             "base luminance",
             lum_gap,
             LUMINANCE_TOLERANCE,
-            lum_gap <= LUMINANCE_TOLERANCE,
-            f"samples {y_gen.mean():.1f}, training crops {y_train.mean():.1f} (levels of 255)",
+            bool(lum_gap <= LUMINANCE_TOLERANCE),
+            base_detail[0],
         ),
         FidelityCheck(
             "base contrast",
             std_ratio,
             STD_RATIO,
             bool(std_ratio >= STD_RATIO),
-            f"pixel std {gen_x.std():.1f} against {train_x.std():.1f}",
+            base_detail[1],
         ),
         FidelityCheck(
             "LoRAs learn",
@@ -432,3 +442,47 @@ def collection_gate(coll) -> FidelityReport | None:
         collection={i: coll.by_id[i]["collection"] for i in wanted},
         held_losses=held,
     )
+
+
+def gate_tables(report: FidelityReport):
+    """The gate as two tables for the book: its checks, and the same measures per collection.
+
+    Parameters
+    ----------
+    report : FidelityReport
+
+    Returns
+    -------
+    checks : pandas.DataFrame
+        Columns ``check``, ``measured``, ``threshold``, ``passed``, ``detail``.
+    measures : pandas.DataFrame
+        One row per collection: ``collection``, ``LoRAs``, ``loss drop (median)``, ``colour gap
+        closed (median)``, ``painting top-1 by colour``, ``painting top-1 without colour``, ``chance``.
+    """
+    import pandas as pd
+
+    checks = pd.DataFrame(
+        [
+            {
+                "check": c.name,
+                "measured": round(c.value, 3),
+                "threshold": ("≤ " if c.name == "base luminance" else "≥ ") + f"{c.threshold:g}",
+                "passed": "yes" if c.passed else "no",
+                "detail": c.detail,
+            }
+            for c in report.checks
+        ]
+    )
+    names = {
+        "n": "LoRAs",
+        "loss_drop": "loss drop (median)",
+        "gap_closed": "colour gap closed (median)",
+        "colour_top1": "painting top-1 by colour",
+        "colourblind_top1": "painting top-1 without colour",
+        "chance": "chance",
+    }
+    measures = pd.DataFrame(
+        [{"collection": name, **{names[k]: v for k, v in m.items()}} for name, m in report.by_collection.items()]
+    )
+    measures["LoRAs"] = measures["LoRAs"].astype(int)
+    return checks, measures.round(3)

@@ -55,10 +55,14 @@ __all__ = [
     "read_images",
     "write_gradient_features",
     "write_fidelity_inputs",
+    "sample_settings",
     "main",
 ]
 
 CONDITION = 1  # the tiny model's generic "a painting" condition; 0 is the null condition
+# Collections sampled over the sweep of T and w as well as at the default setting: the index (main) and
+# the unseen queries (held-out) of retrieval scenario S4, drawn alike
+SWEPT_COLLECTIONS = ("main", "heldout")
 
 
 def _write_json(path: Path, obj, **kwargs) -> None:
@@ -430,6 +434,75 @@ def _train_loras(todo, train_images, model, profile: Profile, condition, *, jobs
             yield future.result()
 
 
+def _lora_for_sampling(path: Path):
+    """A LoRA file of the collection as the TrainedLora that :func:`generate` applies."""
+    from .diffusion import TrainedLora
+
+    loaded = load_lora(path)
+    rank = loaded.ranks[0]
+    scale = next(iter(loaded.modules.values())).scale
+    return TrainedLora(
+        factors={n: (m.down, m.up) for n, m in loaded.modules.items()}, rank=rank, alpha=scale * rank, losses=[]
+    )
+
+
+def _sample_one(model, path: Path, settings, seed: int, condition) -> dict:
+    from .diffusion import generate
+
+    lora = _lora_for_sampling(path)
+    return {(T, w, k): generate(model, k, condition, steps=T, guidance=w, seed=seed, lora=lora) for T, w, k in settings}
+
+
+def _sample_in_worker(path: str, settings, seed: int, condition) -> dict:
+    return _sample_one(_WORKER_MODEL, Path(path), settings, seed, condition)
+
+
+def _sample_loras(todo, out: Path, model, condition, *, jobs: int, base_path: Path):
+    """Sample the LoRAs of ``todo`` ((spec, settings) pairs); yield {setting: images} in the order of ``todo``.
+
+    A LoRA's samples at a setting depend on its file, the setting and its seed only: one process or
+    several give the same images up to float rounding.
+    """
+    if jobs == 1 or len(todo) < 2:
+        for spec, settings in todo:
+            yield _sample_one(model, _lora_path(out, spec), settings, spec.seed, condition)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(str(base_path),)) as pool:
+        futures = [
+            pool.submit(_sample_in_worker, str(_lora_path(out, spec)), settings, spec.seed, condition)
+            for spec, settings in todo
+        ]
+        for future in futures:
+            yield future.result()
+
+
+def sample_settings(profile: Profile) -> tuple[tuple, set]:
+    """The sampling settings (T, w, images) of a profile: the default, and the sweep around it.
+
+    The sweep moves one factor at a time from the default: every T of ``sweep_steps`` at the
+    default guidance, every w of ``sweep_guidance`` at the default T, each with ``sweep_samples``
+    images.
+
+    Parameters
+    ----------
+    profile : Profile
+
+    Returns
+    -------
+    default : tuple of (int, float, int)
+    sweep : set of tuple of (int, float, int)
+    """
+    default = (profile.sample_steps, profile.sample_guidance, profile.samples_per_lora)
+    k = profile.sweep_samples
+    sweep = {(T, profile.sample_guidance, k) for T in profile.sweep_steps}
+    sweep |= {(profile.sample_steps, w, k) for w in profile.sweep_guidance}
+    return default, sweep
+
+
 def build_collection(
     profile: Profile,
     out: str | os.PathLike,
@@ -472,7 +545,7 @@ def build_collection(
     """
     from tqdm.auto import tqdm
 
-    from .diffusion import TrainedLora, generate
+    from .diffusion import generate
     from .features import MagentaStyleEncoder, get_encoder, mean_features
 
     out = Path(out)
@@ -551,34 +624,29 @@ def build_collection(
         trained += 1
     timing["loras_s"] = time.perf_counter() - t
 
-    # Samples: every LoRA of the evaluated collections at the default (T, w). Held-out LoRAs (the
-    # unseen queries of retrieval scenario S4) also over the sweep of T and w.
+    # Samples: every LoRA at the default (T, w). Main and held-out LoRAs (the index and the unseen
+    # queries of retrieval scenario S4) also over the sweep of T and w, so that both sides are drawn alike.
     t = time.perf_counter()
-    default = (profile.sample_steps, profile.sample_guidance, profile.samples_per_lora)
-    sweep = {(T, w, profile.sweep_samples) for T in profile.sweep_steps for w in profile.sweep_guidance}
+    default, sweep = sample_settings(profile)
+
+    def sample_cache(setting, spec) -> Path:
+        T, w, k = setting
+        return out / "cache" / "samples" / f"T{T}-w{w:g}-k{k}" / f"{spec.id}.npy"
+
+    wanted = {spec.id: sorted({default} | (sweep if spec.collection in SWEPT_COLLECTIONS else set())) for spec in specs}
+    to_sample = [(spec, [s for s in wanted[spec.id] if not sample_cache(s, spec).exists()]) for spec in specs]
+    to_sample = [(spec, settings) for spec, settings in to_sample if settings]
+    drawn = _sample_loras(to_sample, out, model, condition, jobs=jobs, base_path=out / "base.safetensors")
+    for (spec, settings), by_setting in tqdm(
+        zip(to_sample, drawn), desc="samples", total=len(to_sample), disable=not progress
+    ):
+        for setting in settings:
+            sample_cache(setting, spec).parent.mkdir(parents=True, exist_ok=True)
+            _save_npy(sample_cache(setting, spec), by_setting[setting])
     generated: dict[tuple, dict[str, np.ndarray]] = {}
-    for spec in tqdm(specs, desc="samples", disable=not progress):
-        if spec.collection not in ("main", "heldout", "real", "memorisation"):  # retrained copies: weights only
-            continue
-        wanted = {default} | (sweep if spec.collection == "heldout" else set())
-        lora = None
-        for T, w, k in sorted(wanted):
-            cache = out / "cache" / "samples" / f"T{T}-w{w:g}-k{k}" / f"{spec.id}.npy"
-            if cache.exists():
-                images = np.load(cache, allow_pickle=False)
-            else:
-                if lora is None:
-                    loaded = load_lora(_lora_path(out, spec))
-                    lora = TrainedLora(
-                        factors={n: (m.down, m.up) for n, m in loaded.modules.items()},
-                        rank=spec.rank,
-                        alpha=float(spec.rank),
-                        losses=[],
-                    )
-                images = generate(model, k, condition, steps=T, guidance=w, seed=spec.seed, lora=lora)
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                _save_npy(cache, images)
-            generated.setdefault((T, w, k), {})[spec.id] = images
+    for spec in specs:
+        for setting in wanted[spec.id]:
+            generated.setdefault(setting, {})[spec.id] = np.load(sample_cache(setting, spec), allow_pickle=False)
     timing["samples_s"] = time.perf_counter() - t
 
     # Features: per-LoRA mean of training images and of each sample setting.
@@ -608,7 +676,20 @@ def build_collection(
         guidance=profile.sample_guidance,
         seed=profile.seed,
     )
-    write_images(out / "images.npz", train_images, generated[default], base_samples)
+    write_images(out / "images.npz", train_images, {}, base_samples)  # samples go to samples.npz
+    t = time.perf_counter()
+    no_crops = np.zeros((0, *base_samples.shape[1:]), np.uint8)  # a given model's data is not ours to show
+    write_fidelity_inputs(
+        out,
+        profile,
+        model,
+        samples=generated[default],
+        base_samples=base_samples,
+        train_images=train_images,
+        base_train=_base_images(profile, base_pool, load) if base_pool else no_crops,
+        progress=progress,
+    )
+    timing["fidelity_s"] = time.perf_counter() - t
     if model.label_encoder is not None:  # the tiny model (SD's attention weights alone are ~10^8 numbers per LoRA)
         t = time.perf_counter()
         write_gradient_features(out, model, train_images, progress=progress)
@@ -674,6 +755,7 @@ def write_fidelity_inputs(
     samples: dict[str, np.ndarray] | None = None,
     base_samples: np.ndarray | None = None,
     train_images: dict[str, np.ndarray] | None = None,
+    base_train: np.ndarray | None = None,
     progress: bool = True,
 ) -> tuple[Path, Path]:
     """Write ``samples.npz`` and ``held_losses.json``: what the generator-fidelity gate reads.
@@ -694,6 +776,9 @@ def write_fidelity_inputs(
         Default: ``out/base.safetensors``.
     samples, base_samples, train_images : optional
         Default: the ``gen/<id>``, ``base`` and ``train/<id>`` arrays of ``out/images.npz``.
+    base_train : ndarray of shape (n, H, W, 3), optional
+        The base model's training crops. Default: drawn again from the profile's sources (none
+        for a given model, such as Stable Diffusion).
     progress : bool, default=True
 
     Returns
@@ -714,8 +799,10 @@ def write_fidelity_inputs(
             base_samples = data["base"]
     if train_images is None:
         train_images = read_images(out / "images.npz", "train")
-    paintings, genres, content, base_pool, load = source_artworks(profile)
-    crops = _base_images(profile, base_pool, load) if base_pool else np.zeros((0, *base_samples.shape[1:]), np.uint8)
+    if base_train is None:
+        _, _, _, base_pool, load = source_artworks(profile)
+        base_train = _base_images(profile, base_pool, load)
+    crops = np.asarray(base_train, dtype=np.uint8).reshape(-1, *base_samples.shape[1:])
     arrays = {i: np.asarray(v, dtype=np.uint8) for i, v in sorted(samples.items())}
     arrays["base"] = np.asarray(base_samples, dtype=np.uint8)
     arrays["base_train"] = crops[:: max(len(crops) // 256, 1)][:256]
@@ -801,7 +888,8 @@ def write_images(
     train_images : dict of str to ndarray of shape (n_images, H, W, 3)
         LoRA id -> its training images.
     samples : dict of str to ndarray of shape (k, H, W, 3)
-        LoRA id -> its samples at the default setting.
+        LoRA id -> its samples at the default setting. The build passes none: from collection
+        v3 on, samples live in ``samples.npz`` (:func:`write_fidelity_inputs`).
     base_samples : ndarray of shape (k, H, W, 3)
         The base model's samples at the default setting.
     """

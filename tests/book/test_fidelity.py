@@ -155,3 +155,17 @@ def test_gate_reports_other_collections_beside_main():
     assert report.by_collection["real"]["n"] == 1
     with pytest.raises(ValueError, match="main LoRAs"):
         fidelity_gate(**{**world, "collection": {k: "real" for k in world["collection"]}})
+
+
+def test_gate_tables_show_every_check_and_collection():
+    from lorastyle.book.fidelity import gate_tables
+
+    world = _world(0.95)
+    world["samples"]["r0"], world["train"]["r0"] = world["samples"]["m0"], world["train"]["m0"]
+    world["painting"]["r0"], world["collection"]["r0"] = "p0", "real"
+    report = fidelity_gate(**world, held_losses={"m0": (2.0, 1.0)})
+    checks, measures = gate_tables(report)
+    assert list(checks.check) == [c.name for c in report.checks]
+    assert list(checks.passed) == ["yes" if c.passed else "no" for c in report.checks]
+    assert list(measures.collection) == ["main", "real"] and list(measures.LoRAs) == [6, 1]
+    assert measures.set_index("collection").loc["main", "loss drop (median)"] == pytest.approx(0.5)
