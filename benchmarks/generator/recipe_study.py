@@ -20,8 +20,8 @@ Arms (``--arms``; each differs from ``flow`` in one thing):
 * ``lora_lr5e-3``, ``lora_lr1e-2``, ``lora_steps150``: the LoRAs' learning rate or length, on the
   ``flow`` arm's base (run that arm first).
 
-Arms write into one results file under a lock, so two study processes can run different arms side
-by side (one core each).
+Arms write into one results file under a lock, and an arm being run by one study process is skipped
+by another, so two processes given the same arms share them (one core each).
 
 The number of base steps of an arm is its budget divided by the time of a step measured in one
 20-step trial at the start (the cosine schedule needs the length in advance; ``bf16`` has a trial of
@@ -156,6 +156,8 @@ def _crops(n: int) -> np.ndarray:
 
 
 def run_arm(name: str, args, train, painting, collection_of, chosen, results: dict) -> dict:
+    import os
+
     import torch
 
     from lorastyle.book.fidelity import fidelity_gate
@@ -170,9 +172,17 @@ def run_arm(name: str, args, train, painting, collection_of, chosen, results: di
     )
 
     settings = dict(ARMS[name])
+    _save(args.out, results)  # read what other study processes did meanwhile
     arm = results.setdefault("arms", {}).setdefault(name, {"settings": settings})
     if "gate" in arm:
         return arm
+    owner = arm.get("running")
+    if owner and owner != os.getpid() and Path(f"/proc/{owner}").exists():
+        print(f"{name}: being run by process {owner}; skipped here", flush=True)
+        return arm
+    arm["running"] = os.getpid()
+    _save(args.out, results)
+    arm = results["arms"][name]
     work = WORK / name
     work.mkdir(parents=True, exist_ok=True)
     images = _crops(settings.get("base_images", 2000))
@@ -202,7 +212,8 @@ def run_arm(name: str, args, train, painting, collection_of, chosen, results: di
             if settings.get("autocast"):
                 arm["step_s"] = _step_time(model, images, recipe, 32)
             else:
-                results.setdefault("step_s", _step_time(model, images, recipe, 32))
+                if "step_s" not in results:
+                    results["step_s"] = _step_time(model, images, recipe, 32)
                 arm["step_s"] = results["step_s"]
             arm["base_steps"] = int(budget / arm["step_s"])
             arm["budget_s"] = budget
@@ -267,6 +278,7 @@ def run_arm(name: str, args, train, painting, collection_of, chosen, results: di
     }
     arm["passed"] = report.passed
     arm["measures"] = report.by_collection
+    arm.pop("running", None)
     arm["sample_rms_from_base"] = float(
         np.mean(
             [
