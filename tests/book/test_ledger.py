@@ -153,3 +153,73 @@ def test_the_fidelity_row_and_the_rows_it_gates(flags, verdict):
         assert gated["measured"] == "0.5"  # the measurement is still shown
     if flags == (True, False, True):
         assert "base contrast" in row["why"] and "base contrast" in gated["why"]
+
+
+def _paired(rows):
+    """A paired_top1_table-like frame: (representation, kind, top1, low, high, diff_low, diff_high)."""
+    cols = ["representation", "kind", "top1", "top1_low", "top1_high", "diff_low", "diff_high"]
+    frame = pd.DataFrame(rows, columns=cols)
+    frame["diff"] = (frame.diff_low + frame.diff_high) / 2
+    frame["p_mcnemar"], frame["n"], frame["chance"] = 0.5, 108, 0.04
+    return frame
+
+
+@pytest.mark.parametrize(
+    "encoder_diffs, colour_diff, across, verdicts",
+    [  # intervals of encoder (or colour) minus concat; across: (concat low, high, colour minus concat)
+        (
+            [(-0.2, -0.1), (-0.3, -0.05)],
+            (-0.02, 0.03),
+            (0.10, 0.20, (-0.09, -0.01)),
+            ["holds", "holds", "holds"],
+        ),
+        (
+            [(-0.2, -0.1), (-0.02, 0.03)],
+            (0.06, 0.2),
+            (0.10, 0.20, (-0.1, 0.06)),
+            ["holds in part", "does not hold here", "holds in part"],
+        ),
+        (
+            [(0.05, 0.1), (-0.02, 0.03)],
+            (-0.08, 0.02),
+            (0.01, 0.03, (0.0, 0.03)),
+            ["does not hold here", "inconclusive", "does not hold here"],
+        ),
+        (
+            [(-0.1, 0.02), (-0.12, 0.01)],
+            (-0.2, -0.06),
+            (0.02, 0.10, (-0.1, 0.02)),
+            ["inconclusive", "does not hold here", "inconclusive"],
+        ),
+    ],
+)
+def test_clustering_rows_return_each_verdict(monkeypatch, encoder_diffs, colour_diff, across, verdicts):
+    from lorastyle.book import experiments as ex
+    from lorastyle.book.ledger import _clustering_rows
+
+    colour = ex.ENCODER_NAMES["colour"]
+
+    def table(coll, *, collection, encoders, across_paintings=False):
+        if across_paintings:
+            low, high, (d_low, d_high) = across
+            return _paired(
+                [("LoRA concat", "descriptor", 0.15, low, high, 0, 0), (colour, "baseline", 0.1, 0, 1, d_low, d_high)]
+            )
+        rows = [("LoRA concat", "descriptor", 0.8, 0.7, 0.9, 0, 0), (colour, "baseline", 0.8, 0.7, 0.9, *colour_diff)]
+        rows += [(f"enc{i}", "image encoder", 0.7, 0.6, 0.8, *d) for i, d in enumerate(encoder_diffs)]
+        return _paired(rows)
+
+    class Coll:
+        baselines = ["colour", "pixels"]
+
+        def ids(self, collection):
+            return []
+
+    monkeypatch.setattr(ex, "paired_top1_table", table)
+    monkeypatch.setattr(
+        ex,
+        "style_reference_table",
+        lambda coll, encoders: pd.DataFrame({"representation": ["LoRA concat"], "same_painting": [0.7]}),
+    )
+    rows = _clustering_rows(Coll(), ["enc0", "enc1"])
+    assert [r["verdict"] for r in rows] == verdicts
