@@ -32,7 +32,9 @@ again.
 ``--throughput`` also measures base-training steps per second with 2 threads in one process
 against 2 processes of 1 thread.
 
-Results: ``benchmarks/results/generator_recipe.json`` and ``.md``.
+Results: ``benchmarks/results/generator_recipe.json`` and ``.md``, and a sample grid per arm in
+``benchmarks/results/generator_recipe/`` (base samples, then training images beside samples for six
+LoRAs).
 
     python benchmarks/generator/recipe_study.py --budget 900 --arms flow epsilon
 """
@@ -292,6 +294,35 @@ def run_arm(name: str, args, train, painting, collection_of, chosen, results: di
     return arm
 
 
+def _grid(name: str, results: dict, train: dict) -> Path | None:
+    """A sample grid of an arm (base samples, then each LoRA's training images beside its samples), as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lorastyle.book.viz import image_grid
+
+    arm = results["arms"][name]
+    base_dir = WORK / arm["settings"].get("base_from", name)
+    if not (base_dir / "base-samples.npy").exists():
+        return None
+    rows = {"base model": np.load(base_dir / "base-samples.npy")[:8]}
+    for i in results["loras"][:6]:
+        path = WORK / name / f"lora-{i}.npz"
+        if path.exists():
+            with np.load(path) as z:
+                rows[f"{i}: training"] = train[i][:4]
+                rows[f"{i}: samples"] = z["samples"][:4]
+    gate = "passes" if arm.get("passed") else "fails"
+    fig = image_grid(rows, title=f"arm {name} ({arm['base_steps']} base steps): the gate {gate}", max_cols=8)
+    out = RESULTS / "generator_recipe" / f"{name}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=60)
+    plt.close(fig)
+    return out
+
+
 def _table(results: dict) -> str:
     names = list(next(iter(results["arms"].values()))["gate"]) if results.get("arms") else []
     lines = [
@@ -340,6 +371,7 @@ def main(argv=None) -> int:
     parser.add_argument("--base-samples", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--throughput", action="store_true")
+    parser.add_argument("--grids-only", action="store_true", help="redraw the sample grids of finished arms")
     parser.add_argument("--out", type=Path, default=RESULTS / "generator_recipe.json")
     args = parser.parse_args(argv)
 
@@ -359,6 +391,11 @@ def main(argv=None) -> int:
     train = read_images(Path(args.data) / "images.npz", "train", main_ids)
     chosen = _chosen(manifest, args.loras)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if args.grids_only:
+        _save(args.out, results)
+        for name in results.get("arms", {}):
+            print(_grid(name, results, train))
+        return 0
     if results.get("loras") not in (None, chosen) or results.get("budget") not in (None, args.budget):
         raise SystemExit(f"{args.out} was made with other LoRAs or another budget: remove it or pass --out")
     results.update(loras=chosen, budget=args.budget, threads=args.threads)
@@ -369,6 +406,7 @@ def main(argv=None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] arm {name}", flush=True)
         run_arm(name, args, train, painting, collection_of, chosen, results)
         args.out.with_suffix(".md").write_text(_table(results))
+        _grid(name, results, train)
         print(_table(results), flush=True)
     return 0
 
