@@ -74,21 +74,40 @@ def _print(text: str, stream=None) -> None:
 
 
 def _inspect(args) -> int:
-    """What the file is, from its header (:func:`lorastyle.io.metadata.describe_file`).
+    """What the file is, from its header (:func:`lorastyle.io.metadata.describe_file`) and its sidecars.
 
-    ``--check`` also loads every tensor as ``index`` does, and so refuses NaN or Inf weights.
+    The sidecar files LoRA managers keep next to it (:mod:`lorastyle.io.sidecars`) add facts, each
+    shown with its source. ``--check`` also loads every tensor as ``index`` does, and so refuses NaN
+    or Inf weights; it says what it checked in one line (on stderr with ``--json``).
     """
     from .io.metadata import describe_file, format_description
+    from .io.sidecars import describe_sidecars
 
     info = describe_file(args.file, hashes=not args.no_hashes)
+    info.update(describe_sidecars(args.file, info, sha256=info["sha256"]))
+    checked = None
     if args.check:
-        load_lora(args.file)
+        lora = load_lora(args.file)
+        info["check"] = {"passed": True, "tensors": info["n_tensors"], "modules": len(lora.modules)}
+        checked = (
+            f"check passed: read all {_count(info['n_tensors'], 'tensor')} as index does; the factors of "
+            f"{_count(len(lora.modules), 'module')} fit together and hold no NaN or Inf"
+        )
     if args.json:
         print(json.dumps(info))
+        if checked:
+            _print(checked, sys.stderr)
     else:
         for line in format_description(info):
             _print(line)
+        if checked:
+            _print(checked)
     return 0
+
+
+def _count(n: int, word: str) -> str:
+    """``1 file``, ``2 files``: a count and its noun, singular or plural."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _progress(items, *, desc: str, total: int | None = None):
@@ -131,12 +150,11 @@ def _index(args) -> int:
     except OSError as exc:  # the index, its lock or its folder cannot be written
         _error(exc.filename or args.output, f"cannot write: {exc.strerror or exc}")
         return EXIT_BAD_INPUT
-    for path, reason in run.skipped:
-        _error(path, reason)
+    _report_walk(run)
     index, stats = run.index, run.stats
     for group in index.groups.values():
         emb = group.embedding
-        pca = f"PCA of {emb.n_components} components" if emb is not None else "no PCA (fewer than 3 files)"
+        pca = f"PCA of {_count(emb.n_components, 'component')}" if emb is not None else "no PCA (fewer than 3 files)"
         if emb is None and len(group.records) >= 3:
             pca = "no PCA (too many files for its n-by-n kernel: --scorer cosine only)"
         if group.ann is not None:
@@ -149,18 +167,42 @@ def _index(args) -> int:
                 f"not --components {args.components}",
                 sys.stderr,
             )
+    walked = ""
+    if run.unlisted:
+        walked += f"; {_count(len(run.unlisted), 'folder')} could not be listed"
+    if run.repeated:
+        walked += f"; {_count(len(run.repeated), 'folder')} reached again through a link, read once"
     _print(
-        f"indexed {len(index.paths)} of {run.n_files} files in {len(index.groups)} base "
-        f"famil{'y' if len(index.groups) == 1 else 'ies'}; skipped {len(run.skipped)}; read {stats.read}, "
+        f"indexed {len(index.paths)} of {_count(run.n_files, 'file')} in {len(index.groups)} base "
+        f"famil{'y' if len(index.groups) == 1 else 'ies'}; skipped {len(run.skipped)}{walked}; read {stats.read}, "
         f"{stats.reused} unchanged since the last run, {stats.from_cache} from the cache; wrote {args.output}",
         sys.stderr,
     )
     return 0
 
 
+def _report_walk(run) -> None:
+    """The files a folder's indexing skipped and the folders it could not list (``error:`` lines), and
+    the folders it reached again through links (``note:`` lines: not errors, nothing was skipped)."""
+    for path, reason in run.skipped + run.unlisted:
+        _error(path, reason)
+    for link, first in run.repeated:
+        _print(
+            f"note: {link}: the same folder as {first}, already walked (through a link): its files are read once, "
+            "from there",
+            sys.stderr,
+        )
+
+
 def _similar(args) -> int:
+    import os
+
     from .index import LoraIndex, read_record
 
+    for path, what in ((args.index, "INDEX is an index file"), (args.query, "QUERY is one LoRA file")):
+        if os.path.isdir(path):  # the reader would only say "not a regular file"
+            _error(path, f"is a folder: similar's {what} (to index a folder: lorastyle index {path} -o INDEX)")
+            return EXIT_BAD_INPUT
     index = LoraIndex.load(args.index)
     query = read_record(args.query, sketcher=index.sketcher, descriptor=index.descriptor, select=index.select)
     query_lora = None
@@ -248,8 +290,7 @@ def _source_index(args):
         except OSError as exc:  # the kept index, its lock or its folder cannot be written
             _error(exc.filename or index_path, f"cannot write: {exc.strerror or exc}")
             return None
-    for path, reason in run.skipped:
-        _error(path, reason)
+    _report_walk(run)
     return run.index
 
 
@@ -282,7 +323,19 @@ def _map(args) -> int:
     index = _source_index(args)
     if index is None:
         return EXIT_BAD_INPUT
-    data = lora_map.map_data(index, threshold=args.threshold, progress=_progress)
+    data = lora_map.map_data(index, threshold=args.threshold, progress=_progress, base_models=args.base_model)
+    if not data.groups:
+        from .io.sidecars import file_facts
+
+        found = sorted(
+            {f["base_model"]["value"] for r in index.records if "base_model" in (f := file_facts(r.path, r.info))}
+        )
+        _error(
+            "--base-model",
+            f"no file's base model contains {' or '.join(map(repr, args.base_model))} "
+            f"(base models of these files: {', '.join(found) if found else 'none named in their sidecars or headers'})",
+        )
+        return EXIT_BAD_INPUT
     page = lora_map.map_page(index, mark=args.mark, title=f"LoRA map of {args.source}", data=data)
     try:
         atomic_write(out, page)
@@ -294,7 +347,7 @@ def _map(args) -> int:
         print(json.dumps(result))
     n_clusters = sum(c["size"] > 1 for g in result["groups"] for c in g["clusters"])
     _print(
-        f"mapped {result['n_files']} files in {len(result['groups'])} base "
+        f"mapped {_count(result['n_files'], 'file')} in {len(result['groups'])} base "
         f"famil{'y' if len(result['groups']) == 1 else 'ies'}: {n_clusters} clusters of 2 or more files at "
         f"score {data.threshold:.3f}; {len(data.previews)} preview images; wrote {args.output} "
         f"({os.path.getsize(out) / 2**20:.1f} MiB)",
@@ -332,8 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "inspect",
-        help="describe one LoRA file from its header: title, trigger words, base model, training, hashes, "
-        "layout, ranks, alphas",
+        help="describe one LoRA file from its header and the sidecar files LoRA managers keep next to it: title, "
+        "trigger words, base model, training, hashes, layout, ranks, alphas",
+        description="Describe one LoRA file NAME.safetensors. Title, trigger words, base model, preferred "
+        "weight, tags, notes and description are each shown with their source, the first of: NAME.json "
+        "(AUTOMATIC1111's edit dialog), NAME.metadata.json (ComfyUI-Lora-Manager), NAME.civitai.info (Civitai "
+        "Helper: the model's Civitai page), the file's header (what the trainer wrote). kohya's "
+        "ss_training_comment is shown as a comment. A sidecar that names another sha256 than the file's is "
+        "flagged.",
     )
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -468,7 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
         "`similar`, 1 - score as the distance), cluster near-copies (average linkage: files whose average "
         "score is above the threshold), and write one HTML page that works offline: the map with hover details "
         "and the preview images LoRA managers keep next to the files (NAME.preview.png, NAME.png, ...), and the "
-        "cluster list. SOURCE is an index file or a folder, which is indexed first (as `index` does).",
+        "cluster list. Titles, trigger words and base models are those `lorastyle inspect` shows: from the "
+        "sidecar files LoRA managers keep next to each file, else from its header. SOURCE is an index file or a "
+        "folder, which is indexed first (as `index` does).",
     )
     p.add_argument("source", help="an index file (from `lorastyle index`) or a folder of LoRA files")
     p.add_argument("-o", "--output", required=True, help="HTML page to write (its folder must exist)")
@@ -485,6 +546,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="with a folder SOURCE: keep its index in this file (a re-run then reads only new or changed files); "
         "default: a temporary index",
+    )
+    p.add_argument(
+        "--base-model",
+        action="append",
+        metavar="NAME",
+        help="map only the files whose base model contains NAME, ignoring case (repeat for several): the "
+        "baseModel of their Civitai or Lora-Manager sidecar (Pony, Illustrious, NoobAI, SDXL 1.0 ...), else what "
+        "their header names (ss_sd_model_name); see `lorastyle inspect` for a file's",
     )
     p.add_argument(
         "--mark",

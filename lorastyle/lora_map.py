@@ -16,7 +16,11 @@ the network), a side panel with the file under the mouse and its preview image, 
 list as plain HTML. :func:`map_json` is the cluster list as JSON (``lorastyle map --json``).
 
 Preview images are the ones LoRA managers keep next to a file (:func:`find_preview`), embedded
-as ``data:`` URIs downscaled to at most :data:`PREVIEW_SIZE` pixels.
+as ``data:`` URIs downscaled to at most :data:`PREVIEW_SIZE` pixels. Titles, trigger words and
+base models come from the sidecar files LoRA managers keep next to a file and from its header,
+read when the map is made (:mod:`lorastyle.io.sidecars`, whose precedence rule decides), so an
+edited sidecar shows without re-indexing; ``base_models`` keeps only the files whose base model
+(for example a Civitai ``baseModel`` such as ``Pony`` or ``Illustrious``) names one of them.
 
 This module imports plotly, scikit-learn, umap-learn and Pillow inside its functions only, so
 that importing it costs nothing; the command imports it only when ``map`` runs.
@@ -37,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._validation import check_option
+from .io.sidecars import file_facts
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -70,9 +75,8 @@ PREVIEW_SIZE = 256
 #: ``NAME.EXT`` and ``NAME.preview.EXT``; its "replace preview" button and the Civitai Helper extension
 #: write ``NAME.preview.png``, so the ``.preview.`` name is tried first for each extension.
 PREVIEW_SUFFIXES = tuple(f"{mid}.{ext}" for ext in ("png", "jpg", "jpeg", "webp", "gif") for mid in (".preview", ""))
-#: The Civitai Helper extension's info file, ``NAME.civitai.info``: the Civitai API's model-version
-#: JSON. Its ``images`` are URLs (the first is saved as ``NAME.preview.png``, found above); its
-#: model name and ``trainedWords`` stand in for a title and trigger words the file's header lacks.
+#: The Civitai Helper extension's info file, ``NAME.civitai.info`` (read with the other sidecars by
+#: :mod:`lorastyle.io.sidecars`). Its ``images`` are URLs (the first is saved as ``NAME.preview.png``).
 CIVITAI_INFO_SUFFIX = ".civitai.info"
 #: What the marker symbol can show.
 MARKS = ("base", "kind", "format", "dtype", "none")
@@ -96,7 +100,6 @@ _PALETTE = (
 )
 _SINGLE = "#BBBBBB"
 _SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star", "triangle-down", "pentagon", "hexagon")
-_MAX_INFO_BYTES = 8 << 20  # a .civitai.info larger than this is not read
 _MAX_IMAGE_PIXELS = 64_000_000  # a larger preview is not decoded (a decompression bomb)
 _GAP = 0.5  # space between two families' maps, in units of a map's width
 
@@ -333,31 +336,16 @@ def preview_data_uri(path: str | os.PathLike, size: int = PREVIEW_SIZE) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _civitai_info(path: str) -> dict:
-    """Title and trigger words from ``NAME.civitai.info`` (empty when absent or unusable)."""
-    info_path = os.path.splitext(path)[0] + CIVITAI_INFO_SUFFIX
-    try:
-        if os.path.getsize(info_path) > _MAX_INFO_BYTES:
-            return {}
-        with open(info_path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError, RecursionError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    out = {}
-    model = data.get("model")
-    name = model.get("name") if isinstance(model, dict) else None
-    if isinstance(name, str) and name.strip():
-        version = data.get("name")
-        title = name.strip() + (f" ({version.strip()})" if isinstance(version, str) and version.strip() else "")
-        out["title"] = title[:200]
-    words = data.get("trainedWords")
-    if isinstance(words, list):
-        words = [w.strip()[:100] for w in words if isinstance(w, str) and w.strip()][:5]
-        if words:
-            out["trigger_words"] = words
-    return out
+def _value(facts: dict, name: str):
+    """The value of one resolved fact (:func:`lorastyle.io.sidecars.resolve_facts`), or None."""
+    fact = facts.get(name)
+    return fact["value"] if fact else None
+
+
+def _matches_base_model(facts: dict, wanted) -> bool:
+    """Whether the file's base model contains one of ``wanted`` (case-insensitive)."""
+    base_model = _value(facts, "base_model")
+    return isinstance(base_model, str) and any(w.casefold() in base_model.casefold() for w in wanted)
 
 
 # --------------------------------------------------------------------------- the data
@@ -395,12 +383,13 @@ class GroupMap:
         Parameters
         ----------
         extra : dict of str to dict, optional
-            :attr:`MapData.extra`: titles from ``NAME.civitai.info`` for files whose header has none.
+            :attr:`MapData.extra`: each file's facts (titles from its sidecars or its header).
 
         Returns
         -------
         list of dict
-            ``id``, ``size``, ``members``: ``index`` (in the group), ``path``, ``title``,
+            ``id``, ``size``, ``members``: ``index`` (in the group), ``path``, ``title``, ``base_model``
+            (from the file's sidecars or header; None if neither names one),
             ``score`` (to the first member; 1 for the first itself), ``best_score`` and
             ``best_match`` (the highest score to another member, and that member's path; None
             for a cluster of one).
@@ -422,7 +411,10 @@ class GroupMap:
                     {
                         "index": i,
                         "path": self.records[i].path,
-                        "title": self.records[i].info.get("title") or extra.get(self.records[i].path, {}).get("title"),
+                        "title": _value(extra.get(self.records[i].path, {}), "title")
+                        or self.records[i].info.get("title"),
+                        "base_model": _value(extra.get(self.records[i].path, {}), "base_model")
+                        or self.records[i].info.get("base_model"),
                         "score": 1.0 if i == first else float(S[first, i]),
                         "best_score": None if best is None else float(S[i, best]),
                         "best_match": None if best is None else self.records[best].path,
@@ -446,7 +438,10 @@ class MapData:
     previews : dict of str to str
         File path to its preview's ``data:`` URI (files with a readable preview only).
     extra : dict of str to dict
-        File path to title and trigger words from ``NAME.civitai.info``.
+        File path to its facts, each with its source (:func:`lorastyle.io.sidecars.file_facts`:
+        its sidecar files and its header, by their precedence rule).
+    base_models : list of str or None
+        The ``base_models`` filter the map was made with.
     """
 
     groups: list
@@ -455,6 +450,7 @@ class MapData:
     descriptor: str
     previews: dict = field(default_factory=dict, repr=False)
     extra: dict = field(default_factory=dict, repr=False)
+    base_models: list | None = None
 
 
 def map_data(
@@ -465,6 +461,7 @@ def map_data(
     layout: bool = True,
     previews: bool = True,
     progress: Progress | None = None,
+    base_models: Iterable[str] | None = None,
 ) -> MapData:
     """Scores, clusters, positions and previews of every group of an index (computed once).
 
@@ -478,9 +475,14 @@ def map_data(
     layout : bool, default=True
         Compute positions (the page needs them, the JSON does not).
     previews : bool, default=True
-        Look for preview images next to the files (``NAME.civitai.info`` files are read either way).
+        Look for preview images next to the files (sidecar files are read either way).
     progress : callable, optional
         ``progress(iterable, desc=..., total=...)`` wraps each pass (for example ``tqdm``).
+    base_models : iterable of str, optional
+        Keep only the files whose base model (from their sidecars, else their header; see
+        :mod:`lorastyle.io.sidecars`) contains one of these, ignoring case (``pony`` keeps
+        ``Pony`` and ``ponyDiffusionV6XL.safetensors``); the clusters are made among them. A family
+        with no such file is left out; with none at all, :attr:`MapData.groups` is empty.
 
     Returns
     -------
@@ -489,29 +491,44 @@ def map_data(
     Warns
     -----
     UserWarning
-        For a preview image that exists but cannot be decoded (the file is shown without one).
+        For a preview image that exists but cannot be decoded (the file is shown without one),
+        and for a sidecar file that exists but cannot be read.
     """
     progress = progress or _no_progress
     if threshold is None:
         threshold, source = default_threshold(index)
     else:
         source = "--threshold"
+    wanted = [w for w in (base_models or ()) if w.strip()]
+    all_records = [r for g in index.groups.values() for r in g.records]
+    facts = {
+        r.path: file_facts(r.path, r.info)
+        for r in progress(all_records, desc="reading sidecar files", total=len(all_records))
+    }
     groups = []
     for g in index.groups.values():
+        keep = [i for i, r in enumerate(g.records) if not wanted or _matches_base_model(facts[r.path], wanted)]
+        if not keep:
+            continue
         S = g.matrix.cosine_matrix()
-        groups.append(GroupMap(key=g.key, records=list(g.records), similarity=S, labels=clusters(S, threshold)))
+        if len(keep) < len(g.records):
+            S = S[np.ix_(keep, keep)]
+        records = [g.records[i] for i in keep]
+        groups.append(GroupMap(key=g.key, records=records, similarity=S, labels=clusters(S, threshold)))
     if layout:
         for gm in progress(groups, desc="placing files on the map", total=len(groups)):
             gm.positions = map_layout(gm.similarity, random_state=random_state)
-    data = MapData(groups=groups, threshold=float(threshold), threshold_source=source, descriptor=index.descriptor)
+    data = MapData(
+        groups=groups,
+        threshold=float(threshold),
+        threshold_source=source,
+        descriptor=index.descriptor,
+        base_models=wanted or None,
+    )
     records = [r for gm in groups for r in gm.records]
-    if not previews:
-        data.extra = {r.path: x for r in records if (x := _civitai_info(r.path))}
-    else:
+    data.extra = {r.path: facts[r.path] for r in records}
+    if previews:
         for r in progress(records, desc="reading preview images", total=len(records)):
-            extra = _civitai_info(r.path)
-            if extra:
-                data.extra[r.path] = extra
             image = find_preview(r.path)
             if image is None:
                 continue
@@ -536,7 +553,8 @@ def map_json(index, *, threshold: float | None = None, data: MapData | None = No
     Returns
     -------
     dict
-        ``descriptor``, ``threshold``, ``threshold_source``, ``n_files`` and ``groups``: per group
+        ``descriptor``, ``base_models`` (the filter, or None), ``threshold``, ``threshold_source``,
+        ``n_files`` and ``groups``: per group
         ``key``, ``base``, ``n_files`` and ``clusters`` (:meth:`GroupMap.cluster_list`, largest
         first, members without their ``index``). Every file is in exactly one cluster.
     """
@@ -551,6 +569,7 @@ def map_json(index, *, threshold: float | None = None, data: MapData | None = No
         groups.append({"key": gm.key, "base": gm.records[0].base, "n_files": len(gm.records), "clusters": cl})
     return {
         "descriptor": data.descriptor,
+        "base_models": data.base_models,
         "threshold": data.threshold,
         "threshold_source": data.threshold_source,
         "n_files": sum(len(gm.records) for gm in data.groups),
@@ -582,16 +601,19 @@ def _size(n: int) -> str:
 
 
 def _facts(record, extra: dict) -> dict:
-    info = dict(record.info)
-    for key, value in extra.items():
-        info.setdefault(key, value)
+    """What the page shows of a file; ``extra``: its resolved facts (:attr:`MapData.extra`)."""
+    info = record.info
+    facts = extra or file_facts(record.path, info)
+    words = _value(facts, "trigger_words") or []
+    base_model = _value(facts, "base_model")
     return {
         "name": _text(os.path.basename(record.path)),
         "path": _text(record.path),
-        "title": _text(info["title"]) if info.get("title") else "",
-        "trigger_words": [_text(t) for t in info.get("trigger_words", [])],
+        "title": _text(_value(facts, "title") or ""),
+        "trigger_words": [_text(t)[:100] for t in words[:5]],
         "base": record.base,
-        "base_model": _text(info["base_model"]) if info.get("base_model") else "",
+        "base_model": _text(base_model) if base_model else "",
+        "base_model_source": _text(facts["base_model"]["source"]) if base_model else "",
         "base_mismatch": _text(info["base_mismatch"]) if info.get("base_mismatch") else "",
         "kind": _text(info.get("kind") or "LoRA"),
         "format": record.format,
@@ -672,7 +694,7 @@ _JS = """
     add(panel, "b", f.name);
     row("title", f.title);
     row("trigger words", f.trigger_words);
-    row("base", f.base + (f.base_model ? " (metadata: " + f.base_model + ")" : ""));
+    row("base", f.base + (f.base_model ? " (base model " + f.base_model + ", from " + f.base_model_source + ")" : ""));
     row("warning", f.base_mismatch);
     row("kind", f.kind);
     row("layout", f.format + ", " + f.dtype + ", rank " + f.ranks.join("/"));
@@ -854,6 +876,8 @@ def map_page(
         f"{len(files)} files in {len(data.groups)} base famil{'y' if len(data.groups) == 1 else 'ies'}; "
         f"{n_clusters} clusters of 2 or more files; {len(data.previews)} preview images."
     )
+    if data.base_models:
+        summary += f" Only files whose base model contains {html.escape(_text(' or '.join(data.base_models)))}."
     method = "metric MDS" if all(len(g.records) <= MDS_MAX_POINTS for g in data.groups) else "MDS or UMAP"
     how = (
         f"Score: the cosine of the files' {html.escape(data.descriptor)} descriptors (as lorastyle similar "

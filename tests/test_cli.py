@@ -323,7 +323,11 @@ def test_inspect_json_describes_the_file(tmp_path, capsys):
     assert info["autov3"] == meta["sshs_model_hash"][:12]
     assert info["kohya_model_hash"]["matches"] is True
     assert info["title"] == "mychar"
-    assert [w["text"] for w in info["trigger_words"]] == ["mychar, red hair", "mychar", "red hair"]
+    # the training comment is a comment; the trigger words are the caption tags, most frequent first
+    assert info["comment"] == "mychar, red hair"
+    assert [w["text"] for w in info["trigger_words"]] == ["mychar", "red hair"]
+    assert info["facts"]["title"] == {"value": "mychar", "source": "header"}
+    assert info["sidecars"] == [] and info["sidecar_mismatch"] == []
     assert info["training"] == {"steps": 1000, "resolution": "512x512"}
     assert info["file_size"] == len(data)
     assert info["kind"] == "LoRA" and info["base"] == "sd1" and info["base_mismatch"] is None
@@ -336,12 +340,13 @@ def test_inspect_text_block(tmp_path, capsys):
     lines = out.splitlines()
     assert lines[0] == str(path)
     for pattern in (
-        r"^  title +mychar$",
+        r"^  title +mychar  \[header\]$",
         r"^  kind +LoRA$",
         r"^  base +sd1$",
-        r"^  base version +sd_v1$",
-        r"^  trigger words +mychar, red hair  \[ss_training_comment\]$",
-        r"^ +mychar \(12\)$",
+        r"^  base version +sd_v1  \[header\]$",
+        r"^  trigger words +mychar \(12\)  \[header ss_tag_frequency\]$",
+        r"^ +red hair \(7\)$",
+        r"^  comment +mychar, red hair  \[header ss_training_comment\]$",
         r"^  training +1000 steps, 512x512$",
         r"^  format +kohya$",
         r"^  size +\d+ bytes$|^  size +[\d.]+ kB \(\d+ bytes\)$",
@@ -350,6 +355,107 @@ def test_inspect_text_block(tmp_path, capsys):
     ):
         assert re.search(pattern, out, re.M), (pattern, out)
     assert "mismatch" not in out
+
+
+def test_inspect_shows_sidecar_facts_with_their_source(tmp_path, capsys):
+    """A Civitai Helper NAME.civitai.info (scripts/ch_lib/model.py write_model_info: the API's model-version JSON,
+    json.dumps(indent=4)) and an AUTOMATIC1111 NAME.json (ui_edit_user_metadata.py save_lora_user_metadata, written
+    with json.dump(indent=4, ensure_ascii=False)) beside the kohya file."""
+    path, _ = _described_kohya(tmp_path / "mychar.safetensors")
+    version = {
+        "id": 2,
+        "modelId": 1,
+        "name": "v3",
+        "baseModel": "Pony",
+        "trainedWords": ["mychar_pony"],
+        "model": {"name": "My Character", "type": "LORA"},
+        "files": [{"hashes": {"SHA256": hashlib.sha256(path.read_bytes()).hexdigest().upper()}}],
+    }
+    (tmp_path / "mychar.civitai.info").write_text(json.dumps(version, indent=4))
+    user = {"description": "", "sd version": "Unknown", "activation text": "", "preferred weight": 0.6,
+            "negative text": "", "notes": "keep at 0.6"}  # fmt: skip
+    (tmp_path / "mychar.json").write_text(json.dumps(user, indent=4, ensure_ascii=False), encoding="utf8")
+    info, err = run_json(capsys, ["inspect", str(path), "--json"])
+    assert err == ""
+    assert {k: (f["value"], f["source"]) for k, f in info["facts"].items()} == {
+        "title": ("My Character (v3)", "mychar.civitai.info"),
+        "trigger_words": (["mychar_pony"], "mychar.civitai.info"),
+        "base_model": ("Pony", "mychar.civitai.info"),
+        "base_model_version": ("sd_v1", "header"),  # A1111's "Unknown" is no claim
+        "preferred_weight": (0.6, "mychar.json"),
+        "notes": ("keep at 0.6", "mychar.json"),
+        "comment": ("mychar, red hair", "header"),
+        "civitai_url": ("https://civitai.com/models/1?modelVersionId=2", "mychar.civitai.info"),
+    }
+    assert [sc["kind"] for sc in info["sidecars"]] == ["a1111", "civitai-helper"]
+    assert info["sidecar_mismatch"] == []  # Civitai's SHA256 is this file's
+    assert info["title"] == "mychar"  # the header's own, as before
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    for line in (
+        "  title           My Character (v3)  [mychar.civitai.info]",
+        "  base model      Pony  [mychar.civitai.info]",
+        "  base version    sd_v1  [header]",
+        "  trigger words   mychar_pony  [mychar.civitai.info]",
+        "  weight          0.6 (preferred)  [mychar.json]",
+        "  notes           keep at 0.6  [mychar.json]",
+        "  comment         mychar, red hair  [header ss_training_comment]",
+        "  sidecars        mychar.json, mychar.civitai.info",
+    ):
+        assert line in out, (line, out)
+
+
+def test_inspect_warns_of_a_broken_sidecar_and_goes_on(tmp_path, capsys):
+    path, _ = _described_kohya(tmp_path / "mychar.safetensors")
+    (tmp_path / "mychar.metadata.json").write_text('{"model_name": "half')
+    assert main(["inspect", str(path)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.strip().split("\n")
+    assert len(lines) == 1
+    assert lines[0].startswith(f"warning: {tmp_path / 'mychar.metadata.json'}: sidecar not read: not valid JSON")
+    assert "Traceback" not in captured.err
+    assert re.search(r"^  title +mychar  \[header\]$", captured.out, re.M)
+
+
+def test_inspect_check_says_what_it_checked(tmp_path, capsys):
+    path, _ = _described_kohya(tmp_path / "mychar.safetensors")  # 3 tensors, 1 module
+    assert main(["inspect", str(path), "--check"]) == 0
+    captured = capsys.readouterr()
+    expected = (
+        "check passed: read all 3 tensors as index does; the factors of 1 module fit together and hold no NaN or Inf"
+    )
+    assert captured.out.splitlines()[-1] == expected
+    info, err = run_json(capsys, ["inspect", str(path), "--json", "--check"])
+    assert err.strip() == expected  # stdout stays one JSON object
+    assert info["check"] == {"passed": True, "tensors": 3, "modules": 1}
+    assert main(["inspect", str(path)]) == 0
+    assert "check passed" not in capsys.readouterr().out  # not without --check
+
+
+def test_similar_given_a_folder_says_what_it_expects(collection, built_indexes, tmp_path, capsys):
+    _, index_path, _ = built_indexes["gram"]
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    assert main(["similar", index_path, str(folder)]) == 2
+    assert_single_error(
+        capsys.readouterr(),
+        folder,
+        r"^is a folder: similar's QUERY is one LoRA file "
+        rf"\(to index a folder: lorastyle index {re.escape(str(folder))} -o INDEX\)$",
+    )
+    assert main(["similar", str(folder), collection["good"][0]]) == 2
+    assert_single_error(capsys.readouterr(), folder, r"^is a folder: similar's INDEX is an index file ")
+
+
+def test_index_of_three_files_says_one_component(tmp_path, capsys):
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for seed in range(3):
+        write_good(folder / f"g{seed}.safetensors", seed)
+    assert main(["index", str(folder), "-o", str(tmp_path / "idx.safetensors")]) == 0
+    err = capsys.readouterr().err
+    assert "tiny: 3 files (gram; PCA of 1 component)" in err.splitlines()
+    assert "indexed 3 of 3 files in 1 base family; skipped 0;" in err
 
 
 def test_inspect_flags_a_base_the_weights_contradict(tmp_path, capsys):

@@ -112,9 +112,19 @@ def folder(tmp_path_factory):
     _image(root / "sd1_ink_0.webp", (300, 600), "purple")
     previews[str((root / "sd1_ink_0.safetensors").resolve())] = (128, 256)
     (root / "lonely1.preview.png").write_bytes(b"not an image")
-    # Civitai Helper's info file: its model name stands in for the missing title
-    info = {"name": "v2.0", "model": {"name": "Civitai Other"}, "trainedWords": ["other_style"], "images": []}
-    (root / "sd1_other.civitai.info").write_text(json.dumps(info))
+    # Civitai Helper's info file (the Civitai API's model-version JSON): its model name stands in for the missing title
+    info = {
+        "name": "v2.0",
+        "model": {"name": "Civitai Other"},
+        "trainedWords": ["other_style"],
+        "baseModel": "Pony",
+        "images": [],
+    }
+    (root / "sd1_other.civitai.info").write_text(json.dumps(info, indent=4))
+    # ComfyUI-Lora-Manager's NAME.metadata.json (py/utils/models.py LoraMetadata): its name comes before the header's
+    manager = {"file_name": "lonely0", "model_name": "Lonely Manager", "base_model": "Illustrious", "tags": ["x"],
+               "civitai": {"trainedWords": ["lonely_word"]}, "usage_tips": "{}", "notes": "", "sha256": ""}  # fmt: skip
+    (root / "lonely0.metadata.json").write_text(json.dumps(manager, indent=2))
     return root, {"tiny": tiny, "sd1": sd1}, previews
 
 
@@ -175,6 +185,39 @@ def test_the_json_gives_titles_scores_and_the_calibrated_threshold(mapped):
     titles = {Path(m["path"]).name: m["title"] for c in clusters_ for m in c["members"]}
     assert titles["style1_v2.safetensors"] == "Style 1 version 2"
     assert titles["sd1_other.safetensors"] == "Civitai Other (v2.0)"  # from NAME.civitai.info
+    assert titles["lonely0.safetensors"] == "Lonely Manager"  # NAME.metadata.json before the header's "Lonely 0"
+    assert titles["lonely1.safetensors"] == "Lonely 1"  # the header's, with no sidecar
+    base_models = {Path(m["path"]).name: m["base_model"] for c in clusters_ for m in c["members"]}
+    assert base_models["sd1_other.safetensors"] == "Pony" and base_models["lonely0.safetensors"] == "Illustrious"
+    assert base_models["style0_v0.safetensors"] is None
+    assert result["base_models"] is None  # no filter
+
+
+def test_the_map_keeps_the_base_models_asked_for(mapped, folder, capsys, tmp_path):
+    root, _, _ = folder
+    _, _, _, index = mapped
+    rc, out, err = _run(capsys, "map", index, "-o", tmp_path / "m.html", "--json", "--base-model", "illustrious")
+    assert rc == 0, err
+    result = json.loads(out)
+    paths = [m["path"] for g in result["groups"] for c in g["clusters"] for m in c["members"]]
+    assert paths == [str((root / "lonely0.safetensors").resolve())] and result["n_files"] == 1
+    assert result["base_models"] == ["illustrious"]
+    assert "mapped 1 file in 1 base family" in err
+    assert "Only files whose base model contains illustrious." in (tmp_path / "m.html").read_text()
+    # several names: either one; each family keeps its own files
+    rc, out, err = _run(capsys, "map", index, "-o", tmp_path / "m2.html", "--json", "--base-model", "PONY",
+                        "--base-model", "Illustrious")  # fmt: skip
+    assert rc == 0, err
+    result = json.loads(out)
+    got = {g["key"]: [Path(m["path"]).name for c in g["clusters"] for m in c["members"]] for g in result["groups"]}
+    assert got == {"tiny": ["lonely0.safetensors"], "sd1": ["sd1_other.safetensors"]}
+    # none: an error that lists the base models there are, and no page
+    rc, out, err = _run(capsys, "map", index, "-o", tmp_path / "m3.html", "--base-model", "NoobAI")
+    assert rc == 2 and out == ""
+    assert err.strip() == (
+        "error: --base-model: no file's base model contains 'NoobAI' (base models of these files: Illustrious, Pony)"
+    )
+    assert not (tmp_path / "m3.html").exists()
 
 
 def test_bad_files_are_reported_and_the_rest_mapped(mapped, folder):

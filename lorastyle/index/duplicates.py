@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..io.sidecars import file_facts
 from .calibration import load_calibration
 from .store import LoraIndex
 
@@ -44,7 +45,7 @@ class DuplicateReport:
         (all files have one sha256), ``score`` (the lowest score within the group).
     near : list of dict
         One per near-duplicate pair not in one same-weights group: ``base``, ``paths`` (two),
-        ``score``, ``titles``.
+        ``score``, ``titles`` (each file's, from its sidecars or its header, as ``inspect`` shows it).
     near_threshold : float
     """
 
@@ -85,6 +86,12 @@ def _groups(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
     for i in range(n):
         out.setdefault(find(i), []).append(i)
     return [sorted(g) for g in out.values() if len(g) > 1]
+
+
+def _title(record) -> str | None:
+    """The file's title as ``inspect`` and ``map`` show it: from its sidecars, else its header."""
+    title = file_facts(record.path, record.info).get("title")
+    return title["value"] if title else None
 
 
 def find_duplicates(index: LoraIndex, *, near_threshold: float | None = None) -> DuplicateReport:
@@ -146,7 +153,7 @@ def find_duplicates(index: LoraIndex, *, near_threshold: float | None = None) ->
                         "base": group.base,
                         "paths": sorted([records[i].path, records[j].path]),
                         "score": float(C[i, j]),
-                        "titles": [records[k].info.get("title") for k in (i, j)],
+                        "titles": [_title(records[k]) for k in (i, j)],
                     }
                 )
     near.sort(key=lambda x: (-x["score"], x["paths"]))

@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..descriptors import DEFAULT_DESCRIPTOR, ModuleSelection
 from ..errors import IndexBusyError, LoraFormatError, NotEnoughLorasError
@@ -96,17 +96,25 @@ class IndexRun:
     ----------
     index : LoraIndex
     skipped : list of (path, reason)
-        Everything not indexed: entries the walk could not use, then files.
+        Every LoRA-like file not indexed: entries the walk could not use, then files that could
+        not be indexed. ``len(index.paths) + len(skipped) == n_files``.
     n_files : int
-        LoRA-like files found.
+        LoRA-like files found (indexed or skipped).
     stats : BuildStats
         Files read now, reused from the previous index, found in the cache.
+    unlisted : list of (path, reason)
+        Folders that could not be listed (not files: not in ``skipped``).
+    repeated : list of (path, path)
+        Folders reached again through links, and the path each was walked by (read once; not
+        errors, not files).
     """
 
     index: LoraIndex
     skipped: list
     n_files: int
     stats: BuildStats
+    unlisted: list = field(default_factory=list)
+    repeated: list = field(default_factory=list)
 
 
 def _previous(output: str) -> LoraIndex | None:
@@ -156,7 +164,8 @@ def index_folder(
     IndexBusyError
         If another run holds the lock.
     NotEnoughLorasError
-        If no file was found or none could be indexed; ``skipped`` has every reason.
+        If no file was found or none could be indexed; ``skipped`` has every reason (refused
+        entries and folders that could not be listed).
     LoraFormatError
         If the output's folder does not exist (named in the error).
     OSError
@@ -171,8 +180,9 @@ def index_folder(
     with index_lock(output):
         remove_temporaries(folder, re.escape(os.path.basename(output)))
         remove_temporaries(cache_dir, ".*" + re.escape(CACHE_SUFFIX))
-        files, problems = find_lora_files(root, exclude=[output, cache_dir, f"{output}.lock"])
-        if not files:
+        walk = find_lora_files(root, exclude=[output, cache_dir, f"{output}.lock"])
+        problems = walk.refused + walk.unlisted
+        if not walk.files:
             raise NotEnoughLorasError(root, "no LoRA files (.safetensors) found", problems)
         settings = {
             "descriptor": descriptor,
@@ -184,7 +194,7 @@ def index_folder(
         previous = _previous(output) if use_cache else None
         try:
             index, skipped, stats = build_index(
-                files,
+                walk.files,
                 descriptor=descriptor,
                 n_components=n_components,
                 select=select,
@@ -202,4 +212,11 @@ def index_folder(
         index.save(output)
         if cache is not None:
             cache.clear()
-    return IndexRun(index=index, skipped=problems + skipped, n_files=len(files), stats=stats)
+    return IndexRun(
+        index=index,
+        skipped=walk.refused + skipped,
+        n_files=walk.n_files,
+        stats=stats,
+        unlisted=walk.unlisted,
+        repeated=walk.repeated,
+    )

@@ -3,7 +3,9 @@
 LoRA managers and ComfyUI set-ups often link folders into one another (``models/loras/sdxl`` ->
 ``/mnt/big/sdxl-loras``), so links to folders are followed. Each real folder is visited once
 (by device and inode), so a link back up the tree, or two links to one folder, neither loops
-nor lists a file twice; the link that would revisit a folder is reported once.
+nor lists a file twice. A link that would revisit a folder is not an error and not a skipped
+file: it is listed in :attr:`FolderWalk.repeated` (the folder's files are listed once, under the
+path it was first reached by; the folder itself is listed there too when a link reached it first).
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from ..io.formats import LORA_SUFFIXES
 
-__all__ = ["find_lora_files", "file_kind", "identity"]
+__all__ = ["find_lora_files", "FolderWalk", "file_kind", "identity"]
 
 
 def file_kind(mode: int) -> str:
@@ -55,9 +58,40 @@ def identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def find_lora_files(
-    root: str | os.PathLike, *, exclude: Iterable[str | os.PathLike] = ()
-) -> tuple[list[str], list[tuple[str, str]]]:
+@dataclass
+class FolderWalk:
+    """What :func:`find_lora_files` found under a folder.
+
+    Attributes
+    ----------
+    files : list of str
+        Regular files (or links to them) with a LoRA suffix, pickle suffixes included so that
+        they are reported as refused rather than ignored; depth first, in name order. Names
+        that are not valid UTF-8 come back as ``str`` with surrogate escapes (``os.fsdecode``),
+        which ``open`` accepts. A file reached twice through links is listed once.
+    refused : list of (path, reason)
+        Entries with a LoRA suffix that cannot be read: not regular files (a FIFO would block
+        the reader forever), or that cannot be examined (a dangling link, a link loop). Each is
+        a LoRA-like file that is not indexed.
+    unlisted : list of (path, reason)
+        Folders that could not be listed (their files, if any, are unknown).
+    repeated : list of (path, path)
+        Folders already walked, reached again (a second link to one folder, a link back up the
+        tree, or the folder itself after a link to it), with the path it was walked by: read once.
+    """
+
+    files: list = field(default_factory=list)
+    refused: list = field(default_factory=list)
+    unlisted: list = field(default_factory=list)
+    repeated: list = field(default_factory=list)
+
+    @property
+    def n_files(self) -> int:
+        """LoRA-like files found: the listed ones and the refused ones."""
+        return len(self.files) + len(self.refused)
+
+
+def find_lora_files(root: str | os.PathLike, *, exclude: Iterable[str | os.PathLike] = ()) -> FolderWalk:
     """Every LoRA-like file under ``root``, recursively, in walk order; and what could not be walked.
 
     Parameters
@@ -68,20 +102,14 @@ def find_lora_files(
 
     Returns
     -------
-    files : list of str
-        Regular files (or links to them) with a LoRA suffix, pickle suffixes included so that
-        they are reported as refused rather than ignored; depth first, in name order. Names
-        that are not valid UTF-8 come back as ``str`` with surrogate escapes (``os.fsdecode``),
-        which ``open`` accepts. A file reached twice through links is listed once.
-    problems : list of (path, reason)
-        Folders that could not be listed, links that would revisit a folder (a loop, or a
-        second link to one folder), and entries with a LoRA suffix that are not regular files
-        (a FIFO would block the reader forever) or cannot be examined (a link loop).
+    FolderWalk
+        The files, the refused entries, the folders that could not be listed and the links to
+        folders already walked.
     """
     root = os.fspath(root)
     skip = {os.path.abspath(os.fspath(p)) for p in exclude}
-    found: list[str] = []
-    problems: list[tuple[str, str]] = []
+    walk = FolderWalk()
+    found, refused = walk.files, walk.refused
     seen_folders: dict[tuple[int, int], str] = {}
     seen_files: set[tuple[int, int]] = set()
     try:
@@ -96,7 +124,7 @@ def find_lora_files(
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            problems.append((folder, f"cannot list folder: {exc.strerror or exc}"))
+            walk.unlisted.append((folder, f"cannot list folder: {exc.strerror or exc}"))
             continue
         subfolders = []
         for entry in entries:
@@ -106,9 +134,8 @@ def find_lora_files(
                 if entry.is_dir(follow_symlinks=True):
                     st = os.stat(entry.path)
                     key = (st.st_dev, st.st_ino)
-                    if key in seen_folders:
-                        if entry.is_symlink():
-                            problems.append((entry.path, f"link to a folder already walked ({seen_folders[key]})"))
+                    if key in seen_folders:  # a link to it (or a link walked before it): walked once already
+                        walk.repeated.append((entry.path, seen_folders[key]))
                         continue
                     seen_folders[key] = entry.path
                     subfolders.append(entry.path)
@@ -117,14 +144,14 @@ def find_lora_files(
                     continue
                 st = os.stat(entry.path)  # follows links: the file that would be read
             except OSError as exc:
-                problems.append((entry.path, f"cannot read file: {exc.strerror or exc}"))
+                refused.append((entry.path, f"cannot read file: {exc.strerror or exc}"))
                 continue
             if not stat.S_ISREG(st.st_mode):
-                problems.append((entry.path, f"not a regular file ({file_kind(st.st_mode)})"))
+                refused.append((entry.path, f"not a regular file ({file_kind(st.st_mode)})"))
                 continue
             if (st.st_dev, st.st_ino) in seen_files:
                 continue  # the same file through another link (hard links too)
             seen_files.add((st.st_dev, st.st_ino))
             found.append(entry.path)
         stack.extend(reversed(subfolders))  # depth first, in name order, like os.walk
-    return found, problems
+    return walk

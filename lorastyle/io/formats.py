@@ -36,6 +36,15 @@ Conventions
   XLabs, LyCORIS, ai-toolkit, control LoRAs) are renamed, their fused
   projections (``qkv``, ``linear1``) split by rows of ``up``, which is exact
   (:func:`lorastyle.io.flux.canonical_flux_modules`).
+* An integer ``alpha`` (``I64`` ... ``U8``) is read as a float: diffusers'
+  ``convert_state_dict_to_kohya`` (src/diffusers/utils/state_dict_utils.py) stores
+  ``torch.tensor(len(weight))``, an int64 rank, and AUTOMATIC1111 and ComfyUI read it so.
+  Factors must be floating point.
+* Kohya names that repeat a prefix (a hand conversion that prefixed names which already had
+  one) are read when the repeat can mean only one thing: ``lora_unet_unet_...``,
+  ``lora_unet_model_diffusion_model_...``, ``lora_unet_lora_unet_...`` and the same for the
+  text encoders; a prefix followed by another part's prefix (``lora_unet_lora_te_...``) is
+  refused with what is doubled and how to rename it.
 * Never unpickle: ``.ckpt``, ``.pt``, ``.bin`` ... are refused.
 """
 
@@ -89,6 +98,8 @@ LAYOUTS = (
 )
 # Metadata key our own training code writes to name its base model.
 BASE_METADATA_KEY = "lorastyle.base"
+# Integer dtypes an ``alpha`` may have (read as float; see the module docstring).
+INTEGER_ALPHA_DTYPES = frozenset({"I64", "I32", "I16", "I8", "U8"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -345,14 +356,67 @@ def _infer_part(path: str) -> str | None:
     return None
 
 
+# The name a part has in its own model's files, as a hand conversion may leave it after a kohya prefix
+# (lora_unet_unet_down_blocks_..., lora_unet_model_diffusion_model_input_blocks_..., lora_te_text_encoder_...).
+_OWN_PREFIXES = {
+    "unet": ("unet_", "model_diffusion_model_", "diffusion_model_"),
+    "text_encoder": ("text_encoder_",),
+    "text_encoder_2": ("text_encoder_2_",),
+    "text_encoder_3": ("text_encoder_3_",),
+}  # not "transformer_": Flux names start with transformer_blocks_
+
+
+class _DoubledPrefix(ValueError):
+    """A kohya name whose prefix is followed by another part's prefix: which part it adapts is unknown."""
+
+
+_PART_PREFIX = {
+    "unet": "lora_unet_",
+    "text_encoder": "lora_te1_",
+    "text_encoder_2": "lora_te2_",
+    "text_encoder_3": "lora_te3_",
+}
+
+
+def _doubled(doubled: str, what: str, part: str, renamed: str) -> _DoubledPrefix:
+    return _DoubledPrefix(
+        f"doubled prefix {doubled!r}: {what}, so which model part it adapts is unclear. A conversion added a "
+        f"prefix to names that had one: rename the keys to keep one prefix (here {renamed[:70]!r} if it adapts "
+        f"the {part}) and read the file again"
+    )
+
+
+def _strip_doubled(prefix: str, part: str, rest: str) -> str:
+    """``rest`` (a kohya name after ``prefix``) without a repeat of its prefix or of its part's own name.
+
+    Raises ``_DoubledPrefix`` when what follows names another part (``lora_unet_lora_te_...``,
+    ``lora_te_unet_...``): the name then says two things and is not guessed.
+    """
+    for again, again_part in _KOHYA_PREFIXES.items():
+        if rest.startswith(again):
+            if again_part != part:
+                what = f"the name carries the kohya prefixes of the {part} and of the {again_part}"
+                raise _doubled(prefix + again, what, again_part, rest)
+            rest = rest[len(again) :]
+            break
+    mine = _OWN_PREFIXES.get(part, ())
+    others = [(p, own) for p, owns in _OWN_PREFIXES.items() for own in owns if p != part]
+    for other, own in sorted(others, key=lambda x: -len(x[1])):
+        if rest.startswith(own) and not any(rest.startswith(o) for o in mine):
+            what = f"a {other} name under the {part} prefix {prefix!r}"
+            raise _doubled(prefix + own, what, other, _PART_PREFIX[other] + rest[len(own) :])
+    for own in sorted(mine, key=len, reverse=True):
+        if rest.startswith(own):
+            return rest[len(own) :]
+    return rest
+
+
 @lru_cache(maxsize=1 << 16)  # pure, and the same few hundred names recur in every file of a collection
 def _canonical_kohya(raw: str) -> tuple[str, str]:
     for prefix, part in _KOHYA_PREFIXES.items():
         if raw.startswith(prefix):
-            path = unmangle(raw[len(prefix) :])
-            if part == "unet" and path.startswith(("unet.", "model.diffusion_model.")):
-                # a user-made conversion that kept the source's own prefix: lora_unet_unet_down_blocks_...
-                path = path.split(".", 2 if path.startswith("model.") else 1)[-1]
+            # a user-made conversion that kept the source's own prefix: lora_unet_unet_down_blocks_...
+            path = unmangle(_strip_doubled(prefix, part, raw[len(prefix) :]))
             if part == "unet":
                 if any(w in path.split(".") for w in _FLUX_WORDS) or path.startswith("transformer_blocks."):
                     part = "transformer"  # a U-Net path never starts with transformer_blocks
@@ -795,6 +859,8 @@ def load_lora(path: str | os.PathLike, *, data: bytes | memoryview | None = None
         arrays = {}
         for role, key in roles.items():
             arr = tensors[key]
+            if role == "alpha" and arr.dtype.kind in "iu":  # an integer alpha (INTEGER_ALPHA_DTYPES)
+                arr = arr.astype(np.float32)
             if arr.dtype == np.float64:  # no LoRA needs float64; beyond float32's range it is refused below
                 with np.errstate(over="ignore"):
                     arr = arr.astype(np.float32)
@@ -874,6 +940,8 @@ def read_layout(path: str, entries: dict, metadata: dict[str, str]) -> HeaderLay
     for roles in grouped.values():
         for role, key in roles.items():
             dtype = entries[key][0] if key in entries else "F32"  # alphas from metadata are synthetic keys
+            if role == "alpha" and dtype in INTEGER_ALPHA_DTYPES:
+                continue  # diffusers' convert_state_dict_to_kohya writes torch.tensor(rank): int64; read as a float
             if dtype not in FLOAT_DTYPES:
                 raise LoraFormatError(path, f"tensor {key!r}: dtype {dtype} is not a floating-point type")
             if role not in ("alpha", "dora_scale"):
@@ -920,7 +988,10 @@ def _split_layout(
         if set(roles) <= {"alpha", "dora_scale"}:  # an alpha with no factors: not a module
             rest.extend(roles.values())
             continue
-        key = canon(raw_name)
+        try:
+            key = canon(raw_name)
+        except _DoubledPrefix as exc:
+            raise LoraFormatError(path, f"tensor {raw_name!r}: {exc}") from None
         if key in grouped:
             raise LoraFormatError(path, f"module {'.'.join(map(str, key))} appears twice under different key spellings")
         grouped[key] = roles

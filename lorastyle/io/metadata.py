@@ -18,9 +18,11 @@ field                      metadata keys, in the order they are tried
                            ``ss_output_name`` (sd-scripts train_network.py), ``name`` (ostris/ai-toolkit
                            toolkit/metadata.py, its ``[name]`` placeholder ignored)
 ``description``            ``modelspec.description``; ``author``: ``modelspec.author``
-``trigger_words``          ``modelspec.trigger_phrase``, ``ss_training_comment`` (sd-scripts: "will not be
-                           updated after training"), then the 10 most frequent tags of ``ss_tag_frequency``
+``trigger_words``          ``modelspec.trigger_phrase``, then the 10 most frequent tags of ``ss_tag_frequency``
                            (sd-scripts: JSON ``{dataset dir: {tag: count}}``, counts summed over dirs)
+``comment``                ``ss_training_comment`` (sd-scripts ``--training_comment``: "will not be updated
+                           after training"): free text, never trigger words; sd-scripts networks/resize_lora.py
+                           writes "dimension is resized from 256 to 16; ..." there, authors put licences there
 ``base_model``             ``ss_sd_model_name`` (sd-scripts), ``ss_base_model`` (ai-toolkit
                            ``add_base_model_info_to_meta``), ``base_model_name`` of ``ot_config``
                            (OneTrainer modules/modelSaver/mixin/DtypeModelSaverMixin.py, TrainConfig)
@@ -69,9 +71,12 @@ without regard to case):
 
 ``kohya_model_hash`` (only when the file stores ``sshs_model_hash``) says whether the stored value is
 ``tensor_sha256``: kohya hashes the data section of ``safetensors.torch.save(tensors, ss_metadata)``,
-which is this file's data section unless a later tool rewrote the tensors. ``sshs_legacy_hash``
-(``addnet_hash_legacy``: 64 KiB at offset 1 MiB of that in-memory file, whose header held only the
-``ss_`` keys) depends on that header and cannot be recomputed from this file; it is not reported.
+which is this file's data section unless a later tool rewrote the tensors. A stored value equal to
+:data:`EMPTY_SHA256` (the sha256 of no bytes at all, which ai-toolkit files carry) is a placeholder,
+not a hash of any tensor data: it is reported as such (``"placeholder": True``, ``"matches": None``).
+``sshs_legacy_hash`` (``addnet_hash_legacy``: 64 KiB at offset 1 MiB of that in-memory file, whose
+header held only the ``ss_`` keys) depends on that header and cannot be recomputed from this file; it
+is not reported.
 """
 
 from __future__ import annotations
@@ -90,8 +95,9 @@ from ..errors import LoraFormatError
 from .flux import canonical_flux_modules
 from .formats import LoraModule, _detect_base, header_dims, module_shape, read_layout
 from .safetensors import _decode, read_safetensors_header
+from .sidecars import HEADER, resolve_facts
 
-__all__ = ["describe_file", "format_description", "adapter_kind", "HASH_CHUNK"]
+__all__ = ["describe_file", "format_description", "adapter_kind", "HASH_CHUNK", "EMPTY_SHA256"]
 
 SUMMARY_KEYS = ("format", "base", "parts", "n_modules", "ranks", "alphas", "dtype")
 HASH_CHUNK = 4 << 20  # bytes per read of the hash pass
@@ -99,6 +105,8 @@ _AUTOV1_AT, _AUTOV1_LEN = 0x100000, 0x10000
 _AUTOV1_MIN_SIZE = 0x100000 * 2  # Civitai: no AutoV1 below 2 MiB
 EMBED_FLAG = "<embed>"  # cloneofsimo/lora lora_diffusion/lora.py
 MAX_TAGS = 10
+#: sha256 of empty input: a stored "hash" of this value is a placeholder, not a hash of the file
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 # ---------------------------------------------------------------------------
@@ -187,10 +195,9 @@ def _top_tags(metadata: dict[str, str]) -> list[tuple[str, int]]:
 
 def _trigger_words(metadata: dict[str, str]) -> list[dict]:
     words = []
-    for key in ("modelspec.trigger_phrase", "ss_training_comment"):
-        text = _text(metadata, key)
-        if text:
-            words.append({"text": text, "source": key})
+    text = _text(metadata, "modelspec.trigger_phrase")
+    if text:
+        words.append({"text": text, "source": "modelspec.trigger_phrase"})
     words += [{"text": tag, "source": "ss_tag_frequency", "count": n} for tag, n in _top_tags(metadata)]
     return words
 
@@ -495,11 +502,15 @@ def describe_file(
         ``format``, ``base``, ``parts``, ``n_modules``, ``ranks``, ``alphas``, ``dtype`` (the keys and
         meanings of :meth:`LoRA.summary`, except ``ranks`` of full-factor LoKr, see
         :func:`lorastyle.io.formats.module_shape`), then ``kind``, ``title``, ``description``,
-        ``author``, ``trigger_words`` (list of ``{"text", "source"[, "count"]}``), ``base_model``,
+        ``author``, ``trigger_words`` (list of ``{"text", "source"[, "count"]}``), ``comment`` (kohya's
+        ``ss_training_comment``), ``base_model``,
         ``base_model_version``, ``base_mismatch`` (None or a sentence), ``training``, ``network``,
         ``trainer``, ``textual_inversion_tokens``, ``n_tensors``, ``file_size``, the hashes, and
         ``kohya_model_hash`` ``{"stored", "recomputed", "matches"}`` /  ``modelspec_hash`` (same form)
-        only when the file stores ``sshs_model_hash`` / ``modelspec.hash_sha256``.
+        only when the file stores ``sshs_model_hash`` / ``modelspec.hash_sha256`` (with
+        ``"placeholder": True`` and ``matches`` None when the stored value is :data:`EMPTY_SHA256`).
+        The header's facts only: the sidecar files of LoRA managers are read by
+        :mod:`lorastyle.io.sidecars`.
 
     Raises
     ------
@@ -553,6 +564,7 @@ def describe_file(
         "description": _text(metadata, "modelspec.description"),
         "author": _text(metadata, "modelspec.author"),
         "trigger_words": _trigger_words(metadata),
+        "comment": _text(metadata, "ss_training_comment"),
         "base_model": _base_model(metadata, ot_config),
         "base_model_version": _text(metadata, "ss_base_model_version") or _text(metadata, "modelspec.architecture"),
         "base_mismatch": _base_mismatch(metadata, _detect_base(dims, {})),
@@ -574,11 +586,14 @@ def describe_file(
         stored = _stored_hash(_text(metadata, key))
         if stored:
             recomputed = info["tensor_sha256"]
+            placeholder = stored == EMPTY_SHA256
             info[field] = {
                 "stored": stored,
                 "recomputed": recomputed,
-                "matches": None if recomputed is None else stored == recomputed,
+                "matches": None if recomputed is None or placeholder else stored == recomputed,
             }
+            if placeholder:
+                info[field]["placeholder"] = True
     return info
 
 
@@ -597,36 +612,66 @@ def _g(x) -> str:
     return f"{x:g}" if isinstance(x, float) else str(x)
 
 
+def _first_line(text: str) -> str:
+    lines = str(text).strip().splitlines() or [""]
+    return lines[0] + (" ..." if len(lines) > 1 else "")
+
+
 def format_description(info: dict) -> list[str]:
     """The lines ``lorastyle inspect`` prints for :func:`describe_file`'s dict (first: the path).
+
+    The facts people look for (title, trigger words, base model, preferred weight, tags, notes,
+    comment, description) end with their source in brackets: a sidecar file's name or ``header``
+    (the file's own metadata), as :func:`lorastyle.io.sidecars.resolve_facts` chose them.
 
     Parameters
     ----------
     info : dict
-        What :func:`describe_file` returned.
+        What :func:`describe_file` returned, optionally with the keys of
+        :func:`lorastyle.io.sidecars.describe_sidecars` (``facts``, ``sidecars``,
+        ``sidecar_mismatch``); without them the header's facts are shown.
 
     Returns
     -------
     list of str
     """
     lines = [info["path"]]
+    facts = info.get("facts")
+    if facts is None:
+        facts = resolve_facts(info, [])
 
     def row(label: str, value) -> None:
         if value not in (None, "", [], {}):
             lines.append(f"  {label:15s} {value}")
 
-    row("title", info["title"])
+    def fact(label: str, name: str, show=str, header_key: str = "") -> None:
+        f = facts.get(name)
+        if f:
+            source = f"{HEADER} {header_key}" if f["source"] == HEADER and header_key else f["source"]
+            row(label, f"{show(f['value'])}  [{source}]")
+
+    fact("title", "title")
     row("kind", info["kind"])
     row("base", info["base"])
-    row("base model", info["base_model"])
-    row("base version", info["base_model_version"])
+    fact("base model", "base_model")
+    fact("base version", "base_model_version")
     if info["base_mismatch"]:
         lines.append(f"  {'!! mismatch':15s} {info['base_mismatch']}")
     row("trainer", info["trainer"])
-    for i, word in enumerate(info["trigger_words"]):
-        count = f" ({word['count']})" if "count" in word else ""
-        source = "" if "count" in word else f"  [{word['source']}]"
-        row("trigger words" if i == 0 else "", f"{word['text']}{count}{source}")
+    words = facts.get("trigger_words")
+    if words and words["source"] == HEADER:  # with their keys and caption-tag counts
+        for i, word in enumerate(info["trigger_words"]):
+            count = f" ({word['count']})" if "count" in word else ""
+            first_tag = "count" in word and (i == 0 or "count" not in info["trigger_words"][i - 1])
+            source = f"  [{HEADER} {word['source']}]" if "count" not in word or first_tag else ""
+            row("trigger words" if i == 0 else "", f"{word['text']}{count}{source}")
+    else:
+        fact("trigger words", "trigger_words", ", ".join)
+    fact("weight", "preferred_weight", lambda w: f"{w:g} (preferred)")
+    fact("negative", "negative_text", _first_line)
+    fact("tags", "tags", ", ".join)
+    fact("notes", "notes", _first_line)
+    fact("comment", "comment", _first_line, "ss_training_comment")
     t = info["training"]
     done = []
     if "steps" in t:
@@ -659,8 +704,12 @@ def format_description(info: dict) -> list[str]:
         )
         row("network", text)
     row("TI tokens", ", ".join(info["textual_inversion_tokens"]))
-    row("description", (info["description"] or "").splitlines()[0] if info["description"] else None)
+    fact("description", "description", _first_line)
     row("author", info["author"])
+    fact("civitai", "civitai_url")
+    row("sidecars", ", ".join(os.path.basename(sc["path"]) for sc in info.get("sidecars", [])))
+    for sentence in info.get("sidecar_mismatch", []):
+        lines.append(f"  {'!! sidecar':15s} {sentence}")
     for key in SUMMARY_KEYS:
         if key == "base":
             continue  # above, with the metadata's claims
@@ -676,5 +725,8 @@ def format_description(info: dict) -> list[str]:
         if field in info:
             h = info[field]
             verdict = {True: "matches the tensor data", False: "does NOT match the tensor data", None: "not checked"}
-            row(label, f"{h['stored']} ({verdict[h['matches']]})")
+            if h.get("placeholder"):
+                row(label, f"{h['stored']} (a placeholder: the sha256 of empty input, not a hash of this file)")
+            else:
+                row(label, f"{h['stored']} ({verdict[h['matches']]})")
     return lines

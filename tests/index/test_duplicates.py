@@ -77,6 +77,24 @@ def test_same_weights_and_near_duplicates_are_told_apart(folder, tmp_path):
     assert sum("a-alpha2.safetensors" in n for n in pairs) == 1
 
 
+def test_near_duplicate_titles_come_from_the_sidecars_then_the_header(tmp_path):
+    rng = np.random.default_rng(3)
+    b = factors(rng)
+    save_lora(tmp_path / "b.safetensors", b, alpha=4.0, base="tiny", metadata={"modelspec.title": "header b"})
+    tuned = {n: (A + 0.05 * rng.standard_normal(A.shape), B) for n, (A, B) in b.items()}
+    save_lora(tmp_path / "b-tuned.safetensors", tuned, alpha=4.0, base="tiny", metadata={"modelspec.title": "old"})
+    # Civitai Helper's NAME.civitai.info (the API's model-version JSON): its model name comes before the header's
+    info = {"id": 7, "modelId": 3, "name": "v2", "model": {"name": "B style"}, "baseModel": "SDXL 1.0"}
+    (tmp_path / "b-tuned.civitai.info").write_text(json.dumps(info, indent=4))
+    run = index_folder(tmp_path, tmp_path / "idx.safetensors", use_cache=False)
+    (pair,) = find_duplicates(run.index, near_threshold=0.7).near
+    titles = dict(zip(pair["paths"], pair["titles"]))
+    assert titles == {
+        str(tmp_path / "b-tuned.safetensors"): "B style (v2)",
+        str(tmp_path / "b.safetensors"): "header b",
+    }
+
+
 def test_byte_identical_copies_say_so(tmp_path):
     rng = np.random.default_rng(1)
     save_lora(tmp_path / "x.safetensors", factors(rng), alpha=4.0, base="tiny")

@@ -63,6 +63,22 @@ def errors(stderr):
     return out
 
 
+def notes(stderr):
+    """{path: text} of the ``note: PATH: text`` lines."""
+    out = {}
+    for line in stderr.split("\n"):
+        if line.startswith("note: "):
+            path, text = line[len("note: ") :].split(": ", 1)
+            out[path] = text
+    return out
+
+
+def counts(stderr):
+    """(indexed, files, skipped) of the last line of ``lorastyle index``."""
+    match = re.search(r"^indexed (\d+) of (\d+) files? in .*?; skipped (\d+)", stderr, re.M)
+    return tuple(int(g) for g in match.groups())
+
+
 @contextlib.contextmanager
 def time_limit(seconds):
     """Fail instead of hanging forever (a reader blocked on a FIFO would)."""
@@ -115,14 +131,16 @@ def test_symlink_loops_and_dangling_links(folder, tmp_path):
     assert status == 0, err
     reported = errors(err)
     assert set(reported) == {
-        str(sub / "up"),
-        str(folder / "self"),
         str(folder / "a.safetensors"),
         str(folder / "b.safetensors"),
         str(folder / "dangling.safetensors"),
     }
-    assert reported[str(sub / "up")] == f"link to a folder already walked ({folder})"
-    assert reported[str(folder / "self")] == f"link to a folder already walked ({folder})"
+    # links back up the tree are not errors and not skipped files: noted, followed once
+    followed_once = f"the same folder as {folder}, already walked (through a link): its files are read once, from there"
+    assert notes(err) == {str(sub / "up"): followed_once, str(folder / "self"): followed_once}
+    # 7 files indexed (4 good, deep, linked-in, linked) and 3 LoRA-named entries that cannot be read: 10
+    assert counts(err) == (7, 10, 3)
+    assert "; 2 folders reached again through a link, read once;" in err
     assert reported[str(folder / "a.safetensors")] == "cannot read file: Too many levels of symbolic links"
     assert reported[str(folder / "dangling.safetensors")] == "cannot read file: No such file or directory"
     assert sorted(LoraIndex.load(out).paths) == sorted(
@@ -138,9 +156,46 @@ def test_two_links_to_one_folder_list_its_files_once(folder, tmp_path):
     good(shared / "one.safetensors", 30)
     os.symlink(shared, folder / "first")
     os.symlink(shared, folder / "second")
-    files, problems = find_lora_files(folder)
-    assert [f for f in files if f.endswith("one.safetensors")] == [str(folder / "first" / "one.safetensors")]
-    assert problems == [(str(folder / "second"), f"link to a folder already walked ({folder / 'first'})")]
+    walk = find_lora_files(folder)
+    assert [f for f in walk.files if f.endswith("one.safetensors")] == [str(folder / "first" / "one.safetensors")]
+    assert walk.repeated == [(str(folder / "second"), str(folder / "first"))]
+    assert walk.refused == walk.unlisted == []
+    assert walk.n_files == 5
+
+
+def test_a_second_link_to_a_folder_is_a_note_and_the_counts_add_up(folder, tmp_path):
+    """The issue's case: "indexed 28 of 37 files; skipped 10" from one second link to a folder, reported as error."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for i in range(3):
+        good(shared / f"s{i}.safetensors", 40 + i)
+    os.symlink(shared, folder / "first")
+    os.symlink(shared, folder / "second")
+    (folder / "broken.safetensors").write_bytes(b"not a LoRA")
+    status, err = run_index(folder, "-o", tmp_path / "idx.safetensors")
+    assert status == 0, err
+    assert list(errors(err)) == [str(folder / "broken.safetensors")]  # the one bad file, not the link
+    assert notes(err) == {
+        str(folder / "second"): f"the same folder as {folder / 'first'}, already walked (through a link): its files "
+        "are read once, from there"
+    }
+    # 4 good + 3 shared files indexed once each, the broken one skipped: 7 + 1 = 8
+    assert counts(err) == (7, 8, 1)
+    assert "; 1 folder reached again through a link, read once;" in err
+
+
+def test_a_link_walked_before_its_own_folder_notes_the_folder(folder, tmp_path):
+    """``again -> shared`` inside the folder: "again" sorts first, so the real folder is the path reached twice."""
+    shared = folder / "shared"
+    shared.mkdir()
+    good(shared / "s.safetensors", 50)
+    os.symlink("shared", folder / "again")
+    status, err = run_index(folder, "-o", tmp_path / "idx.safetensors")
+    assert status == 0, err
+    assert errors(err) == {}
+    assert list(notes(err)) == [str(shared)]
+    assert counts(err) == (5, 5, 0)
+    assert str(folder / "again" / "s.safetensors") in LoraIndex.load(tmp_path / "idx.safetensors").paths
 
 
 def test_fifo_is_reported_not_opened(folder, tmp_path):
@@ -186,6 +241,28 @@ def test_unreadable_file_and_folder(folder, tmp_path):
         str(locked_file): "cannot read file: Permission denied",
         str(locked_dir): "cannot list folder: Permission denied",
     }
+    assert counts(err) == (4, 5, 1)  # a folder is not a file: not counted, said apart
+    assert "; 1 folder could not be listed;" in err
+
+
+def test_a_folder_that_cannot_be_listed_is_reported_but_not_counted_as_a_file(folder, tmp_path, monkeypatch):
+    """EACCES on listing a folder, simulated (root lists any folder): an error line, apart from the file counts."""
+    locked_dir = folder / "private"
+    locked_dir.mkdir()
+    good(locked_dir / "hidden.safetensors", 21)
+    real_scandir = os.scandir
+
+    def denied(path="."):
+        if not isinstance(path, int) and os.fspath(path) == str(locked_dir):
+            raise PermissionError(13, "Permission denied", str(locked_dir))
+        return real_scandir(path)
+
+    monkeypatch.setattr(walk_module.os, "scandir", denied)
+    status, err = run_index(folder, "-o", tmp_path / "idx.safetensors")
+    assert status == 0, err
+    assert errors(err) == {str(locked_dir): "cannot list folder: Permission denied"}
+    assert counts(err) == (4, 4, 0)
+    assert "; 1 folder could not be listed;" in err
 
 
 def test_read_error_is_reported(folder, tmp_path, monkeypatch):
@@ -251,10 +328,11 @@ def test_file_vanishing_during_the_walk(folder, monkeypatch):
         return real_stat(path, *args, **kwargs)
 
     monkeypatch.setattr(walk_module.os, "stat", stat_after_delete)
-    files, problems = find_lora_files(folder)
+    walk = find_lora_files(folder)
     monkeypatch.undo()
-    assert victim not in files and len(files) == 3
-    assert problems == [(victim, "cannot read file: No such file or directory")]
+    assert victim not in walk.files and len(walk.files) == 3
+    assert walk.refused == [(victim, "cannot read file: No such file or directory")]
+    assert walk.n_files == 4
 
 
 # ---------------------------------------------------------------------------

@@ -984,3 +984,83 @@ def test_kohya_names_with_a_doubled_unet_prefix_are_read(tmp_path):
     lora = load_lora(path)
     assert list(lora.modules) == ["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"]
     assert lora.base == "sd1"  # from the cross-attention's 768 inputs, which the doubled name hid before
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.int16, np.int8, np.uint8])
+def test_integer_alphas_are_read_as_floats(tmp_path, rng, dtype):
+    """diffusers' convert_state_dict_to_kohya (src/diffusers/utils/state_dict_utils.py) stores each module's alpha as
+    ``torch.tensor(len(weight))``: an int64 rank, which AUTOMATIC1111 and ComfyUI read as a float."""
+    from lorastyle.io.metadata import describe_file
+
+    rank = 4
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    down = (0.1 * rng.standard_normal((rank, 768))).astype(np.float16)
+    up = (0.1 * rng.standard_normal((320, rank))).astype(np.float16)
+    tensors = {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": np.array(8, dtype)}
+    path = tmp_path / "from_diffusers.safetensors"
+    safetensors.numpy.save_file(tensors, str(path))
+    with safe_open(str(path), "np") as fh:  # the file holds the integer, as diffusers writes it
+        assert fh.get_tensor(f"{key}.alpha").dtype == dtype
+    lora = load_lora(path)
+    m = lora.modules["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"]
+    assert m.alpha == 8.0 and isinstance(m.alpha, float) and m.scale == 2.0  # alpha / rank
+    assert lora.alphas == [8.0] and lora.dtype == "float16"  # the factors' dtype, not the alpha's
+    np.testing.assert_allclose(m.delta(), 2.0 * up.astype(np.float64) @ down.astype(np.float64), rtol=1e-5, atol=1e-6)
+    assert describe_file(path, hashes=False)["alphas"] == [8.0]
+
+
+def test_kohya_names_with_a_repeated_prefix_are_read(tmp_path, rng):
+    """Hand conversions that prefixed names which had a prefix already, where the repeat can mean only one thing."""
+    q_k = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
+    names = {
+        # the kohya prefix twice
+        "lora_unet_lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k": q_k,
+        # the original (LDM) checkpoint's own prefix kept: input_blocks.1.1 is diffusers' down_blocks.0.attentions.0
+        "lora_unet_model_diffusion_model_input_blocks_1_1_transformer_blocks_0_attn2_to_k": q_k,
+        "lora_te_text_encoder_text_model_encoder_layers_0_self_attn_q_proj": (
+            "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"
+        ),
+    }
+    for i, (key, expected) in enumerate(names.items()):
+        path = tmp_path / f"repeated{i}.safetensors"
+        inner = 320 if key.startswith("lora_unet") else 768
+        write_safetensors(
+            path,
+            {
+                f"{key}.lora_down.weight": rng.standard_normal((4, 768)).astype(np.float32),
+                f"{key}.lora_up.weight": rng.standard_normal((inner, 4)).astype(np.float32),
+            },
+        )
+        assert list(load_lora(path).modules) == [expected], key
+
+
+@pytest.mark.parametrize(
+    "key, doubled, renamed",
+    [
+        (
+            "lora_unet_lora_te_text_model_encoder_layers_0_self_attn_q_proj",
+            "lora_unet_lora_te_",
+            "lora_te_text_model_encoder_layers_0_self_attn_q_proj",
+        ),
+        (
+            "lora_te_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k",
+            "lora_te_unet_",
+            "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k",
+        ),
+    ],
+)
+def test_a_prefix_doubled_with_another_part_is_refused_with_the_rename(tmp_path, rng, key, doubled, renamed):
+    """Two parts named in one key: refused (not guessed), and the message says what is doubled and the fix."""
+    path = tmp_path / "doubled.safetensors"
+    write_safetensors(
+        path,
+        {
+            f"{key}.lora_down.weight": rng.standard_normal((4, 768)).astype(np.float32),
+            f"{key}.lora_up.weight": rng.standard_normal((320, 4)).astype(np.float32),
+        },
+    )
+    with pytest.raises(LoraFormatError) as excinfo:
+        load_lora(path)
+    message = str(excinfo.value)
+    assert message.startswith(f"{path}: tensor {key!r}: doubled prefix {doubled!r}: ")
+    assert f"rename the keys to keep one prefix (here {renamed!r} if it adapts the " in message

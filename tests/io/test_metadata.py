@@ -272,10 +272,11 @@ def test_kohya_fields(tmp_path, rng):
     assert info["base_model"] == "v1-5-pruned-emaonly.safetensors"
     assert info["base_model_version"] == "sd_v1"
     assert info["base"] == "sd1" and info["base_mismatch"] is None
+    # kohya's training comment is a comment, never a trigger word
+    assert info["comment"] == "trigger: mychar"
     words = info["trigger_words"]
-    assert words[0] == {"text": "trigger: mychar", "source": "ss_training_comment"}
     # tag counts summed over the dataset folders; ties keep their first appearance; at most 10
-    tags = [(w["text"], w["count"]) for w in words[1:]]
+    tags = [(w["text"], w["count"]) for w in words]
     assert tags == [
         ("mychar", 60),
         ("1girl", 59),
@@ -288,7 +289,7 @@ def test_kohya_fields(tmp_path, rng):
         ("c", 1),
         ("d", 1),
     ]  # "e", also 1, is the 11th
-    assert all(w["source"] == "ss_tag_frequency" for w in words[1:])
+    assert all(w["source"] == "ss_tag_frequency" for w in words)
     assert info["training"] == {
         "steps": 3010,
         "epoch": 10,
@@ -322,7 +323,7 @@ def test_training_comment_none_and_unparsable_values_are_left_out(tmp_path, rng)
     }
     write_safetensors(tmp_path / "k.safetensors", kohya_tensors(rng), meta)
     info = describe_file(tmp_path / "k.safetensors")
-    assert info["trigger_words"] == []
+    assert info["trigger_words"] == [] and info["comment"] is None
     assert info["training"] == {}
     assert info["network"] == {}
     json.dumps(info, allow_nan=False)  # no NaN or Infinity for other tools to choke on
@@ -351,7 +352,8 @@ def test_modelspec_fields_and_a_contradicting_architecture(tmp_path, rng):
     assert info["title"] == "My Character"
     assert info["description"] == "A character LoRA.\nSecond paragraph."
     assert info["author"] == "someone"
-    assert [w["source"] for w in info["trigger_words"]] == ["modelspec.trigger_phrase", "ss_training_comment"]
+    assert [w["source"] for w in info["trigger_words"]] == ["modelspec.trigger_phrase"]
+    assert info["comment"] == "comment"
     assert info["trigger_words"][0]["text"] == "mychar, red hair"
     assert info["training"]["resolution"] == "1024x1024"
     assert info["base"] == "sd1"
@@ -744,12 +746,13 @@ def test_text_block(tmp_path, rng):
     text = "\n".join(lines)
     assert lines[0] == str(path)
     for pattern in [
-        r"^  title +mychar_v2$",
+        r"^  title +mychar_v2  \[header\]$",
         r"^  kind +LoRA$",
         r"^  base +sd1$",
-        r"^  base model +v1-5-pruned-emaonly\.safetensors$",
-        r"^  trigger words +trigger: mychar  \[ss_training_comment\]$",
-        r"^ +mychar \(60\)$",
+        r"^  base model +v1-5-pruned-emaonly\.safetensors  \[header\]$",
+        r"^  trigger words +mychar \(60\)  \[header ss_tag_frequency\]$",
+        r"^ +1girl \(59\)$",
+        r"^  comment +trigger: mychar  \[header ss_training_comment\]$",
         r"^  training +3010 steps, epoch 10 of 10, 768x768, lr 0\.0003, 55 images \(1204 with repeats\)$",
         r"^  format +kohya$",
         r"^  ranks +8$",
@@ -759,3 +762,38 @@ def test_text_block(tmp_path, rng):
         r"^  sshs_model_hash +[0-9a-f]{64} \(matches the tensor data\)$",
     ]:
         assert re.search(pattern, text, re.M), pattern
+
+
+# --------------------------------------------------------------------------
+# Comments and placeholder hashes
+
+
+def test_a_resize_note_in_the_training_comment_is_a_comment_not_a_trigger_word(tmp_path, rng):
+    # sd-scripts networks/resize_lora.py appends "dimension is resized from {old} to {new}" to ss_training_comment
+    note = "dimension is resized from 256 to 16; CC BY-NC 4.0"
+    write_safetensors(tmp_path / "r.safetensors", kohya_tensors(rng), {"ss_training_comment": note})
+    info = describe_file(tmp_path / "r.safetensors")
+    assert info["comment"] == note
+    assert note not in [w["text"] for w in info["trigger_words"]]
+    text = "\n".join(format_description(info))
+    assert re.search(
+        r"^  comment +dimension is resized from 256 to 16; CC BY-NC 4\.0  \[header ss_training_comment\]$", text, re.M
+    )
+    assert "trigger words" not in text
+
+
+def test_the_sha256_of_empty_input_is_named_a_placeholder(tmp_path, rng):
+    empty = hashlib.sha256(b"").hexdigest()  # e3b0c442...b855: a hash of nothing, not of the tensors
+    assert empty.startswith("e3b0c442") and empty.endswith("b855")
+    write_safetensors(tmp_path / "p.safetensors", kohya_tensors(rng), {"sshs_model_hash": empty})
+    info = describe_file(tmp_path / "p.safetensors")
+    assert info["kohya_model_hash"] == {
+        "stored": empty,
+        "recomputed": info["tensor_sha256"],
+        "matches": None,
+        "placeholder": True,
+    }
+    assert info["tensor_sha256"] != empty
+    text = "\n".join(format_description(info))
+    assert f"  sshs_model_hash {empty} (a placeholder: the sha256 of empty input, not a hash of this file)" in text
+    assert "does NOT match" not in text
