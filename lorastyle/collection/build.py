@@ -24,6 +24,7 @@ Layout of the output folder::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -336,7 +337,17 @@ def _base_images(profile: Profile, base_pool, load) -> np.ndarray:
 
 
 def base_recipe(profile: Profile):
-    """The :class:`~lorastyle.collection.diffusion.BaseRecipe` a profile's base model is trained with."""
+    """The :class:`~lorastyle.collection.diffusion.BaseRecipe` a profile's base model is trained with.
+
+    Parameters
+    ----------
+    profile : Profile
+        Uses ``base_warmup`` and ``base_ema``; the other settings are the recipe's defaults.
+
+    Returns
+    -------
+    BaseRecipe
+    """
     from .diffusion import BaseRecipe
 
     return BaseRecipe(warmup_steps=profile.base_warmup, ema_decay=profile.base_ema)
@@ -380,6 +391,19 @@ def _train_base(out: Path, profile: Profile, base_pool, load, losses: dict, devi
     )
     save_base(model, path, training)
     return model
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """torch on at least ``n`` threads inside the block, as it was after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(n, before))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _lora_schedule(spec: LoraSpec, profile: Profile) -> dict:
@@ -446,26 +470,30 @@ def _lora_for_sampling(path: Path):
     )
 
 
-def _sample_one(model, path: Path, settings, seed: int, condition) -> dict:
-    from .diffusion import generate
+def _sample_one(model, path: Path, settings, seed: int, condition, images: np.ndarray) -> tuple[dict, list]:
+    """A LoRA's samples at each setting, and its held loss with B = 0 and trained (the LoRA attached once)."""
+    from .diffusion import generate, held_loss, lora_applied
 
-    lora = _lora_for_sampling(path)
-    return {(T, w, k): generate(model, k, condition, steps=T, guidance=w, seed=seed, lora=lora) for T, w, k in settings}
+    base_loss = held_loss(model, images, condition, seed=0)
+    with lora_applied(model, _lora_for_sampling(path)):
+        samples = {(T, w, k): generate(model, k, condition, steps=T, guidance=w, seed=seed) for T, w, k in settings}
+        trained_loss = held_loss(model, images, condition, seed=0)
+    return samples, [float(f"{base_loss:.6g}"), float(f"{trained_loss:.6g}")]
 
 
-def _sample_in_worker(path: str, settings, seed: int, condition) -> dict:
-    return _sample_one(_WORKER_MODEL, Path(path), settings, seed, condition)
+def _sample_in_worker(path: str, settings, seed: int, condition, images: np.ndarray) -> tuple[dict, list]:
+    return _sample_one(_WORKER_MODEL, Path(path), settings, seed, condition, images)
 
 
-def _sample_loras(todo, out: Path, model, condition, *, jobs: int, base_path: Path):
-    """Sample the LoRAs of ``todo`` ((spec, settings) pairs); yield {setting: images} in the order of ``todo``.
+def _sample_loras(todo, out: Path, model, condition, train_images, *, jobs: int, base_path: Path):
+    """Sample the LoRAs of ``todo`` ((spec, settings) pairs); yield ({setting: images}, held losses) in order.
 
     A LoRA's samples at a setting depend on its file, the setting and its seed only: one process or
     several give the same images up to float rounding.
     """
     if jobs == 1 or len(todo) < 2:
         for spec, settings in todo:
-            yield _sample_one(model, _lora_path(out, spec), settings, spec.seed, condition)
+            yield _sample_one(model, _lora_path(out, spec), settings, spec.seed, condition, train_images[spec.id])
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -473,7 +501,9 @@ def _sample_loras(todo, out: Path, model, condition, *, jobs: int, base_path: Pa
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(str(base_path),)) as pool:
         futures = [
-            pool.submit(_sample_in_worker, str(_lora_path(out, spec)), settings, spec.seed, condition)
+            pool.submit(
+                _sample_in_worker, str(_lora_path(out, spec)), settings, spec.seed, condition, train_images[spec.id]
+            )
             for spec, settings in todo
         ]
         for future in futures:
@@ -574,7 +604,8 @@ def build_collection(
 
         model = stable_diffusion_model(profile.extra["model_id"], device=device)
     if model is None:
-        model = _train_base(out, profile, base_pool, load, losses, device)
+        with _torch_threads(jobs):  # one model: its steps use every core the LoRA jobs will
+            model = _train_base(out, profile, base_pool, load, losses, device)
         _write_json(losses_path, losses)
         base_sha256 = file_sha256(out / "base.safetensors")
     else:  # a given model: identify it by its weights' checksum
@@ -634,15 +665,19 @@ def build_collection(
         return out / "cache" / "samples" / f"T{T}-w{w:g}-k{k}" / f"{spec.id}.npy"
 
     wanted = {spec.id: sorted({default} | (sweep if spec.collection in SWEPT_COLLECTIONS else set())) for spec in specs}
+    held_path = out / "held_losses.json"
+    held = json.loads(held_path.read_text()) if held_path.exists() else {}
     to_sample = [(spec, [s for s in wanted[spec.id] if not sample_cache(s, spec).exists()]) for spec in specs]
-    to_sample = [(spec, settings) for spec, settings in to_sample if settings]
-    drawn = _sample_loras(to_sample, out, model, condition, jobs=jobs, base_path=out / "base.safetensors")
-    for (spec, settings), by_setting in tqdm(
+    to_sample = [(spec, settings) for spec, settings in to_sample if settings or spec.id not in held]
+    drawn = _sample_loras(to_sample, out, model, condition, train_images, jobs=jobs, base_path=out / "base.safetensors")
+    for (spec, settings), (by_setting, losses_of_lora) in tqdm(
         zip(to_sample, drawn), desc="samples", total=len(to_sample), disable=not progress
     ):
         for setting in settings:
             sample_cache(setting, spec).parent.mkdir(parents=True, exist_ok=True)
             _save_npy(sample_cache(setting, spec), by_setting[setting])
+        held[spec.id] = losses_of_lora
+        _write_json(held_path, held)
     generated: dict[tuple, dict[str, np.ndarray]] = {}
     for spec in specs:
         for setting in wanted[spec.id]:
@@ -775,7 +810,8 @@ def write_fidelity_inputs(
     model : DiffusionModel, optional
         Default: ``out/base.safetensors``.
     samples, base_samples, train_images : optional
-        Default: the ``gen/<id>``, ``base`` and ``train/<id>`` arrays of ``out/images.npz``.
+        Default: the samples of ``out/samples.npz`` where it exists, else the ``gen/<id>`` arrays of
+        ``out/images.npz``; its ``base`` and ``train/<id>`` arrays.
     base_train : ndarray of shape (n, H, W, 3), optional
         The base model's training crops. Default: drawn again from the profile's sources (none
         for a given model, such as Stable Diffusion).
@@ -792,7 +828,10 @@ def write_fidelity_inputs(
 
     out = Path(out)
     model = load_base(out / "base.safetensors") if model is None else model
-    if samples is None:
+    if samples is None and (out / "samples.npz").exists():
+        with np.load(out / "samples.npz", allow_pickle=False) as data:
+            samples = {k: data[k] for k in data.files if k not in ("base", "base_train")}
+    if samples is None:  # a collection v2 as built: its samples are in images.npz
         samples = read_images(out / "images.npz", "gen")
     if base_samples is None:
         with np.load(out / "images.npz", allow_pickle=False) as data:

@@ -31,7 +31,8 @@ canonical module names, ready for :func:`lorastyle.io.formats.save_lora`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,6 +55,7 @@ __all__ = [
     "TINY_UNET_CONFIG",
     "TrainedLora",
     "loss_gradients",
+    "lora_applied",
 ]
 
 # The six module kinds a style LoRA adapts (attention projections and feed-forward).
@@ -659,19 +661,13 @@ def held_loss(
         u = mid.float().repeat_interleave(len(images))
     else:
         u = (mid * model.scheduler_config["num_train_timesteps"]).long().repeat_interleave(len(images))
-    if lora is not None:
-        _apply_lora(model, lora)
-    try:
-        with torch.no_grad():
-            x0 = model.to_latents(_to_tensor(images).to(model.device)).repeat(draws, 1, 1, 1)
-            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0.device)
-            noisy, timesteps, target, _ = _noised(model, x0, noise, u.to(x0.device))
-            cond = model.condition([prompt] * len(x0))
-            pred = model.unet(noisy, timesteps, encoder_hidden_states=cond).sample
-            return float(torch.nn.functional.mse_loss(pred.float(), target.float()))
-    finally:
-        if lora is not None:
-            model.unet.unload_lora()
+    with lora_applied(model, lora), torch.no_grad():
+        x0 = model.to_latents(_to_tensor(images).to(model.device)).repeat(draws, 1, 1, 1)
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0.device)
+        noisy, timesteps, target, _ = _noised(model, x0, noise, u.to(x0.device))
+        cond = model.condition([prompt] * len(x0))
+        pred = model.unet(noisy, timesteps, encoder_hidden_states=cond).sample
+        return float(torch.nn.functional.mse_loss(pred.float(), target.float()))
 
 
 @dataclass
@@ -907,9 +903,7 @@ def generate(
     else:
         sched = _ddpm_scheduler(model, "ddim")
         sched.set_timesteps(steps)
-    if lora is not None:
-        _apply_lora(model, lora)
-    try:
+    with lora_applied(model, lora):
         gen = torch.Generator().manual_seed(seed)
         out = []
         for start in range(0, n, batch_size):
@@ -936,9 +930,28 @@ def generate(
             img = model.to_images(x).clamp(-1, 1)
             out.append(((img + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
         return np.concatenate(out)
+
+
+@contextlib.contextmanager
+def lora_applied(model: DiffusionModel, lora: TrainedLora | None) -> Iterator[None]:
+    """Attach a LoRA to the model's U-Net for the ``with`` block, then detach it (None: nothing).
+
+    Inside the block, :func:`generate` and :func:`held_loss` called with ``lora=None`` use it:
+    sampling several settings and measuring the loss of one LoRA attaches it once.
+
+    Parameters
+    ----------
+    model : DiffusionModel
+    lora : TrainedLora or None
+    """
+    if lora is None:
+        yield
+        return
+    _apply_lora(model, lora)
+    try:
+        yield
     finally:
-        if lora is not None:
-            model.unet.unload_lora()
+        model.unet.unload_lora()
 
 
 def _apply_lora(model: DiffusionModel, lora: TrainedLora) -> None:
