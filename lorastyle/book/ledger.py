@@ -23,7 +23,7 @@ from ..metrics import linear_cka
 from . import experiments as ex
 from .verdicts import MARGIN, above_chance, at_least, beats, combine, ties
 
-__all__ = ["claims_ledger", "benchmark_ledger", "markdown_table"]
+__all__ = ["claims_ledger", "benchmark_ledger", "markdown_table", "reader_box", "compact_ledger"]
 
 DEFAULT_SCORER = "index: gram sketch, per-module normalised (default)"
 
@@ -523,3 +523,92 @@ def markdown_table(table) -> str:
     lines = ["| " + " | ".join(cell(c) for c in table.columns) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def _claims(table, verdict: str, by: str = "paper") -> list[str]:
+    return [r.claim for r in table.itertuples() if r.verdict == verdict and r.by == by]
+
+
+def reader_box(table, *, resolution: int) -> str:
+    """The three lines under the book's title: what was substituted, what is untestable, what stands.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The claims ledger (:func:`claims_ledger`).
+    resolution : int
+        The side in pixels of the collection's images (its model draws at this size).
+
+    Returns
+    -------
+    str
+        A MyST admonition; the claims in it are the paper's, grouped by the ledger's verdicts.
+    """
+
+    def listed(claims: list[str]) -> str:
+        return "; ".join(claims) if claims else "none"
+
+    lines = [
+        "```{admonition} This book in a minute",
+        ":class: tip",
+        f"**Substituted here.** The model is a {resolution}-pixel U-Net with Stable Diffusion's module names,"
+        " trained on a CPU, not Stable Diffusion 1.5; the paintings are CC0 Met paintings restyled by"
+        " Magenta's network, not ArtBench-10; the image encoders are EfficientNet-Lite0, VGG19 Gram statistics"
+        " and Magenta's style vector (Magenta made the training images), not CLIP or DINO.",
+        "",
+        f"**Untestable here.** {listed(_claims(table, 'untestable here'))}.",
+        "",
+        f"**The paper's claims here.** Hold: {listed(_claims(table, 'holds'))}. Hold in part:"
+        f" {listed(_claims(table, 'holds in part'))}. Inconclusive: {listed(_claims(table, 'inconclusive'))}."
+        f" Do not hold: {listed(_claims(table, 'does not hold here'))}.",
+        "```",
+    ]
+    return "\n".join(lines)
+
+
+def compact_ledger(table) -> str:
+    """The ledger as a reader scans it: claim, verdict, the key number, chapter; every detail folded below.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The claims ledger (:func:`claims_ledger`) or the benchmark ledger.
+
+    Returns
+    -------
+    str
+        HTML: a table of claim, verdict, key number (the measurement up to its first ``;``) and
+        chapter link, then a ``<details>`` block with the full table (measurement and the reason
+        for each verdict).
+    """
+    import html
+    import re
+
+    def link(cell: str) -> str:
+        m = re.fullmatch(r"\[(.+)\]\((.+)\.ipynb\)", cell)
+        return f'<a href="{html.escape(m[2])}.html">{html.escape(m[1])}</a>' if m else html.escape(cell)
+
+    def rows(columns, values) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+        body = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>" for row in values)
+        return f'<table class="ledger"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+    short = [
+        (
+            html.escape(r.claim),
+            f"<b>{html.escape(r.verdict)}</b>",
+            html.escape(r.measured.split("; ")[0]),
+            link(r.chapter),
+        )
+        for r in table.itertuples()
+    ]
+    full = [
+        (html.escape(r.claim), html.escape(r.by), html.escape(r.measured), html.escape(r.verdict), html.escape(r.why))
+        for r in table.itertuples()
+    ]
+    return (
+        rows(["claim", "verdict", "key number", "chapter"], short)
+        + "\n<details><summary>Every measurement, and the reason for each verdict</summary>\n"
+        + rows(["claim", "by", "measured (95% intervals)", "verdict", "why"], full)
+        + "\n</details>"
+    )

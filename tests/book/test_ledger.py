@@ -223,3 +223,44 @@ def test_clustering_rows_return_each_verdict(monkeypatch, encoder_diffs, colour_
     )
     rows = _clustering_rows(Coll(), ["enc0", "enc1"])
     assert [r["verdict"] for r in rows] == verdicts
+
+
+def _ledger():
+    rows = [
+        (
+            "weights beat images",
+            "paper",
+            "top-1 0.8 [0.7, 0.9]; more",
+            "holds",
+            "why a",
+            "[Clustering](clustering.ipynb)",
+        ),
+        ("S4 depends on T", "paper", "S4 0.5; more", "untestable here", "gate", "[Retrieval](retrieval.ipynb)"),
+        ("ff is strong", "paper", "0.7 <b>", "does not hold here", "random sets", "[Sub-networks](subnetworks.ipynb)"),
+        ("gram finds strangers", "ours", "0.8", "holds", "why d", "[Invariance](invariance.ipynb)"),
+    ]
+    return pd.DataFrame(rows, columns=["claim", "by", "measured", "verdict", "why", "chapter"])
+
+
+def test_reader_box_groups_the_papers_claims_by_verdict():
+    from lorastyle.book.ledger import reader_box
+
+    box = reader_box(_ledger(), resolution=32)
+    assert box.startswith("```{admonition}") and box.rstrip().endswith("```")
+    assert "32-pixel" in box
+    assert "**Untestable here.** S4 depends on T." in box
+    assert "Hold: weights beat images." in box and "Do not hold: ff is strong." in box
+    assert "Inconclusive: none." in box
+    assert "gram finds strangers" not in box  # our findings are in the ledger, not in the paper's line
+
+
+def test_compact_ledger_keeps_the_key_number_and_folds_the_rest():
+    from lorastyle.book.ledger import compact_ledger
+
+    text = compact_ledger(_ledger())
+    short, details = text.split("<details>")
+    assert "top-1 0.8 [0.7, 0.9]" in short and "more" not in short  # the measurement up to its first ";"
+    assert '<a href="clustering.html">Clustering</a>' in short
+    assert "0.7 &lt;b&gt;" in short  # cells are escaped
+    assert "top-1 0.8 [0.7, 0.9]; more" in details and "random sets" in details
+    assert short.count("<tr>") == details.count("<tr>") == 5  # a header and four claims each
