@@ -542,28 +542,26 @@ def reader_box(table, *, resolution: int) -> str:
     Returns
     -------
     str
-        A MyST admonition; the claims in it are the paper's, grouped by the ledger's verdicts.
+        HTML of a tip box (the theme's admonition classes; a notebook's markdown outputs are not
+        parsed for directives); the claims in it are the paper's, grouped by the ledger's verdicts.
     """
+    import html
 
     def listed(claims: list[str]) -> str:
-        return "; ".join(claims) if claims else "none"
+        return html.escape("; ".join(claims) if claims else "none")
 
     lines = [
-        "```{admonition} This book in a minute",
-        ":class: tip",
-        f"**Substituted here.** The model is a {resolution}-pixel U-Net with Stable Diffusion's module names,"
+        f"<b>Substituted here.</b> The model is a {resolution}-pixel U-Net with Stable Diffusion's module names,"
         " trained on a CPU, not Stable Diffusion 1.5; the paintings are CC0 Met paintings restyled by"
         " Magenta's network, not ArtBench-10; the image encoders are EfficientNet-Lite0, VGG19 Gram statistics"
         " and Magenta's style vector (Magenta made the training images), not CLIP or DINO.",
-        "",
-        f"**Untestable here.** {listed(_claims(table, 'untestable here'))}.",
-        "",
-        f"**The paper's claims here.** Hold: {listed(_claims(table, 'holds'))}. Hold in part:"
+        f"<b>Untestable here.</b> {listed(_claims(table, 'untestable here'))}.",
+        f"<b>The paper's claims here.</b> Hold: {listed(_claims(table, 'holds'))}. Hold in part:"
         f" {listed(_claims(table, 'holds in part'))}. Inconclusive: {listed(_claims(table, 'inconclusive'))}."
         f" Do not hold: {listed(_claims(table, 'does not hold here'))}.",
-        "```",
     ]
-    return "\n".join(lines)
+    body = "".join(f"<p>{line}</p>" for line in lines)
+    return f'<div class="admonition tip"><p class="admonition-title">This book in a minute</p>{body}</div>'
 
 
 def compact_ledger(table) -> str:

@@ -24,7 +24,9 @@ training objective (:data:`OBJECTIVES`), and training, sampling and
   are drawn by Euler steps from ``t = 1`` to ``0``. The tiny model's objective: with
   the same U-Net, epsilon prediction samples grey noise after a CPU's worth of
   training while rectified flow draws its training images' palettes
-  (``benchmarks/generator/recipe_study.py``). LoRAs are trained with peft on
+  (``benchmarks/generator/recipe_study.py``).
+
+LoRAs are trained with peft on
 attention and feed-forward layers and returned as plain (A, B) factors keyed by
 canonical module names, ready for :func:`lorastyle.io.formats.save_lora`.
 """

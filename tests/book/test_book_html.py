@@ -36,7 +36,8 @@ pytestmark = pytest.mark.skipif(
 
 def _chapters() -> list[str]:
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    return [toc["root"]] + [c["file"] for c in toc.get("chapters", [])]
+    chapters = toc.get("chapters", []) + [c for part in toc.get("parts", []) for c in part["chapters"]]
+    return [toc["root"]] + [c["file"] for c in chapters]
 
 
 def _outputs(notebook: Path) -> list[dict]:
@@ -243,3 +244,32 @@ def test_figure_1_page_shows_the_static_and_the_interactive_map(html, browser):
     figure = browser.find_elements("css selector", ".cell_output img")[0]
     browser.execute_script("arguments[0].scrollIntoView();", figure)
     assert browser.save_screenshot(str(SCREENSHOTS / "figure1.png"))
+
+
+def test_a_reader_grasps_the_book_in_a_minute(html, browser):
+    """Under the intro's title the box (substituted, untestable, the paper's claims by verdict), then the
+    compact ledger with its details folded; no page shows the Colab cell or nbval's markers; the
+    performance chapter sits in the appendix."""
+    browser.get((html / "book" / "intro.html").as_uri())
+    box = browser.find_elements("css selector", ".admonition")
+    assert box, "no box on the intro page"
+    text = box[0].text
+    assert "Substituted here" in text and "Untestable here" in text and "The paper's claims here" in text
+    ledger = browser.find_elements("css selector", "table.ledger")
+    assert len(ledger) >= 2  # the compact claims table and its folded details (and the benchmarks')
+    heads = [h.text for h in ledger[0].find_elements("css selector", "th")]
+    assert heads == ["claim", "verdict", "key number", "chapter"]
+    details = browser.find_element("css selector", "details")
+    assert details.get_attribute("open") is None  # folded until the reader opens it
+    # the box comes before the ledger on the page
+    assert browser.execute_script(
+        "return arguments[0].compareDocumentPosition(arguments[1]) & Node.DOCUMENT_POSITION_FOLLOWING;",
+        box[0],
+        ledger[0],
+    )
+    for chapter in _chapters():
+        source = (html / f"{chapter}.html").read_text()
+        assert "google.colab" not in source and "NBVAL" not in source, chapter
+    sidebar = browser.find_element("css selector", "nav.bd-links, .bd-sidebar").text
+    assert "Appendix" in sidebar
+    assert sidebar.index("Appendix") < sidebar.index("Performance")

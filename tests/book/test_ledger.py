@@ -246,9 +246,9 @@ def test_reader_box_groups_the_papers_claims_by_verdict():
     from lorastyle.book.ledger import reader_box
 
     box = reader_box(_ledger(), resolution=32)
-    assert box.startswith("```{admonition}") and box.rstrip().endswith("```")
+    assert box.startswith('<div class="admonition tip">') and box.endswith("</div>")
     assert "32-pixel" in box
-    assert "**Untestable here.** S4 depends on T." in box
+    assert "<b>Untestable here.</b> S4 depends on T." in box
     assert "Hold: weights beat images." in box and "Do not hold: ff is strong." in box
     assert "Inconclusive: none." in box
     assert "gram finds strangers" not in box  # our findings are in the ledger, not in the paper's line
