@@ -203,7 +203,11 @@ def _similar(args) -> int:
         if os.path.isdir(path):  # the reader would only say "not a regular file"
             _error(path, f"is a folder: similar's {what} (to index a folder: lorastyle index {path} -o INDEX)")
             return EXIT_BAD_INPUT
+    from .index.freshness import check_files
+
     index = LoraIndex.load(args.index)
+    fresh = check_files(index)
+    _report_stale(args.index, fresh)
     query = read_record(args.query, sketcher=index.sketcher, descriptor=index.descriptor, select=index.select)
     query_lora = None
     if args.rerank:
@@ -212,7 +216,13 @@ def _similar(args) -> int:
         query_lora = load_lora(args.query)
         if index.select is not None:
             query_lora.modules = index.select.modules(query_lora)
-    results = index.similar(query, k=args.k, scorer=args.scorer, rerank=args.rerank or 0, query_lora=query_lora)
+    results = index.similar(
+        query, k=args.k, scorer=args.scorer, rerank=args.rerank or 0, query_lora=query_lora, exclude=fresh.gone
+    )
+    changed = set(fresh.changed)
+    for r in results:
+        if r["path"] in changed:
+            r["stale"] = True
     if args.json:
         print(json.dumps(results))
     else:
@@ -221,50 +231,177 @@ def _similar(args) -> int:
             if "p_value" in r:
                 flag = f"  p={r['p_value']:.3g}" + ("  same source likely" if r["same_source_likely"] else "")
             exact = "  (exact)" if r.get("exact") else ""
-            _print(f"{r['score']:+.4f}{flag}{exact}  {r['path']}")
+            _print(f"{r['score']:+.4f}{flag}{exact}  {r['path']}{_STALE if r.get('stale') else ''}")
     return 0
+
+
+# How a result of a file that changed since it was indexed is marked (its record may be of other weights).
+_STALE = "  (changed since indexed)"
+# At most this many paths of each kind are listed under a stale index's warning.
+_MAX_LISTED = 50
+
+
+def _list_paths(label: str, paths: list) -> None:
+    """``  label: path`` lines on stderr, at most :data:`_MAX_LISTED`, then how many more."""
+    for path in paths[:_MAX_LISTED]:
+        _print(f"  {label}: {path}", sys.stderr)
+    if len(paths) > _MAX_LISTED:
+        _print(f"  ... and {len(paths) - _MAX_LISTED} more {label}", sys.stderr)
+
+
+def _report_stale(index_path, fresh) -> None:
+    """One warning line for the files of an index that are gone or changed since it was made, then their paths."""
+    if not fresh.stale:
+        return
+    said = []
+    if fresh.gone:
+        said.append(f"{len(fresh.gone)} {'is' if len(fresh.gone) == 1 else 'are'} gone (left out of the results)")
+    if fresh.changed:
+        said.append(
+            f"{len(fresh.changed)} changed since indexed (size or mtime; results of "
+            f"{'it' if len(fresh.changed) == 1 else 'them'} are marked '{_STALE.strip()}')"
+        )
+    _print(
+        f"warning: {index_path}: of its {_count(fresh.n_files, 'file')}, {' and '.join(said)}; re-run "
+        "`lorastyle index` on its folder, or give the folder with --index, to refresh it",
+        sys.stderr,
+    )
+    _list_paths("gone", fresh.gone)
+    _list_paths("changed", fresh.changed)
+
+
+def _report_refresh(index_path, source, refresh) -> None:
+    """One note line for what re-indexing a folder into a kept index changed, then the changed and gone paths."""
+    if refresh is None or not refresh.any:
+        return
+    _print(
+        f"note: {index_path}: refreshed from {source}: {len(refresh.new)} new, {len(refresh.changed)} changed "
+        f"(read again), {len(refresh.gone)} gone (dropped from the index)",
+        sys.stderr,
+    )
+    _list_paths("changed", refresh.changed)
+    _list_paths("gone", refresh.gone)
 
 
 def _duplicates(args) -> int:
-    """Same-weights groups and near-duplicate pairs of a folder or an index (:mod:`lorastyle.index.duplicates`)."""
+    """Same-weights groups and near-duplicate pairs of a folder or an index (:mod:`lorastyle.index.duplicates`).
+
+    Each group names the copy to keep and why (:func:`lorastyle.index.keep.choose_copy`); ``--script``
+    writes the shell script that sets the other copies aside (:mod:`lorastyle.index.duplicates_script`).
+    """
+    import os
+
     from .index.duplicates import find_duplicates
 
-    index = _source_index(args)
-    if index is None:
+    if args.script is not None:
+        folder = os.path.dirname(os.path.abspath(args.script)) or "."
+        if os.path.isdir(args.script):
+            _error(args.script, "cannot write the script: it is a folder")
+            return EXIT_BAD_INPUT
+        if not os.path.isdir(folder):
+            _error(args.script, "cannot write the script: its folder does not exist")
+            return EXIT_BAD_INPUT
+    elif args.to is not None or args.link:
+        _error("--to" if args.to is not None else "--link", "only with --script PATH (see lorastyle duplicates --help)")
         return EXIT_BAD_INPUT
-    report = find_duplicates(index, near_threshold=args.threshold)
+    source = _source_index(args)
+    if source is None:
+        return EXIT_BAD_INPUT
+    index, changed = source
+    report = find_duplicates(index, near_threshold=args.threshold, changed=changed)
     if args.json:
         print(json.dumps(report.to_json()))
     else:
-        for group in report.same_weights:
-            how = "identical files" if group["identical_bytes"] else f"same weights (score {group['score']:.4f})"
-            _print(f"{how}, {group['base']}:")
-            for path in group["paths"]:
-                _print(f"  {path}")
-        for pair in report.near:
-            _print(f"near-duplicates, score {pair['score']:.3f}, {pair['base']}:")
-            for path in pair["paths"]:
-                _print(f"  {path}")
+        _print_duplicates(report)
+    n_files = sum(len(g["paths"]) for g in report.same_weights)
+    extra = n_files - len(report.same_weights)
     _print(
-        f"{len(report.same_weights)} group{'s' if len(report.same_weights) != 1 else ''} of files with the same "
-        "weights "
-        f"({sum(len(g['paths']) for g in report.same_weights)} files); {len(report.near)} near-duplicate pairs "
-        f"(score >= {report.near_threshold:.3f}); {len(index.records)} files compared",
+        f"{_count(len(report.same_weights), 'group')} of files with the same weights ({_count(n_files, 'file')}, "
+        f"{extra} extra {'copy' if extra == 1 else 'copies'}); "
+        f"{_count(len(report.near), 'near-duplicate pair')}; {_count(len(index.records), 'file')} compared",
         sys.stderr,
     )
+    _print(
+        "near-duplicate threshold: "
+        + "; ".join(f"{base} {t['threshold']:.3f} ({t['why']})" for base, t in report.thresholds.items()),
+        sys.stderr,
+    )
+    if args.script is not None:
+        from .index.duplicates_script import DEFAULT_FOLDER, duplicates_script
+        from .io.atomic import atomic_write
+
+        command = "lorastyle " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["duplicates"] else "lorastyle duplicates"
+        to = args.to if args.to is not None else DEFAULT_FOLDER
+        text = duplicates_script(index, report, to=to, link=args.link, command=command)
+        try:
+            atomic_write(args.script, text.encode("utf-8", "surrogateescape"))
+        except OSError as exc:
+            _error(args.script, f"cannot write the script: {exc.strerror or exc}")
+            return EXIT_BAD_INPUT
+        moved = sum(len(g["paths"]) - 1 for g in report.same_weights if not g["stale"])
+        stale = sum(bool(g["stale"]) for g in report.same_weights)
+        _print(
+            f"wrote {args.script}: sets aside {moved} {'copy' if moved == 1 else 'copies'} into {os.path.abspath(to)}"
+            + (" with a hard link to the kept file in each one's place" if args.link else "")
+            + (f"; left out {_count(stale, 'group')} with a file changed since indexed" if stale else "")
+            + f"; nothing is changed until you review it and run: sh {args.script}",
+            sys.stderr,
+        )
     return 0
 
 
-def _source_index(args):
-    """The index a command works on: SOURCE loaded if it is an index file, else SOURCE indexed now.
+def _strength_text(pair: dict) -> str:
+    """`` (same direction: B is A at strength x0.5)`` for a near-duplicate pair that is one update at
+    two strengths (the weaker named first, by file name), else ``""``."""
+    import os
 
-    A folder is indexed into ``--index PATH`` when given (kept, and reused next time), else into a
-    temporary index; bad files are reported as ``index`` reports them. None after an error line.
+    strength = pair.get("strength")
+    if not strength:
+        return ""
+    first, second = (_display(os.path.basename(p)) for p in pair["paths"])
+    if strength["relation"] == "same direction":
+        f = strength["factor"]
+        weaker, stronger, f = (second, first, f) if f <= 1 else (first, second, 1 / f)
+        return f" (same direction: {weaker} is {stronger} at strength x{f:.3g})"
+    lo, hi = strength["factor_range"]
+    return f" (same directions per module: {second} is {first} at strengths x{lo:.3g} to x{hi:.3g} by module)"
+
+
+def _display(name: str) -> str:
+    """A file name as text (undecodable bytes shown as U+FFFD)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _print_duplicates(report) -> None:
+    """The report as text: each group with its kept copy first and why, then the near-duplicate pairs."""
+    for group in report.same_weights:
+        how = "identical files" if group["identical_bytes"] else f"same weights (score {group['score']:.4f})"
+        _print(f"{how}, {group['base']}; keep the first ({group['keep_reason']}):")
+        stale = set(group["stale"])
+        for path in [group["keep"]] + [p for p in group["paths"] if p != group["keep"]]:
+            _print(f"  {path}{_STALE if path in stale else ''}")
+    for pair in report.near:
+        what = _strength_text(pair)
+        _print(f"near-duplicates, score {pair['score']:.3f}, {pair['base']}{what}:")
+        stale = set(pair["stale"])
+        for path in pair["paths"]:
+            _print(f"  {path}{_STALE if path in stale else ''}")
+
+
+def _source_index(args):
+    """The index a command works on, and its files that changed since indexed: SOURCE loaded if it is an
+    index file, else SOURCE indexed now.
+
+    An index file's files are checked (:func:`lorastyle.index.freshness.check_files`): gone ones are
+    left out, and with the changed ones named in a warning. A folder is indexed into ``--index PATH``
+    when given (kept, and refreshed: new and changed files read, gone ones dropped, and said so), else
+    into a temporary index; bad files are reported as ``index`` reports them. None after an error line.
     """
     import os
     import tempfile
 
     from .index import LoraIndex, NotEnoughLorasError, index_folder
+    from .index.freshness import check_files, without_files
 
     if not os.path.exists(args.source):
         _error(args.source, "no such file or folder")
@@ -273,7 +410,10 @@ def _source_index(args):
         if args.index is not None:
             _error("--index", f"only with a folder SOURCE: {args.source} is an index file")
             return None
-        return LoraIndex.load(args.source)
+        index = LoraIndex.load(args.source)
+        fresh = check_files(index)
+        _report_stale(args.source, fresh)
+        return without_files(index, fresh.gone), fresh.changed
     with contextlib.ExitStack() as stack:
         if args.index is None:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="lorastyle-"))
@@ -291,7 +431,9 @@ def _source_index(args):
             _error(exc.filename or index_path, f"cannot write: {exc.strerror or exc}")
             return None
     _report_walk(run)
-    return run.index
+    if keep:
+        _report_refresh(args.index, args.source, run.refresh)
+    return run.index, []
 
 
 def _map(args) -> int:
@@ -320,8 +462,12 @@ def _map(args) -> int:
         return EXIT_BAD_INPUT
     from . import lora_map
 
-    index = _source_index(args)
-    if index is None:
+    source = _source_index(args)
+    if source is None:
+        return EXIT_BAD_INPUT
+    index, changed = source
+    if not index.groups:
+        _error(args.source, "every indexed file is gone: re-run `lorastyle index` on its folder")
         return EXIT_BAD_INPUT
     data = lora_map.map_data(index, threshold=args.threshold, progress=_progress, base_models=args.base_model)
     if not data.groups:
@@ -343,6 +489,10 @@ def _map(args) -> int:
         _error(args.output, f"cannot write: {exc.strerror or exc}")
         return EXIT_BAD_INPUT
     result = lora_map.map_json(index, data=data)
+    changed = set(changed)
+    for member in (m for g in result["groups"] for c in g["clusters"] for m in c["members"]):
+        if member["path"] in changed:
+            member["stale"] = True
     if args.json:
         print(json.dumps(result))
     n_clusters = sum(c["size"] > 1 for g in result["groups"] for c in g["clusters"])
@@ -474,7 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
         "weights, near 0 for unrelated updates, and the same whatever else is in the index. p is the fraction of "
         "unrelated LoRA pairs of the wild benchmark that scored at least as high (small: likely the same source; "
         "calibrated on the project's tiny model, an indication for other families). A query file that is in the "
-        "index is left out of its own results; other copies of it are not.",
+        "index is left out of its own results; other copies of it are not. The indexed files are checked (size "
+        "and mtime): files gone since indexing are left out, and changed ones marked '(changed since indexed)'.",
     )
     p.add_argument("index")
     p.add_argument("query", help="a LoRA file, in the index or not")
@@ -507,17 +658,47 @@ def build_parser() -> argparse.ArgumentParser:
         description="Same weights: every module's delta-W is the same, whatever the file's name, dtype (float16, "
         "bfloat16), key names, layout (kohya, diffusers/PEFT) or factorisation; byte-identical copies are said so. "
         "Near-duplicates: other pairs whose score reaches the threshold (checkpoints of one run, rank-resized "
-        "copies, small fine-tunes); two versions of a model are never called the same weights.",
+        "copies, small fine-tunes); two versions of a model are never called the same weights; a pair that is one "
+        "update at another strength says so, with the factor. Each group lists first the copy to keep, and why: "
+        "the most metadata (sidecar facts, a preview image), then the most precise dtype, then the shallowest "
+        "folder, then the oldest modification time, then the path. An index file's files are checked (size and "
+        "mtime): gone ones are left out, changed ones marked.",
     )
     p.add_argument("source", help="a folder of LoRA files (indexed now) or an index file")
-    p.add_argument("--index", help="with a folder: keep its index here (reused next time)")
+    p.add_argument(
+        "--index",
+        help="with a folder: keep its index here (reused next time: new and changed files read, gone dropped)",
+    )
     p.add_argument(
         "--threshold",
         type=_score,
         default=None,
         help="near-duplicate score (default: calibrated on the wild benchmark, see `similar --help`)",
     )
-    p.add_argument("--json", action="store_true", help="print {same_weights, near_duplicates, near_threshold}")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print {same_weights (each with keep, keep_reason), near_duplicates (each with strength), "
+        "near_threshold, thresholds (per family, with why)}",
+    )
+    p.add_argument(
+        "--script",
+        metavar="PATH",
+        help="write a POSIX shell script to PATH that keeps one copy of each same-weights group and moves the "
+        "others aside (never near-duplicates); it is not run: review it, then run it with sh",
+    )
+    p.add_argument(
+        "--to",
+        metavar="FOLDER",
+        help="with --script: the folder the copies are moved into, under their paths relative to the files' "
+        "common folder, with their sidecar files and previews (default: ./lorastyle-duplicates)",
+    )
+    p.add_argument(
+        "--link",
+        action="store_true",
+        help="with --script: also put a hard link to the kept file at each moved copy's path (every path still "
+        "loads the same weights; the space is freed when you delete the folder)",
+    )
     p.set_defaults(run=_duplicates)
 
     p = sub.add_parser(

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._validation import check_option
-from .io.sidecars import file_facts
+from .io.sidecars import PREVIEW_SUFFIXES, file_facts, find_preview
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -70,11 +70,6 @@ DEFAULT_THRESHOLD = 0.5
 MDS_MAX_POINTS = 300
 #: Longest side, in pixels, of an embedded preview image.
 PREVIEW_SIZE = 256
-#: Preview images looked for next to ``NAME.safetensors``, in this order (the first that exists is used):
-#: AUTOMATIC1111/Forge's extra-networks page looks, for each of png, jpg, jpeg, webp, gif, for
-#: ``NAME.EXT`` and ``NAME.preview.EXT``; its "replace preview" button and the Civitai Helper extension
-#: write ``NAME.preview.png``, so the ``.preview.`` name is tried first for each extension.
-PREVIEW_SUFFIXES = tuple(f"{mid}.{ext}" for ext in ("png", "jpg", "jpeg", "webp", "gif") for mid in (".preview", ""))
 #: The Civitai Helper extension's info file, ``NAME.civitai.info`` (read with the other sidecars by
 #: :mod:`lorastyle.io.sidecars`). Its ``images`` are URLs (the first is saved as ``NAME.preview.png``).
 CIVITAI_INFO_SUFFIX = ".civitai.info"
@@ -269,29 +264,6 @@ def default_threshold(index) -> tuple[float, str]:
 
 
 # --------------------------------------------------------------------------- previews
-
-
-def find_preview(path: str | os.PathLike) -> str | None:
-    """The preview image a LoRA manager keeps next to a LoRA file, or None.
-
-    Tries ``NAME`` + each of :data:`PREVIEW_SUFFIXES` (``NAME.preview.png``, ``NAME.png``,
-    ``NAME.preview.jpg``, ... for ``NAME.safetensors``) and returns the first regular file.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The LoRA file.
-
-    Returns
-    -------
-    str or None
-    """
-    stem = os.path.splitext(os.fspath(path))[0]
-    for suffix in PREVIEW_SUFFIXES:
-        candidate = stem + suffix
-        if os.path.isfile(candidate):
-            return candidate
-    return None
 
 
 def preview_data_uri(path: str | os.PathLike, size: int = PREVIEW_SIZE) -> str:

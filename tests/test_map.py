@@ -485,7 +485,7 @@ def test_hovering_a_point_shows_the_file_in_the_panel(page):
     point = page.find_elements(By.CSS_SELECTOR, ".scatterlayer .trace:first-child path.point")[i]
     ActionChains(page).move_to_element(point).perform()
     panel = _panel(page)
-    assert "lonely0.safetensors" in panel["text"] and "Lonely 0" in panel["text"]
+    assert "lonely0.safetensors" in panel["text"] and "Lonely Manager" in panel["text"]  # its NAME.metadata.json title
     assert "no preview image" in panel["text"] and panel["img"] is None
 
 

@@ -9,7 +9,11 @@ One module per job:
 * :mod:`~lorastyle.index.store`: :class:`LoraIndex`, its groups, saving and loading;
 * :mod:`~lorastyle.index.build`: building an index from files;
 * :mod:`~lorastyle.index.cache`: records of an interrupted run;
-* :mod:`~lorastyle.index.folder`: the folder driver behind ``lorastyle index`` (lock, resume).
+* :mod:`~lorastyle.index.folder`: the folder driver behind ``lorastyle index`` (lock, resume);
+* :mod:`~lorastyle.index.freshness`: whether an index's files are gone or changed (one ``stat`` each);
+* :mod:`~lorastyle.index.duplicates`: same weights and near-duplicates;
+* :mod:`~lorastyle.index.keep`: which copy of same-weights files to keep, and why (one rule);
+* :mod:`~lorastyle.index.duplicates_script`: the shell script that sets the other copies aside.
 
 The comparability rule itself is :mod:`lorastyle.comparability`.
 """

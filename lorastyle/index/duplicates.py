@@ -9,22 +9,39 @@ Two kinds, never mixed up, so that two versions of a model are never called dupl
   :data:`NORM_RTOL`, and descriptors whose score is at least :data:`SAME_SCORE`;
 * **near-duplicates**: other pairs scoring at least the calibrated near-duplicate threshold
   (checkpoints of one run, rank-resized copies, small fine-tunes of one another), each with
-  its score.
+  its score. A pair scoring 1 whose every module's ``||delta-W||_F`` differs by one factor is
+  the same direction at another strength (a copy with another alpha, or its up factors scaled):
+  :func:`strength_of` says so, with the factor.
+
+Each same-weights group names the copy to keep and why (:func:`lorastyle.index.keep.choose_copy`,
+the one rule); each family says which near-duplicate threshold it used and why
+(:func:`near_thresholds`).
 
 Byte-identical copies (same sha256) are same-weights groups too, and say so.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..io.sidecars import file_facts
 from .calibration import load_calibration
+from .keep import choose_copy
 from .store import LoraIndex
 
-__all__ = ["DuplicateReport", "find_duplicates", "NORM_RTOL", "SAME_SCORE", "NEAR_DEFAULT"]
+__all__ = [
+    "DuplicateReport",
+    "find_duplicates",
+    "near_thresholds",
+    "strength_of",
+    "NORM_RTOL",
+    "SAME_SCORE",
+    "NEAR_DEFAULT",
+    "STRENGTH_RTOL",
+]
 
 # float16 keeps 11 significant bits: a module norm re-saved in float16 or bfloat16 moves by well under 1%
 NORM_RTOL = 0.01
@@ -32,6 +49,8 @@ NORM_RTOL = 0.01
 SAME_SCORE = 0.999
 # without a calibration for the index's settings (see lorastyle.index.calibration)
 NEAR_DEFAULT = 0.7
+# per-module strength ratios within this relative spread are one strength (float16 rounding: < 0.1%)
+STRENGTH_RTOL = 2 * NORM_RTOL
 
 
 @dataclass
@@ -42,16 +61,22 @@ class DuplicateReport:
     ----------
     same_weights : list of dict
         One per group of files of the same weights: ``base``, ``paths`` (sorted), ``identical_bytes``
-        (all files have one sha256), ``score`` (the lowest score within the group).
+        (all files have one sha256), ``score`` (the lowest score within the group), ``keep`` and
+        ``keep_reason`` (:func:`lorastyle.index.keep.choose_copy`), ``stale`` (its paths that changed
+        since they were indexed: the group may no longer hold).
     near : list of dict
         One per near-duplicate pair not in one same-weights group: ``base``, ``paths`` (two),
-        ``score``, ``titles`` (each file's, from its sidecars or its header, as ``inspect`` shows it).
+        ``score``, ``titles`` (each file's, from its sidecars or its header, as ``inspect`` shows it),
+        ``stale`` (as above), and ``strength`` (:func:`strength_of`, or None).
     near_threshold : float
+    thresholds : dict of str to dict
+        Per base family of the index: ``threshold`` and ``why`` (:func:`near_thresholds`).
     """
 
     same_weights: list
     near: list
     near_threshold: float
+    thresholds: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         """The report as JSON-able data.
@@ -59,8 +84,14 @@ class DuplicateReport:
         Returns
         -------
         dict
+            ``same_weights``, ``near_duplicates``, ``near_threshold``, ``thresholds``.
         """
-        return {"same_weights": self.same_weights, "near_duplicates": self.near, "near_threshold": self.near_threshold}
+        return {
+            "same_weights": self.same_weights,
+            "near_duplicates": self.near,
+            "near_threshold": self.near_threshold,
+            "thresholds": self.thresholds,
+        }
 
 
 def _same_norms(a: np.ndarray, b: np.ndarray) -> bool:
@@ -88,26 +119,109 @@ def _groups(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
     return [sorted(g) for g in out.values() if len(g) > 1]
 
 
+def strength_of(a: np.ndarray, b: np.ndarray) -> dict | None:
+    """How a file's update compares in strength with another's of the same directions, from module norms.
+
+    For two files whose descriptors score 1 (the gram descriptor is blind to scale), the ratio
+    of every module's ``||delta-W||_F`` (:attr:`Record.module_norms`) says whether the second is
+    the first at another strength.
+
+    Parameters
+    ----------
+    a, b : ndarray of shape (n_modules,)
+        The two files' module norms, in one module order.
+
+    Returns
+    -------
+    dict or None
+        ``{"relation": "same direction", "factor": s}`` when every module of ``b`` is ``s`` times
+        ``a``'s (within :data:`STRENGTH_RTOL`); ``{"relation": "same directions per module",
+        "factor_range": [lo, hi]}`` when the factors differ between modules; None when the norms
+        cannot be compared (other modules, or no module of non-zero update in both).
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.size == 0:
+        return None
+    scale = max(float(a.max()), float(b.max()), 1e-30)
+    both = (a > 1e-6 * scale) & (b > 1e-6 * scale)
+    if not both.any():
+        return None
+    ratios = b[both] / a[both]
+    lo, hi = float(ratios.min()), float(ratios.max())
+    if hi - lo <= STRENGTH_RTOL * hi:
+        return {"relation": "same direction", "factor": float(np.median(ratios))}
+    return {"relation": "same directions per module", "factor_range": [lo, hi]}
+
+
+def near_thresholds(index: LoraIndex, near_threshold: float | None = None) -> dict[str, dict]:
+    """The near-duplicate threshold of each base family of an index, and why it is that one.
+
+    Parameters
+    ----------
+    index : LoraIndex
+    near_threshold : float, optional
+        Given by the user (``--threshold``): used for every family.
+
+    Returns
+    -------
+    dict of str to dict
+        Per base family: ``threshold`` and ``why`` (one sentence).
+    """
+    calibration = load_calibration(index.descriptor, index.sketcher.settings)
+    out = {}
+    for base in sorted({g.base for g in index.groups.values()}):
+        if near_threshold is not None:
+            value, why = near_threshold, "given with --threshold"
+        elif calibration is None:
+            value, why = (
+                NEAR_DEFAULT,
+                f"the default: no calibration for the {index.descriptor} descriptor at these settings",
+            )
+        elif load_calibration(index.descriptor, index.sketcher.settings, base) is not None:
+            value = calibration.near_duplicate
+            why = (
+                f"calibrated on {calibration.calibrated_on}: halfway between the highest score of two unrelated "
+                "LoRAs and the lowest of two checkpoints of one run"
+            )
+        else:
+            value = calibration.near_duplicate
+            why = (
+                f"no calibration of its own: the value of {calibration.calibrated_on}; unrelated files of real "
+                "families score far lower, so a pair above it shares most of its update"
+            )
+        out[base] = {"threshold": float(value), "why": why}
+    return out
+
+
 def _title(record) -> str | None:
     """The file's title as ``inspect`` and ``map`` show it: from its sidecars, else its header."""
     title = file_facts(record.path, record.info).get("title")
     return title["value"] if title else None
 
 
-def find_duplicates(index: LoraIndex, *, near_threshold: float | None = None) -> DuplicateReport:
+def find_duplicates(
+    index: LoraIndex, *, near_threshold: float | None = None, changed: Iterable[str] = ()
+) -> DuplicateReport:
     """Groups of files of the same weights, and near-duplicate pairs, in every base family of an index.
 
     Parameters
     ----------
     index : LoraIndex
+        Gone files already left out (:func:`lorastyle.index.freshness.without_files`).
     near_threshold : float, optional
-        Score from which a pair is a near-duplicate; default: the calibrated one for the index's
-        settings (from the wild benchmark), else :data:`NEAR_DEFAULT`.
+        Score from which a pair is a near-duplicate; default: per family, :func:`near_thresholds`
+        (the calibrated one for the index's settings, from the wild benchmark, else
+        :data:`NEAR_DEFAULT`).
+    changed : iterable of str, default=()
+        Paths that changed since they were indexed (:func:`lorastyle.index.freshness.check_files`):
+        the groups and pairs holding one list it as ``stale``.
 
     Returns
     -------
     DuplicateReport
     """
+    thresholds = near_thresholds(index, near_threshold)
+    changed = set(changed)
     if near_threshold is None:
         calibration = load_calibration(index.descriptor, index.sketcher.settings)
         near_threshold = calibration.near_duplicate if calibration is not None else NEAR_DEFAULT
@@ -117,6 +231,7 @@ def find_duplicates(index: LoraIndex, *, near_threshold: float | None = None) ->
         n = len(records)
         if n < 2:
             continue
+        cut = thresholds[group.base]["threshold"]
         C = group.matrix.cosine_matrix()
         iu, ju = np.triu_indices(n, 1)
         same_pairs = [
@@ -134,12 +249,16 @@ def find_duplicates(index: LoraIndex, *, near_threshold: float | None = None) ->
             for i in g:
                 member[i] = len(same_groups)
             sub = C[np.ix_(g, g)]
+            choice = choose_copy([records[i] for i in g])
             same_groups.append(
                 {
                     "base": group.base,
                     "paths": sorted(records[i].path for i in g),
                     "identical_bytes": len({records[i].sha256 for i in g}) == 1,
                     "score": float(sub[np.triu_indices(len(g), 1)].min()),
+                    "keep": choice.keep,
+                    "keep_reason": choice.reason,
+                    "stale": sorted(records[i].path for i in g if records[i].path in changed),
                 }
             )
         first = {}  # each same-weights group appears in near pairs through its first file only
@@ -147,15 +266,23 @@ def find_duplicates(index: LoraIndex, *, near_threshold: float | None = None) ->
             first.setdefault(member.get(i, -1 - i), i)
         for i, j in zip(iu.tolist(), ju.tolist()):
             representative = first[member.get(i, -1 - i)] == i and first[member.get(j, -1 - j)] == j
-            if C[i, j] >= near_threshold and representative and not (i in member and member.get(j) == member[i]):
+            if C[i, j] >= cut and representative and not (i in member and member.get(j) == member[i]):
+                a, b = sorted((i, j), key=lambda k: records[k].path)
+                strength = None
+                if C[i, j] >= SAME_SCORE and list(records[a].layout.shapes) == list(records[b].layout.shapes):
+                    strength = strength_of(np.asarray(records[a].module_norms), np.asarray(records[b].module_norms))
                 near.append(
                     {
                         "base": group.base,
-                        "paths": sorted([records[i].path, records[j].path]),
+                        "paths": [records[a].path, records[b].path],
                         "score": float(C[i, j]),
-                        "titles": [_title(records[k]) for k in (i, j)],
+                        "titles": [_title(records[k]) for k in (a, b)],
+                        "strength": strength,
+                        "stale": [records[k].path for k in (a, b) if records[k].path in changed],
                     }
                 )
     near.sort(key=lambda x: (-x["score"], x["paths"]))
     same_groups.sort(key=lambda x: x["paths"])
-    return DuplicateReport(same_weights=same_groups, near=near, near_threshold=float(near_threshold))
+    return DuplicateReport(
+        same_weights=same_groups, near=near, near_threshold=float(near_threshold), thresholds=thresholds
+    )

@@ -26,6 +26,7 @@ from ..io.atomic import remove_temporaries
 from ..sketches import Sketcher
 from .build import BuildStats, Progress, build_index
 from .cache import CACHE_SUFFIX, RecordCache
+from .freshness import Refresh, refresh_of
 from .store import LoraIndex
 from .walk import find_lora_files
 
@@ -107,6 +108,10 @@ class IndexRun:
     repeated : list of (path, path)
         Folders reached again through links, and the path each was walked by (read once; not
         errors, not files).
+    refresh : Refresh or None
+        What changed since the previous index at the output (new, changed and gone files); None
+        when there was none to compare with (a first run, ``use_cache=False``, or an index of
+        another format or settings, which is rebuilt).
     """
 
     index: LoraIndex
@@ -115,6 +120,7 @@ class IndexRun:
     stats: BuildStats
     unlisted: list = field(default_factory=list)
     repeated: list = field(default_factory=list)
+    refresh: Refresh | None = None
 
 
 def _previous(output: str) -> LoraIndex | None:
@@ -212,6 +218,11 @@ def index_folder(
         index.save(output)
         if cache is not None:
             cache.clear()
+    same_settings = previous is not None and (previous.descriptor, previous.sketcher.settings, previous.select) == (
+        index.descriptor,
+        index.sketcher.settings,
+        index.select,
+    )
     return IndexRun(
         index=index,
         skipped=walk.refused + skipped,
@@ -219,4 +230,5 @@ def index_folder(
         stats=stats,
         unlisted=walk.unlisted,
         repeated=walk.repeated,
+        refresh=refresh_of(previous, index) if same_settings else None,
     )

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -164,7 +165,14 @@ class LoraIndex:
         return group
 
     def similar(
-        self, query: Record, k: int = 10, *, scorer: str = "cosine", rerank: int = 0, query_lora=None
+        self,
+        query: Record,
+        k: int = 10,
+        *,
+        scorer: str = "cosine",
+        rerank: int = 0,
+        query_lora=None,
+        exclude: Collection[str] = (),
     ) -> list[dict]:
         """The ``k`` indexed files most similar to ``query``, best first.
 
@@ -186,6 +194,10 @@ class LoraIndex:
             strangers score 0.01-0.03). A file that cannot be read keeps its sketch's score.
         query_lora : LoRA, optional
             The query's loaded file, needed for ``rerank`` (with the index's selection applied).
+        exclude : collection of str, default=()
+            Indexed paths never to return (for example the files that are gone since the index
+            was made: :func:`lorastyle.index.freshness.check_files`); they are not read again by
+            ``rerank`` either.
 
         Returns
         -------
@@ -217,7 +229,12 @@ class LoraIndex:
             with np.errstate(divide="ignore", invalid="ignore"):
                 scores = np.nan_to_num(Z @ z / (np.linalg.norm(Z, axis=1) * np.linalg.norm(z)))
         own = os.path.abspath(query.path)
-        candidates = [i for i in (range(len(group.records)) if rows is None else rows) if group.records[i].path != own]
+        exclude = set(exclude)
+        candidates = [
+            i
+            for i in (range(len(group.records)) if rows is None else rows)
+            if group.records[i].path != own and group.records[i].path not in exclude
+        ]
         order = sorted(candidates, key=lambda i: (-scores[i], group.records[i].path))
         exact = set()
         if rerank and scorer == "cosine" and self.descriptor in ("gram", "delta"):

@@ -84,6 +84,8 @@ __all__ = [
     "resolve_facts",
     "file_facts",
     "describe_sidecars",
+    "PREVIEW_SUFFIXES",
+    "find_preview",
 ]
 
 #: Sidecar kinds and the suffix that replaces ``.safetensors`` (or any suffix) of the LoRA file.
@@ -95,6 +97,11 @@ SIDECARS = {
 #: The source of a fact wins over every later one; ``header`` is the LoRA file's own metadata.
 HEADER = "header"
 PRECEDENCE = ("a1111", "lora-manager", "civitai-helper", HEADER)
+#: Preview images looked for next to ``NAME.safetensors``, in this order (the first that exists is used):
+#: AUTOMATIC1111/Forge's extra-networks page looks, for each of png, jpg, jpeg, webp, gif, for
+#: ``NAME.EXT`` and ``NAME.preview.EXT``; its "replace preview" button and the Civitai Helper extension
+#: write ``NAME.preview.png``, so the ``.preview.`` name is tried first for each extension.
+PREVIEW_SUFFIXES = tuple(f"{mid}.{ext}" for ext in ("png", "jpg", "jpeg", "webp", "gif") for mid in (".preview", ""))
 #: The facts, in the order they are shown.
 FACTS = (
     "title",
@@ -470,3 +477,26 @@ def describe_sidecars(path: str | os.PathLike, header: Mapping, sha256: str | No
         "sidecars": [{"kind": sc.kind, "path": sc.path, "facts": sc.facts} for sc in sidecars],
         "sidecar_mismatch": mismatch,
     }
+
+
+def find_preview(path: str | os.PathLike) -> str | None:
+    """The preview image a LoRA manager keeps next to a LoRA file, or None.
+
+    Tries ``NAME`` + each of :data:`PREVIEW_SUFFIXES` (``NAME.preview.png``, ``NAME.png``,
+    ``NAME.preview.jpg``, ... for ``NAME.safetensors``) and returns the first regular file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The LoRA file.
+
+    Returns
+    -------
+    str or None
+    """
+    stem = os.path.splitext(os.fspath(path))[0]
+    for suffix in PREVIEW_SUFFIXES:
+        candidate = stem + suffix
+        if os.path.isfile(candidate):
+            return candidate
+    return None
