@@ -48,6 +48,9 @@ __all__ = ["main", "build_parser", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED"]
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+# Optional dependencies (top-level module) -> the extra of pyproject.toml that installs them: a command
+# that needs one says which `pip install 'lorastyle[EXTRA]'` brings it (tests/test_cli.py checks pyproject)
+OPTIONAL_EXTRAS = {"plotly": "map", "PIL": "map", "umap": "map", "dask": "cluster", "distributed": "cluster"}
 
 
 def _error(path, reason: str) -> None:
@@ -457,8 +460,8 @@ def _map(args) -> int:
     missing = [
         name for module, name in (("plotly", "plotly"), ("PIL", "pillow")) if not importlib.util.find_spec(module)
     ]
-    if missing:  # the core installs without them (pyproject's "full" extra has them)
-        _error("map", f"needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+    if missing:  # the command line installs without them (pyproject's "map" extra has them)
+        _error("map", f"needs {' and '.join(missing)}: pip install 'lorastyle[map]'")
         return EXIT_BAD_INPUT
     from . import lora_map
 
@@ -771,6 +774,13 @@ def main(argv: list[str] | None = None) -> int:
             return args.run(args)
         except LorastyleError as exc:
             _error(exc.path, exc.reason)
+            return EXIT_BAD_INPUT
+        except ImportError as exc:
+            missing = exc.name or getattr(exc.__cause__, "name", None) or ""
+            extra = OPTIONAL_EXTRAS.get(missing.split(".")[0])
+            if extra is None:
+                raise
+            _print(f"error: lorastyle {args.command} needs {missing}: pip install 'lorastyle[{extra}]'", sys.stderr)
             return EXIT_BAD_INPUT
         except KeyboardInterrupt:
             _print("interrupted", sys.stderr)

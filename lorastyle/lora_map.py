@@ -740,7 +740,7 @@ def map_page(
     try:
         import plotly.graph_objects as go
     except ImportError as exc:  # pragma: no cover - plotly is an optional dependency
-        raise ImportError("the map page needs plotly: pip install plotly") from exc
+        raise ImportError("the map page needs plotly: pip install 'lorastyle[map]'", name="plotly") from exc
     if data is None:
         data = map_data(index, threshold=threshold, random_state=random_state)
     for gm in data.groups:

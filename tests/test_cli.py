@@ -24,7 +24,7 @@ import pytest
 import safetensors.numpy
 from safetensors import safe_open
 
-from lorastyle.cli import main
+from lorastyle.cli import EXIT_BAD_INPUT, main
 from lorastyle.io.formats import load_lora, save_lora
 
 DESCRIPTORS = ["concat", "delta", "gram"]
@@ -693,3 +693,28 @@ def test_the_commands_scorers_are_the_index_scorers():
     from lorastyle.index.search import SCORERS
 
     assert lorastyle.cli.SCORERS == SCORERS
+
+
+def test_the_command_line_installs_without_torch_and_each_extra_is_declared():
+    """pip install lorastyle pulls numpy and scikit-learn, not torch; the extras the CLI names exist."""
+    import tomllib
+
+    from lorastyle.cli import OPTIONAL_EXTRAS
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    base = {re.split(r"[\[<>=!~ ]", d)[0].lower() for d in project["dependencies"]}
+    assert not base & {"torch", "torchvision", "diffusers", "transformers", "pandas", "matplotlib", "plotly"}
+    extras = project["optional-dependencies"]
+    pip_names = {"PIL": "pillow", "umap": "umap-learn", "dask": "dask[distributed]", "distributed": "dask[distributed]"}
+    for module, extra in OPTIONAL_EXTRAS.items():
+        assert pip_names.get(module, module) in extras[extra], (module, extra)
+    assert "torch" in extras["collection"] and "torch" not in extras["map"] + extras["book"]
+
+
+def test_a_command_missing_its_extra_names_it(collection, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "plotly", None)  # as if plotly were not installed
+    monkeypatch.setitem(sys.modules, "plotly.graph_objects", None)
+    rc = main(["map", str(collection["root"]), "-o", str(tmp_path / "map.html")])
+    err = capsys.readouterr().err
+    assert rc == EXIT_BAD_INPUT
+    assert "pip install 'lorastyle[map]'" in err and "Traceback" not in err
