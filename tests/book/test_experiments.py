@@ -592,3 +592,16 @@ def test_heldout_paired_table_takes_other_queries_and_generated_images(tmp_path,
     assert table.loc["a, generated", "only_reference"] == 2
     with pytest.raises(ValueError, match="no 'heldout' LoRAs"):
         ex.heldout_paired_table(coll, descriptors=(), encoders=("a",), reference="a")
+
+
+def test_pendants_and_panels_of_one_work_count_as_one_painting(tmp_path):
+    """Real-pixel LoRAs on Jacometto's two pendant portraits share a painting; on two unrelated paintings not."""
+    from lorastyle.book.experiments import _share_a_painting
+
+    train = {i: np.zeros((2, 4, 4, 3), np.uint8) for i in ("a", "b", "c")}
+    sources = {"a": "met-459027@0,0,4,4~", "b": "met-459028@0,0,4,4~", "c": "met-436535@0,0,4,4~"}
+    coll = _fake_collection(tmp_path, train, {}, collection="real", sources=sources)
+    assert coll.source_paintings("a") == coll.source_paintings("b") == frozenset({"met-459027"})
+    assert coll.source_paintings("c") == frozenset({"met-436535"})
+    shares = _share_a_painting(coll, ["a", "b", "c"])
+    assert shares[0, 1] and shares[1, 0] and not shares[0, 2] and not shares[1, 2]

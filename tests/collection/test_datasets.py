@@ -151,3 +151,25 @@ def test_crop_parameters_are_validated(small_image, kwargs, message):
     params = {"image": small_image, "n": 2, "size": 8, **kwargs}
     with pytest.raises(ValueError, match=message):
         painting_crops(params.pop("image"), params.pop("n"), params.pop("size"), **params)
+
+
+def test_ensembles_are_parts_of_one_work_by_one_artist(paintings):
+    """Every member of ensembles.csv is a Met painting of the package, by the artist and with the title and
+    date the Met records; the members of an ensemble share a date (pendants and panels were painted together)."""
+    import csv
+    import importlib.resources
+
+    from lorastyle.collection.datasets import painting_ensembles
+
+    by_id = {f"met-{p.object_id}": p for p in paintings}
+    ensembles = painting_ensembles()
+    rows = list(csv.DictReader(importlib.resources.files("lorastyle.collection").joinpath("data/ensembles.csv").open()))
+    assert len(ensembles) == len(rows) >= 8
+    for row in rows:
+        p = by_id[f"met-{row['object_id']}"]
+        assert (p.artist, p.title) == (row["artist"], row["title"])
+    for ensemble in set(ensembles.values()):
+        members = [by_id[k] for k, e in ensembles.items() if e == ensemble]
+        assert len(members) >= 2 and ensemble in {f"met-{m.object_id}" for m in members}
+        dates = {m.date.rstrip("?()").replace("(?)", "") for m in members}
+        assert len({d.replace("?", "") for d in dates}) == 1, dates

@@ -171,3 +171,31 @@ def test_too_little_content(catalogue, profile):
         plan_collection(paintings, genres, content[:10], profile)
     with pytest.raises(ValueError, match="must not include the artists' own paintings"):
         plan_collection(paintings, genres, content + paintings[:1], profile)
+
+
+def test_members_of_an_ensemble_count_as_one_painting(catalogue, profile):
+    """artist1 has four paintings, two of them pendants: main LoRAs go through the three works first."""
+    paintings, genres, content = catalogue
+    ensembles = {"p1-0": "p1-0", "p1-1": "p1-0"}
+    specs = plan_collection(paintings, genres, content, profile, ensembles)
+    main = [s.painting for s in specs if s.artist == "artist1" and s.collection == "main"]
+    assert main == ["p1-0", "p1-2", "p1-3"]  # p1-1 (p1-0's pendant) waits for the second round
+    plain = [
+        s.painting
+        for s in plan_collection(paintings, genres, content, profile)
+        if s.artist == "artist1" and s.collection == "main"
+    ]
+    assert plain == ["p1-0", "p1-1", "p1-2"]
+
+
+def test_the_met_plan_is_unchanged_by_its_ensembles():
+    """On the Met table every ensemble is all of its artist's paintings: the plan (collection v2's) stays."""
+    from lorastyle.collection.build import source_artworks
+    from lorastyle.collection.datasets import painting_ensembles
+
+    profile = get_profile("default")
+    paintings, genres, content, _, _ = source_artworks(profile)
+    with_ensembles = plan_collection(paintings, genres, content, profile, painting_ensembles())
+    assert [s.to_dict() for s in with_ensembles] == [
+        s.to_dict() for s in plan_collection(paintings, genres, content, profile)
+    ]
