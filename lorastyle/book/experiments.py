@@ -40,6 +40,7 @@ __all__ = [
     "artist_table",
     "map_panels",
     "map_neighbour_table",
+    "procrustes_aligned",
     "sample_rows",
     "loss_curves",
     "memorisation_table",
@@ -1626,6 +1627,41 @@ def map_panels(
         for e in encoders
     }
     return {title: (Z[:, :2], artists, genres) for title, Z in panels.items()}
+
+
+def procrustes_aligned(reference: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Two maps of the same items, ``other`` rotated (or reflected) and scaled onto ``reference``.
+
+    Both are centred and scaled to unit Frobenius norm, then ``other`` gets the orthogonal
+    transform that best matches ``reference`` (:func:`scipy.spatial.procrustes`): what "similar up
+    to rotation" means, drawn.
+
+    Parameters
+    ----------
+    reference, other : ndarray of shape (n_items, 2)
+        Rows aligned (the same items in the same order).
+
+    Returns
+    -------
+    reference : ndarray of shape (n_items, 2)
+        Centred and normalised.
+    aligned : ndarray of shape (n_items, 2)
+        ``other`` centred, normalised, rotated and scaled onto ``reference``.
+    disparity : float
+        The remaining sum of squared differences (0: identical up to rotation and scale).
+
+    Raises
+    ------
+    ValueError
+        For maps of different shapes.
+    """
+    from scipy.spatial import procrustes
+
+    reference, other = np.asarray(reference, float), np.asarray(other, float)
+    if reference.shape != other.shape:
+        raise ValueError(f"maps of shapes {reference.shape} and {other.shape}: the same items are needed")
+    a, b, disparity = procrustes(reference, other)
+    return a, b, float(disparity)
 
 
 def map_neighbour_table(panels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]):

@@ -63,6 +63,7 @@ __all__ = [
     "style_maps",
     "interactive_style_map",
     "curve_plot",
+    "overlay_plot",
     "image_grid",
     "loss_plot",
     "bar_table",
@@ -829,6 +830,63 @@ def interactive_style_map(
 # --------------------------------------------------------------------------- #
 # Other figures
 # --------------------------------------------------------------------------- #
+
+
+def overlay_plot(
+    ax: Axes,
+    reference: ArrayLike,
+    aligned: ArrayLike,
+    artists: Sequence[str],
+    genres: Sequence[str],
+    *,
+    labels: tuple[str, str] = ("weights", "images"),
+    title: str | None = None,
+) -> Axes:
+    """Two maps of the same LoRAs on one axes, each LoRA's two positions joined by a line.
+
+    For maps already aligned (:func:`lorastyle.book.experiments.procrustes_aligned`): filled
+    dots are the reference, open circles the aligned map, in the artist's colour
+    (:func:`artist_colors`); short lines mean the two maps agree.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    reference, aligned : array-like of shape (n, 2)
+    artists, genres : sequence of str
+        Each LoRA's artist and genre (for the colours).
+    labels : (str, str), default=("weights", "images")
+        Legend entries of the two maps.
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+
+    Raises
+    ------
+    ValueError
+        For maps of different shapes or labels of another length.
+    """
+    a, b = np.asarray(reference, float), np.asarray(aligned, float)
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] != 2 or len(artists) != len(a) or len(genres) != len(a):
+        raise ValueError("reference and aligned must both be (n, 2), with one artist and genre per row")
+    colours = artist_colors(dict(zip(artists, genres)))
+    c = [colours[x] for x in artists]
+    with use_style():
+        for (x0, y0), (x1, y1), col in zip(a, b, c):
+            ax.plot([x0, x1], [y0, y1], color=col, lw=0.8, alpha=0.6)
+        ax.scatter(a[:, 0], a[:, 1], c=c, s=22, zorder=3)
+        ax.scatter(b[:, 0], b[:, 1], facecolors="none", edgecolors=c, s=26, zorder=3)
+        grey = "0.35"  # the legend tells the two markers apart; colours are artists
+        handles = [
+            Line2D([], [], ls="", marker="o", color=grey, label=labels[0]),
+            Line2D([], [], ls="", marker="o", markerfacecolor="none", markeredgecolor=grey, label=labels[1]),
+        ]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+        _tidy_axes(ax, xlabel=None, ylabel=None, title=title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return ax
 
 
 def curve_plot(

@@ -605,3 +605,22 @@ def test_pendants_and_panels_of_one_work_count_as_one_painting(tmp_path):
     assert coll.source_paintings("c") == frozenset({"met-436535"})
     shares = _share_a_painting(coll, ["a", "b", "c"])
     assert shares[0, 1] and shares[1, 0] and not shares[0, 2] and not shares[1, 2]
+
+
+def test_procrustes_aligned_undoes_a_rotation_and_scale():
+    """A map rotated by 30 degrees, scaled by 3 and shifted aligns back onto the original (disparity 0)."""
+    from scipy.spatial import procrustes
+
+    from lorastyle.book.experiments import procrustes_aligned
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((20, 2))
+    t = np.pi / 6
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    ref, aligned, disparity = procrustes_aligned(a, 3 * a @ rot + 5)
+    np.testing.assert_allclose(aligned, ref, atol=1e-10)
+    assert disparity == pytest.approx(0, abs=1e-12)
+    noisy = a + 0.3 * rng.standard_normal(a.shape)
+    assert procrustes_aligned(a, noisy)[2] == pytest.approx(procrustes(a, noisy)[2])
+    with pytest.raises(ValueError, match="same items"):
+        procrustes_aligned(a, a[:5])

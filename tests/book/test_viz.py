@@ -493,3 +493,22 @@ def test_interval_plot_draws_each_interval_and_chance():
     plt.close(fig)
     with pytest.raises(ValueError, match="not inside"):
         viz.interval_plot(plt.subplots()[1], [dict(rows[0], lo=0.55)], value="top1", low="lo", high="hi", label="name")
+
+
+def test_overlay_plot_draws_both_maps_and_a_line_per_item():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lorastyle.book.viz import overlay_plot
+
+    a = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    fig, ax = plt.subplots()
+    overlay_plot(ax, a, a + 0.1, ["x", "y", "y"], ["g1", "g1", "g1"], title="t")
+    assert len(ax.lines) == 3 and len(ax.collections) == 2
+    np.testing.assert_allclose(ax.collections[1].get_offsets(), a + 0.1)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["weights", "images"]
+    with pytest.raises(ValueError, match="one artist"):
+        overlay_plot(ax, a, a[:2], ["x"] * 3, ["g"] * 3)
+    plt.close(fig)
