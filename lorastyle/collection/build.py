@@ -730,7 +730,7 @@ def build_collection(
     timing["fidelity_s"] = time.perf_counter() - t
     if model.label_encoder is not None:  # the tiny model (SD's attention weights alone are ~10^8 numbers per LoRA)
         t = time.perf_counter()
-        write_gradient_features(out, model, train_images, progress=progress)
+        write_gradient_features(out, model, train_images, draws=profile.gradient_draws, progress=progress)
         timing["gradients_s"] = time.perf_counter() - t
     _write_manifest(out, specs)
     # six significant digits: float32 losses written as float64 would take three times the space
@@ -742,7 +742,12 @@ def build_collection(
 
 
 def write_gradient_features(
-    out: str | os.PathLike, model=None, train_images: dict[str, np.ndarray] | None = None, *, progress: bool = True
+    out: str | os.PathLike,
+    model=None,
+    train_images: dict[str, np.ndarray] | None = None,
+    *,
+    draws: int = 480,
+    progress: bool = True,
 ) -> Path:
     """Write ``features/base_gradient.npz``: the base model's loss gradient on every LoRA's training images.
 
@@ -758,6 +763,8 @@ def write_gradient_features(
         Default: ``out/base.safetensors``.
     train_images : dict of str to ndarray, optional
         LoRA id -> training images. Default: the ``train/<id>`` arrays of ``out/images.npz``.
+    draws : int, default=480
+        (image, time, noise) draws per training set, as many as a LoRA's training sees.
     progress : bool, default=True
 
     Returns
@@ -776,7 +783,8 @@ def write_gradient_features(
     first: dict[bytes, str] = {}
     for key, d in digest.items():
         first.setdefault(d, key)
-    by_set = loss_gradients(model, {k: train_images[k] for k in first.values()}, CONDITION, progress=progress)
+    sets = {k: train_images[k] for k in first.values()}
+    by_set = loss_gradients(model, sets, CONDITION, draws=draws, progress=progress)
     grads = {k: by_set[first[d]] for k, d in digest.items()}
     path = out / "features" / "base_gradient.npz"
     path.parent.mkdir(exist_ok=True)

@@ -57,6 +57,7 @@ __all__ = [
     "TINY_UNET_CONFIG",
     "TrainedLora",
     "loss_gradients",
+    "gradient_draws",
     "lora_applied",
 ]
 
@@ -775,25 +776,57 @@ def train_lora(
     return TrainedLora(factors=_factors(state), rank=rank, alpha=alpha, losses=losses, checkpoints=saved)
 
 
+def gradient_draws(n_images: int, draws: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (image, time) pairs of :func:`loss_gradients`: every image equally often, times stratified.
+
+    Draw ``j`` uses image ``j mod n_images`` and the time ``(k + 1/2) / draws`` for the ``k``-th
+    entry of a permutation of ``range(draws)`` seeded by ``seed``: the times cover [0, 1] evenly,
+    as training's uniform draws do on average, with less variance.
+
+    Parameters
+    ----------
+    n_images : int
+    draws : int
+    seed : int
+
+    Returns
+    -------
+    image_index : ndarray of shape (draws,), dtype int
+    times : ndarray of shape (draws,), dtype float64
+        In (0, 1); an epsilon model uses ``times * num_train_timesteps`` (rounded down).
+
+    Raises
+    ------
+    ValueError
+        For ``n_images`` or ``draws`` below 1.
+    """
+    if n_images < 1 or draws < 1:
+        raise ValueError(f"need n_images >= 1 and draws >= 1, got {n_images} and {draws}")
+    order = np.random.default_rng(seed).permutation(draws)
+    return np.arange(draws) % n_images, (order + 0.5) / draws
+
+
 def loss_gradients(
     model: DiffusionModel,
     image_sets: dict[str, np.ndarray],
     prompt,
     *,
-    timesteps: Sequence[int] = (100, 300, 500, 700, 900),
+    draws: int = 480,
     seed: int = 0,
+    chunk: int = 60,
     targets: Sequence[str] = LORA_TARGETS,
     progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """The base model's denoising-loss gradient on each image set: a style descriptor with no training.
 
-    For every set, the gradient of the mean denoising loss (the model's own objective) over its
-    images, each noised at every one of ``timesteps`` (DDPM timesteps; a flow model takes
-    ``t = timestep / 1000``), with respect to the weights a LoRA adapts (``targets``), concatenated in
-    module-name order. A LoRA's first optimiser step moves along this direction (projected onto
-    its random A), so it is the baseline any trained LoRA descriptor has to beat: what the base
-    model already says about the images before any training. The noise is drawn from ``seed``
-    for each image position, the same for every set, so sets differ by their images only.
+    For every set, the gradient of the mean denoising loss (the model's own objective) over
+    ``draws`` (image, time, noise) draws of its images (:func:`gradient_draws`; the noise from
+    ``seed``), with respect to the weights a LoRA adapts (``targets``), concatenated in
+    module-name order. The default 480 draws are as many as a LoRA's training sees (60 steps of
+    8), so that what training adds is measured against the untrained model at the same sample
+    count. A LoRA's first optimiser step moves along this direction (projected onto its random
+    A): what the base model already says about the images before any training. The draws are
+    the same for every set of the same size, so sets differ by their images only.
 
     Parameters
     ----------
@@ -803,8 +836,12 @@ def loss_gradients(
         Set name (a LoRA id) -> its training images.
     prompt : int or str
         The condition used for every image, as in training.
-    timesteps : sequence of int, default=(100, 300, 500, 700, 900)
+    draws : int, default=480
+        (image, time, noise) draws per set.
     seed : int, default=0
+    chunk : int, default=60
+        Draws per forward and backward pass (memory; the result does not depend on it beyond
+        float rounding).
     targets : sequence of str, default=LORA_TARGETS
         Module name suffixes whose weight gradients are kept.
     progress : bool, default=False
@@ -813,7 +850,14 @@ def loss_gradients(
     -------
     dict of str to ndarray of shape (d,), dtype float32
         Set name -> gradient; ``d`` is the number of weights of the target modules.
+
+    Raises
+    ------
+    ValueError
+        For no target module, or ``draws`` or ``chunk`` below 1.
     """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
     weights = [
         (name, module.weight)
         for name, module in sorted(model.unet.named_modules())
@@ -830,19 +874,26 @@ def loss_gradients(
     try:
         for key in tqdm(sorted(image_sets), desc="loss gradients", disable=not progress):
             dtype = weights[0][1].dtype
-            x0 = model.to_latents(_to_tensor(image_sets[key]).to(model.device, dtype))
-            n = len(x0)
-            gen = torch.Generator().manual_seed(seed)
-            ts = torch.as_tensor(list(timesteps), dtype=torch.long).repeat_interleave(n)
-            noise = torch.randn((len(ts), *x0.shape[1:]), generator=gen, dtype=dtype).to(x0.device)
-            x = x0.repeat(len(timesteps), 1, 1, 1)
-            cond = model.condition([prompt] * len(x))
-            u = ts.to(dtype) / model.scheduler_config["num_train_timesteps"] if model.objective == "flow" else ts
-            noisy, steps_in, target, _ = _noised(model, x, noise, u.to(x.device))
-            pred = model.unet(noisy, steps_in, encoder_hidden_states=cond)
-            loss = torch.nn.functional.mse_loss(pred.sample, target)
-            grads = torch.autograd.grad(loss, [w for _, w in weights])
-            out[key] = torch.cat([g.reshape(-1) for g in grads]).detach().float().cpu().numpy()
+            x_all = model.to_latents(_to_tensor(image_sets[key]).to(model.device, dtype))
+            index, times = gradient_draws(len(x_all), draws, seed)
+            noise_all = torch.randn((draws, *x_all.shape[1:]), generator=torch.Generator().manual_seed(seed))
+            total = [torch.zeros_like(w) for _, w in weights]
+            for start in range(0, draws, chunk):
+                sl = slice(start, min(start + chunk, draws))
+                x = x_all[torch.as_tensor(index[sl])]
+                noise = noise_all[sl].to(x.device, dtype)
+                if model.objective == "flow":
+                    u = torch.as_tensor(times[sl], dtype=dtype)
+                else:
+                    u = torch.as_tensor(times[sl] * model.scheduler_config["num_train_timesteps"]).long()
+                noisy, steps_in, target, _ = _noised(model, x, noise, u.to(x.device))
+                cond = model.condition([prompt] * len(x))
+                pred = model.unet(noisy, steps_in, encoder_hidden_states=cond).sample
+                # the sum of per-draw mean losses, divided by draws below: the mean over all draws
+                loss = ((pred - target) ** 2).mean(dim=(1, 2, 3)).sum() / draws
+                for acc, g in zip(total, torch.autograd.grad(loss, [w for _, w in weights])):
+                    acc += g
+            out[key] = torch.cat([g.reshape(-1) for g in total]).detach().float().cpu().numpy()
     finally:
         model.unet.train(was_training)
         for (_, w), flag in zip(weights, was_trainable):

@@ -70,6 +70,9 @@ class Profile:
     sweep_steps: tuple[int, ...] = (10, 25, 50)
     sweep_guidance: tuple[float, ...] = (1.0, 3.0, 7.5)
     sweep_samples: int = 4
+    # the untrained model's loss gradient on each training set (the zero-training control): draws per set,
+    # as many as a LoRA's training sees (lora_steps x lora_batch)
+    gradient_draws: int = 480
     # image features
     encoders: tuple[str, ...] = ("efficientnet", "vgg_gram", "magenta")
     seed: int = 0
@@ -94,6 +97,7 @@ PROFILES: dict[str, Profile] = {
         base_warmup=1,
         lora_steps=2,
         lora_batch=4,
+        gradient_draws=8,
         samples_per_lora=2,
         sample_steps=2,
         sweep_steps=(2,),

@@ -190,7 +190,7 @@ def test_loss_gradients_match_finite_differences(images, objective):
     m.unet.requires_grad_(False)  # as train_lora leaves it: the gradients must not depend on it
     before = {k: v.clone() for k, v in m.unet.state_dict().items()}
     sets = {"a": images[:3], "b": images[3:5]}
-    grads = loss_gradients(m, sets, 1, timesteps=(50, 600), seed=4)
+    grads = loss_gradients(m, sets, 1, draws=5, chunk=2, seed=4)  # chunks of 2: the sum over chunks is checked too
     assert all(torch.equal(v, m.unet.state_dict()[k]) for k, v in before.items())  # the model is unchanged
     assert all(p.grad is None and not p.requires_grad for p in m.unet.parameters())
     linear = sorted(
@@ -199,19 +199,21 @@ def test_loss_gradients_match_finite_differences(images, objective):
     sizes = [mod.weight.numel() for _, mod in linear]
     assert {k: g.shape for k, g in grads.items()} == {"a": (sum(sizes),), "b": (sum(sizes),)}
 
-    def loss(imgs):  # the definition: mean denoising loss, every image at every timestep, noise from the seed
+    def loss(imgs):  # the definition: mean loss over 5 draws, image j mod n at a stratified time, noise from the seed
         x0 = torch.from_numpy(imgs).permute(0, 3, 1, 2).double() / 127.5 - 1
-        ts = torch.tensor([50, 600]).repeat_interleave(len(x0))
-        noise = torch.randn((len(ts), *x0.shape[1:]), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-        x = x0.repeat(2, 1, 1, 1)
-        cond = m.condition([1] * len(x))
+        order = np.random.default_rng(4).permutation(5)
+        times = torch.from_numpy((order + 0.5) / 5)
+        x = x0[torch.arange(5) % len(x0)]
+        noise = torch.randn((5, *x0.shape[1:]), generator=torch.Generator().manual_seed(4)).double()
+        cond = m.condition([1] * 5)
         with torch.no_grad():
             if objective == "epsilon":
                 sched = DDPMScheduler(**{k: v for k, v in m.scheduler_config.items() if k != "objective"})
+                ts = (times * 1000).long()
                 pred = m.unet(sched.add_noise(x, noise, ts), ts, encoder_hidden_states=cond).sample
                 return torch.nn.functional.mse_loss(pred, noise).item()
-            t = ts.double().view(-1, 1, 1, 1) / 1000  # rectified flow: x_t = (1 - t) x0 + t e, target e - x0
-            pred = m.unet((1 - t) * x + t * noise, ts.double(), encoder_hidden_states=cond).sample
+            t = times.view(-1, 1, 1, 1)  # rectified flow: x_t = (1 - t) x0 + t e, target e - x0
+            pred = m.unet((1 - t) * x + t * noise, times * 1000, encoder_hidden_states=cond).sample
             return torch.nn.functional.mse_loss(pred, noise - x).item()
 
     rng = np.random.default_rng(0)
@@ -363,3 +365,15 @@ def test_unknown_objectives_are_refused():
         tiny_model(objective="score")
     with pytest.raises(ValueError, match="time_sampling"):
         tiny_model(time_sampling="cosine")
+
+
+def test_gradient_draws_cover_every_image_and_every_time_bin():
+    from lorastyle.collection.diffusion import gradient_draws
+
+    index, times = gradient_draws(12, 480, seed=3)
+    assert np.bincount(index).tolist() == [40] * 12  # each image 40 times
+    assert np.bincount((times * 480).astype(int), minlength=480).tolist() == [1] * 480  # one draw per time bin
+    again = gradient_draws(12, 480, seed=3)
+    assert np.array_equal(again[1], times) and not np.array_equal(gradient_draws(12, 480, seed=4)[1], times)
+    with pytest.raises(ValueError, match="draws"):
+        gradient_draws(3, 0, seed=0)
