@@ -430,6 +430,12 @@ def _start_worker(base_path: str) -> None:
     _WORKER_MODEL = load_base(Path(base_path))
 
 
+def _gradient_in_worker(images: np.ndarray, draws: int) -> np.ndarray:
+    from .diffusion import loss_gradients
+
+    return loss_gradients(_WORKER_MODEL, {"set": images}, CONDITION, draws=draws)["set"]
+
+
 def _train_in_worker(images: np.ndarray, condition, schedule: dict):
     from .diffusion import train_lora
 
@@ -730,7 +736,14 @@ def build_collection(
     timing["fidelity_s"] = time.perf_counter() - t
     if model.label_encoder is not None:  # the tiny model (SD's attention weights alone are ~10^8 numbers per LoRA)
         t = time.perf_counter()
-        write_gradient_features(out, model, train_images, draws=profile.gradient_draws, progress=progress)
+        write_gradient_features(
+            out,
+            model,
+            train_images,
+            draws=profile.gradient_draws,
+            jobs=jobs if device == "cpu" else 1,
+            progress=progress,
+        )
         timing["gradients_s"] = time.perf_counter() - t
     _write_manifest(out, specs)
     # six significant digits: float32 losses written as float64 would take three times the space
@@ -747,6 +760,7 @@ def write_gradient_features(
     train_images: dict[str, np.ndarray] | None = None,
     *,
     draws: int = 480,
+    jobs: int = 1,
     progress: bool = True,
 ) -> Path:
     """Write ``features/base_gradient.npz``: the base model's loss gradient on every LoRA's training images.
@@ -765,6 +779,9 @@ def write_gradient_features(
         LoRA id -> training images. Default: the ``train/<id>`` arrays of ``out/images.npz``.
     draws : int, default=480
         (image, time, noise) draws per training set, as many as a LoRA's training sees.
+    jobs : int, default=1
+        Processes (one thread each) over the training sets; the model is then read from
+        ``out/base.safetensors``. The gradients equal one process's up to float rounding.
     progress : bool, default=True
 
     Returns
@@ -784,7 +801,19 @@ def write_gradient_features(
     for key, d in digest.items():
         first.setdefault(d, key)
     sets = {k: train_images[k] for k in first.values()}
-    by_set = loss_gradients(model, sets, CONDITION, draws=draws, progress=progress)
+    if jobs > 1 and len(sets) > 1:  # the tiny model on CPU processes, one thread each, as LoRA training
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from tqdm.auto import tqdm
+
+        context = multiprocessing.get_context("spawn")
+        base_path = str(out / "base.safetensors")
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(base_path,)) as pool:
+            futures = {k: pool.submit(_gradient_in_worker, v, draws) for k, v in sets.items()}
+            by_set = {k: f.result() for k, f in tqdm(futures.items(), desc="loss gradients", disable=not progress)}
+    else:
+        by_set = loss_gradients(model, sets, CONDITION, draws=draws, progress=progress)
     grads = {k: by_set[first[d]] for k, d in digest.items()}
     path = out / "features" / "base_gradient.npz"
     path.parent.mkdir(exist_ok=True)

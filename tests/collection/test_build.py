@@ -359,3 +359,26 @@ def test_images_file_stores_a_shared_training_set_once(tmp_path):
     assert np.array_equal(read_images(tmp_path / "images.npz", ids=["stranger-y"])["stranger-y"], b)
     with pytest.raises(KeyError, match="no gen images for stranger-y"):
         read_images(tmp_path / "images.npz", "gen", ids=["stranger-y"])
+
+
+@pytest.mark.slow
+def test_gradients_in_two_processes_equal_one(smoke, tmp_path):
+    """The zero-training control computed in two worker processes equals the one-process result."""
+    import shutil
+
+    from lorastyle.collection.build import write_gradient_features
+
+    out, _ = smoke
+    copy = tmp_path / "copy"
+    (copy / "features").mkdir(parents=True)
+    for name in ("base.safetensors", "images.npz"):
+        shutil.copy(out / name, copy / name)
+    one = np.load(write_gradient_features(copy, draws=6, jobs=1, progress=False))
+    one = {k: one[k] for k in one.files}
+    two = np.load(write_gradient_features(copy, draws=6, jobs=2, progress=False))
+    assert set(two.files) == set(one)
+    # each vector in the basis of the span: compare the Gram matrices (basis-free)
+    keys = sorted(one)
+    g1 = np.array([[one[a] @ one[b] for b in keys] for a in keys])
+    g2 = np.array([[two[a] @ two[b] for b in keys] for a in keys])
+    np.testing.assert_allclose(g2, g1, rtol=1e-4, atol=1e-6 * np.abs(g1).max())
