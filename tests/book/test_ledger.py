@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -264,3 +265,47 @@ def test_compact_ledger_keeps_the_key_number_and_folds_the_rest():
     assert "0.7 &lt;b&gt;" in short  # cells are escaped
     assert "top-1 0.8 [0.7, 0.9]; more" in details and "random sets" in details
     assert short.count("<tr>") == details.count("<tr>") == 5  # a header and four claims each
+
+
+@pytest.mark.parametrize(
+    "drifts, top1s, verdict",
+    [
+        ((0.7, 1.02), (0.80, 0.90), "holds"),  # the norm restored and retrieval up by the margin
+        ((0.7, 1.02), (1.00, 0.963), "holds in part"),  # the norm restored, retrieval not helped
+        ((0.7, 1.02), (0.80, 0.82), "holds in part"),  # retrieval up, less than the margin
+        ((0.9, 1.5), (0.9, 0.8), "does not hold here"),  # the norm further off, retrieval down
+    ],
+)
+def test_calibration_row_returns_each_verdict(drifts, top1s, verdict):
+    from lorastyle.book.ledger import _calibration_row
+
+    s2 = pd.DataFrame({"setting": ["uncalibrated", "calibrated"], "drift": drifts, "top1": top1s, "n": [27, 27]})
+    assert _calibration_row(s2)["verdict"] == verdict
+
+
+def test_genre_row_says_holds_or_not_from_the_interval(monkeypatch):
+    """Genre regions: a map where genres cluster beyond their artists holds; one where they do not, does not."""
+    from lorastyle.book import experiments as ex
+    from lorastyle.book.ledger import _genre_row
+
+    rng = np.random.default_rng(0)
+    artists = np.repeat([f"a{i}" for i in range(12)], 4)
+    genres = np.repeat([f"g{i}" for i in range(3)], 16)  # four artists per genre
+
+    class Coll:
+        def ids(self, collection):
+            return list(range(len(artists)))
+
+        def labels(self, ids, level):
+            return artists if level == "artist" else genres
+
+    centres = {g: rng.normal(size=8) * 5 for g in set(genres)}
+    clustered = np.stack([centres[g] for g in genres]) + rng.normal(size=(48, 8))
+    monkeypatch.setattr(ex, "lora_embedding", lambda coll, ids, d: clustered)
+    assert _genre_row(Coll(), n_resamples=500)["verdict"] == "holds"
+    monkeypatch.setattr(
+        ex,
+        "lora_embedding",
+        lambda coll, ids, d: rng.normal(size=(48, 8)) + np.repeat(rng.normal(size=(12, 8)) * 5, 4, axis=0),
+    )
+    assert _genre_row(Coll(), n_resamples=500)["verdict"] in ("does not hold here", "inconclusive")
