@@ -301,11 +301,13 @@ def test_genre_row_says_holds_or_not_from_the_interval(monkeypatch):
 
     centres = {g: rng.normal(size=8) * 5 for g in set(genres)}
     clustered = np.stack([centres[g] for g in genres]) + rng.normal(size=(48, 8))
-    monkeypatch.setattr(ex, "lora_embedding", lambda coll, ids, d: clustered)
+    monkeypatch.setattr(ex, "lora_embedding", lambda coll, ids, d, n_components: clustered[:, :n_components])
     assert _genre_row(Coll(), n_resamples=500)["verdict"] == "holds"
     monkeypatch.setattr(
         ex,
         "lora_embedding",
-        lambda coll, ids, d: rng.normal(size=(48, 8)) + np.repeat(rng.normal(size=(12, 8)) * 5, 4, axis=0),
+        lambda coll, ids, d, n_components: (
+            rng.normal(size=(48, 8)) + np.repeat(rng.normal(size=(12, 8)) * 5, 4, axis=0)
+        )[:, :n_components],
     )
     assert _genre_row(Coll(), n_resamples=500)["verdict"] in ("does not hold here", "inconclusive")
