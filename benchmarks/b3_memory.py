@@ -5,8 +5,9 @@ real key layout at rank 8 (57 MB each, float16) written as sparse files (the fac
 read as zeros; a few values differ per file), which an index reads, hashes and sketches exactly as it
 would real files. Each measurement is a fresh process whose peak resident memory its parent measures
 (``RUSAGE_CHILDREN``): ``lorastyle index DIR -o INDEX --no-cache`` over the first N files, then
-``lorastyle similar INDEX QUERY`` with a query that is a real (dense, random) SDXL file of the same
-layout, its read included.
+``lorastyle similar INDEX QUERY --rerank 0`` with a query that is a real (dense, random) SDXL file of
+the same layout, its read included: the index's own search, without the default re-reading of the 10
+best files (measured by ``b7_rerank.py``).
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def main() -> None:
                 os.link(pool / f"l{i:05d}.safetensors", folder / f"l{i:05d}.safetensors")
             out = tmp / f"n{n}.index"
             peak, wall, _ = c.peak_rss_mb_of([lorastyle, "index", str(folder), "-o", str(out), "--no-cache"], env=env)
-            q_peak, q_wall, _ = c.peak_rss_mb_of([lorastyle, "similar", str(out), str(query), "-k", "10"], env=env)
+            q_peak, q_wall, _ = c.peak_rss_mb_of(
+                [lorastyle, "similar", str(out), str(query), "-k", "10", "--rerank", "0"], env=env
+            )
             record = {
                 "n": n,
                 "collection_gb": n * size / 1e9,

@@ -47,6 +47,9 @@ SCORERS = ("cosine", "pca")
 __all__ = ["main", "build_parser", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED"]
 
 EXIT_BAD_INPUT = 2
+# similar's default re-ranking: the 10 best-scored files scored exactly, while they add up to at most 1 GiB
+RERANK_DEFAULT = 10
+RERANK_DEFAULT_BYTES = 1 << 30
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 # Optional dependencies (top-level module) -> the extra of pyproject.toml that installs them: a command
 # that needs one says which `pip install 'lorastyle[EXTRA]'` brings it (tests/test_cli.py checks pyproject)
@@ -212,15 +215,26 @@ def _similar(args) -> int:
     fresh = check_files(index)
     _report_stale(args.index, fresh)
     query = read_record(args.query, sketcher=index.sketcher, descriptor=index.descriptor, select=index.select)
+    rerank, budget = args.rerank, None
+    if rerank is None:  # the default: the best files rescored exactly, within a budget of bytes read again
+        rerank, budget = RERANK_DEFAULT, RERANK_DEFAULT_BYTES
+    if args.scorer != "cosine" or index.descriptor not in ("gram", "delta"):
+        rerank = 0
     query_lora = None
-    if args.rerank:
+    if rerank:
         from .io.formats import load_lora
 
         query_lora = load_lora(args.query)
         if index.select is not None:
             query_lora.modules = index.select.modules(query_lora)
     results = index.similar(
-        query, k=args.k, scorer=args.scorer, rerank=args.rerank or 0, query_lora=query_lora, exclude=fresh.gone
+        query,
+        k=args.k,
+        scorer=args.scorer,
+        rerank=rerank,
+        query_lora=query_lora,
+        exclude=fresh.gone,
+        rerank_budget=budget,
     )
     changed = set(fresh.changed)
     for r in results:
@@ -229,12 +243,13 @@ def _similar(args) -> int:
     if args.json:
         print(json.dumps(results))
     else:
+        from .index.verdicts import verdict_text
+
+        width = max((len(verdict_text(r)) for r in results), default=0)
         for r in results:
-            flag = ""
-            if "p_value" in r:
-                flag = f"  p={r['p_value']:.3g}" + ("  same source likely" if r["same_source_likely"] else "")
             exact = "  (exact)" if r.get("exact") else ""
-            _print(f"{r['score']:+.4f}{flag}{exact}  {r['path']}{_STALE if r.get('stale') else ''}")
+            said = f"  {verdict_text(r):<{width}}" if width else ""
+            _print(f"{r['score']:+.4f}{said}{exact}  {r['path']}{_STALE if r.get('stale') else ''}")
     return 0
 
 
@@ -624,11 +639,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="the indexed LoRAs closest in style to a query LoRA",
         description="Score every indexed file of the query's base family against the query. The score (cosine) is "
         "the cosine similarity of the two files' descriptors over the model parts both adapt: 1 for the same "
-        "weights, near 0 for unrelated updates, and the same whatever else is in the index. p is the fraction of "
-        "unrelated LoRA pairs of the wild benchmark that scored at least as high (small: likely the same source; "
-        "calibrated on the project's tiny model, an indication for other families). A query file that is in the "
-        "index is left out of its own results; other copies of it are not. The indexed files are checked (size "
-        "and mtime): files gone since indexing are left out, and changed ones marked '(changed since indexed)'.",
+        "weights, about 0 for unrelated updates and for random ones of any rank, and the same whatever else is "
+        "in the index. The 10 best-scored files are read again and scored exactly (marked '(exact)'), as long as "
+        "they add up to at most 1 GiB (--rerank). Each result says what it is: 'same weights' (one sha256, or "
+        "equal module norms and a score of 0.999 or more), 'same run (near-duplicate)' (a score at or above the "
+        "family's near-duplicate threshold, as lorastyle duplicates prints it), 'related (p=...)' (p at most "
+        "0.01) or 'nothing close (p=...)'. p is the fraction of pairs of files of the query's family in this "
+        "index that score at least as high (1 + that count over 1 + the number of pairs): no labels needed, but "
+        "a family of few files cannot reach a small p (15 files are 105 pairs: p >= 0.0094). A query file that "
+        "is in the index is left out of its own results; other copies of it are not. The indexed files are "
+        "checked (size and mtime): files gone since indexing are left out, and changed ones marked '(changed "
+        "since indexed)'.",
     )
     p.add_argument("index")
     p.add_argument("query", help="a LoRA file, in the index or not")
@@ -638,20 +659,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SCORERS,
         default="cosine",
         help="cosine (default): the descriptors' cosine, the same in any folder; pca: the cosine in the family's "
-        "calibrated PCA embedding (the paper's method), which depends on what else is indexed",
+        "calibrated PCA embedding (the paper's method), which depends on what else is indexed (no verdict, "
+        "no re-ranking)",
     )
     p.add_argument(
         "--rerank",
-        type=_positive_int,
+        type=_non_negative_int,
         metavar="N",
         help="read the N best-scored files again and score them exactly, not by their sketches (marked "
-        "'(exact)'; with --scorer cosine and the gram or delta descriptor): for real files of strangers, whose "
-        "scores of 0.01-0.03 are near the sketches' error",
+        "'(exact)'; with --scorer cosine and the gram or delta descriptor): real files of strangers score "
+        "0.001-0.03, below the sketches' error. Default: 10, while the files add up to at most 1 GiB; 0: "
+        "sketches only",
     )
     p.add_argument(
         "--json",
         action="store_true",
-        help="print a JSON list of {path, score, p_value, same_source_likely}, best first",
+        help="print a JSON list of {path, score, p_value, verdict, exact}, best first (verdict: same weights, same "
+        "run, related or nothing close)",
     )
     p.set_defaults(run=_similar)
 
@@ -799,6 +823,17 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0, checked when the options are parsed."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from .comparability import check_comparable
 from .errors import IncomparableLorasError
 from .io.formats import LoRA, LoraModule
 from .io.naming import module_group
+from .module_products import delta_inner, factored, gram_inner, inner, norm2
 
 __all__ = [
     "DESCRIPTORS",
@@ -51,6 +53,8 @@ __all__ = [
     "gram_inner_products",
     "descriptor_kernel",
     "module_cosines",
+    "module_cosine_table",
+    "ModuleCosines",
 ]
 
 DESCRIPTORS = ("concat", "delta", "gram")
@@ -211,16 +215,52 @@ def _kernel_tile(kind: str, xs: Sequence[LoRA], ys: Sequence[LoRA], names: list[
     for name in names:
         if not any(name in lora.modules for lora in xs) or not any(name in lora.modules for lora in ys):
             continue  # a zero update on one side contributes nothing
-        ux, vx, wx = _stack(xs, name)
-        uy, vy, wy = _stack(ys, name)
-        P = ux.T @ uy  # blocks B_i^T B_j (scales included)
-        if kind == "delta":
-            tile += _block_sum(P * (vx @ vy.T), wx, wy)
-        else:  # gram: trace(M^T R_i M R_j) with M = B_i^T B_j, R = A A^T
-            rx = _block_diag_products(vx, wx)
-            ry = _block_diag_products(vy, wy)
-            tile += _block_sum((rx @ P) * (P @ ry), wx, wy)
+        kx, ky = _kronecker_rows(xs, name), _kronecker_rows(ys, name)
+        if kx or ky:  # LoKr modules through their Kronecker factors (lorastyle.module_products), never expanded
+            _add_factored(tile, kind, xs, ys, name, kx, ky)
+            continue
+        tile += _stacked_tile(kind, xs, ys, name)
     return tile
+
+
+def _stacked_tile(kind: str, xs: Sequence[LoRA], ys: Sequence[LoRA], name: str) -> np.ndarray:
+    """One module's kernel between low-rank modules, from their factors stacked side by side."""
+    ux, vx, wx = _stack(xs, name)
+    uy, vy, wy = _stack(ys, name)
+    P = ux.T @ uy  # blocks B_i^T B_j (scales included)
+    if kind == "delta":
+        return _block_sum(P * (vx @ vy.T), wx, wy)
+    # gram: trace(M^T R_i M R_j) with M = B_i^T B_j, R = A A^T
+    rx = _block_diag_products(vx, wx)
+    ry = _block_diag_products(vy, wy)
+    return _block_sum((rx @ P) * (P @ ry), wx, wy)
+
+
+def _kronecker_rows(loras: Sequence[LoRA], name: str) -> set[int]:
+    """Which of ``loras`` hold ``name`` as a Kronecker product (a LoKr module, not a row slice of one)."""
+    return {i for i, lora in enumerate(loras) if name in lora.modules and lora.modules[name].kronecker() is not None}
+
+
+def _add_factored(
+    tile: np.ndarray, kind: str, xs: Sequence[LoRA], ys: Sequence[LoRA], name: str, kx: set, ky: set
+) -> None:
+    """Add one module's kernel to ``tile``: pairs with a Kronecker side one by one, the other pairs stacked."""
+    px = [i for i, lora in enumerate(xs) if name in lora.modules and i not in kx]
+    py = [j for j, lora in enumerate(ys) if name in lora.modules and j not in ky]
+    if px and py:
+        tile[np.ix_(px, py)] += _stacked_tile(kind, [xs[i] for i in px], [ys[j] for j in py], name)
+    made = {}
+
+    def prepared(module):
+        if id(module) not in made:
+            made[id(module)] = factored(module)
+        return made[id(module)]
+
+    product = delta_inner if kind == "delta" else gram_inner
+    for i in sorted(kx | set(px)):
+        for j in sorted(ky | set(py)):
+            if i in kx or j in ky:
+                tile[i, j] += product(prepared(xs[i].modules[name]), prepared(ys[j].modules[name]))
 
 
 def _block_diag_products(v: np.ndarray, widths: np.ndarray) -> np.ndarray:
@@ -282,20 +322,104 @@ def gram_inner_products(
     return _kernel("gram", X, Y, select, batch_size)
 
 
-def module_cosines(
-    descriptor: str, X: Sequence[LoRA], Y: Sequence[LoRA], *, select: ModuleSelection | None = None
-) -> dict[str, np.ndarray]:
-    """Per module, the exact cosine of the ``delta`` or ``gram`` descriptors of X's and Y's LoRAs, in low rank.
+class ModuleCosines(NamedTuple):
+    """Per module, the cosines of X's and Y's descriptors and the squared norms they were divided by.
 
-    ``C[name][i, j] = <D_i, D_j> / (||D_i|| ||D_j||)`` with ``D`` the module's delta-W (``delta``)
-    or its Gram matrix ``dW dW^T`` (``gram``); 0 where either LoRA lacks the module or its update
-    is zero. What the index's per-module normalised sketches estimate (:mod:`lorastyle.sketches`).
+    Attributes
+    ----------
+    cosines : dict of str to ndarray of shape (len(X), len(Y))
+    x_norms, y_norms : dict of str to ndarray
+        Per module, each LoRA's squared descriptor norm (:func:`lorastyle.module_products.norm2`):
+        0 where it lacks the module or its descriptor is zero.
+    """
+
+    cosines: dict
+    x_norms: dict
+    y_norms: dict
+
+
+def module_cosine_table(
+    descriptor: str,
+    X: Sequence[LoRA],
+    Y: Sequence[LoRA],
+    *,
+    select: ModuleSelection | None = None,
+    centre: bool = True,
+) -> ModuleCosines:
+    """:func:`module_cosines` with the squared norms of every module's descriptor (what tells a zero module).
 
     Parameters
     ----------
     descriptor : {"delta", "gram"}
     X, Y : sequence of LoRA
     select : ModuleSelection, optional
+    centre : bool, default=True
+        As in :func:`module_cosines`.
+
+    Returns
+    -------
+    ModuleCosines
+
+    Raises
+    ------
+    ValueError
+        For a descriptor other than ``delta`` or ``gram``.
+    IncomparableLorasError
+        As :func:`descriptor_kernel`.
+    """
+    if descriptor not in ("delta", "gram"):
+        raise ValueError(f"module cosines are defined for delta and gram, not {descriptor!r}")
+    both = _checked(list(X) + list(Y), descriptor, select)
+    X, Y = both[: len(X)], both[len(X) :]
+    out = ModuleCosines({}, {}, {})
+    for name in sorted({name for lora in both for name in lora.modules}):
+        # one module at a time: its factors (widened to float64) are dropped before the next
+        made = {}
+        fx = [_factored_once(made, x.modules.get(name)) for x in X]
+        fy = [_factored_once(made, y.modules.get(name)) for y in Y]
+        nx = np.array([0.0 if f is None else norm2(f, descriptor, centre=centre) for f in fx])
+        ny = np.array([0.0 if f is None else norm2(f, descriptor, centre=centre) for f in fy])
+        C = np.zeros((len(X), len(Y)))
+        for i, j in zip(*np.nonzero(np.outer(nx > 0, ny > 0))):
+            C[i, j] = np.clip(inner(fx[i], fy[j], descriptor, centre=centre) / np.sqrt(nx[i] * ny[j]), -1.0, 1.0)
+        out.cosines[name], out.x_norms[name], out.y_norms[name] = C, nx, ny
+    return out
+
+
+def _factored_once(made: dict, module: LoraModule | None):
+    """The module prepared for exact products, once per module object (a query may be in X and Y); None stays None."""
+    if module is None:
+        return None
+    if id(module) not in made:
+        made[id(module)] = factored(module)
+    return made[id(module)]
+
+
+def module_cosines(
+    descriptor: str,
+    X: Sequence[LoRA],
+    Y: Sequence[LoRA],
+    *,
+    select: ModuleSelection | None = None,
+    centre: bool = True,
+) -> dict[str, np.ndarray]:
+    """Per module, the exact cosine of the ``delta`` or ``gram`` descriptors of X's and Y's LoRAs.
+
+    ``C[name][i, j] = <D_i, D_j> / (||D_i|| ||D_j||)`` with ``D`` the module's delta-W (``delta``)
+    or its Gram matrix ``dW dW^T`` (``gram``), centred by default (``G - tr(G)/d I``: no floor that
+    grows with the files' ranks, :mod:`lorastyle.module_products`); 0 where either LoRA lacks the
+    module or its descriptor is zero. What the index's per-module normalised sketches estimate
+    (:mod:`lorastyle.sketches`). Computed from the factors: LoKr modules through their Kronecker
+    factors, LoHa modules through their Khatri-Rao products, never as an out x in matrix where the
+    factors are cheaper.
+
+    Parameters
+    ----------
+    descriptor : {"delta", "gram"}
+    X, Y : sequence of LoRA
+    select : ModuleSelection, optional
+    centre : bool, default=True
+        ``gram`` only: centre each module's Gram matrix (False: the uncentred cosine of earlier versions).
 
     Returns
     -------
@@ -304,22 +428,12 @@ def module_cosines(
 
     Raises
     ------
+    ValueError
+        For a descriptor other than ``delta`` or ``gram``.
     IncomparableLorasError
         As :func:`descriptor_kernel`.
     """
-    if descriptor not in ("delta", "gram"):
-        raise ValueError(f"module cosines are defined for delta and gram, not {descriptor!r}")
-    both = _checked(list(X) + list(Y), descriptor, select)
-    X, Y = both[: len(X)], both[len(X) :]
-    out = {}
-    for name in sorted({name for lora in both for name in lora.modules}):
-        K = _kernel_tile(descriptor, X, Y, [name])
-        nx = np.sqrt([_kernel_tile(descriptor, [x], [x], [name])[0, 0] if name in x.modules else 0.0 for x in X])
-        ny = np.sqrt([_kernel_tile(descriptor, [y], [y], [name])[0, 0] if name in y.modules else 0.0 for y in Y])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            C = K / np.outer(nx, ny)
-        out[name] = np.nan_to_num(C, nan=0.0, posinf=0.0, neginf=0.0)
-    return out
+    return module_cosine_table(descriptor, X, Y, select=select, centre=centre).cosines
 
 
 def descriptor_kernel(

@@ -178,7 +178,13 @@ def map_layout(similarity, random_state=0, *, method: str = "auto") -> np.ndarra
                 mds = MDS(dissimilarity="precomputed", **kwargs)
             if np.allclose(D, 0.0):
                 return np.zeros((n, 2))
-            return np.asarray(mds.fit_transform(D), dtype=np.float64)
+            try:
+                return np.asarray(mds.fit_transform(D), dtype=np.float64)
+            except ValueError:  # 1 - S need not be a metric: classical MDS's start then takes a negative root
+                params = mds.get_params()
+                if "init" not in params:
+                    raise
+                return np.asarray(MDS(**{**params, "init": "random"}).fit_transform(D), dtype=np.float64)
         import umap
 
         reducer = umap.UMAP(

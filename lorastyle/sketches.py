@@ -5,8 +5,10 @@ for each file, one vector of :attr:`Sketcher.dim` numbers per descriptor whose i
 unbiased estimates of the descriptor's kernel (:func:`lorastyle.descriptors.descriptor_kernel`):
 
 ``gram``
-    ``sum_modules <dW_i dW_i^T, dW_j dW_j^T>``, the default for files from strangers (invariant to the
-    factor gauge and to rotations of the input side, so largely to A's random initialisation);
+    ``sum_modules <G_i, G_j>`` with ``G = dW dW^T`` centred, ``G - tr(G)/d I`` (:attr:`Sketcher.centre`;
+    no floor that grows with the files' ranks), the default for files from strangers (invariant to the
+    factor gauge and to rotations of the input side, so largely to A's random initialisation): the
+    sketch of the identity (:attr:`_Hashes.identity`) times ``tr(G)/d`` is subtracted from each module's;
 ``delta``
     ``sum_modules <dW_i, dW_j>``;
 ``concat``
@@ -48,6 +50,7 @@ from threadpoolctl import threadpool_limits
 from ._validation import check_int_at_least, check_option
 from .descriptors import DESCRIPTORS
 from .io.formats import LoRA, LoraModule
+from .module_products import ZERO_FRACTION
 
 __all__ = ["Sketcher", "ModuleSketch", "delta_norm2", "sketch_cosines"]
 
@@ -107,6 +110,16 @@ class _Hashes:
     cols: _CountSketch  # module_dim x in
     bucket: np.ndarray  # module_dim -> dim
     sign: np.ndarray  # module_dim signs
+    _identity: np.ndarray | None = None
+
+    @property
+    def identity(self) -> np.ndarray:
+        """The tensor sketch of the out x out identity, ``sum_i (C_a e_i) (*) (C_b e_i)`` (what centring subtracts)."""
+        if self._identity is None:
+            a, b = self.rows_a, self.rows_b
+            where = (a.rows.astype(np.int64) + b.rows) % a.buckets  # a circular convolution of two one-hot vectors
+            self._identity = np.bincount(where, weights=a.signs.astype(np.float64) * b.signs, minlength=a.buckets)
+        return self._identity
 
 
 def _rfft(x) -> np.ndarray:
@@ -163,6 +176,11 @@ class Sketcher:
         Seeds every hash function; sketches of different seeds are not comparable.
     normalise : {"module", "none"}, default="module"
         Scale each module's descriptor to unit Frobenius norm before summing.
+    centre : bool, default=True
+        ``gram`` only: sketch each module's centred Gram matrix ``G - tr(G)/d I`` (``d`` = out), whose
+        cosines have no floor that grows with the files' ranks
+        (:func:`lorastyle.module_products.inner`). False: the uncentred Gram matrix (indexes made
+        before the centring was the default; their settings hold no ``centre``).
     workers : int, optional
         Threads that sketch modules in parallel (the result does not depend on it). Default: one
         per core, at most :data:`MAX_WORKERS`. While they run, BLAS runs on one thread: its own
@@ -180,6 +198,7 @@ class Sketcher:
     module_dim: int = 1024
     seed: int = 0
     normalise: str = "module"
+    centre: bool = True
     workers: int | None = field(default=None, compare=False)
     cache: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -188,6 +207,8 @@ class Sketcher:
         check_int_at_least(self.module_dim, "module_dim", 8)
         check_int_at_least(self.seed, "seed", 0)
         check_option(self.normalise, "normalise", NORMALISATIONS)
+        if not isinstance(self.centre, bool):
+            raise ValueError(f"centre must be True or False, got {self.centre!r}")
         if self.workers is None:
             self.workers = min(MAX_WORKERS, os.cpu_count() or 1)
         check_int_at_least(self.workers, "workers", 1)
@@ -195,7 +216,13 @@ class Sketcher:
     @property
     def settings(self) -> dict:
         """What makes two sketches comparable (stored with every record)."""
-        return {"dim": self.dim, "module_dim": self.module_dim, "seed": self.seed, "normalise": self.normalise}
+        return {
+            "dim": self.dim,
+            "module_dim": self.module_dim,
+            "seed": self.seed,
+            "normalise": self.normalise,
+            "centre": self.centre,
+        }
 
     def _hashes(self, name: str, out: int, inp: int) -> _Hashes:
         key = (name, out, inp)
@@ -333,7 +360,7 @@ class Sketcher:
             cols = slice(k, min(c1, k + step))
             L = _kron_product(left[0], left[1][:, cols], left[2])
             R = _kron_product(right[0], right[1][:, cols], right[2])
-            spectrum += (np.fft.rfft(L, axis=0) * np.fft.rfft(R, axis=0)).sum(axis=1)
+            spectrum += np.einsum("dk,dk->d", _rfft(L), _rfft(R))  # float32 FFTs, as the plain path
         return ModuleSketch(np.fft.irfft(spectrum, n=self.module_dim), norm2, delta2)
 
     def sketch(self, lora: LoRA, descriptor: str = "gram") -> np.ndarray:
@@ -411,14 +438,19 @@ class Sketcher:
             buckets, values = {key: [] for key in keys}, {key: [] for key in keys}
             for m, (t, norm2, delta2) in zip(modules, stage1):
                 key = m.part if by_part else None
-                total[key] += norm2
                 if module_norms is not None:
                     module_norms[m.name] = delta2
+                h = self._hashes(m.name, *m.shape)
+                if descriptor == "gram" and self.centre:  # G - tr(G)/d I: tr(G) = ||dW||^2
+                    t = t - (delta2 / m.shape[0]) * h.identity
+                    centred = norm2 - delta2**2 / m.shape[0]
+                    # zero when isotropic to rounding; NaN or inf (overflowing weights) kept, for the caller to refuse
+                    norm2 = centred if centred > ZERO_FRACTION * norm2 or not np.isfinite(centred) else 0.0
+                total[key] += norm2
                 if self.normalise == "module":
                     if not norm2 > 0:
                         continue  # a zero update contributes nothing
                     t = t / np.sqrt(norm2)
-                h = self._hashes(m.name, *m.shape)
                 buckets[key].append(h.bucket)
                 values[key].append(h.sign * t)
             for key in keys:  # stage 2: one count over all of a part's modules, in module order

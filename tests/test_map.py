@@ -288,6 +288,18 @@ def test_map_layout_is_deterministic_and_keeps_near_copies_together():
 
 
 @pytest.mark.slow
+def test_map_layout_places_files_whose_distances_are_no_metric():
+    """1 - cosine breaks the triangle inequality here (1.0101 > 0.0008 + 1.0091): classical MDS would take a
+    negative root; the layout still puts the two near copies together and the third file away."""
+    S = np.array([[1.0, 0.9992, -0.0091], [0.9992, 1.0, -0.0101], [-0.0091, -0.0101, 1.0]])
+    D = 1 - S
+    assert D[1, 2] > D[0, 1] + D[0, 2]
+    xy = map_layout(S)
+    assert np.all(np.isfinite(xy))
+    near, far = np.linalg.norm(xy[0] - xy[1]), min(np.linalg.norm(xy[0] - xy[2]), np.linalg.norm(xy[1] - xy[2]))
+    assert near < 0.1 * far and far > 0.5
+
+
 def test_map_layout_uses_umap_for_large_groups_deterministically():
     """UMAP's first call compiles it (numba): about 30 s on 2 cores."""
     S = _blocks([10, 10, 5] + [1] * 10)

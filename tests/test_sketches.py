@@ -21,17 +21,20 @@ def lora(rng, rank=3, shapes=SHAPES, scale=1.0, path="x.safetensors"):
     return LoRA(path=path, format="kohya", base="tiny", modules=modules, dtype="float32")
 
 
-def dense(lo, descriptor):
-    """Brute force: every module's delta-W (or its Gram matrix) materialised."""
+def dense(lo, descriptor, centre=True):
+    """Brute force: every module's delta-W (or its Gram matrix, centred: G - tr(G)/d I) materialised."""
     out = {}
     for name, m in lo.modules.items():
         D = m.scale * (m.up.astype(np.float64) @ m.down.astype(np.float64))
-        out[name] = D @ D.T if descriptor == "gram" else D
+        G = D @ D.T
+        if centre:
+            G = G - np.trace(G) / len(G) * np.eye(len(G))
+        out[name] = G if descriptor == "gram" else D
     return out
 
 
-def exact_kernel(X, Y, descriptor, normalise):
-    a, b = dense(X, descriptor), dense(Y, descriptor)
+def exact_kernel(X, Y, descriptor, normalise, centre=True):
+    a, b = dense(X, descriptor, centre), dense(Y, descriptor, centre)
     total = 0.0
     for name in set(a) & set(b):
         v = float(np.sum(a[name] * b[name]))
@@ -41,16 +44,18 @@ def exact_kernel(X, Y, descriptor, normalise):
     return total
 
 
-@pytest.mark.parametrize("descriptor", ["gram", "delta"])
+@pytest.mark.parametrize(
+    "descriptor, centre", [("gram", True), ("gram", False), ("delta", True)]
+)  # delta has no centring: centre=True is ignored
 @pytest.mark.parametrize("normalise", ["none", "module"])
-def test_sketch_inner_products_are_unbiased(descriptor, normalise):
+def test_sketch_inner_products_are_unbiased(descriptor, centre, normalise):
     """Averaged over 400 independent hash seeds, <sketch(X), sketch(Y)> is the exact kernel (within 4 sigma)."""
     rng = np.random.default_rng(0)
     X, Y = lora(rng), lora(rng)
-    truth = exact_kernel(X, Y, descriptor, normalise)
+    truth = exact_kernel(X, Y, descriptor, normalise, centre)
     estimates = []
     for seed in range(400):
-        sk = Sketcher(dim=64, module_dim=32, seed=seed, normalise=normalise)
+        sk = Sketcher(dim=64, module_dim=32, seed=seed, normalise=normalise, centre=centre)
         estimates.append(float(sk.sketch(X, descriptor).astype(np.float64) @ sk.sketch(Y, descriptor)))
     mean, sem = np.mean(estimates), np.std(estimates) / np.sqrt(len(estimates))
     assert abs(mean - truth) < 4 * sem + 1e-6 * abs(truth)

@@ -51,12 +51,14 @@ def dense(lora, name: str) -> np.ndarray:
     return np.zeros(SHAPES[name]) if m is None else m.scale * m.up @ m.down
 
 
-def brute_normalised(loras, kind: str) -> np.ndarray:
+def brute_normalised(loras, kind: str, centre: bool = False) -> np.ndarray:
     n = len(loras)
     K = np.zeros((n, n))
     for name in SHAPES:
         F = [dense(lora, name) for lora in loras]
         F = [f if kind == "delta" else f @ f.T for f in F]
+        if centre and kind == "gram":
+            F = [g - np.trace(g) / len(g) * np.eye(len(g)) for g in F]
         for i in range(n):
             for j in range(n):
                 ni, nj = np.linalg.norm(F[i]), np.linalg.norm(F[j])
@@ -87,9 +89,12 @@ def brute_subspace(loras, k: int | None) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kind", ["gram", "delta"])
-def test_per_module_normalised_kernels_equal_brute_force(kind):
+@pytest.mark.parametrize("centre", [False, True])
+def test_per_module_normalised_kernels_equal_brute_force(kind, centre):
     loras = random_loras()
-    np.testing.assert_allclose(scorers.normalised_kernel(loras, kind), brute_normalised(loras, kind), rtol=1e-8)
+    np.testing.assert_allclose(
+        scorers.normalised_kernel(loras, kind, centre=centre), brute_normalised(loras, kind, centre), rtol=1e-8
+    )
 
 
 @pytest.mark.parametrize("kind", ["gram", "delta"])

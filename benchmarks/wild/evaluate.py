@@ -71,22 +71,27 @@ WEIGHT_SCORERS: dict[str, Callable[[Sequence], np.ndarray]] = {
     "delta": descriptor_scorer("delta"),
     "gram": descriptor_scorer("gram"),
     "gram, per-module normalised": lambda loras: scorers.cosine(scorers.normalised_kernel(loras, "gram")),
+    "gram, per-module normalised, centred": lambda loras: scorers.cosine(
+        scorers.normalised_kernel(loras, "gram", centre=True)
+    ),
     "delta, per-module normalised": lambda loras: scorers.cosine(scorers.normalised_kernel(loras, "delta")),
     "subspace overlap (top-r)": lambda loras: scorers.cosine(scorers.subspace_kernel(loras)),
     "subspace overlap (top-2)": lambda loras: scorers.cosine(scorers.subspace_kernel(loras, k=2)),
 }
 COLOUR = "colour statistics of the training images (no weights)"
 # What `lorastyle similar` scores with: cosines of the index's fixed-size records (the default first)
-INDEX_DEFAULT = "index: gram sketch, per-module normalised (default)"
-INDEX_SCORERS = {
-    INDEX_DEFAULT: ("gram", "module"),
-    "index: gram sketch, not normalised": ("gram", "none"),
-    "index: delta sketch, per-module normalised": ("delta", "module"),
+INDEX_DEFAULT = "index: gram sketch, per-module normalised, centred (default)"
+INDEX_SCORERS = {  # (descriptor, normalise, centre)
+    INDEX_DEFAULT: ("gram", "module", True),
+    "index: gram sketch, per-module normalised, not centred": ("gram", "module", False),
+    "index: gram sketch, not normalised, not centred": ("gram", "none", False),
+    "index: delta sketch, per-module normalised": ("delta", "module", False),
 }
 # The exact scorer each sketch estimates (for its error)
 SKETCH_OF = {
-    INDEX_DEFAULT: "gram, per-module normalised",
-    "index: gram sketch, not normalised": "gram",
+    INDEX_DEFAULT: "gram, per-module normalised, centred",
+    "index: gram sketch, per-module normalised, not centred": "gram, per-module normalised",
+    "index: gram sketch, not normalised, not centred": "gram",
     "index: delta sketch, per-module normalised": "delta, per-module normalised",
 }
 # Same-source groups among the real files of ../shared/real-loras (MANIFEST.md): one LoKr character trained
@@ -94,13 +99,13 @@ SKETCH_OF = {
 REAL_GROUPS = {"smart_falcon": "lycoris_lokr_sd1_dim", "disney": "cloneofsimo_rank1_with_ti__lora_disney"}
 
 
-def index_scores(loras: Sequence, descriptor: str, normalise: str) -> np.ndarray:
+def index_scores(loras: Sequence, descriptor: str, normalise: str, centre: bool = True) -> np.ndarray:
     """All-pairs scores exactly as ``lorastyle similar`` computes them: from each file's record."""
     from lorastyle.index.records import describe_lora
     from lorastyle.index.search import SketchMatrix
     from lorastyle.sketches import Sketcher
 
-    sketcher = Sketcher(normalise=normalise)
+    sketcher = Sketcher(normalise=normalise, centre=centre)
     records = [
         describe_lora(x, sha256="0" * 64, identity=(0, 0, 0, 0), sketcher=sketcher, descriptor=descriptor)
         for x in loras
@@ -417,9 +422,9 @@ def main(argv: list[str] | None = None) -> None:
                 matrices[f"rank4/{name}"] = S4
             seconds[name] = time.perf_counter() - t
         sketch_errors = {}
-        for name, (descriptor, normalise) in INDEX_SCORERS.items():
+        for name, (descriptor, normalise, centre) in INDEX_SCORERS.items():
             t = time.perf_counter()
-            S = index_scores(loras, descriptor, normalise)
+            S = index_scores(loras, descriptor, normalise, centre)
             seconds[name] = time.perf_counter() - t
             results_all[name] = evaluate(S, rows)
             results_rank4[name] = evaluate(S[np.ix_(rank4, rank4)], [rows[i] for i in rank4])
@@ -431,10 +436,10 @@ def main(argv: list[str] | None = None) -> None:
         results_real = {}
         if real is not None:
             real_loras, real_rows = real
-            for name in ("gram", "gram, per-module normalised"):
+            for name in ("gram", "gram, per-module normalised", "gram, per-module normalised, centred"):
                 results_real[name] = evaluate(WEIGHT_SCORERS[name](real_loras), real_rows)
-            for name, (descriptor, normalise) in INDEX_SCORERS.items():
-                results_real[name] = evaluate(index_scores(real_loras, descriptor, normalise), real_rows)
+            for name, (descriptor, normalise, centre) in INDEX_SCORERS.items():
+                results_real[name] = evaluate(index_scores(real_loras, descriptor, normalise, centre), real_rows)
         z, S = colour_embedding(colour)
         results_all[COLOUR] = evaluate(S, rows, X=z)
         z4, S4 = colour_embedding(colour[rank4])
@@ -513,6 +518,7 @@ def main(argv: list[str] | None = None) -> None:
             **default_null,
             "sketch": Sketcher().settings,
             "calibrated_on": f"the tiny model's wild benchmark ({len(rows)} LoRAs, {n_sets} training sets)",
+            "base": loras[0].base,
         }
         args.calibrate.write_text(json.dumps({"gram": entry}, indent=1) + "\n")
         print(f"wrote {args.calibrate}")

@@ -4,9 +4,10 @@ Real LoRAs made by strangers score cosines of 0.01-0.03 even within one source (
 dims of one character, the two disney files), where the wild benchmark's LoRAs score 0.3-0.9. The
 index's sketch estimates each cosine with an error near 1/sqrt(dim); at the default dim that error
 is the size of the signal. This script measures, for sketch lengths from the default up, the RMS
-error of the index's all-pairs cosines against the exact per-module normalised gram kernel, and
-the leave-one-out top-1 of "same source" (the wild benchmark's evaluation), over three hash seeds
-at the default. It prints a markdown table; it needs the real files (skipped when absent).
+error of the index's all-pairs cosines against the exact per-module normalised, centred gram kernel
+(the default score), and the leave-one-out top-1 of "same source" (the wild benchmark's
+evaluation), over three hash seeds at the default. It prints a markdown table; it needs the real
+files (skipped when absent).
 
     python benchmarks/wild/real_sketch_dims.py [--real ../shared/real-loras]
 """
@@ -39,7 +40,7 @@ def main() -> None:
         print(f"no real LoRA files in {args.real}: nothing to measure")
         return
     loras, rows = found
-    exact = scorers.cosine(scorers.normalised_kernel(loras, "gram"))
+    exact = scorers.cosine(scorers.normalised_kernel(loras, "gram", centre=True))
     off = ~np.eye(len(loras), dtype=bool)
     print("| sketch dim | module dim | hash seed | record kB per part | RMS error of a cosine | top-1 same source |")
     print("|---|---|---|---|---|---|")

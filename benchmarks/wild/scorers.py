@@ -11,7 +11,8 @@ a module costs O((out + in) (sum of ranks)^2).
     Per module, the Gram matrices ``G = dW dW^T`` scaled to unit Frobenius norm,
     then summed: ``K_ij = sum_m <G_i, G_j> / (||G_i|| ||G_j||)``; ``"delta"``
     does the same with ``dW`` itself. Every module weighs the same, whatever
-    its size or the LoRA's alpha and learning rate.
+    its size or the LoRA's alpha and learning rate. ``centre=True``: of the
+    centred ``G - tr(G)/d I`` (the index's default score, no rank floor).
 ``subspace_kernel(loras)``
     Per module, the projector ``P`` onto the top-k left singular vectors of
     ``dW`` (k = the module's rank unless given), compared by
@@ -27,7 +28,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["cosine", "module_names", "module_kernel", "normalised_kernel", "left_singular_basis", "subspace_kernel"]
+__all__ = [
+    "cosine",
+    "module_names",
+    "module_kernel",
+    "centred_gram_kernel",
+    "normalised_kernel",
+    "left_singular_basis",
+    "subspace_kernel",
+]
 
 
 def cosine(K: np.ndarray) -> np.ndarray:
@@ -101,13 +110,33 @@ def module_kernel(loras: Sequence, name: str, kind: str) -> np.ndarray:
     return E @ ((R @ P) * (P @ R)) @ E.T
 
 
-def normalised_kernel(loras: Sequence, kind: str) -> np.ndarray:
+def centred_gram_kernel(loras: Sequence, name: str) -> np.ndarray:
+    """One module's kernel of centred Gram matrices ``G - tr(G)/d I``: ``<G_i, G_j> - t_i t_j / d`` (``t = tr G``).
+
+    Parameters
+    ----------
+    loras : sequence of LoRA
+    name : str
+
+    Returns
+    -------
+    ndarray of shape (n, n)
+    """
+    G = module_kernel(loras, name, "gram")
+    t = np.diag(module_kernel(loras, name, "delta"))  # tr(dW dW^T) = ||dW||^2
+    d = next(lora.modules[name].up.shape[0] for lora in loras if name in lora.modules)
+    return G - np.outer(t, t) / d
+
+
+def normalised_kernel(loras: Sequence, kind: str, centre: bool = False) -> np.ndarray:
     """Sum over modules of each module's cosine kernel (``delta`` or ``gram``).
 
     Parameters
     ----------
     loras : sequence of LoRA
     kind : {"delta", "gram"}
+    centre : bool, default=False
+        ``gram`` only: of the centred Gram matrices (:func:`centred_gram_kernel`), the index's default.
 
     Returns
     -------
@@ -115,6 +144,8 @@ def normalised_kernel(loras: Sequence, kind: str) -> np.ndarray:
         Diagonal: the number of modules each LoRA has. Pass through :func:`cosine`
         for the mean of per-module cosines.
     """
+    if centre and kind == "gram":
+        return sum(cosine(centred_gram_kernel(loras, name)) for name in module_names(loras))
     return sum(cosine(module_kernel(loras, name, kind)) for name in module_names(loras))
 
 

@@ -25,7 +25,7 @@ from .verdicts import MARGIN, above_chance, at_least, beats, combine, ties
 
 __all__ = ["claims_ledger", "benchmark_ledger", "markdown_table", "reader_box", "compact_ledger"]
 
-DEFAULT_SCORER = "index: gram sketch, per-module normalised (default)"
+DEFAULT_SCORER = "index: gram sketch, per-module normalised, centred (default)"
 
 
 def _ci(low: float, high: float) -> str:
@@ -463,7 +463,8 @@ def _benchmark_rows(results: Path) -> list[dict]:
         )
     if wild_path.exists():
         wild = json.loads(wild_path.read_text())
-        default = wild["all"][DEFAULT_SCORER]
+        # the index's default scorer, whatever its settings are called (its name ends in "(default)")
+        default = next(v for k, v in wild["all"].items() if k.endswith("(default)"))
         concat = wild["rank4"]["concat"]
         low, high = default["top1_ci"]
         # Rule: two parts, above chance (verdicts.above_chance) and the top-1 at the 0.9 goal, combined.

@@ -1,15 +1,16 @@
-"""What a score means: its p-value among scores of unrelated LoRAs, from the wild benchmark.
+"""The tiny model's calibrated thresholds, from the wild benchmark's labelled pairs.
 
 ``benchmarks/wild/evaluate.py --calibrate`` writes ``lorastyle/index/score_calibration.json``:
 for each descriptor, quantiles of the scores of pairs of LoRAs trained on *different* training
-sets (the null), and the score above which pairs were from the same training set with a false
-positive rate of 1%. A result's ``p_value`` is the fraction of unrelated pairs that scored at
-least as high; ``same_source_likely`` says the score is above that threshold.
+sets, the score above which 1% of those pairs fall (:attr:`ScoreCalibration.threshold`: what
+``lorastyle map`` clusters at), and the near-duplicate threshold (halfway between the highest
+unrelated pair and the lowest pair of two checkpoints of one run: what ``lorastyle duplicates``
+and ``similar``'s ``same run`` verdict use).
 
-The benchmark's LoRAs are of the project's tiny model: results of other base families carry no
-p-value, since scores of unrelated LoRAs depend on the model: in ``benchmarks/results/wild.md``
-unrelated tiny-model pairs score 0.13-0.39 (5th to 95th percentile), unrelated real SD 1.5 files
-of ``../shared/real-loras`` 0.006 (median).
+The benchmark's LoRAs are of the project's tiny model, and scores of unrelated LoRAs depend on the
+model: in ``benchmarks/results/wild.md`` unrelated tiny-model pairs score 0.10-0.37 (5th to 95th
+percentile), unrelated real SD 1.5 files of ``../shared/real-loras`` about 0 (median). The p-values
+of ``similar`` need no labels and hold for every family: :mod:`lorastyle.index.null`.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ __all__ = [
     "find_duplicates",
     "near_thresholds",
     "strength_of",
+    "same_weights",
     "NORM_RTOL",
     "SAME_SCORE",
     "NEAR_DEFAULT",
@@ -100,6 +101,27 @@ def _same_norms(a: np.ndarray, b: np.ndarray) -> bool:
     scale = max(float(np.max(a, initial=0.0)), float(np.max(b, initial=0.0)), 1e-30)
     big = np.maximum(a, b) > 1e-6 * scale  # modules of (nearly) zero update: no relative test
     return bool(np.all(np.abs(a[big] - b[big]) <= NORM_RTOL * np.maximum(a[big], b[big])))
+
+
+def same_weights(a, b, score: float) -> bool:
+    """Whether two records are of the same weights: one sha256, or one module set of equal module norms scoring
+    at least :data:`SAME_SCORE` (the rule of ``lorastyle duplicates``).
+
+    Parameters
+    ----------
+    a, b : Record
+    score : float
+        Their score.
+
+    Returns
+    -------
+    bool
+    """
+    return a.sha256 == b.sha256 or (
+        score >= SAME_SCORE
+        and list(a.layout.shapes) == list(b.layout.shapes)
+        and _same_norms(np.asarray(a.module_norms), np.asarray(b.module_norms))
+    )
 
 
 def _groups(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
@@ -234,16 +256,7 @@ def find_duplicates(
         cut = thresholds[group.base]["threshold"]
         C = group.matrix.cosine_matrix()
         iu, ju = np.triu_indices(n, 1)
-        same_pairs = [
-            (i, j)
-            for i, j in zip(iu.tolist(), ju.tolist())
-            if records[i].sha256 == records[j].sha256
-            or (
-                C[i, j] >= SAME_SCORE
-                and list(records[i].layout.shapes) == list(records[j].layout.shapes)
-                and _same_norms(np.asarray(records[i].module_norms), np.asarray(records[j].module_norms))
-            )
-        ]
+        same_pairs = [(i, j) for i, j in zip(iu.tolist(), ju.tolist()) if same_weights(records[i], records[j], C[i, j])]
         member = {}
         for g in _groups(n, same_pairs):
             for i in g:

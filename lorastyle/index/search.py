@@ -69,7 +69,11 @@ class SketchMatrix:
         out = np.empty(len(U))
         q32 = q.astype(np.float32)
         for start in range(0, len(U), _CHUNK_ROWS):
-            out[start : start + _CHUNK_ROWS] = U[start : start + _CHUNK_ROWS].astype(np.float32) @ q32
+            # einsum, not BLAS: each row's sum in one order whatever the number of rows (a score never
+            # depends on what else is indexed, to the last bit; BLAS's float32 kernels round by block)
+            out[start : start + _CHUNK_ROWS] = np.einsum(
+                "ij,j->i", U[start : start + _CHUNK_ROWS].astype(np.float32), q32
+            )
         return out
 
     def cosines(self, sketches: dict, norms: dict, rows: np.ndarray | None = None) -> np.ndarray:
@@ -117,6 +121,33 @@ class SketchMatrix:
             sq += np.outer(N**2, present)  # row i's energy on the parts column j also has
         with np.errstate(divide="ignore", invalid="ignore"):
             out = num / np.sqrt(sq * sq.T)
+        return np.clip(np.nan_to_num(out, nan=0.0), -1.0, 1.0)
+
+    def pair_cosines(self, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+        """The scores of the pairs ``(rows_a[t], rows_b[t])``, as :meth:`cosine_matrix` gives them, without the n x n.
+
+        Parameters
+        ----------
+        rows_a, rows_b : ndarray of int, of one length
+
+        Returns
+        -------
+        ndarray of shape (len(rows_a),)
+        """
+        rows_a, rows_b = np.asarray(rows_a, dtype=np.intp), np.asarray(rows_b, dtype=np.intp)
+        num, sq_a, sq_b = np.zeros(len(rows_a)), np.zeros(len(rows_a)), np.zeros(len(rows_a))
+        for p in self.parts:
+            N = self.norms[p]
+            na, nb = N[rows_a], N[rows_b]
+            for start in range(0, len(rows_a), _CHUNK_ROWS):
+                part = slice(start, start + _CHUNK_ROWS)
+                A = self.unit[p][rows_a[part]].astype(np.float32)
+                B = self.unit[p][rows_b[part]].astype(np.float32)
+                num[part] += na[part] * nb[part] * np.einsum("ij,ij->i", A, B).astype(np.float64)
+            sq_a += np.where(nb > 0, na**2, 0.0)  # each side's energy on the parts the other also has
+            sq_b += np.where(na > 0, nb**2, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = num / np.sqrt(sq_a * sq_b)
         return np.clip(np.nan_to_num(out, nan=0.0), -1.0, 1.0)
 
     def kernel(self) -> np.ndarray:
@@ -201,7 +232,7 @@ class FullVectors:
         return np.divide(V, norm, out=np.zeros_like(V), where=norm > 0)
 
 
-def exact_cosines(descriptor: str, query, candidates: list, *, select=None) -> np.ndarray:
+def exact_cosines(descriptor: str, query, candidates: list, *, select=None, centre: bool = True) -> np.ndarray:
     """The score :meth:`SketchMatrix.cosines` estimates, computed exactly from the files' factors.
 
     Every module's descriptor scaled to unit norm (:func:`lorastyle.descriptors.module_cosines`),
@@ -214,23 +245,29 @@ def exact_cosines(descriptor: str, query, candidates: list, *, select=None) -> n
     query : LoRA
     candidates : list of LoRA
     select : ModuleSelection, optional
+    centre : bool, default=True
+        ``gram`` only: centre each module's Gram matrix, as the index's sketches do unless made by
+        an earlier version (:attr:`lorastyle.sketches.Sketcher.centre`).
 
     Returns
     -------
     ndarray of shape (len(candidates),)
-    """
-    from ..descriptors import module_cosines
-    from ..sketches import delta_norm2
 
-    C = module_cosines(descriptor, [query], candidates, select=select)
-    nonzero = lambda lora: {n: m.part for n, m in lora.modules.items() if delta_norm2(m) > 0}  # noqa: E731
-    mine = nonzero(query)
+    Raises
+    ------
+    IncomparableLorasError
+        When the files cannot be compared (:func:`lorastyle.comparability.check_comparable`).
+    """
+    from ..descriptors import module_cosine_table
+
+    table = module_cosine_table(descriptor, [query], candidates, select=select, centre=centre)
+    mine = {n: query.modules[n].part for n, v in table.x_norms.items() if v[0] > 0}
     out = np.zeros(len(candidates))
     for j, cand in enumerate(candidates):
-        theirs = nonzero(cand)
+        theirs = {n: cand.modules[n].part for n, v in table.y_norms.items() if v[j] > 0}
         shared = set(mine.values()) & set(theirs.values())
         n_q = sum(part in shared for part in mine.values())
         n_c = sum(part in shared for part in theirs.values())
-        num = sum(C[name][0, j] for name, part in mine.items() if part in shared and name in theirs)
+        num = sum(table.cosines[name][0, j] for name, part in mine.items() if part in shared and name in theirs)
         out[j] = num / np.sqrt(n_q * n_c) if n_q and n_c else 0.0
     return np.clip(out, -1.0, 1.0)

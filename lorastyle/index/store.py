@@ -25,13 +25,14 @@ from ..errors import IncomparableLorasError, LoraFormatError
 from ..io.safetensors import read_safetensors, write_safetensors
 from ..sketches import Sketcher
 from .ann import AnnIndex
-from .calibration import load_calibration
 from .records import Record
 from .search import SCORERS, SketchMatrix
 
 __all__ = ["Group", "LoraIndex", "INDEX_FORMAT", "group_key"]
 
 INDEX_FORMAT = "lorastyle-index-2"
+# Files re-read by one batch of re-ranking (their factors in memory together)
+RERANK_BATCH_BYTES = 512 << 20
 
 
 def group_key(record: Record, descriptor: str) -> str:
@@ -173,6 +174,7 @@ class LoraIndex:
         rerank: int = 0,
         query_lora=None,
         exclude: Collection[str] = (),
+        rerank_budget: int | None = None,
     ) -> list[dict]:
         """The ``k`` indexed files most similar to ``query``, best first.
 
@@ -198,13 +200,17 @@ class LoraIndex:
             Indexed paths never to return (for example the files that are gone since the index
             was made: :func:`lorastyle.index.freshness.check_files`); they are not read again by
             ``rerank`` either.
+        rerank_budget : int, optional
+            Bytes: ``rerank`` reads the best-scored files in order while their sizes add up to at
+            most this (the others keep their sketches' scores); None: no limit.
 
         Returns
         -------
         list of dict
-            ``path``, ``score``, and for ``cosine`` with a calibration for these settings,
-            ``p_value`` and ``same_source_likely``; with ``rerank``, ``exact`` (whether the score
-            is the exact one).
+            ``path``, ``score``, and for ``cosine`` ``p_value`` (under the family's null of this
+            index: :mod:`lorastyle.index.null`) and ``verdict`` (``same weights``, ``same run``,
+            ``related`` or ``nothing close``: :mod:`lorastyle.index.verdicts`); with ``rerank``,
+            ``exact`` (whether the score is the exact one).
         """
         k = check_positive_int(k, "k")
         check_option(scorer, "scorer", SCORERS)
@@ -240,48 +246,86 @@ class LoraIndex:
         if rerank and scorer == "cosine" and self.descriptor in ("gram", "delta"):
             if query_lora is None:
                 raise ValueError("rerank needs the query's loaded file (query_lora)")
-            exact = self._rerank(scores, group, order[: check_positive_int(rerank, "rerank")], query_lora)
+            exact = self._rerank(
+                scores, group, order[: check_positive_int(rerank, "rerank")], query_lora, rerank_budget
+            )
             order = sorted(order, key=lambda i: (i not in exact, -scores[i], group.records[i].path))
         order = order[:k]
-        calibration = (
-            load_calibration(self.descriptor, self.sketcher.settings, group.base) if scorer == "cosine" else None
-        )
         out = []
+        if scorer == "cosine" and order:
+            from .duplicates import near_thresholds
+            from .null import family_null
+            from .verdicts import verdict
+
+            null = family_null(group.matrix)
+            near = near_thresholds(self)[group.base]["threshold"]
         for i in order:
             item = {"path": group.records[i].path, "score": float(scores[i])}
-            if calibration is not None:
-                item["p_value"] = float(calibration.p_value(scores[i]))
-                item["same_source_likely"] = bool(scores[i] >= calibration.threshold)
+            if scorer == "cosine":
+                item["p_value"] = null.p_value(scores[i])
+                item["verdict"] = verdict(
+                    query, group.records[i], float(scores[i]), near_threshold=near, p_value=item["p_value"]
+                )
             if rerank:
                 item["exact"] = i in exact
             out.append(item)
         return out
 
-    def _rerank(self, scores: np.ndarray, group: Group, rows: list, query_lora) -> set:
-        """Replace the scores of ``rows`` by exact ones, from the files read again; the rows rescored."""
+    def _rerank(self, scores: np.ndarray, group: Group, rows: list, query_lora, budget: int | None = None) -> set:
+        """Replace the scores of ``rows`` by exact ones, from the files read again; the rows rescored.
+
+        Files are read in the order of ``rows`` while their sizes add up to at most ``budget`` bytes
+        (None: no limit), and scored in batches of at most :data:`RERANK_BATCH_BYTES` (memory holds
+        one batch's files, not all of them).
+        """
         from ..errors import LoraFormatError
         from ..io.formats import load_lora
         from .search import exact_cosines
 
-        loaded = {}
+        chosen, total = [], 0
         for i in rows:
             try:
-                lora = load_lora(group.records[i].path)
-            except (LoraFormatError, OSError) as exc:
-                warnings.warn(f"{group.records[i].path}: not rescored, it cannot be read ({exc})", stacklevel=3)
+                size = os.stat(group.records[i].path).st_size
+            except OSError:
+                size = 0  # reported when it is read
+            if budget is not None and total + size > budget:
+                break
+            chosen.append((i, size))
+            total += size
+        batches, current, current_bytes = [], [], 0
+        for i, size in chosen:
+            if current and current_bytes + size > RERANK_BATCH_BYTES:
+                batches.append(current)
+                current, current_bytes = [], 0
+            current.append(i)
+            current_bytes += size
+        if current:
+            batches.append(current)
+        rescored = set()
+        for batch in batches:
+            loaded = {}
+            for i in batch:
+                try:
+                    lora = load_lora(group.records[i].path)
+                except (LoraFormatError, OSError) as exc:
+                    warnings.warn(f"{group.records[i].path}: not rescored, it cannot be read ({exc})", stacklevel=3)
+                    continue
+                if self.select is not None:
+                    lora.modules = self.select.modules(lora)
+                loaded[i] = lora
+            if not loaded:
                 continue
-            if self.select is not None:
-                lora.modules = self.select.modules(lora)
-            loaded[i] = lora
-        if loaded:
             try:
-                exact = exact_cosines(self.descriptor, query_lora, list(loaded.values()), select=None)
+                exact = exact_cosines(
+                    self.descriptor, query_lora, list(loaded.values()), select=None, centre=self.sketcher.centre
+                )
             except IncomparableLorasError as exc:  # a file changed since it was indexed
                 warnings.warn(f"not rescored: {exc}", stacklevel=3)
-                return set()
+                continue
             for i, score in zip(loaded, exact):
                 scores[i] = score
-        return set(loaded)
+            rescored |= set(loaded)
+        return rescored
 
     # ------------------------------------------------------------------ saving
 
@@ -394,6 +438,7 @@ class LoraIndex:
         need(descriptor in DESCRIPTORS, f"unknown descriptor {descriptor!r}")
         settings = json.loads(meta["sketch"])
         need(isinstance(settings, dict), "sketch settings are not an object")
+        settings.setdefault("centre", False)  # made before centring was the default: scored as it was sketched
         sketcher = Sketcher(**settings)
         select_json = json.loads(meta["select"])
         select = ModuleSelection(**select_json) if select_json else None

@@ -24,12 +24,32 @@ def lora(rng, parts=("unet", "text_encoder"), zero=()):
     return LoRA(path="x", format="kohya", base="sd1", modules=modules, dtype="float64")
 
 
-def brute_force(q, c, descriptor):
-    """Dense delta-W (or its Gram matrix) per module, unit norm, summed over the parts both adapt."""
+def lokr(rng, parts=("unet", "text_encoder")):
+    """LoKr modules of the same shapes (splits 6 = 2 x 3, 5 = 5 x 1, 4 = 2 x 2, 7 = 7 x 1)."""
+    splits = {6: (2, 3), 5: (5, 1), 4: (2, 2), 7: (7, 1)}
+    modules = {}
+    for name, (out, inp) in SHAPES.items():
+        if name.split(".")[0] not in parts:
+            continue
+        (a1, a2), (b1, b2) = splits[out], splits[inp]
+        roles = {
+            "lokr_w1": rng.standard_normal((a1, b1)),
+            "lokr_w2_a": rng.standard_normal((a2, 1)),
+            "lokr_w2_b": rng.standard_normal((1, b2)),
+            "alpha": np.float32(1.0),
+        }
+        modules[name] = build_module("k", name, name.split(".")[0], roles)
+    return LoRA(path="k", format="lycoris", base="sd1", modules=modules, dtype="float64")
+
+
+def brute_force(q, c, descriptor, centre=True):
+    """Dense delta-W (or its Gram matrix, centred: G - tr(G)/d I) per module, unit norm, summed over the parts both
+    adapt."""
 
     def unit(m):
         D = m.scale * (m.up.astype(np.float64) @ m.down.astype(np.float64))
-        G = D @ D.T if descriptor == "gram" else D
+        G = D @ D.T - (np.trace(D @ D.T) / len(D) * np.eye(len(D)) if centre else 0.0)
+        G = G if descriptor == "gram" else D
         n = np.linalg.norm(G)
         return G / n if n > 0 else None
 
@@ -41,14 +61,15 @@ def brute_force(q, c, descriptor):
     return num / np.sqrt(len(uq) * len(uc))
 
 
-@pytest.mark.parametrize("descriptor", ["gram", "delta"])
-def test_exact_cosines_equal_brute_force(descriptor):
+@pytest.mark.parametrize("descriptor, centre", [("gram", True), ("gram", False), ("delta", True)])
+@pytest.mark.parametrize("query_kind", ["lora", "lokr"])
+def test_exact_cosines_equal_brute_force(descriptor, centre, query_kind):
     rng = np.random.default_rng(0)
-    q = lora(rng)
-    candidates = [lora(rng), lora(rng, parts=("unet",)), lora(rng, zero=("unet.a.to_q",)), q]
-    got = exact_cosines(descriptor, q, candidates)
-    want = [brute_force(q, c, descriptor) for c in candidates]
-    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    q = lora(rng) if query_kind == "lora" else lokr(rng)
+    candidates = [lora(rng), lora(rng, parts=("unet",)), lora(rng, zero=("unet.a.to_q",)), lokr(rng), q]
+    got = exact_cosines(descriptor, q, candidates, centre=centre)
+    want = [brute_force(q, c, descriptor, centre) for c in candidates]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
     assert got[-1] == pytest.approx(1.0)
 
 
@@ -90,3 +111,60 @@ def test_rerank_finds_each_real_file_s_own_source_first(tmp_path, capsys):
             assert main(["similar", str(index), str(query), "-k", "1", "--rerank", "6"]) == 0
             line = capsys.readouterr().out.strip()
             assert "(exact)" in line and any(line.endswith(str(other)) for other in group if other != query), line
+
+
+def test_an_index_made_before_centring_keeps_scoring_as_it_was_sketched(tmp_path):
+    """Its settings hold no ``centre``: it loads uncentred, and re-ranks with the uncentred exact score."""
+    import json
+
+    from lorastyle.index import LoraIndex
+    from lorastyle.io.formats import save_lora
+    from lorastyle.io.safetensors import read_safetensors, write_safetensors
+
+    rng = np.random.default_rng(2)
+    paths = []
+    for i in range(4):
+        lo = lora(rng, parts=("unet",))
+        path = str(tmp_path / f"l{i}.safetensors")
+        save_lora(path, {n: (m.down, m.up) for n, m in lo.modules.items()}, alpha=2.0, base="sd15")
+        paths.append(path)
+    index, _, _ = build_index(paths, sketcher=Sketcher(dim=64, module_dim=16, centre=False))
+    saved = tmp_path / "old.index"
+    index.save(saved)
+    tensors, meta = read_safetensors(str(saved))
+    settings = json.loads(meta["sketch"])
+    del settings["centre"]  # as an earlier version wrote it
+    write_safetensors(str(saved), tensors, {**meta, "sketch": json.dumps(settings)})
+    old = LoraIndex.load(saved)
+    assert old.sketcher.centre is False
+    q = load_lora(paths[0])
+    got = old.similar(read_record(paths[0], sketcher=old.sketcher), k=3, rerank=3, query_lora=q)
+    others = [load_lora(p) for p in paths[1:]]
+    want = dict(zip(paths[1:], exact_cosines("gram", q, others, centre=False)))
+    centred = dict(zip(paths[1:], exact_cosines("gram", q, others)))
+    for r in got:
+        assert r["exact"] and r["score"] == pytest.approx(want[r["path"]], abs=1e-9)
+    assert any(abs(want[p] - centred[p]) > 1e-3 for p in want)  # the two scores do differ
+
+
+def test_rerank_in_batches_and_within_a_budget_of_bytes(tmp_path, monkeypatch):
+    import os
+
+    import lorastyle.index.store as store
+    from lorastyle.io.formats import save_lora
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(5):
+        lo = lora(rng, parts=("unet",))
+        path = str(tmp_path / f"l{i}.safetensors")
+        save_lora(path, {n: (m.down, m.up) for n, m in lo.modules.items()}, alpha=2.0, base="sd15")
+        paths.append(path)
+    index, _, _ = build_index(paths, sketcher=Sketcher(dim=64, module_dim=16))
+    query, q = read_record(paths[0], sketcher=index.sketcher), load_lora(paths[0])
+    whole = index.similar(query, k=4, rerank=4, query_lora=q)
+    monkeypatch.setattr(store, "RERANK_BATCH_BYTES", 1)  # one file per batch
+    assert index.similar(query, k=4, rerank=4, query_lora=q) == whole
+    size = os.path.getsize(paths[1])
+    budgeted = index.similar(query, k=4, rerank=4, query_lora=q, rerank_budget=2 * size + size // 2)
+    assert [r["exact"] for r in budgeted] == [True, True, False, False]  # two files fit in 2.5 files' bytes
