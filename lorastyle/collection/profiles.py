@@ -51,7 +51,7 @@ class Profile:
     objective: str = "flow"  # "flow" (rectified flow) or "epsilon" (DDPM): see collection.diffusion
     time_sampling: str = "uniform"  # flow: how training draws t ("uniform" or "logit_normal")
     loss_weighting: str = "none"  # flow: "none" or "min_snr"
-    # collection v3: 4,000 crops and 5,000 steps (benchmarks/generator/recipe_study.py; about 64 min on 2 threads)
+    # collection v3: 4,000 crops and 5,000 steps (benchmarks/generator/recipe_study.py; about 52 min on 2 threads)
     base_images: int = 4000
     base_steps: int = 5000
     base_batch: int = 32
