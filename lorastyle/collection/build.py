@@ -864,7 +864,7 @@ def write_fidelity_inputs(
     """
     from tqdm.auto import tqdm
 
-    from .diffusion import TrainedLora, held_loss
+    from .diffusion import held_loss
 
     out = Path(out)
     model = load_base(out / "base.safetensors") if model is None else model
@@ -899,14 +899,7 @@ def write_fidelity_inputs(
         if lora_id in held or lora_id not in train_images:
             continue
         images = train_images[lora_id]
-        loaded = load_lora(path)
-        rank = loaded.ranks[0]
-        lora = TrainedLora(
-            factors={n: (m.down, m.up) for n, m in loaded.modules.items()},
-            rank=rank,
-            alpha=float(next(iter(loaded.modules.values())).scale * rank),
-            losses=[],
-        )
+        lora = _lora_for_sampling(path)
         key = hashlib.sha256(np.ascontiguousarray(images).tobytes()).digest()
         if key not in base_loss:
             base_loss[key] = held_loss(model, images, condition, seed=0)
