@@ -21,6 +21,8 @@ __all__ = [
     "check_options",
     "check_random_state",
     "check_embedding_state",
+    "check_streamed_pca_state",
+    "STREAMED_PCA_STATE",
     "EMBEDDING_STATE",
     "sklearn_seed",
 ]
@@ -222,24 +224,77 @@ def check_embedding_state(state: dict) -> tuple[int, int]:
     ValueError
         When an array is missing, of the wrong shape, or not finite.
     """
-    missing = [name for name in EMBEDDING_STATE if name not in state]
+    emb = _state_rows(state, EMBEDDING_STATE, "embedding state")
+    n, k = emb.shape
+    _check_shapes(
+        state,
+        EMBEDDING_STATE,
+        {
+            "calibration_": (k,),
+            "dual_coef_": (n, k),
+            "kernel_col_means_": (n,),
+            "explained_variance_": (k,),
+            "explained_variance_ratio_": (k,),
+        },
+    )
+    return n, k
+
+
+# The fitted state of a :class:`lorastyle.embedding.StreamedPCA` (what an index stores for its PCA).
+STREAMED_PCA_STATE = (
+    "embedding_",
+    "calibration_",
+    "components_",
+    "mean_",
+    "explained_variance_",
+    "explained_variance_ratio_",
+)
+
+
+def check_streamed_pca_state(state: dict) -> tuple[int, int, int]:
+    """Check the arrays of :meth:`lorastyle.embedding.StreamedPCA.get_state`.
+
+    Parameters
+    ----------
+    state : dict of str to ndarray
+
+    Returns
+    -------
+    n : int
+        Number of embedded items.
+    n_components : int
+    n_features : int
+
+    Raises
+    ------
+    ValueError
+        When an array is missing, of the wrong shape, or not finite.
+    """
+    emb, comps = _state_rows(state, STREAMED_PCA_STATE, "PCA state"), state["components_"]
+    if comps.ndim != 2 or comps.shape[0] != emb.shape[1]:
+        raise ValueError(f"components_ has shape {comps.shape} for {emb.shape[1]} components")
+    (n, k), d = emb.shape, comps.shape[1]
+    want = {"calibration_": (k,), "mean_": (d,), "explained_variance_": (k,), "explained_variance_ratio_": (k,)}
+    _check_shapes(state, STREAMED_PCA_STATE, want)
+    return n, k, d
+
+
+def _state_rows(state: dict, names: tuple, what: str) -> np.ndarray:
+    """The fitted scores ``embedding_`` of a state that has every array of ``names``."""
+    missing = [name for name in names if name not in state]
     if missing:
-        raise ValueError(f"embedding state lacks {', '.join(missing)}")
+        raise ValueError(f"{what} lacks {', '.join(missing)}")
     emb = state["embedding_"]
     if emb.ndim != 2 or emb.shape[0] < 2 or emb.shape[1] < 1:
         raise ValueError(f"embedding_ has shape {emb.shape}")
-    n, k = emb.shape
-    want = {
-        "calibration_": (k,),
-        "dual_coef_": (n, k),
-        "kernel_col_means_": (n,),
-        "explained_variance_": (k,),
-        "explained_variance_ratio_": (k,),
-    }
+    return emb
+
+
+def _check_shapes(state: dict, names: tuple, want: dict) -> None:
+    """Each array of ``want`` of its shape; every array of ``names`` finite."""
     for name, shape in want.items():
         if state[name].shape != shape:
             raise ValueError(f"{name} has shape {state[name].shape}, expected {shape}")
-    for name in EMBEDDING_STATE:
+    for name in names:
         if not np.all(np.isfinite(state[name])):
             raise ValueError(f"{name} holds NaN or Inf values")
-    return n, k

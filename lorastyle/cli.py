@@ -161,8 +161,6 @@ def _index(args) -> int:
     for group in index.groups.values():
         emb = group.embedding
         pca = f"PCA of {_count(emb.n_components, 'component')}" if emb is not None else "no PCA (fewer than 3 files)"
-        if emb is None and len(group.records) >= 3:
-            pca = "no PCA (too many files for its n-by-n kernel: --scorer cosine only)"
         if group.ann is not None:
             pca += f"; ANN index of {group.ann.centroids_.shape[0]} lists, recall@10 {group.ann.recall_:.3f}"
         _print(f"{group.key}: {len(group.records)} files ({args.descriptor}; {pca})", sys.stderr)

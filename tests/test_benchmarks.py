@@ -29,6 +29,7 @@ SCRIPTS = {
     "b5": "b5_lowrank.py",
     "b6": "b6_cluster.py",
     "b7": "b7_rerank.py",
+    "b8": "b8_family_fit.py",
 }
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 

@@ -30,12 +30,9 @@ from .records import Record, read_files
 from .store import Group, LoraIndex, group_key
 from .walk import identity
 
-__all__ = ["build_index", "BuildStats", "fit_group_embedding", "MAX_PCA_RECORDS"]
+__all__ = ["build_index", "BuildStats", "fit_group_embedding"]
 
 Progress = Callable[..., Iterable]
-
-# The PCA is fitted on the n-by-n kernel of a group's sketches: 3.2 GB of float64 at this size.
-MAX_PCA_RECORDS = 20_000
 
 
 @dataclass
@@ -64,8 +61,8 @@ def _no_progress(items, **_):
 def fit_group_embedding(group: Group, n_components: int, *, calibrate: bool = True, random_state=0):
     """The paper's calibrated PCA of a group's descriptors (from their sketches), or None below 3 files.
 
-    Also None above :data:`MAX_PCA_RECORDS` files: the fit works on the n-by-n kernel of the
-    sketches, which would not fit in memory (``similar`` scores by cosine, through the ANN index).
+    Fitted on the sketches themselves, a few hundred rows at a time
+    (:class:`lorastyle.embedding.StreamedPCA`): memory grows with the sketches, never with n x n.
 
     Parameters
     ----------
@@ -73,23 +70,19 @@ def fit_group_embedding(group: Group, n_components: int, *, calibrate: bool = Tr
     n_components : int
         Capped at (number of files - 2), so that calibration can be estimated.
     calibrate : bool, default=True
-    random_state : int, Generator or None, default=0
+    random_state : int or None, default=0
 
     Returns
     -------
-    StyleEmbedding or None
+    StreamedPCA or None
     """
     n = len(group.records)
-    if n < 3 or n > MAX_PCA_RECORDS:
+    if n < 3:
         return None
-    from ..embedding import StyleEmbedding  # scikit-learn: imported only when a PCA is fitted
+    from ..embedding import StreamedPCA  # scikit-learn: imported only when a PCA is fitted
 
     k = max(1, min(n_components, n - 2))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="calibration needs more than")  # tiny groups: factors of 1
-        return StyleEmbedding(n_components=k, solver="precomputed", calibrate=calibrate, random_state=random_state).fit(
-            group.matrix.kernel()
-        )
+    return StreamedPCA(n_components=k, calibrate=calibrate, random_state=random_state).fit(group.matrix.features)
 
 
 def build_index(
@@ -246,16 +239,38 @@ def build_index(
         skipped.extend(more)
         if kept:
             groups[key] = Group(key=key, records=kept)
-    for group in progress(list(groups.values()), desc="fitting PCA per base family", total=len(groups)):
+    fits = (n_components, calibrate, random_state, ann_min_records)
+    unchanged = {
+        key: g for key, g in (previous.groups.items() if same_settings and previous.fitted_with == fits else ())
+    }
+    to_fit = []
+    for key, group in groups.items():
+        before = unchanged.get(key)
+        if before is not None and _members(before) == _members(group):
+            group.embedding, group.ann = before.embedding, before.ann  # the same rows: the same fit
+        else:
+            to_fit.append(group)
+    for group in progress(to_fit, desc="fitting PCA per base family", total=len(to_fit)):
         group.embedding = fit_group_embedding(group, n_components, calibrate=calibrate, random_state=random_state)
-    for group in groups.values():
         if len(group.records) >= max(ann_min_records, 2):
             group.ann = AnnIndex(random_state=random_state).fit(group.matrix.full)
-    index = LoraIndex(descriptor=descriptor, sketcher=sketcher, groups=groups, select=select, skipped=lasting_skips)
+    index = LoraIndex(
+        descriptor=descriptor,
+        sketcher=sketcher,
+        groups=groups,
+        select=select,
+        skipped=lasting_skips,
+        fitted_with=fits,
+    )
     if descriptor == "concat":
         _warn_mixed_scales(index)
         _warn_unshared_initialisation(index)
     return index, skipped, stats
+
+
+def _members(group: Group) -> list:
+    """What a group's fit depends on: its records, in order, by path and identity."""
+    return [(r.path, r.identity) for r in group.records]
 
 
 def _scales(record: Record) -> tuple:

@@ -150,40 +150,8 @@ class SketchMatrix:
             out = num / np.sqrt(sq_a * sq_b)
         return np.clip(np.nan_to_num(out, nan=0.0), -1.0, 1.0)
 
-    def kernel(self) -> np.ndarray:
-        """Inner products of the rows' full sketches (norms restored, every part): the PCA's kernel.
-
-        Returns
-        -------
-        ndarray of shape (n, n)
-        """
-        n = len(self)
-        K = np.zeros((n, n))
-        for p in self.parts:
-            V = self.unit[p].astype(np.float32)
-            K += np.outer(self.norms[p], self.norms[p]) * (V @ V.T).astype(np.float64)
-        return K
-
-    def kernel_row(self, sketches: dict, norms: dict) -> np.ndarray:
-        """Inner products of one query's full sketch with every row (for the PCA projection).
-
-        Parameters
-        ----------
-        sketches : dict of str to ndarray of shape (dim,)
-        norms : dict of str to float
-
-        Returns
-        -------
-        ndarray of shape (n,)
-        """
-        out = np.zeros(len(self))
-        for p, u in sketches.items():
-            if p in self.unit:
-                out += norms[p] * self.norms[p] * self._dots(p, u)
-        return out
-
-    def full_vector(self, sketches: dict, norms: dict) -> np.ndarray:
-        """A query's full sketch over this matrix's parts (norms restored), made unit: what the ANN index holds.
+    def feature_vector(self, sketches: dict, norms: dict) -> np.ndarray:
+        """A query's full sketch over this matrix's parts, norms restored (zeros for a part it lacks): the PCA's input.
 
         Parameters
         ----------
@@ -195,12 +163,26 @@ class SketchMatrix:
         ndarray of shape (dim * len(parts),), float32
         """
         dim = self.unit[self.parts[0]].shape[1]
-        v = np.concatenate(
+        return np.concatenate(
             [
                 norms[p] * sketches[p].astype(np.float32) if p in sketches else np.zeros(dim, np.float32)
                 for p in self.parts
             ]
         )
+
+    def full_vector(self, sketches: dict, norms: dict) -> np.ndarray:
+        """:meth:`feature_vector` made unit: what the ANN index holds.
+
+        Parameters
+        ----------
+        sketches : dict of str to ndarray of shape (dim,)
+        norms : dict of str to float
+
+        Returns
+        -------
+        ndarray of shape (dim * len(parts),), float32
+        """
+        v = self.feature_vector(sketches, norms)
         norm = np.linalg.norm(v)
         return v / norm if norm > 0 else v
 
@@ -209,15 +191,22 @@ class SketchMatrix:
         """The rows' full unit sketches, made on demand (an array-like for :class:`~lorastyle.index.ann.AnnIndex`)."""
         return FullVectors(self)
 
+    @property
+    def features(self) -> FullVectors:
+        """Each row's :meth:`feature_vector`, made on demand (the PCA's input)."""
+        return FullVectors(self, unit=False)
+
 
 @dataclass
 class FullVectors:
-    """Rows of a :class:`SketchMatrix` as unit full sketches (parts concatenated, norms restored), float32.
+    """Rows of a :class:`SketchMatrix` as full sketches (parts concatenated, norms restored), float32.
 
-    Indexing with a slice or an array of row ids makes only those rows.
+    Indexing with a slice or an array of row ids makes only those rows. With ``unit`` (the default)
+    each row is scaled to unit norm.
     """
 
     matrix: SketchMatrix
+    unit: bool = True
 
     @property
     def shape(self) -> tuple:
@@ -228,6 +217,8 @@ class FullVectors:
         m = self.matrix
         blocks = [m.norms[p][rows, None].astype(np.float32) * m.unit[p][rows].astype(np.float32) for p in m.parts]
         V = np.concatenate(blocks, axis=1)
+        if not self.unit:
+            return V
         norm = np.linalg.norm(V, axis=1, keepdims=True)
         return np.divide(V, norm, out=np.zeros_like(V), where=norm > 0)
 

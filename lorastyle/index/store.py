@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import __version__
-from .._validation import check_embedding_state, check_option, check_positive_int
+from .._validation import check_option, check_positive_int, check_streamed_pca_state
 from ..comparability import Layout
 from ..descriptors import DESCRIPTORS, ModuleSelection
 from ..errors import IncomparableLorasError, LoraFormatError
@@ -30,7 +30,10 @@ from .search import SCORERS, SketchMatrix
 
 __all__ = ["Group", "LoraIndex", "INDEX_FORMAT", "group_key"]
 
-INDEX_FORMAT = "lorastyle-index-2"
+INDEX_FORMAT = "lorastyle-index-3"
+# Index files this version reads: format 2 held a kernel PCA (n x n to fit), which is not read; its
+# files are used as they are and the PCA is refitted by the next `lorastyle index`.
+READABLE_FORMATS = (INDEX_FORMAT, "lorastyle-index-2")
 # Files re-read by one batch of re-ranking (their factors in memory together)
 RERANK_BATCH_BYTES = 512 << 20
 
@@ -66,7 +69,7 @@ class Group:
     ----------
     key : str
     records : list of Record
-    embedding : StyleEmbedding or None
+    embedding : StreamedPCA or None
         The paper's calibrated PCA of the group's descriptors (None for fewer than 3 files).
     ann : AnnIndex or None
         Candidates for ``similar`` in a large group (:mod:`lorastyle.index.ann`); None: exact search.
@@ -77,17 +80,17 @@ class Group:
     _embedding: object = field(default=None, repr=False)
     ann: object = None
     _matrix: SketchMatrix | None = field(default=None, repr=False)
-    # a loaded embedding's checked arrays, made a StyleEmbedding when first asked for: scikit-learn
-    # takes 1.5 s to import, and a query scored by cosine never needs it
+    # a loaded embedding's checked arrays, made a StreamedPCA when first asked for: its module imports
+    # scikit-learn (1.5 s), and a query scored by cosine never needs it
     _embedding_state: dict | None = field(default=None, repr=False)
 
     @property
     def embedding(self):
-        """The paper's calibrated PCA (StyleEmbedding) of the group, or None."""
+        """The paper's calibrated PCA (:class:`~lorastyle.embedding.StreamedPCA`) of the group, or None."""
         if self._embedding is None and self._embedding_state is not None:
-            from ..embedding import StyleEmbedding
+            from ..embedding import StreamedPCA
 
-            self._embedding = StyleEmbedding.from_state(self._embedding_state)
+            self._embedding = StreamedPCA.from_state(self._embedding_state)
             self._embedding_state = None
         return self._embedding
 
@@ -121,6 +124,9 @@ class LoraIndex:
         The sub-network described.
     skipped : list of (path, identity, reason)
         Files not indexed for a reason that lasts while the file is unchanged.
+    fitted_with : tuple or None
+        The fit's settings (components, calibration, seed, ANN size): a re-run with the same ones
+        keeps the fit of every group whose files are unchanged. None: unknown (always refitted).
     """
 
     descriptor: str
@@ -128,6 +134,7 @@ class LoraIndex:
     groups: dict
     select: ModuleSelection | None = None
     skipped: list = field(default_factory=list)
+    fitted_with: tuple | None = None
 
     @property
     def records(self) -> list:
@@ -228,9 +235,10 @@ class LoraIndex:
                 raise IncomparableLorasError(
                     query.path,
                     f"group {group.key} of {len(group.records)} files has no PCA embedding "
-                    "(it needs 3 files, and at most 20,000): --scorer cosine",
+                    "(it needs 3 files, and an index of format 3: re-run `lorastyle index`): "
+                    "--scorer cosine",
                 )
-            z = group.embedding.project(group.matrix.kernel_row(query.sketches, query.norms)[None, :])[0]
+            z = group.embedding.project(group.matrix.feature_vector(query.sketches, query.norms)[None, :])[0]
             Z = group.embedding.embedding_
             with np.errstate(divide="ignore", invalid="ignore"):
                 scores = np.nan_to_num(Z @ z / (np.linalg.norm(Z, axis=1) * np.linalg.norm(z)))
@@ -396,6 +404,7 @@ class LoraIndex:
             "groups": json.dumps(groups),
             "layouts": json.dumps(layouts),
             "skipped": json.dumps([[p, list(ident), reason] for p, ident, reason in self.skipped]),
+            "fitted_with": json.dumps(self.fitted_with if _plain(self.fitted_with) else None),
         }
         write_safetensors(path, tensors, meta)
 
@@ -419,7 +428,7 @@ class LoraIndex:
         """
         path = os.fspath(path)
         tensors, meta = read_safetensors(path)
-        if meta.get("format") != INDEX_FORMAT:
+        if meta.get("format") not in READABLE_FORMATS:
             found = meta.get("format")
             hint = "; rebuild it with `lorastyle index`" if str(found).startswith("lorastyle-index") else ""
             raise LoraFormatError(path, f"not a lorastyle index of format {INDEX_FORMAT} (format {found!r}){hint}")
@@ -497,7 +506,11 @@ class LoraIndex:
                     )
                 )
             state = {k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"g{gi}/pca/")}
-            need(not state or check_embedding_state(state)[0] == n, "the PCA embedding's size")
+            if meta["format"] != INDEX_FORMAT:
+                state = {}  # a kernel PCA of the previous format: refitted by the next `lorastyle index`
+            if state:
+                rows, _, width = check_streamed_pca_state(state)
+                need(rows == n and width == sketcher.dim * len(parts), "the PCA embedding's size")
             ann_state = {k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"g{gi}/ann/")}
             ann = AnnIndex.from_state(ann_state) if ann_state else None
             need(ann is None or len(ann.reduced_) == n, "the ANN index's size")
@@ -507,4 +520,18 @@ class LoraIndex:
         skipped = [
             (str(p), tuple(int(x) for x in ident), str(reason)) for p, ident, reason in json.loads(meta["skipped"])
         ]
-        return cls(descriptor=descriptor, sketcher=sketcher, groups=groups, select=select, skipped=skipped)
+        fitted_with = json.loads(meta.get("fitted_with", "null")) if meta["format"] == INDEX_FORMAT else None
+        need(fitted_with is None or (isinstance(fitted_with, list) and _plain(fitted_with)), "the fit's settings")
+        return cls(
+            descriptor=descriptor,
+            sketcher=sketcher,
+            groups=groups,
+            select=select,
+            skipped=skipped,
+            fitted_with=None if fitted_with is None else tuple(fitted_with),
+        )
+
+
+def _plain(values) -> bool:
+    """Whether ``values`` is a sequence of None, bools, ints and floats (what a fit's settings may be in JSON)."""
+    return isinstance(values, (list, tuple)) and all(v is None or isinstance(v, (bool, int, float)) for v in values)
