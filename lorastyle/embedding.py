@@ -393,11 +393,11 @@ class StyleEmbedding(TransformerMixin, BaseEstimator):
 _BLOCK_ROWS = 512
 
 
-def _blocks(X, ids: np.ndarray):
-    """``(position, float64 block)`` of the rows ``ids`` of X, a few hundred at a time."""
+def _blocks(X, ids: np.ndarray, mean: np.ndarray | None = None):
+    """``(position, float32 block)`` of the rows ``ids`` of X (minus ``mean``), a few hundred at a time."""
     for start in range(0, len(ids), _BLOCK_ROWS):
-        part = ids[start : start + _BLOCK_ROWS]
-        yield start, np.asarray(X[part], dtype=np.float64)
+        B = np.asarray(X[ids[start : start + _BLOCK_ROWS]], dtype=np.float32)
+        yield start, B if mean is None else B - mean
 
 
 def _centred_pca(X, ids: np.ndarray, k: int, *, oversample: int, n_iter: int, seed: int):
@@ -405,33 +405,37 @@ def _centred_pca(X, ids: np.ndarray, k: int, *, oversample: int, n_iter: int, se
 
     Only products of the centred rows with thin matrices are formed, each in one pass over X, so
     memory is O((n + d) * (k + oversample) * (n_iter + 1)) whatever n is. Where that width reaches
-    ``min(n, d)`` the range is the whole row space and the result is exact.
+    ``min(n, d)`` the range is the whole row space and the result is exact. The products are taken
+    in float32 (an index's sketches are float16) on rows centred first, so that no large mean is
+    subtracted after the rounding; everything else is float64.
 
     Returns ``mean (d,), components (k, d), scores (len(ids), k), variances (k,), total variance``.
     """
     n, d = len(ids), X.shape[1]
     mean = np.zeros(d)
-    total_sq = 0.0
     for _, B in _blocks(X, ids):
-        mean += B.sum(axis=0)
-        total_sq += float(np.einsum("ij,ij->", B, B))
-    if not np.isfinite(total_sq):
+        mean += B.sum(axis=0, dtype=np.float64)
+    if not np.all(np.isfinite(mean)):
         raise ValueError("the rows hold NaN or Inf values")
     mean /= n
-    total = max(total_sq - n * float(mean @ mean), 0.0)  # trace of the centred rows' Gram matrix
+    centre = mean.astype(np.float32)
+    total = 0.0  # trace of the centred rows' Gram matrix
+    for _, B in _blocks(X, ids, centre):
+        total += float(np.einsum("ij,ij->", B, B, dtype=np.float64))
 
     def times(M: np.ndarray) -> np.ndarray:  # centred rows @ M, shape (n, l)
         out = np.empty((n, M.shape[1]))
-        shift = mean @ M
-        for start, B in _blocks(X, ids):
-            out[start : start + len(B)] = B @ M - shift
+        M32 = M.astype(np.float32)
+        for start, B in _blocks(X, ids, centre):
+            out[start : start + len(B)] = B @ M32
         return out
 
     def times_t(M: np.ndarray) -> np.ndarray:  # centred rows.T @ M, shape (d, l)
         out = np.zeros((d, M.shape[1]))
-        for start, B in _blocks(X, ids):
-            out += B.T @ M[start : start + len(B)]
-        return out - np.outer(mean, M.sum(axis=0))
+        M32 = M.astype(np.float32)
+        for start, B in _blocks(X, ids, centre):
+            out += B.T @ M32[start : start + len(B)]
+        return out
 
     # Block Krylov iteration (Musco and Musco 2015): the range of every power X X^T ... X Omega is
     # kept, not only the last, so that components are found even where the spectrum is flat (a
@@ -476,7 +480,7 @@ class StreamedPCA:
         Items used to estimate the calibration (a random subset).
     oversample : int, default=10
         Extra random directions of the randomized SVD.
-    n_iter : int, default=5
+    n_iter : int, default=8
         Power iterations of the randomized SVD.
     random_state : int or None, default=0
 
@@ -505,7 +509,7 @@ class StreamedPCA:
         calibrate: bool = True,
         n_calibration: int = 100,
         oversample: int = 10,
-        n_iter: int = 5,
+        n_iter: int = 8,
         random_state: int | None = 0,
     ):
         self.n_components = n_components

@@ -105,7 +105,7 @@ class Group:
 
     @property
     def matrix(self) -> SketchMatrix:
-        """The records' sketches stacked for scoring (made once)."""
+        """The records' sketches stacked for scoring (made once; the records' sketches become its rows)."""
         if self._matrix is None:
             self._matrix = SketchMatrix.of(self.records)
         return self._matrix
