@@ -323,7 +323,7 @@ def _duplicates(args) -> int:
     source = _source_index(args)
     if source is None:
         return EXIT_BAD_INPUT
-    index, changed = source
+    index, changed, _ = source  # the skipped files were reported as errors already
     report = find_duplicates(index, near_threshold=args.threshold, changed=changed)
     if args.json:
         print(json.dumps(report.to_json()))
@@ -405,8 +405,8 @@ def _print_duplicates(report) -> None:
 
 
 def _source_index(args):
-    """The index a command works on, and its files that changed since indexed: SOURCE loaded if it is an
-    index file, else SOURCE indexed now.
+    """The index a command works on, its files that changed since indexed, and the files it skipped (path,
+    reason): SOURCE loaded if it is an index file, else SOURCE indexed now.
 
     An index file's files are checked (:func:`lorastyle.index.freshness.check_files`): gone ones are
     left out, and with the changed ones named in a warning. A folder is indexed into ``--index PATH``
@@ -429,7 +429,7 @@ def _source_index(args):
         index = LoraIndex.load(args.source)
         fresh = check_files(index)
         _report_stale(args.source, fresh)
-        return without_files(index, fresh.gone), fresh.changed
+        return without_files(index, fresh.gone), fresh.changed, [(p, reason) for p, _, reason in index.skipped]
     with contextlib.ExitStack() as stack:
         if args.index is None:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="lorastyle-"))
@@ -449,7 +449,7 @@ def _source_index(args):
     _report_walk(run)
     if keep:
         _report_refresh(args.index, args.source, run.refresh)
-    return run.index, []
+    return run.index, [], run.skipped
 
 
 def _map(args) -> int:
@@ -481,7 +481,7 @@ def _map(args) -> int:
     source = _source_index(args)
     if source is None:
         return EXIT_BAD_INPUT
-    index, changed = source
+    index, changed, skipped = source
     if not index.groups:
         _error(args.source, "every indexed file is gone: re-run `lorastyle index` on its folder")
         return EXIT_BAD_INPUT
@@ -498,7 +498,7 @@ def _map(args) -> int:
             f"(base models of these files: {', '.join(found) if found else 'none named in their sidecars or headers'})",
         )
         return EXIT_BAD_INPUT
-    page = lora_map.map_page(index, mark=args.mark, title=f"LoRA map of {args.source}", data=data)
+    page = lora_map.map_page(index, mark=args.mark, title=f"LoRA map of {args.source}", data=data, skipped=skipped)
     try:
         atomic_write(out, page)
     except OSError as exc:

@@ -53,6 +53,8 @@ __all__ = [
     "GroupMap",
     "MapData",
     "map_layout",
+    "layout_fidelity",
+    "FAITHFUL_LAYOUT",
     "clusters",
     "default_threshold",
     "find_preview",
@@ -75,6 +77,10 @@ PREVIEW_SIZE = 256
 CIVITAI_INFO_SUFFIX = ".civitai.info"
 #: What the marker symbol can show.
 MARKS = ("base", "kind", "format", "dtype", "none")
+#: Below this :func:`layout_fidelity` a family's positions say little of its scores (metric MDS places
+#: 8 to 20 unrelated files at 0.5 to 0.6, four clusters of them at 0.7 and more): where no family has
+#: both a cluster and a map above it, the page leads with the lists.
+FAITHFUL_LAYOUT = 0.6
 
 # Okabe & Ito's colour-blind-safe palette, then Paul Tol's "bright" (as lorastyle.book.viz, which
 # imports matplotlib: the colours are repeated here). Files in no cluster are grey.
@@ -94,6 +100,7 @@ _PALETTE = (
     "#AA3377",
 )
 _SINGLE = "#BBBBBB"
+_NO_BASE_MODEL = "(none named)"  # the base-model filter's value for files whose sidecars name none
 _SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star", "triangle-down", "pentagon", "hexagon")
 _MAX_IMAGE_PIXELS = 64_000_000  # a larger preview is not decoded (a decompression bomb)
 _GAP = 0.5  # space between two families' maps, in units of a map's width
@@ -200,6 +207,43 @@ def map_layout(similarity, random_state=0, *, method: str = "auto") -> np.ndarra
         except (ValueError, np.linalg.LinAlgError):  # a graph the spectral initialisation cannot use
             reducer.set_params(init="random")
             return np.asarray(reducer.fit_transform(D), dtype=np.float64)
+
+
+def layout_fidelity(positions, similarity, *, max_pairs: int = 20_000, random_state=0) -> float:
+    """How well a map's distances follow the scores: Spearman's rank correlation of the two over pairs.
+
+    1 when closer on the map always means a higher score; near 0 when the positions say nothing of
+    the scores (a family of unrelated files, whose scores are all near 0, has no structure to show).
+
+    Parameters
+    ----------
+    positions : array-like of shape (n, 2)
+    similarity : array-like of shape (n, n)
+    max_pairs : int, default=20_000
+        Pairs drawn (with a fixed seed) when there are more.
+    random_state : int, default=0
+
+    Returns
+    -------
+    float
+        NaN for fewer than 3 files, or when every score or every distance is the same.
+    """
+    from scipy.stats import spearmanr
+
+    P = np.asarray(positions, dtype=np.float64)
+    S = _check_similarity(similarity)
+    n = len(S)
+    if n < 3:
+        return float("nan")
+    iu, ju = np.triu_indices(n, 1)
+    if len(iu) > max_pairs:
+        pick = np.random.default_rng(random_state).choice(len(iu), size=max_pairs, replace=False)
+        iu, ju = iu[pick], ju[pick]
+    distance = np.linalg.norm(P[iu] - P[ju], axis=1)
+    score = S[iu, ju]
+    if np.ptp(distance) == 0 or np.ptp(score) == 0:
+        return float("nan")
+    return float(spearmanr(distance, 1.0 - score).statistic)
 
 
 def clusters(similarity, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
@@ -589,6 +633,8 @@ def _facts(record, extra: dict) -> dict:
         "path": _text(record.path),
         "title": _text(_value(facts, "title") or ""),
         "trigger_words": [_text(t)[:100] for t in words[:5]],
+        "tags": [_text(t)[:100] for t in (_value(facts, "tags") or [])[:10]],
+        "folder": _text(os.path.dirname(record.path)),
         "base": record.base,
         "base_model": _text(base_model) if base_model else "",
         "base_model_source": _text(facts["base_model"]["source"]) if base_model else "",
@@ -624,10 +670,11 @@ _CSS = """
 body { font-family: "DejaVu Sans", Arial, Helvetica, sans-serif; color: #222; margin: 16px; }
 h1 { font-size: 20px; margin: 0 0 4px 0; } h2 { font-size: 17px; margin-top: 28px; } h3 { font-size: 15px; }
 .note { color: #555; font-size: 13px; margin: 2px 0; }
-.row { display: flex; gap: 16px; align-items: flex-start; }
-.plot { flex: 1 1 auto; min-width: 0; }
-#panel { flex: 0 0 300px; border: 1px solid #ccc; border-radius: 4px; padding: 10px; font-size: 13px;
-  position: sticky; top: 8px; min-height: 200px; overflow-wrap: anywhere; }
+.row { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
+.plot { flex: 1 1 620px; min-width: 0; order: 1; }
+#panel { order: 2; flex: 0 0 300px; box-sizing: border-box; border: 1px solid #ccc; border-radius: 4px; padding: 10px;
+  font-size: 13px; position: sticky; top: 8px; min-height: 200px; overflow-wrap: anywhere; }
+.controls { margin: 10px 0; font-size: 13px; display: flex; flex-wrap: wrap; gap: 12px; align-items: center; }
 #panel img { max-width: 256px; max-height: 256px; display: block; margin-bottom: 8px; }
 #panel .k { color: #666; }
 table.members { border-collapse: collapse; font-size: 13px; margin: 4px 0 12px 0; }
@@ -677,11 +724,38 @@ _JS = """
     row("kind", f.kind);
     row("layout", f.format + ", " + f.dtype + ", rank " + f.ranks.join("/"));
     row("size", f.size);
+    row("tags", f.tags);
     row("cluster", f.cluster_text);
     row("closest", f.closest);
+    row("identical files", f.copies);
     row("path", f.path);
   }
   window.lorastyleShow = show;
+  var points = JSON.parse(document.getElementById("lorastyle-map-points").textContent);
+  function value(id) { var e = document.getElementById(id); return e ? e.value : ""; }
+  function matches(f) {
+    if (value("filter-family") && f.group !== value("filter-family")) return false;
+    if (value("filter-base-model") && (f.base_model || NO_BASE_MODEL) !== value("filter-base-model")) return false;
+    if (value("filter-kind") && f.kind !== value("filter-kind")) return false;
+    var words = value("search").trim().toLowerCase().split(/\\s+/).filter(Boolean);
+    var hay = [f.name, f.title, f.folder].concat(f.trigger_words, f.tags).join("\\n").toLowerCase();
+    return words.every(function (w) { return hay.indexOf(w) >= 0; });
+  }
+  function filter() {
+    var ok = info.map(matches);
+    var gd = document.querySelector(".plotly-graph-div");
+    points.forEach(function (trace, t) {
+      var opacity = trace.map(function (same) { return same.some(function (i) { return ok[i]; }) ? 1 : 0.12; });
+      if (gd && window.Plotly) Plotly.restyle(gd, {"marker.opacity": [opacity]}, [t]);
+    });
+    document.querySelectorAll("tr[data-file]").forEach(function (tr) {
+      tr.style.display = ok[Number(tr.dataset.file)] ? "" : "none";
+    });
+    var n = ok.filter(Boolean).length;
+    document.getElementById("matches").textContent = n === info.length ?
+      info.length + " files" : n + " of " + info.length + " files match";
+  }
+  window.lorastyleFilter = filter;
   function hook() {
     var gd = document.querySelector(".plotly-graph-div");
     if (gd && gd.on) {
@@ -691,6 +765,12 @@ _JS = """
     document.querySelectorAll("tr[data-file]").forEach(function (tr) {
       tr.addEventListener("click", function () { show(Number(tr.dataset.file)); });
     });
+    if (gd && window.Plotly && window.ResizeObserver) {  // follow its box (a scroll bar, the panel laid out later)
+      new ResizeObserver(function () { Plotly.Plots.resize(gd); }).observe(gd.parentNode);
+    }
+    var search = document.getElementById("search");
+    if (search) search.addEventListener("input", filter);
+    document.querySelectorAll(".controls select").forEach(function (s) { s.addEventListener("change", filter); });
   }
   if (document.readyState === "complete") hook(); else window.addEventListener("load", hook);
 })();
@@ -705,6 +785,7 @@ def map_page(
     random_state=0,
     title: str | None = None,
     data: MapData | None = None,
+    skipped: Iterable[tuple[str, str]] = (),
 ) -> str:
     """The map of an index as one self-contained HTML page (nothing is loaded from the network).
 
@@ -713,11 +794,19 @@ def map_page(
       by :func:`map_layout` (distances between families mean nothing: they are never scored
       against each other); points coloured by cluster (Okabe & Ito's colour-blind-safe palette,
       then Paul Tol's; grey for a file in no cluster); the marker symbol shows ``mark``;
+    * files of the same weights (one sha256) are one point, larger, whose hover text and panel
+      name every copy;
     * hovering a point shows its file name, title, trigger words, base family, kind, size and
-      cluster; the side panel shows the same with its preview image and its closest files;
-    * below the map, the cluster list of every family as plain HTML: each cluster's members with
-      their score to its first member (its medoid) and their best match in the cluster, then the
-      files in no cluster with their closest file.
+      cluster; the side panel (beside the map, below it in a narrow window: never over it) shows
+      the same with its preview image and its closest files;
+    * a search box (name, title, trigger word, tag, folder: every word must match) and filters by
+      family, base model (from the sidecars) and kind dim the other points and hide their rows;
+    * the cluster list of every family as plain HTML: each cluster's members with their score to
+      its first member (its medoid) and their best match in the cluster, then the files in no
+      cluster with their closest file; below the map, or above it when no family has both a
+      cluster and positions that follow its scores (:func:`layout_fidelity` of at least
+      :data:`FAITHFUL_LAYOUT`);
+    * the files that are not on the map, with the reason.
 
     plotly.js is embedded inline (about 4.7 MB); preview images are embedded as ``data:`` URIs
     (at most 256 pixels, JPEG, a few kB each).
@@ -736,11 +825,20 @@ def map_page(
         Page title (default: "LoRA map").
     data : MapData, optional
         Already computed by :func:`map_data` (then ``threshold`` and ``random_state`` are ignored).
+    skipped : iterable of (path, reason), default=()
+        Files that are not on the map, and why (the index's skipped files are added).
 
     Returns
     -------
     str
         HTML text (UTF-8 encodable).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``mark``.
+    ImportError
+        Without plotly.
     """
     check_option(mark, "mark", MARKS)
     try:
@@ -754,8 +852,10 @@ def map_page(
             gm.positions = map_layout(gm.similarity, random_state=random_state)
     title = _text(title or "LoRA map")
 
-    files: list[dict] = []  # per point, in page order
+    files: list[dict] = []  # per file, in page order (a point's customdata is its first file)
+    points: list[list[list[int]]] = []  # per trace, per point: the files it stands for
     lists: list[str] = []
+    fidelity: list[float] = []
     fig = go.Figure()
     symbol_of: dict[str, str] = {}
     annotations, buttons = [], []
@@ -766,8 +866,11 @@ def map_page(
         colours = _cluster_colours(labels)
         offset = gi * (1.0 + _GAP)
         pts = _normalised(gm.positions) + np.array([offset, 0.0])
+        fidelity.append(layout_fidelity(gm.positions, S))
         start = len(files)
-        texts, symbols = [], []
+        copies: dict[str, list[int]] = {}  # files of one sha256: one point
+        for i, r in enumerate(gm.records):
+            copies.setdefault(r.sha256, []).append(i)
         for i, r in enumerate(gm.records):
             facts = _facts(r, data.extra.get(r.path, {}))
             c = int(labels[i])
@@ -776,12 +879,19 @@ def map_page(
             facts["cluster_text"] = f"{c} ({sizes[c]} files)" if sizes[c] > 1 else f"{c} (no other file)"
             near = [j for j in np.argsort(-S[i], kind="stable") if j != i][:3]
             facts["closest"] = [f"{_text(os.path.basename(gm.records[j].path))} ({S[i, j]:.3f})" for j in near]
+            same = copies[r.sha256]
+            facts["copies"] = [_text(gm.records[j].path) for j in same if j != i]
             files.append(facts)
-            key = {"base": gm.key, "kind": facts["kind"], "format": r.format, "dtype": r.dtype, "none": ""}[mark]
-            if mark == "base" and not several:
-                key = ""
+        texts, symbols, xs, ys, ids, marker_sizes, trace_points = [], [], [], [], [], [], []
+        for same in copies.values():
+            i = same[0]
+            facts = files[start + i]
+            key = {"base": gm.key, "kind": facts["kind"], "format": facts["format"], "dtype": facts["dtype"]}
+            key = "" if mark == "none" or (mark == "base" and not several) else key[mark]
             symbols.append(symbol_of.setdefault(key, _SYMBOLS[len(symbol_of) % len(_SYMBOLS)]))
             lines = [f"<b>{html.escape(facts['name'], quote=False)}</b>"]
+            if len(same) > 1:
+                lines[0] += f" and {_n(len(same) - 1, 'identical file')}"
             if facts["title"]:
                 lines.append(f"title: {html.escape(facts['title'], quote=False)}")
             if facts["trigger_words"]:
@@ -789,16 +899,30 @@ def map_page(
             lines.append(f"base: {html.escape(facts['base'])} · kind: {html.escape(facts['kind'], quote=False)}")
             lines.append(f"size: {facts['size']} · cluster {html.escape(facts['cluster_text'], quote=False)}")
             texts.append("<br>".join(lines))
+            xs.append(round(float(pts[i, 0]), 5))
+            ys.append(round(float(pts[i, 1]), 5))
+            ids.append(start + i)
+            marker_sizes.append(11 if len(same) == 1 else 16)
+            trace_points.append([start + j for j in same])
+        points.append(trace_points)
+        n_points = len(copies)
+        name = f"{gm.key} ({_n(len(gm.records), 'file')}"
+        name += f", {n_points} distinct)" if n_points < len(gm.records) else ")"
         fig.add_trace(
             go.Scatter(
-                x=pts[:, 0].round(5).tolist(),
-                y=pts[:, 1].round(5).tolist(),
+                x=xs,
+                y=ys,
                 mode="markers",
-                name=f"{gm.key} ({len(gm.records)} files)",
+                name=name,
                 text=texts,
-                customdata=list(range(start, start + len(gm.records))),
+                customdata=ids,
                 hovertemplate="%{text}<extra></extra>",
-                marker=dict(size=11, color=colours, symbol=symbols, line=dict(color="white", width=0.8)),
+                marker=dict(
+                    size=marker_sizes,
+                    color=[colours[i - start] for i in ids],
+                    symbol=symbols,
+                    line=dict(color="white", width=0.8),
+                ),
             )
         )
         annotations.append(
@@ -812,7 +936,7 @@ def map_page(
                 args=[{"visible": visible}, {"xaxis.range": [offset - 0.6, offset + 0.6]}],
             )
         )
-        lists.append(_group_list(gm, start, data))
+        lists.append(_group_list(gm, start, data, fidelity[-1]))
     axis = dict(showgrid=False, zeroline=False, showticklabels=False, ticks="", showline=False)
     layout = dict(
         plot_bgcolor="white",
@@ -850,10 +974,13 @@ def map_page(
     if len(symbol_of) > 1:
         shown = ", ".join(f"{sym} {html.escape(_text(k))}" for k, sym in symbol_of.items())
         symbol_note = f'<p class="note">Marker symbol: {html.escape(mark)} ({shown}).</p>'
+    left_out = _skipped_list(index, skipped)
     summary = (
         f"{len(files)} files in {len(data.groups)} base famil{'y' if len(data.groups) == 1 else 'ies'}; "
         f"{n_clusters} clusters of 2 or more files; {len(data.previews)} preview images."
     )
+    if left_out:
+        summary += f" <a href='#skipped'>{_n(left_out[0], 'file')} not on the map</a>, with the reasons."
     if data.base_models:
         summary += f" Only files whose base model contains {html.escape(_text(' or '.join(data.base_models)))}."
     method = "metric MDS" if all(len(g.records) <= MDS_MAX_POINTS for g in data.groups) else "MDS or UMAP"
@@ -862,23 +989,76 @@ def map_page(
         f"prints it). Positions: {method} "
         f"of 1 - score, each family on its own (families are never compared). Clusters: average linkage, "
         f"files whose average score is at least {data.threshold:.3f} ({html.escape(_text(data.threshold_source))}). "
-        "Colour: cluster (grey: in no cluster)."
+        "Colour: cluster (grey: in no cluster). A larger point: files of the same weights."
+    )
+    structured = [  # a cluster to show, and positions that follow the scores (NaN, under 3 files: no)
+        bool(f >= FAITHFUL_LAYOUT and (np.bincount(gm.labels) > 1).any()) for f, gm in zip(fidelity, data.groups)
+    ]
+    lists_first = not any(structured)
+    lead = ""
+    if lists_first:
+        lead = (
+            "<p class='note'><b>Read the lists first:</b> no family has both a cluster of 2 or more files and "
+            f"a map whose distances follow its scores (rank correlation of map distance and 1 - score of at "
+            f"least {FAITHFUL_LAYOUT}), so the lists and each file's closest files say more than the "
+            "positions.</p>\n"
+        )
+    clusters_html = "<section id='clusters'>\n<h2>Clusters</h2>\n" + "\n".join(lists) + "\n</section>\n"
+    map_html = (  # the panel comes first, so that the plot is drawn in the width the panel leaves it
+        "<div class='row'>\n<div id='panel'><span class='note'>Hover over a point (or click a row) to see "
+        "the file and its preview image.</span></div>\n<div class='plot'>\n" + plot + "\n</div>\n</div>\n"
     )
     return "".join(
         [
             "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n",
             f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n",
             f"<h1>{html.escape(title)}</h1>\n<p class='note'>{summary}</p>\n<p class='note'>{how}</p>\n{symbol_note}\n",
-            "<div class='row'>\n<div class='plot'>\n",
-            plot,
-            "\n</div>\n<div id='panel'><span class='note'>Hover over a point (or click a row below) to see "
-            "the file and its preview image.</span></div>\n</div>\n",
-            "<section id='clusters'>\n<h2>Clusters</h2>\n",
-            "\n".join(lists),
-            "\n</section>\n",
+            lead,
+            _controls(data, files),
+            clusters_html + map_html if lists_first else map_html + clusters_html,
+            left_out[1] if left_out else "",
             _json_script("lorastyle-map-files", files),
-            f"\n<script>{_JS}</script>\n</body>\n</html>\n",
+            _json_script("lorastyle-map-points", points),
+            f"\n<script>{_JS.replace('NO_BASE_MODEL', json.dumps(_NO_BASE_MODEL))}</script>\n</body>\n</html>\n",
         ]
+    )
+
+
+def _controls(data: MapData, files: list[dict]) -> str:
+    """The search box and the filters (by family, base model and kind: each only where files differ)."""
+
+    def select(element_id: str, label: str, values: list[str]) -> str:
+        if len(values) < 2:
+            return ""
+        options = "".join(f"<option value='{html.escape(v)}'>{html.escape(v)}</option>" for v in values)
+        return f"<label>{label} <select id='{element_id}'><option value=''>all</option>{options}</select></label>"
+
+    families = [gm.key for gm in data.groups]
+    base_models = sorted({f["base_model"] or _NO_BASE_MODEL for f in files})
+    kinds = sorted({f["kind"] for f in files})
+    return (
+        "<div class='controls'><label>Search <input id='search' type='search' size='32' "
+        "placeholder='name, trigger word, tag, folder'></label> "
+        + select("filter-family", "family", families)
+        + select("filter-base-model", "base model", base_models)
+        + select("filter-kind", "kind", kinds)
+        + f" <span id='matches' class='note'>{_n(len(files), 'file')}</span></div>\n"
+    )
+
+
+def _skipped_list(index, skipped: Iterable[tuple[str, str]]) -> tuple[int, str] | None:
+    """The files that are not on the map, with the reasons, as an HTML section (None when there are none)."""
+    rows = {_text(p): _text(reason) for p, reason in skipped}
+    for p, _, reason in getattr(index, "skipped", ()):
+        rows.setdefault(_text(p), _text(reason))
+    if not rows:
+        return None
+    body = "".join(
+        f"<tr><td>{html.escape(p)}</td><td>{html.escape(reason)}</td></tr>" for p, reason in sorted(rows.items())
+    )
+    return len(rows), (
+        "<section id='skipped'>\n<h2>Files not on the map</h2>\n<table class='members'><tr><th>file</th>"
+        f"<th>reason</th></tr>{body}</table>\n</section>\n"
     )
 
 
@@ -896,8 +1076,8 @@ def _member_row(gm: GroupMap, start: int, previews: dict, m: dict, colour: str, 
     )
 
 
-def _group_list(gm: GroupMap, start: int, data: MapData) -> str:
-    """The cluster list of one group as HTML (each file once)."""
+def _group_list(gm: GroupMap, start: int, data: MapData, fidelity: float = float("nan")) -> str:
+    """The cluster list of one group as HTML (each file once), with how well its map follows its scores."""
     previews = data.previews
     colours = _cluster_colours(gm.labels)
     cl = gm.cluster_list(data.extra)
@@ -908,6 +1088,12 @@ def _group_list(gm: GroupMap, start: int, data: MapData) -> str:
         f"<h3 id='group-{key}'>{key}: {_n(len(gm.records), 'file')}, {_n(len(multi), 'cluster')} of 2 or more, "
         f"{_n(len(single), 'file')} in no cluster</h3>"
     ]
+    if np.isfinite(fidelity):
+        follows = "follow" if fidelity >= FAITHFUL_LAYOUT else "hardly follow"
+        parts.append(
+            f"<p class='note fidelity'>Its map's distances {follows} the scores (rank correlation of map "
+            f"distance and 1 - score: {fidelity:.2f}).</p>"
+        )
     for c in multi:
         rows = []
         for m in c["members"]:

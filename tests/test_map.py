@@ -24,7 +24,15 @@ from PIL import Image
 from lorastyle.cli import main
 from lorastyle.index import LoraIndex
 from lorastyle.io.formats import save_lora
-from lorastyle.lora_map import DEFAULT_THRESHOLD, clusters, find_preview, map_json, map_layout, map_page
+from lorastyle.lora_map import (
+    DEFAULT_THRESHOLD,
+    clusters,
+    find_preview,
+    layout_fidelity,
+    map_json,
+    map_layout,
+    map_page,
+)
 from support import CHROMEDRIVER, CHROMIUM, chromium_driver
 
 needs_chromium = pytest.mark.skipif(
@@ -529,3 +537,160 @@ def test_the_cluster_list_is_plain_html_with_every_file_once(page):
         "tiny: 11 files, 3 clusters of 2 or more, 2 files in no cluster",
         "sd1: 3 files, 1 cluster of 2 or more, 1 file in no cluster",
     ]
+
+
+# ---------------------------------------------------------------- finding files on the page
+
+
+def _page_json(html_text: str, element_id: str):
+    start = html_text.index(f'id="{element_id}">') + len(f'id="{element_id}">')
+    return json.loads(html_text[start : html_text.index("</script>", start)])
+
+
+@pytest.mark.parametrize("width", [1000, 1400, 1920])
+@needs_chromium
+def test_the_panel_never_covers_the_plot(mapped, browser, width):
+    path, _, _, _ = mapped
+    browser.set_window_size(width, 1000)
+    browser.get(path.as_uri())
+    rects = browser.execute_script(
+        "const r = e => { const b = document.querySelector(e).getBoundingClientRect();"
+        " return {left: b.left, right: b.right, top: b.top, bottom: b.bottom, width: b.width}; };"
+        "return {plot: r('.plotly-graph-div'), panel: r('#panel'), page: document.documentElement.clientWidth};"
+    )
+    plot, panel = rects["plot"], rects["panel"]
+    apart = plot["right"] <= panel["left"] or panel["top"] >= plot["bottom"]
+    assert apart, rects
+    assert plot["width"] >= 0.55 * rects["page"] and panel["right"] <= rects["page"], rects
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def svg_width(driver):
+        return driver.execute_script(
+            "return document.querySelector('.plotly-graph-div .main-svg').getBoundingClientRect().width;"
+        )
+
+    # the drawing fits its box (nothing runs under the panel), once plotly has followed the box's size
+    WebDriverWait(browser, 10).until(lambda d: svg_width(d) <= plot["width"] + 1)
+
+
+def _type(page, words: str) -> dict:
+    page.execute_script(
+        "const s = document.getElementById('search'); s.value = arguments[0]; s.dispatchEvent(new Event('input'));",
+        words,
+    )
+    return _shown(page)
+
+
+def _choose(page, element_id: str, value: str) -> dict:
+    page.execute_script(
+        "const s = document.getElementById(arguments[0]); s.value = arguments[1];"
+        " s.dispatchEvent(new Event('change'));",
+        element_id,
+        value,
+    )
+    return _shown(page)
+
+
+def _shown(page) -> dict:
+    return page.execute_script(
+        "const gd = document.querySelector('.plotly-graph-div');"
+        "const lit = gd.data.map(t => (t.marker.opacity || []).filter(o => o === 1).length);"
+        "const rows = Array.from(document.querySelectorAll('tr[data-file]')).filter(r => r.style.display !== 'none')"
+        ".map(r => r.title.split('/').pop());"
+        "return {lit: lit.reduce((a, b) => a + b, 0), rows: rows.sort(),"
+        " text: document.getElementById('matches').innerText};"
+    )
+
+
+@needs_chromium
+def test_search_finds_files_by_name_trigger_word_and_folder_and_filters_narrow_them(mapped, browser):
+    path, _, _, _ = mapped
+    browser.set_window_size(1400, 1000)
+    browser.get(path.as_uri())
+    shown = _type(browser, "style1")  # names and trigger words
+    assert shown["rows"] == ["style1_v0.safetensors", "style1_v1.safetensors", "style1_v2.safetensors"]
+    assert shown["lit"] == 3 and shown["text"] == "3 of 14 files match"
+    assert _type(browser, "lonely_word")["rows"] == ["lonely0.safetensors"]  # a trigger word from its sidecar
+    assert _type(browser, "/sub")["rows"] == ["style0_v2.safetensors", "style1_v2.safetensors", "style2_v2.safetensors"]
+    assert _type(browser, "style0 /sub")["rows"] == ["style0_v2.safetensors"]  # every word must match
+    assert _type(browser, "")["text"] == "14 files"
+    assert _choose(browser, "filter-family", "sd1")["rows"] == [
+        "sd1_ink_0.safetensors",
+        "sd1_ink_1.safetensors",
+        "sd1_other.safetensors",
+    ]
+    assert _choose(browser, "filter-base-model", "Pony")["rows"] == ["sd1_other.safetensors"]  # from its .civitai.info
+    assert _choose(browser, "filter-family", "tiny")["lit"] == 0  # no tiny file names Pony
+    assert _choose(browser, "filter-base-model", "Illustrious")["rows"] == ["lonely0.safetensors"]
+
+
+def test_the_files_not_on_the_map_are_listed_with_their_reasons(mapped):
+    path, _, _, _ = mapped
+    text = path.read_text()
+    section = text[text.index("<section id='skipped'>") :]
+    assert "broken.safetensors" in section and "not on the map" in text
+    assert text.index("<section id='skipped'>") > text.index("<section id='clusters'>")
+
+
+def test_files_of_the_same_weights_are_one_point_that_names_every_copy(tmp_path):
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    first = _write(folder / "a.safetensors", TINY, seed=1, base="tiny")
+    (folder / "a_copy.safetensors").write_bytes(Path(first).read_bytes())
+    (folder / "renamed.safetensors").write_bytes(Path(first).read_bytes())
+    for k in range(3):
+        _write(folder / f"other{k}.safetensors", TINY, seed=10 + k, base="tiny")
+    page = tmp_path / "map.html"
+    assert main(["map", str(folder), "-o", str(page)]) == 0
+    text = page.read_text()
+    files, points = _page_json(text, "lorastyle-map-files"), _page_json(text, "lorastyle-map-points")
+    (trace,) = points
+    assert len(trace) == 4 and sorted(len(p) for p in trace) == [1, 1, 1, 3]
+    (copies,) = [p for p in trace if len(p) == 3]
+    assert sorted(Path(files[i]["path"]).name for i in copies) == [
+        "a.safetensors",
+        "a_copy.safetensors",
+        "renamed.safetensors",
+    ]
+    assert sorted(Path(c).name for c in files[copies[0]]["copies"]) == ["a_copy.safetensors", "renamed.safetensors"]
+    assert "tiny (6 files, 4 distinct)" in text and "and 2 identical files" in text
+
+
+def test_layout_fidelity_is_high_for_clusters_and_low_without_structure():
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((4, 500))
+    X = centres[np.repeat(np.arange(4), 15)] + 0.5 * rng.standard_normal((60, 500))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    S = X @ X.T
+    assert layout_fidelity(map_layout(S), S) > 0.8
+    Y = rng.standard_normal((60, 500))
+    Y /= np.linalg.norm(Y, axis=1, keepdims=True)
+    assert layout_fidelity(map_layout(Y @ Y.T), Y @ Y.T) < 0.5
+    # against scipy by hand on a small case: the distances' ranks against 1 - score's
+    from scipy.stats import spearmanr
+
+    P = rng.standard_normal((5, 2))
+    iu = np.triu_indices(5, 1)
+    d = np.linalg.norm(P[:, None] - P[None], axis=-1)[iu]
+    assert layout_fidelity(P, S[:5, :5]) == pytest.approx(spearmanr(d, 1 - S[:5, :5][iu]).statistic)
+    assert np.isnan(layout_fidelity(P[:2], S[:2, :2]))
+
+
+def test_a_family_without_structure_leads_with_its_lists(tmp_path):
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    for k in range(8):  # unrelated files: no cluster, scores near 0
+        _write(folder / f"u{k}.safetensors", TINY, seed=50 + k, base="tiny")
+    page = tmp_path / "map.html"
+    assert main(["map", str(folder), "-o", str(page)]) == 0
+    text = page.read_text()
+    assert "Read the lists first" in text
+    assert text.index("<section id='clusters'>") < text.index("class='plot'")
+
+
+def test_a_family_with_clusters_and_a_faithful_map_leads_with_the_map(mapped):
+    path, _, _, _ = mapped
+    text = path.read_text()
+    assert "Read the lists first" not in text
+    assert text.index("class='plot'") < text.index("<section id='clusters'>")
+    assert "Its map's distances follow the scores" in text
