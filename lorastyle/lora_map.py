@@ -37,11 +37,12 @@ import os
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from ._validation import check_option
-from .io.sidecars import PREVIEW_SUFFIXES, file_facts, find_preview
+from .io.sidecars import PREVIEW_SUFFIXES, VIDEO_PREVIEW_SUFFIXES, file_facts, find_preview
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -459,6 +460,9 @@ class MapData:
     descriptor : str
     previews : dict of str to str
         File path to its preview's ``data:`` URI (files with a readable preview only).
+    videos : dict of str to str
+        File path to the ``file:`` URI of its preview video, for files without a preview image (a
+        video is linked, not embedded: the page plays it where the file is at that path).
     extra : dict of str to dict
         File path to its facts, each with its source (:func:`lorastyle.io.sidecars.file_facts`:
         its sidecar files and its header, by their precedence rule).
@@ -471,6 +475,7 @@ class MapData:
     threshold_source: str
     descriptor: str
     previews: dict = field(default_factory=dict, repr=False)
+    videos: dict = field(default_factory=dict, repr=False)
     extra: dict = field(default_factory=dict, repr=False)
     base_models: list | None = None
 
@@ -553,6 +558,9 @@ def map_data(
         for r in progress(records, desc="reading preview images", total=len(records)):
             image = find_preview(r.path)
             if image is None:
+                video = find_preview(r.path, VIDEO_PREVIEW_SUFFIXES)
+                if video is not None:
+                    data.videos[r.path] = Path(os.path.abspath(video)).as_uri()
                 continue
             try:
                 data.previews[r.path] = preview_data_uri(image)
@@ -675,7 +683,7 @@ h1 { font-size: 20px; margin: 0 0 4px 0; } h2 { font-size: 17px; margin-top: 28p
 #panel { order: 2; flex: 0 0 300px; box-sizing: border-box; border: 1px solid #ccc; border-radius: 4px; padding: 10px;
   font-size: 13px; position: sticky; top: 8px; min-height: 200px; overflow-wrap: anywhere; }
 .controls { margin: 10px 0; font-size: 13px; display: flex; flex-wrap: wrap; gap: 12px; align-items: center; }
-#panel img { max-width: 256px; max-height: 256px; display: block; margin-bottom: 8px; }
+#panel img, #panel video { max-width: 256px; max-height: 256px; display: block; margin-bottom: 8px; }
 #panel .k { color: #666; }
 table.members { border-collapse: collapse; font-size: 13px; margin: 4px 0 12px 0; }
 table.members td, table.members th { border-bottom: 1px solid #eee; padding: 3px 8px; text-align: left;
@@ -713,6 +721,12 @@ _JS = """
       var img = add(panel, "img");
       img.src = thumb.src;
       img.alt = "preview of " + f.name;
+    } else if (f.video) {
+      var video = add(panel, "video");
+      video.src = f.video;
+      video.muted = true; video.loop = true; video.autoplay = true; video.controls = true;
+      var link = add(panel, "a", "preview video");
+      link.href = f.video;
     } else {
       add(panel, "div", "no preview image", "note");
     }
@@ -879,6 +893,7 @@ def map_page(
             facts["cluster_text"] = f"{c} ({sizes[c]} files)" if sizes[c] > 1 else f"{c} (no other file)"
             near = [j for j in np.argsort(-S[i], kind="stable") if j != i][:3]
             facts["closest"] = [f"{_text(os.path.basename(gm.records[j].path))} ({S[i, j]:.3f})" for j in near]
+            facts["video"] = data.videos.get(r.path, "")
             same = copies[r.sha256]
             facts["copies"] = [_text(gm.records[j].path) for j in same if j != i]
             files.append(facts)
@@ -1062,11 +1077,13 @@ def _skipped_list(index, skipped: Iterable[tuple[str, str]]) -> tuple[int, str] 
     )
 
 
-def _member_row(gm: GroupMap, start: int, previews: dict, m: dict, colour: str, cells: list[str]) -> str:
+def _member_row(gm: GroupMap, start: int, data: MapData, m: dict, colour: str, cells: list[str]) -> str:
     i = m["index"]
     r = gm.records[i]
-    uri = previews.get(r.path)
+    uri, video = data.previews.get(r.path), data.videos.get(r.path)
     thumb = f"<img id='preview-{start + i}' src='{uri}' alt=''>" if uri else ""
+    if video and not uri:
+        thumb = f"<a href='{html.escape(video)}'>video</a>"
     name = html.escape(_text(os.path.basename(r.path)))
     title = html.escape(_text(m["title"])) if m["title"] else ""
     tds = "".join(f"<td class='num'>{c}</td>" for c in cells)
@@ -1078,7 +1095,6 @@ def _member_row(gm: GroupMap, start: int, previews: dict, m: dict, colour: str, 
 
 def _group_list(gm: GroupMap, start: int, data: MapData, fidelity: float = float("nan")) -> str:
     """The cluster list of one group as HTML (each file once), with how well its map follows its scores."""
-    previews = data.previews
     colours = _cluster_colours(gm.labels)
     cl = gm.cluster_list(data.extra)
     multi = [c for c in cl if c["size"] > 1]
@@ -1099,7 +1115,7 @@ def _group_list(gm: GroupMap, start: int, data: MapData, fidelity: float = float
         for m in c["members"]:
             best = "" if m["best_match"] is None else html.escape(_text(os.path.basename(m["best_match"])))
             cells = [f"{m['score']:.3f}", f"{m['best_score']:.3f} {best}"]
-            rows.append(_member_row(gm, start, previews, m, colours[m["index"]], cells))
+            rows.append(_member_row(gm, start, data, m, colours[m["index"]], cells))
         parts.append(
             f"<div class='cluster' id='cluster-{key}-{c['id']}'><b>cluster {c['id']}</b> ({c['size']} files)"
             "<table class='members'><tr><th></th><th>file</th><th>title</th><th>score to the first</th>"
@@ -1117,7 +1133,7 @@ def _group_list(gm: GroupMap, start: int, data: MapData, fidelity: float = float
                 cells = [f"{S[i, j]:.3f} {html.escape(_text(os.path.basename(gm.records[j].path)))}"]
             else:
                 cells = [""]
-            rows.append(_member_row(gm, start, previews, m, _SINGLE, [f"{c['id']}"] + cells))
+            rows.append(_member_row(gm, start, data, m, _SINGLE, [f"{c['id']}"] + cells))
         parts.append(
             "<div class='cluster single'><b>in no cluster</b>"
             "<table class='members'><tr><th></th><th>file</th><th>title</th><th>cluster id</th>"

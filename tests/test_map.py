@@ -120,6 +120,7 @@ def folder(tmp_path_factory):
     _image(root / "sd1_ink_0.webp", (300, 600), "purple")
     previews[str((root / "sd1_ink_0.safetensors").resolve())] = (128, 256)
     (root / "lonely1.preview.png").write_bytes(b"not an image")
+    (root / "sd1_ink_1.preview.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")  # a video: linked, not embedded
     # Civitai Helper's info file (the Civitai API's model-version JSON): its model name stands in for the missing title
     info = {
         "name": "v2.0",
@@ -694,3 +695,23 @@ def test_a_family_with_clusters_and_a_faithful_map_leads_with_the_map(mapped):
     assert "Read the lists first" not in text
     assert text.index("class='plot'") < text.index("<section id='clusters'>")
     assert "Its map's distances follow the scores" in text
+
+
+@needs_chromium
+def test_a_preview_video_is_linked_and_played_in_the_panel(mapped, browser, folder):
+    from selenium.webdriver.common.by import By
+
+    root, _, _ = folder
+    page = browser
+    page.get(mapped[0].as_uri())  # afresh: the search tests leave filters set
+    row = next(
+        r
+        for r in page.find_elements(By.CSS_SELECTOR, "tr[data-file]")
+        if r.get_attribute("title").endswith("sd1_ink_1.safetensors")
+    )
+    page.execute_script("arguments[0].scrollIntoView({block: 'center'});", row)
+    want = (root / "sd1_ink_1.preview.mp4").resolve().as_uri()
+    assert row.find_element(By.TAG_NAME, "a").get_attribute("href") == want
+    row.find_elements(By.TAG_NAME, "td")[1].click()
+    video = page.execute_script("const v = document.querySelector('#panel video'); return v ? v.src : null;")
+    assert video == want and "no preview image" not in _panel(page)["text"]

@@ -23,7 +23,7 @@ import os
 import shlex
 
 from .. import __version__
-from ..io.sidecars import PREVIEW_SUFFIXES, SIDECARS, sidecar_path
+from ..io.sidecars import PREVIEW_SUFFIXES, SIDECARS, VIDEO_PREVIEW_SUFFIXES, sidecar_path
 
 __all__ = ["duplicates_script", "companion_files", "DEFAULT_FOLDER", "LINK_SUFFIX"]
 
@@ -113,10 +113,12 @@ def companion_files(path: str) -> list[str]:
     -------
     list of str
         ``NAME.json``, ``NAME.metadata.json``, ``NAME.civitai.info`` and ``NAME.preview.png``,
-        ``NAME.png`` ... (:data:`lorastyle.io.sidecars.PREVIEW_SUFFIXES`) that are regular files.
+        ``NAME.png`` ... (:data:`lorastyle.io.sidecars.PREVIEW_SUFFIXES`), its preview video
+        (:data:`~lorastyle.io.sidecars.VIDEO_PREVIEW_SUFFIXES`), that are regular files.
     """
     stem = os.path.splitext(path)[0]
-    candidates = [sidecar_path(path, kind) for kind in SIDECARS] + [stem + s for s in PREVIEW_SUFFIXES]
+    candidates = [sidecar_path(path, kind) for kind in SIDECARS]
+    candidates += [stem + s for s in PREVIEW_SUFFIXES + VIDEO_PREVIEW_SUFFIXES]
     return [c for c in dict.fromkeys(candidates) if os.path.isfile(c)]
 
 

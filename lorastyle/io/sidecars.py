@@ -85,6 +85,7 @@ __all__ = [
     "file_facts",
     "describe_sidecars",
     "PREVIEW_SUFFIXES",
+    "VIDEO_PREVIEW_SUFFIXES",
     "find_preview",
 ]
 
@@ -102,6 +103,9 @@ PRECEDENCE = ("a1111", "lora-manager", "civitai-helper", HEADER)
 #: ``NAME.EXT`` and ``NAME.preview.EXT``; its "replace preview" button and the Civitai Helper extension
 #: write ``NAME.preview.png``, so the ``.preview.`` name is tried first for each extension.
 PREVIEW_SUFFIXES = tuple(f"{mid}.{ext}" for ext in ("png", "jpg", "jpeg", "webp", "gif") for mid in (".preview", ""))
+#: Preview videos (Civitai's animated previews, which the Civitai Helper extension and ComfyUI-Lora-Manager
+#: save as ``NAME.preview.mp4`` or ``.webm``), looked for when there is no preview image.
+VIDEO_PREVIEW_SUFFIXES = tuple(f"{mid}.{ext}" for ext in ("mp4", "webm") for mid in (".preview", ""))
 #: The facts, in the order they are shown.
 FACTS = (
     "title",
@@ -479,7 +483,7 @@ def describe_sidecars(path: str | os.PathLike, header: Mapping, sha256: str | No
     }
 
 
-def find_preview(path: str | os.PathLike) -> str | None:
+def find_preview(path: str | os.PathLike, suffixes: tuple[str, ...] = PREVIEW_SUFFIXES) -> str | None:
     """The preview image a LoRA manager keeps next to a LoRA file, or None.
 
     Tries ``NAME`` + each of :data:`PREVIEW_SUFFIXES` (``NAME.preview.png``, ``NAME.png``,
@@ -489,13 +493,15 @@ def find_preview(path: str | os.PathLike) -> str | None:
     ----------
     path : str or path-like
         The LoRA file.
+    suffixes : tuple of str, default=PREVIEW_SUFFIXES
+        :data:`VIDEO_PREVIEW_SUFFIXES` finds a preview video instead.
 
     Returns
     -------
     str or None
     """
     stem = os.path.splitext(os.fspath(path))[0]
-    for suffix in PREVIEW_SUFFIXES:
+    for suffix in suffixes:
         candidate = stem + suffix
         if os.path.isfile(candidate):
             return candidate
