@@ -145,7 +145,7 @@ def main() -> None:
         f"{100 * a['max_ratio_rel_diff']:.2f}% and their calibration factors by at most "
         f"{100 * a['max_calibration_rel_diff']:.1f}% (the streamed factors of two seeds, which draw other "
         f"calibration items, differ by up to {100 * a['seed_calibration_rel_diff']:.1f}%: the estimate's own noise); "
-        f"the streamed fit takes 1/{s:.1f} of the kernel fit's time."
+        f"the streamed fit takes {1 / s:.2f}x the kernel fit's time."
         for a, s in zip(agree, speedup, strict=True)
     )
     body += (
