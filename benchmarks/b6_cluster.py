@@ -61,7 +61,7 @@ def child(mode: str, folder: str) -> None:
     """One measured run (a child process): print its numbers as JSON."""
     from lorastyle.index.distributed import read_files_on_cluster
     from lorastyle.index.records import read_files
-    from lorastyle.sketches import Sketcher
+    from lorastyle.index.sketches import Sketcher
 
     paths = sorted(str(Path(folder) / n) for n in os.listdir(folder))
     if mode == "single":

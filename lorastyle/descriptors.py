@@ -409,7 +409,7 @@ def module_cosines(
     or its Gram matrix ``dW dW^T`` (``gram``), centred by default (``G - tr(G)/d I``: no floor that
     grows with the files' ranks, :mod:`lorastyle.module_products`); 0 where either LoRA lacks the
     module or its descriptor is zero. What the index's per-module normalised sketches estimate
-    (:mod:`lorastyle.sketches`). Computed from the factors: LoKr modules through their Kronecker
+    (:mod:`lorastyle.index.sketches`). Computed from the factors: LoKr modules through their Kronecker
     factors, LoHa modules through their Khatri-Rao products, never as an out x in matrix where the
     factors are cheaper.
 

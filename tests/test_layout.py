@@ -23,7 +23,7 @@ import lorastyle
 
 PACKAGE = Path(lorastyle.__file__).resolve().parent
 # What `lorastyle inspect`, `index` and `similar` import: not even scikit-learn (which imports pandas).
-CORE = ("lorastyle.index", "lorastyle.cli", "lorastyle.io", "lorastyle.descriptors", "lorastyle.sketches")
+CORE = ("lorastyle.index", "lorastyle.cli", "lorastyle.io", "lorastyle.descriptors")
 HEAVY = ("torch", "matplotlib", "pandas", "diffusers", "sklearn", "plotly")
 # The estimator and the metrics build on scikit-learn, but never on the torch or plotting side.
 SKLEARN_CORE = ("lorastyle.embedding", "lorastyle.metrics")

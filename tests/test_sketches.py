@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from lorastyle.index.sketches import Sketcher, sketch_cosines
 from lorastyle.io.formats import LoRA, build_module
-from lorastyle.sketches import Sketcher, sketch_cosines
 
 SHAPES = {"unet.a.to_q": (12, 9), "unet.b.ff.net.2": (7, 11), "unet.c.to_k": (5, 5)}
 
@@ -208,7 +208,7 @@ def test_lokr_sketch_keeps_the_kronecker_structure_and_equals_the_expanded_one(w
     D = m.delta().astype(np.float64)
     truth = np.sum((D @ D.T) ** 2) if descriptor == "gram" else np.sum(D**2)
     assert na == pytest.approx(truth, rel=1e-5) and nb == pytest.approx(truth, rel=1e-5)
-    from lorastyle.sketches import delta_norm2
+    from lorastyle.index.sketches import delta_norm2
 
     assert da == pytest.approx(np.sum(D**2), rel=1e-5) and db == pytest.approx(da, rel=1e-5)
     assert delta_norm2(m) == pytest.approx(da, rel=1e-5) and delta_norm2(plain) == pytest.approx(da, rel=1e-5)
@@ -239,7 +239,7 @@ def test_stacked_modules_equal_module_by_module_sketches(monkeypatch):
     Convolution factors (4-d), float16, a zero module, several stacks of one shape (a small stack
     size), a factorisation wider than its matrix (module by module), on 1 and 3 threads.
     """
-    import lorastyle.sketches as sketches
+    import lorastyle.index.sketches as sketches
 
     rng = np.random.default_rng(11)
     modules = {}
@@ -322,3 +322,15 @@ def test_a_loha_is_sketched_through_its_factors_not_its_delta_w():
     U, V = m.low_rank()
     np.testing.assert_allclose(m.scale * (U.astype(np.float64) @ V), D, rtol=1e-4, atol=1e-6)
     assert np.linalg.norm(got) > 0
+
+
+def test_the_old_module_name_is_a_deprecated_alias():
+    import importlib
+    import sys
+
+    import lorastyle.index.sketches as moved
+
+    sys.modules.pop("lorastyle.sketches", None)
+    with pytest.warns(DeprecationWarning, match="moved to lorastyle.index.sketches"):
+        old = importlib.import_module("lorastyle.sketches")
+    assert old.Sketcher is moved.Sketcher and old.__all__ == moved.__all__

@@ -103,7 +103,7 @@ def index_scores(loras: Sequence, descriptor: str, normalise: str, centre: bool 
     """All-pairs scores exactly as ``lorastyle similar`` computes them: from each file's record."""
     from lorastyle.index.records import describe_lora
     from lorastyle.index.search import SketchMatrix
-    from lorastyle.sketches import Sketcher
+    from lorastyle.index.sketches import Sketcher
 
     sketcher = Sketcher(normalise=normalise, centre=centre)
     records = [
@@ -512,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
     title = "Wild benchmark: same-training-set retrieval across seeds, ranks, alphas, schedules, layouts, dtypes"
     c.write_results("wild", title, data, body, args.out, args.quick)
     if args.calibrate is not None:
-        from lorastyle.sketches import Sketcher
+        from lorastyle.index.sketches import Sketcher
 
         entry = {
             **default_null,

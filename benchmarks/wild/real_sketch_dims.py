@@ -30,7 +30,7 @@ SETTINGS = [(16384, 1024, 0), (16384, 1024, 1), (16384, 1024, 2), (65536, 1024, 
 def main() -> None:
     from lorastyle.index.records import describe_lora
     from lorastyle.index.search import SketchMatrix
-    from lorastyle.sketches import Sketcher
+    from lorastyle.index.sketches import Sketcher
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--real", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "real-loras")

@@ -4,6 +4,7 @@ One module per job:
 
 * :mod:`~lorastyle.index.walk`: finding the files (links followed, no loops);
 * :mod:`~lorastyle.index.records`: one read of a file into a fixed-size :class:`Record`;
+* :mod:`~lorastyle.index.sketches`: the record's fixed-size sketches of a file's descriptors;
 * :mod:`~lorastyle.index.search`: scores (cosine over shared model parts, or the PCA);
 * :mod:`~lorastyle.index.calibration`: the tiny model's thresholds, from the wild benchmark's labels;
 * :mod:`~lorastyle.index.null`: a family's null from the index's own pairs (p-values, no labels);

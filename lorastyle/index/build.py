@@ -22,11 +22,11 @@ from ..comparability import comparable_subset
 from ..descriptors import DEFAULT_DESCRIPTOR, DESCRIPTORS, ModuleSelection
 from ..errors import NotEnoughLorasError
 from ..io.formats import BASE_FAMILIES
-from ..sketches import Sketcher
 from .ann import ANN_MIN_RECORDS, AnnIndex
 from .cache import RecordCache
 from .distributed import read_files_on_cluster
 from .records import Record, read_files
+from .sketches import Sketcher
 from .store import Group, LoraIndex, group_key
 from .walk import identity
 
@@ -115,7 +115,7 @@ def build_index(
     select : ModuleSelection, optional
         Sub-network to describe.
     sketcher : Sketcher, optional
-        Sketch settings (default: :class:`lorastyle.sketches.Sketcher`'s).
+        Sketch settings (default: :class:`lorastyle.index.sketches.Sketcher`'s).
     base : str, optional
         Index only this base family.
     calibrate : bool, default=True

@@ -84,7 +84,7 @@ def load_calibration(descriptor: str, sketch: dict, base: str | None = None) -> 
     ----------
     descriptor : str
     sketch : dict
-        :attr:`lorastyle.sketches.Sketcher.settings` of the index.
+        :attr:`lorastyle.index.sketches.Sketcher.settings` of the index.
     base : str, optional
         The base family the scores are of: None unless the calibration was made on it (scores of
         unrelated LoRAs differ between families, so a null of one family says little of another).

@@ -25,8 +25,8 @@ from functools import lru_cache
 from .. import __version__
 from ..descriptors import ModuleSelection
 from ..errors import ClusterError
-from ..sketches import Sketcher
 from .records import ReadOutcome, read_outcome
+from .sketches import Sketcher
 
 __all__ = ["read_files_on_cluster", "cluster_client", "FILES_PER_TASK"]
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from ..descriptors import DEFAULT_DESCRIPTOR, ModuleSelection
 from ..errors import IndexBusyError, LoraFormatError, NotEnoughLorasError
 from ..io.atomic import remove_temporaries
-from ..sketches import Sketcher
 from .build import BuildStats, Progress, build_index
 from .cache import CACHE_SUFFIX, RecordCache
 from .freshness import Refresh, refresh_of
+from .sketches import Sketcher
 from .store import LoraIndex
 from .walk import find_lora_files
 

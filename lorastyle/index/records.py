@@ -2,7 +2,7 @@
 
 A :class:`Record` holds what the file is (layout, base family, parts, ranks, dtype, sha256,
 identity) and, per model part, a unit-length sketch of its descriptor
-(:class:`lorastyle.sketches.Sketcher`) with the sketch's norm. It never holds the factors:
+(:class:`lorastyle.index.sketches.Sketcher`) with the sketch's norm. It never holds the factors:
 at the default settings it is 32 kB per part in float16 whatever the file's size, so an
 index of any collection is a few hundred bytes of JSON and at most ``4 * 32`` kB per file.
 
@@ -27,7 +27,7 @@ from ..descriptors import ModuleSelection
 from ..errors import LoraFormatError, UnreadableFileError
 from ..io.formats import LoRA, load_lora
 from ..io.safetensors import PICKLE_SUFFIXES, read_safetensors_header
-from ..sketches import Sketcher
+from .sketches import Sketcher
 from .walk import file_kind, identity
 
 __all__ = [

@@ -240,7 +240,7 @@ def exact_cosines(descriptor: str, query, candidates: list, *, select=None, cent
     select : ModuleSelection, optional
     centre : bool, default=True
         ``gram`` only: centre each module's Gram matrix, as the index's sketches do unless made by
-        an earlier version (:attr:`lorastyle.sketches.Sketcher.centre`).
+        an earlier version (:attr:`lorastyle.index.sketches.Sketcher.centre`).
 
     Returns
     -------

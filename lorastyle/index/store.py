@@ -23,10 +23,10 @@ from ..comparability import Layout
 from ..descriptors import DESCRIPTORS, ModuleSelection
 from ..errors import IncomparableLorasError, LoraFormatError
 from ..io.safetensors import read_safetensors, write_safetensors
-from ..sketches import Sketcher
 from .ann import AnnIndex
 from .records import Record
 from .search import SCORERS, SketchMatrix
+from .sketches import Sketcher
 
 __all__ = ["Group", "LoraIndex", "INDEX_FORMAT", "group_key"]
 

@@ -7,7 +7,7 @@ import pytest
 
 from lorastyle.index import LoraIndex, build_index
 from lorastyle.index.ann import AnnIndex, choose_n_lists
-from lorastyle.sketches import Sketcher
+from lorastyle.index.sketches import Sketcher
 from support import ROOT
 
 

@@ -20,7 +20,7 @@ from distributed import Client, KilledWorker, LocalCluster
 from lorastyle.cli import main
 from lorastyle.index import LoraIndex, build_index
 from lorastyle.index import distributed as dist
-from lorastyle.sketches import Sketcher
+from lorastyle.index.sketches import Sketcher
 from support import ROOT
 
 WILD = ROOT / "data" / "wild" / "loras"

@@ -478,9 +478,9 @@ def test_no_reader_ever_opens_a_fifo(tmp_path, monkeypatch, reader):
 
     import lorastyle.io.metadata as metadata_module
     import lorastyle.io.safetensors as safetensors_module
+    from lorastyle.index.sketches import Sketcher
     from lorastyle.io.formats import LoraFormatError, load_lora
     from lorastyle.io.metadata import describe_file
-    from lorastyle.sketches import Sketcher
 
     fifo = tmp_path / "pipe.safetensors"
     os.mkfifo(fifo)
@@ -503,7 +503,7 @@ def test_no_reader_ever_opens_a_fifo(tmp_path, monkeypatch, reader):
 
 def test_reading_ahead_yields_what_reading_one_by_one_gives(tmp_path):
     """read_files parses the next file in a thread: outcomes, their order and their records are unchanged."""
-    from lorastyle.sketches import Sketcher
+    from lorastyle.index.sketches import Sketcher
 
     paths = []
     for i, kind in enumerate(["good", "truncated", "good", "missing", "empty", "good"]):

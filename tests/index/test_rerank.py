@@ -6,8 +6,8 @@ import pytest
 from lorastyle.cli import main
 from lorastyle.index import build_index, read_record
 from lorastyle.index.search import exact_cosines
+from lorastyle.index.sketches import Sketcher
 from lorastyle.io.formats import LoRA, build_module, load_lora
-from lorastyle.sketches import Sketcher
 from support import REAL_LORAS
 
 SHAPES = {"unet.a.to_q": (6, 5), "unet.b.to_k": (4, 7), "text_encoder.c.q_proj": (5, 5)}

@@ -283,7 +283,7 @@ def test_damaged_or_foreign_cache_entries_are_read_again(small_folder, tmp_path)
     out = tmp_path / "idx.safetensors"
     settings = {"descriptor": "gram"}
     cache = cache_module.RecordCache(f"{out}.cache", settings)
-    sketcher = __import__("lorastyle.sketches", fromlist=["Sketcher"]).Sketcher()
+    sketcher = __import__("lorastyle.index.sketches", fromlist=["Sketcher"]).Sketcher()
     record = records_module.read_record(small_folder / "l0.safetensors", sketcher=sketcher)
     cache.put(record)
     (entry,) = Path(f"{out}.cache").iterdir()

@@ -299,7 +299,7 @@ def synthetic_seeds(random_state: int = 0) -> dict[str, bytes]:
 
 def _index_seed(rng: np.random.Generator) -> bytes:
     from lorastyle.index import build_index
-    from lorastyle.sketches import Sketcher
+    from lorastyle.index.sketches import Sketcher
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
@@ -861,7 +861,7 @@ def _small_sketcher():
     """A small sketcher: the record's code paths at a fraction of the default's cost."""
     global _SMALL_SKETCHER  # a cache local to the fuzzer, not library state
     if _SMALL_SKETCHER is None:
-        from lorastyle.sketches import Sketcher
+        from lorastyle.index.sketches import Sketcher
 
         _SMALL_SKETCHER = Sketcher(dim=256, module_dim=64)
     return _SMALL_SKETCHER
