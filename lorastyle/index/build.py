@@ -274,10 +274,8 @@ def _members(group: Group) -> list:
 
 
 def _scales(record: Record) -> tuple:
-    """The record's module scales alpha / rank (1 without an alpha), as concat leaves them out."""
-    if not record.alphas:
-        return (1.0,)
-    return tuple(sorted({a / r if a else 1.0 for a in record.alphas for r in record.ranks}))
+    """The record's distinct module scales alpha / rank, each module's own (concat leaves them out)."""
+    return tuple(record.scales) if record.scales is not None else ()
 
 
 def _warn_mixed_scales(index: LoraIndex) -> None:
@@ -285,7 +283,7 @@ def _warn_mixed_scales(index: LoraIndex) -> None:
     parts = []
     for group in index.groups.values():
         scales = [_scales(r) for r in group.records]
-        counts = Counter(scales)
+        counts = Counter(sc for sc in scales if sc)  # () for a record of an index too old to know them
         if len(counts) > 1:
             parts += [
                 f"{n} with {', '.join(f'{x:g}' for x in sc)} (such as {group.records[scales.index(sc)].path})"

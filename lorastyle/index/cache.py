@@ -23,7 +23,7 @@ from .. import __version__
 from ..comparability import Layout
 from ..errors import LoraFormatError
 from ..io.safetensors import read_safetensors, write_safetensors
-from .records import Record
+from .records import Record, record_from_row, record_row
 
 __all__ = ["RecordCache", "CACHE_FORMAT", "CACHE_SUFFIX"]
 
@@ -97,21 +97,7 @@ class RecordCache:
         if record.init is not None:
             tensors["init"] = record.init
         tensors["module_norms"] = np.asarray(record.module_norms, np.float32)
-        row = {
-            "path": record.path,
-            "sha256": record.sha256,
-            "identity": list(record.identity),
-            "format": record.format,
-            "base": record.base,
-            "dtype": record.dtype,
-            "parts": list(record.parts),
-            "ranks": record.ranks,
-            "alphas": record.alphas,
-            "n_modules": record.n_modules,
-            "norms": record.norms,
-            "layout": record.layout.to_json(),
-            "info": record.info,
-        }
+        row = {**record_row(record), "layout": record.layout.to_json()}
         meta = {"format": CACHE_FORMAT, "version": __version__, "settings": self.settings, "record": json.dumps(row)}
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -131,25 +117,10 @@ def _decode(tensors: dict, meta: dict, settings: str) -> Record | None:
     if (meta.get("format"), meta.get("version"), meta.get("settings")) != (CACHE_FORMAT, __version__, settings):
         return None
     row = json.loads(meta["record"])
-    parts = tuple(row["parts"])
-    sketches = {p: tensors[f"sketch/{p}"] for p in parts}
-    if not all(v.dtype == np.float16 and v.ndim == 1 and np.all(np.isfinite(v)) for v in sketches.values()):
-        return None
-    return Record(
-        path=row["path"],
-        sha256=row["sha256"],
-        identity=tuple(row["identity"]),
-        format=row["format"],
-        base=row["base"],
-        dtype=row["dtype"],
-        parts=parts,
-        ranks=list(row["ranks"]),
-        alphas=list(row["alphas"]),
-        n_modules=int(row["n_modules"]),
+    return record_from_row(
+        row,
         layout=Layout.from_json(row["layout"]),
-        sketches=sketches,
-        norms={p: float(row["norms"][p]) for p in parts},
-        init=tensors.get("init"),
-        info=dict(row["info"]),
+        sketches={str(p): tensors[f"sketch/{p}"] for p in row["parts"]},
         module_norms=tensors["module_norms"],
+        init=tensors.get("init"),
     )

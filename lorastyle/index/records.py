@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import threading
 from collections.abc import Iterator
@@ -41,6 +42,8 @@ __all__ = [
     "MAX_NORM2",
     "INIT_SKETCH_DIM",
     "INFO_KEYS",
+    "record_row",
+    "record_from_row",
 ]
 
 # Squared descriptor norms beyond this come from weights no trainer writes (fp16 LoRAs stay below 1e20)
@@ -66,7 +69,12 @@ class Record:
     parts : tuple of str
         Model parts with a sketch, sorted.
     ranks : list of int
+        The distinct module ranks.
     alphas : list of float
+        The distinct stored alphas (empty when the file stores none).
+    scales : list of float or None
+        The distinct module scales ``alpha / rank`` (1 for a module without an alpha), each
+        module's own; None for a record of an index made before they were kept.
     n_modules : int
     layout : Layout
     sketches : dict of str to ndarray of shape (dim,), float16
@@ -98,31 +106,12 @@ class Record:
     init: np.ndarray | None = field(default=None, repr=False)
     module_norms: np.ndarray | None = field(default=None, repr=False)
     info: dict = field(default_factory=dict, repr=False)
+    scales: list | None = None
 
     @property
     def size(self) -> int:
         """File size in bytes."""
         return int(self.identity[2])
-
-    def vector(self, parts: tuple | None = None) -> np.ndarray:
-        """The descriptor sketch over ``parts`` (default all), norms restored, as one float64 vector.
-
-        Parameters
-        ----------
-        parts : tuple of str, optional
-
-        Returns
-        -------
-        ndarray
-        """
-        parts = self.parts if parts is None else parts
-        dim = len(next(iter(self.sketches.values())))
-        return np.concatenate(
-            [
-                self.norms[p] * self.sketches[p].astype(np.float64) if p in self.sketches else np.zeros(dim)
-                for p in parts
-            ]
-        )
 
 
 def _unit(v: np.ndarray) -> tuple[np.ndarray, float]:
@@ -198,6 +187,7 @@ def describe_lora(
         parts=tuple(sorted(sketches)),
         ranks=lora.ranks,
         alphas=lora.alphas,
+        scales=sorted({m.alpha / m.rank if m.alpha else 1.0 for m in lora.modules.values()}),
         n_modules=len(lora.modules),
         layout=Layout.of(lora),
         sketches=sketches,
@@ -421,3 +411,109 @@ def read_files(
             if outcome.record is not None:
                 outcome = _outcome(path, lambda p=outcome.record: _describe(p, sketcher, descriptor))
             yield position, outcome
+
+
+# ---------------------------------------------------------------------------------------------
+# One codec of a record, for the index file and the cache alike
+
+
+def record_row(record: Record) -> dict:
+    """The JSON part of a record (its arrays and its layout are stored beside it by the caller).
+
+    Parameters
+    ----------
+    record : Record
+
+    Returns
+    -------
+    dict
+    """
+    return {
+        "path": record.path,
+        "sha256": record.sha256,
+        "identity": list(record.identity),
+        "format": record.format,
+        "base": record.base,
+        "dtype": record.dtype,
+        "parts": list(record.parts),
+        "ranks": record.ranks,
+        "alphas": record.alphas,
+        "scales": record.scales,
+        "n_modules": record.n_modules,
+        "norms": {p: record.norms[p] for p in record.parts},
+        "info": record.info,
+    }
+
+
+def record_from_row(
+    row: dict,
+    *,
+    layout: Layout,
+    sketches: dict,
+    module_norms: np.ndarray,
+    init: np.ndarray | None = None,
+    norms: dict | None = None,
+    checked_sketches: bool = False,
+) -> Record:
+    """A record from :func:`record_row`'s JSON and its arrays, checked as hostile input.
+
+    Parameters
+    ----------
+    row : dict
+    layout : Layout
+    sketches : dict of str to ndarray of shape (dim,)
+        The unit sketch of each of the row's parts.
+    module_norms : ndarray of shape (n_modules,)
+    init : ndarray, optional
+    norms : dict of str to float, optional
+        The sketches' norms, where the caller keeps them apart from the row (an index stacks them).
+    checked_sketches : bool, default=False
+        The caller has checked the sketches already (an index checks its stacked matrix at once).
+
+    Returns
+    -------
+    Record
+
+    Raises
+    ------
+    ValueError
+        For a missing or malformed field, a sketch that is not one finite float16 vector per part,
+        module norms of the wrong length, or a norm that is not finite and non-negative.
+    """
+
+    def need(condition: bool, what: str) -> None:
+        if not condition:
+            raise ValueError(f"a record's {what}")
+
+    need(isinstance(row, dict), "row")
+    need(isinstance(row.get("path"), str), "path")
+    need(isinstance(row.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", row["sha256"]) is not None, "sha256")
+    parts = tuple(str(p) for p in row["parts"])
+    need(set(parts) == set(sketches), "parts")
+    for v in () if checked_sketches else sketches.values():
+        need(v.dtype == np.float16 and v.ndim == 1 and bool(np.all(np.isfinite(v))), "sketches")
+    norms = {p: float((norms if norms is not None else row["norms"])[p]) for p in parts}
+    need(all(np.isfinite(x) and x >= 0 for x in norms.values()), "norms")
+    n_modules = int(row["n_modules"])
+    need(np.shape(module_norms) == (n_modules,) and bool(np.all(np.isfinite(module_norms))), "module norms")
+    scales = row.get("scales")
+    need(scales is None or (isinstance(scales, list) and all(np.isfinite(float(x)) for x in scales)), "scales")
+    return Record(
+        path=row["path"],
+        sha256=row["sha256"],
+        identity=tuple(int(x) for x in row["identity"]),
+        format=str(row["format"]),
+        base=str(row["base"]),
+        dtype=str(row["dtype"]),
+        parts=parts,
+        ranks=[int(x) for x in row["ranks"]],
+        alphas=[float(x) for x in row["alphas"]],
+        scales=None if scales is None else [float(x) for x in scales],
+        n_modules=n_modules,
+        layout=layout,
+        sketches=sketches,
+        norms=norms,
+        init=init,
+        info=dict(row.get("info") or {}),
+        module_norms=module_norms,
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import warnings
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from ..descriptors import DESCRIPTORS, ModuleSelection
 from ..errors import IncomparableLorasError, LoraFormatError
 from ..io.safetensors import read_safetensors, write_safetensors
 from .ann import AnnIndex
-from .records import Record
+from .records import Record, record_from_row, record_row
 from .search import SCORERS, SketchMatrix
 from .sketches import Sketcher
 
@@ -367,22 +366,9 @@ class LoraIndex:
             rows = []
             for r in g.records:
                 layouts.setdefault(r.layout.key, r.layout.to_json())
-                rows.append(
-                    {
-                        "path": r.path,
-                        "sha256": r.sha256,
-                        "identity": list(r.identity),
-                        "format": r.format,
-                        "base": r.base,
-                        "dtype": r.dtype,
-                        "parts": list(r.parts),
-                        "ranks": r.ranks,
-                        "alphas": r.alphas,
-                        "n_modules": r.n_modules,
-                        "layout": r.layout.key,
-                        "info": r.info,
-                    }
-                )
+                row = record_row(r)
+                del row["norms"]  # stacked with the sketches
+                rows.append({**row, "layout": r.layout.key})
             groups.append({"key": key, "parts": list(m.parts), "records": rows})
         select = None
         if self.select is not None:
@@ -478,31 +464,17 @@ class LoraIndex:
             )
             records = []
             for i, row in enumerate(rows):
-                need(int(row["n_modules"]) == int(offsets[i + 1] - offsets[i]), "a record's module norms")
-                need(
-                    isinstance(row["path"], str) and re.fullmatch(r"[0-9a-f]{64}", row["sha256"]) is not None,
-                    "a record's path or sha256",
-                )
-                rparts = tuple(str(p) for p in row["parts"])
+                rparts = [str(p) for p in row["parts"]]
                 need(set(rparts) <= set(parts), "a record's parts")
                 records.append(
-                    Record(
-                        path=row["path"],
-                        sha256=row["sha256"],
-                        identity=tuple(int(x) for x in row["identity"]),
-                        format=str(row["format"]),
-                        base=str(row["base"]),
-                        dtype=str(row["dtype"]),
-                        parts=rparts,
-                        ranks=[int(x) for x in row["ranks"]],
-                        alphas=[float(x) for x in row["alphas"]],
-                        n_modules=int(row["n_modules"]),
+                    record_from_row(
+                        row,
                         layout=layouts[row["layout"]],
                         sketches={p: unit[p][i] for p in rparts},
-                        norms={p: float(norms[p][i]) for p in rparts},
-                        init=None if init is None else init[i],
-                        info=dict(row.get("info") or {}),
+                        norms={p: norms[p][i] for p in rparts},
                         module_norms=flat[offsets[i] : offsets[i + 1]],
+                        init=None if init is None else init[i],
+                        checked_sketches=True,  # the stacked sketches were checked above
                     )
                 )
             state = {k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"g{gi}/pca/")}

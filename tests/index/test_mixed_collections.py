@@ -262,3 +262,37 @@ def test_similar_checks_k(mixed, tmp_path, k):
     index, _, _ = _build(mixed, "gram")
     with pytest.raises(ValueError, match="k must be a positive integer"):
         index.similar(_record(index, str(tmp_path / "q.safetensors"), mixed["r4_1"]), k=k)
+
+
+def test_concat_compares_each_modules_own_scale(tmp_path):
+    """Two files of one layout whose alphas and ranks are the same sets but paired otherwise per module:
+    (alpha 1, rank 1) and (alpha 0.5, rank 2) against (0.5, 1) and (1, 2): scales {1, 0.25} against {0.5}."""
+    from lorastyle.io.safetensors import read_safetensors, write_safetensors
+
+    shapes = {P + "attn1.to_q": (16, 16), P + "attn2.to_k": (16, 12)}
+    paths = []
+    for name, alphas in (("a", (1.0, 0.5)), ("b", (0.5, 1.0)), ("c", (1.0, 0.5))):
+        rng = np.random.default_rng(len(paths))
+        fs = {}
+        for (module, (o, i)), rank in zip(shapes.items(), (1, 2)):
+            fs[module] = (
+                rng.standard_normal((rank, i)).astype(np.float32),
+                rng.standard_normal((o, rank)).astype(np.float32),
+            )
+        path = tmp_path / f"{name}.safetensors"
+        save_lora(path, fs, alpha=1.0, layout="kohya", base="tiny")
+        tensors, meta = read_safetensors(path)
+        alpha_keys = sorted(k for k in tensors if k.endswith(".alpha"))
+        assert len(alpha_keys) == 2 and "attn1" in alpha_keys[0]
+        for key, alpha in zip(alpha_keys, alphas):
+            tensors[key] = np.asarray(alpha, dtype=tensors[key].dtype)
+        write_safetensors(path, tensors, meta)
+        paths.append(str(path))
+    assert load_lora(paths[0]).alphas == load_lora(paths[1]).alphas == [0.5, 1.0]  # the same sets
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        index, _, _ = build_index(paths, descriptor="concat", n_components=1)
+    assert len(index.groups) == 1
+    (warning,) = [str(w.message) for w in caught if "leaves alpha out" in str(w.message)]
+    assert f"1 with 0.5 (such as {paths[1]})" in warning and "2 with 0.25, 1" in warning
+    assert index.records[1].scales == [0.5] and index.records[0].scales == [0.25, 1.0]
