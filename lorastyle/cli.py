@@ -201,7 +201,8 @@ def _report_walk(run) -> None:
 def _similar(args) -> int:
     import os
 
-    from .index import LoraIndex, read_record
+    from .index import LoraIndex
+    from .index.records import read_query
 
     for path, what in ((args.index, "INDEX is an index file"), (args.query, "QUERY is one LoRA file")):
         if os.path.isdir(path):  # the reader would only say "not a regular file"
@@ -212,19 +213,15 @@ def _similar(args) -> int:
     index = LoraIndex.load(args.index)
     fresh = check_files(index)
     _report_stale(args.index, fresh)
-    query = read_record(args.query, sketcher=index.sketcher, descriptor=index.descriptor, select=index.select)
+    # one read of the query: its record, and the loaded file for the exact re-ranking
+    query, query_lora = read_query(
+        args.query, sketcher=index.sketcher, descriptor=index.descriptor, select=index.select
+    )
     rerank, budget = args.rerank, None
     if rerank is None:  # the default: the best files rescored exactly, within a budget of bytes read again
         rerank, budget = RERANK_DEFAULT, RERANK_DEFAULT_BYTES
     if args.scorer != "cosine" or index.descriptor not in ("gram", "delta"):
         rerank = 0
-    query_lora = None
-    if rerank:
-        from .io.formats import load_lora
-
-        query_lora = load_lora(args.query)
-        if index.select is not None:
-            query_lora.modules = index.select.modules(query_lora)
     results = index.similar(
         query,
         k=args.k,

@@ -35,6 +35,7 @@ __all__ = [
     "Record",
     "ReadOutcome",
     "read_record",
+    "read_query",
     "read_outcome",
     "read_files",
     "describe_lora",
@@ -306,6 +307,37 @@ def read_record(
         remembered.
     """
     return _describe(_read_and_parse(os.fspath(path), select), sketcher, descriptor)
+
+
+def read_query(
+    path: str | os.PathLike,
+    *,
+    sketcher: Sketcher,
+    descriptor: str = "gram",
+    select: ModuleSelection | None = None,
+) -> tuple[Record, LoRA]:
+    """:func:`read_record`, and the loaded file it was made from (for exact re-ranking), from one read.
+
+    Parameters
+    ----------
+    path : str or path-like
+    sketcher : Sketcher
+    descriptor : {"gram", "delta", "concat"}, default="gram"
+    select : ModuleSelection, optional
+        Sub-network to describe (applied to the returned file too).
+
+    Returns
+    -------
+    record : Record
+    lora : LoRA
+
+    Raises
+    ------
+    LoraFormatError
+        As :func:`read_record`.
+    """
+    parsed = _read_and_parse(os.fspath(path), select)
+    return _describe(parsed, sketcher, descriptor), parsed.lora
 
 
 def _describe(parsed: _Parsed, sketcher: Sketcher, descriptor: str) -> Record:

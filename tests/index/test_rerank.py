@@ -168,3 +168,29 @@ def test_rerank_in_batches_and_within_a_budget_of_bytes(tmp_path, monkeypatch):
     size = os.path.getsize(paths[1])
     budgeted = index.similar(query, k=4, rerank=4, query_lora=q, rerank_budget=2 * size + size // 2)
     assert [r["exact"] for r in budgeted] == [True, True, False, False]  # two files fit in 2.5 files' bytes
+
+
+def test_similar_reads_its_query_once(tmp_path, monkeypatch, capsys):
+    """The query's record and the file the re-ranking needs come from one read (one parse, one hash)."""
+    import lorastyle.index.records as records_module
+    from lorastyle.io.formats import save_lora
+
+    rng = np.random.default_rng(2)
+    paths = []
+    for i in range(4):
+        lo = lora(rng, parts=("unet",))
+        paths.append(str(tmp_path / f"l{i}.safetensors"))
+        save_lora(paths[-1], {n: (m.down, m.up) for n, m in lo.modules.items()}, alpha=2.0, base="sd15")
+    assert main(["index", str(tmp_path), "-o", str(tmp_path / "index.safetensors")]) == 0
+    loads = []
+    real = records_module.load_lora
+    monkeypatch.setattr(records_module, "load_lora", lambda path, **kw: loads.append(str(path)) or real(path, **kw))
+    import lorastyle.io.formats as formats
+
+    real_formats = formats.load_lora
+    monkeypatch.setattr(formats, "load_lora", lambda path, **kw: loads.append(str(path)) or real_formats(path, **kw))
+    capsys.readouterr()
+    assert main(["similar", str(tmp_path / "index.safetensors"), paths[0], "-k", "2", "--rerank", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "(exact)" in out  # the re-ranking ran, on the query's one read
+    assert loads.count(paths[0]) == 1, loads
