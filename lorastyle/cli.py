@@ -512,7 +512,8 @@ def _map(args) -> int:
     _print(
         f"mapped {_count(result['n_files'], 'file')} in {len(result['groups'])} base "
         f"famil{'y' if len(result['groups']) == 1 else 'ies'}: {n_clusters} clusters of 2 or more files at "
-        f"score {data.threshold:.3f}; {len(data.previews)} preview images; wrote {args.output} "
+        f"score {', '.join(f'{g.threshold:.3f} ({g.key})' for g in data.groups)}; "
+        f"{len(data.previews)} preview images; wrote {args.output} "
         f"({os.path.getsize(out) / 2**20:.1f} MiB)",
         sys.stderr,
     )
@@ -741,8 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=_score,
         default=None,
-        help="cluster files whose average score is at least this (default: the calibrated 'same source likely' "
-        "score of the index's descriptor, else 0.5)",
+        help="cluster files whose average score is at least this (default: each family's score from which "
+        "similar calls two files related: calibrated where the family was, else p <= 0.01 under its own null)",
     )
     p.add_argument(
         "--index",

@@ -8,8 +8,9 @@ For every base family of an index (each family is scored on its own, see
   over the model parts both files adapt);
 * :func:`map_layout` places the files in 2-D from the distances ``1 - score``;
 * :func:`clusters` groups them by average linkage: a cluster is a set of files whose average
-  score is above a threshold, by default the score above which the wild benchmark's pairs were
-  "same source likely" (:func:`lorastyle.index.calibration.load_calibration`).
+  score is above the family's threshold, by default the score from which ``similar`` calls two
+  of its files related (:func:`lorastyle.index.thresholds.related_threshold`: calibrated where the
+  family was, else from the family's own null).
 
 :func:`map_page` is the page: the map (plotly.js embedded inline: the page loads nothing from
 the network), a side panel with the file under the mouse and its preview image, and the cluster
@@ -260,8 +261,8 @@ def clusters(similarity, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
     similarity : array-like of shape (n, n)
         Scores in [-1, 1].
     threshold : float, default=DEFAULT_THRESHOLD
-        :func:`map_json` and :func:`map_page` pass the calibrated "same source likely" score
-        (:func:`default_threshold`).
+        :func:`map_data` passes each family's score from which two files are related
+        (:func:`lorastyle.index.thresholds.related_threshold`).
 
     Returns
     -------
@@ -293,7 +294,9 @@ def clusters(similarity, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
 
 
 def default_threshold(index) -> tuple[float, str]:
-    """The cluster threshold for an index, and where it comes from, in words.
+    """Deprecated (one release): the tiny model's calibrated cluster threshold, whatever the family.
+
+    Each family now has its own (:func:`lorastyle.index.thresholds.related_threshold`).
 
     Parameters
     ----------
@@ -302,12 +305,15 @@ def default_threshold(index) -> tuple[float, str]:
     Returns
     -------
     threshold : float
-        The calibration's "same source likely" score for the index's descriptor and sketch
-        settings, else :data:`DEFAULT_THRESHOLD`.
     source : str
     """
     from .index.calibration import load_calibration
 
+    warnings.warn(
+        "default_threshold is deprecated: each family has its own (lorastyle.index.thresholds.related_threshold)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     calibration = load_calibration(index.descriptor, index.sketcher.settings)
     if calibration is None:
         return DEFAULT_THRESHOLD, f"the default {DEFAULT_THRESHOLD} (no calibration for {index.descriptor})"
@@ -389,6 +395,10 @@ class GroupMap:
         Cluster of each file (:func:`clusters`).
     positions : ndarray of shape (n, 2) or None
         :func:`map_layout`, when computed.
+    threshold : float
+        The cluster threshold of this family (:func:`lorastyle.index.thresholds.related_threshold`).
+    threshold_source : str
+        Where it comes from, in words.
     """
 
     key: str
@@ -396,6 +406,8 @@ class GroupMap:
     similarity: np.ndarray = field(repr=False)
     labels: np.ndarray = field(repr=False)
     positions: np.ndarray | None = field(default=None, repr=False)
+    threshold: float = DEFAULT_THRESHOLD
+    threshold_source: str = ""
 
     def cluster_list(self, extra: dict | None = None) -> list[dict]:
         """The clusters, largest first, as :func:`map_json` gives them.
@@ -454,9 +466,9 @@ class MapData:
     Attributes
     ----------
     groups : list of GroupMap
-    threshold : float
-    threshold_source : str
-        Where the threshold comes from, in words.
+        Each with its cluster threshold and where it comes from.
+    threshold : float or None
+        The cluster threshold given for every family (``--threshold``), else None.
     descriptor : str
     previews : dict of str to str
         File path to its preview's ``data:`` URI (files with a readable preview only).
@@ -471,8 +483,7 @@ class MapData:
     """
 
     groups: list
-    threshold: float
-    threshold_source: str
+    threshold: float | None
     descriptor: str
     previews: dict = field(default_factory=dict, repr=False)
     videos: dict = field(default_factory=dict, repr=False)
@@ -496,7 +507,8 @@ def map_data(
     ----------
     index : LoraIndex
     threshold : float, optional
-        Cluster threshold; by default :func:`default_threshold`.
+        Cluster threshold of every family; by default each family's score from which two files
+        are related, as ``similar`` says it (:func:`lorastyle.index.thresholds.related_threshold`).
     random_state : int, default=0
         Seed of :func:`map_layout`.
     layout : bool, default=True
@@ -521,11 +533,9 @@ def map_data(
         For a preview image that exists but cannot be decoded (the file is shown without one),
         and for a sidecar file that exists but cannot be read.
     """
+    from .index.thresholds import related_threshold
+
     progress = progress or _no_progress
-    if threshold is None:
-        threshold, source = default_threshold(index)
-    else:
-        source = "--threshold"
     wanted = [w for w in (base_models or ()) if w.strip()]
     all_records = [r for g in index.groups.values() for r in g.records]
     facts = {
@@ -541,14 +551,23 @@ def map_data(
         if len(keep) < len(g.records):
             S = S[np.ix_(keep, keep)]
         records = [g.records[i] for i in keep]
-        groups.append(GroupMap(key=g.key, records=records, similarity=S, labels=clusters(S, threshold)))
+        cut, why = related_threshold(index, g, given=threshold)  # of the whole family, whatever is kept
+        groups.append(
+            GroupMap(
+                key=g.key,
+                records=records,
+                similarity=S,
+                labels=clusters(S, cut),
+                threshold=cut,
+                threshold_source=why,
+            )
+        )
     if layout:
         for gm in progress(groups, desc="placing files on the map", total=len(groups)):
             gm.positions = map_layout(gm.similarity, random_state=random_state)
     data = MapData(
         groups=groups,
-        threshold=float(threshold),
-        threshold_source=source,
+        threshold=None if threshold is None else float(threshold),
         descriptor=index.descriptor,
         base_models=wanted or None,
     )
@@ -576,17 +595,17 @@ def map_json(index, *, threshold: float | None = None, data: MapData | None = No
     ----------
     index : LoraIndex
     threshold : float, optional
-        Cluster threshold; by default :func:`default_threshold`.
+        Cluster threshold of every family; by default each family's (:func:`map_data`).
     data : MapData, optional
         Already computed by :func:`map_data` (then ``threshold`` is ignored).
 
     Returns
     -------
     dict
-        ``descriptor``, ``base_models`` (the filter, or None), ``threshold``, ``threshold_source``,
-        ``n_files`` and ``groups``: per group
-        ``key``, ``base``, ``n_files`` and ``clusters`` (:meth:`GroupMap.cluster_list`, largest
-        first, members without their ``index``). Every file is in exactly one cluster.
+        ``descriptor``, ``base_models`` (the filter, or None), ``threshold`` (the one given, or None),
+        ``n_files`` and ``groups``: per group ``key``, ``base``, ``n_files``, ``threshold``,
+        ``threshold_source`` and ``clusters`` (:meth:`GroupMap.cluster_list`, largest first,
+        members without their ``index``). Every file is in exactly one cluster.
     """
     if data is None:
         data = map_data(index, threshold=threshold, layout=False, previews=False)
@@ -596,12 +615,20 @@ def map_json(index, *, threshold: float | None = None, data: MapData | None = No
         for c in cl:
             for m in c["members"]:
                 del m["index"]
-        groups.append({"key": gm.key, "base": gm.records[0].base, "n_files": len(gm.records), "clusters": cl})
+        groups.append(
+            {
+                "key": gm.key,
+                "base": gm.records[0].base,
+                "n_files": len(gm.records),
+                "threshold": gm.threshold,
+                "threshold_source": gm.threshold_source,
+                "clusters": cl,
+            }
+        )
     return {
         "descriptor": data.descriptor,
         "base_models": data.base_models,
         "threshold": data.threshold,
-        "threshold_source": data.threshold_source,
         "n_files": sum(len(gm.records) for gm in data.groups),
         "groups": groups,
     }
@@ -832,7 +859,7 @@ def map_page(
         What the marker symbol shows: the base family (when several are shown), the adapter
         kind (LoRA, LoCon, LoHa, LoKr), the file's layout, its dtype, or nothing.
     threshold : float, optional
-        Cluster threshold; by default :func:`default_threshold`.
+        Cluster threshold of every family; by default each family's (:func:`map_data`).
     random_state : int, default=0
         Seed of :func:`map_layout`.
     title : str, optional
@@ -1003,7 +1030,7 @@ def map_page(
         f"Score: the cosine of the files' {html.escape(data.descriptor)} descriptors (as lorastyle similar "
         f"prints it). Positions: {method} "
         f"of 1 - score, each family on its own (families are never compared). Clusters: average linkage, "
-        f"files whose average score is at least {data.threshold:.3f} ({html.escape(_text(data.threshold_source))}). "
+        "files whose average score is at least the family's threshold (with each family's list). "
         "Colour: cluster (grey: in no cluster). A larger point: files of the same weights."
     )
     structured = [  # a cluster to show, and positions that follow the scores (NaN, under 3 files: no)
@@ -1104,6 +1131,10 @@ def _group_list(gm: GroupMap, start: int, data: MapData, fidelity: float = float
         f"<h3 id='group-{key}'>{key}: {_n(len(gm.records), 'file')}, {_n(len(multi), 'cluster')} of 2 or more, "
         f"{_n(len(single), 'file')} in no cluster</h3>"
     ]
+    parts.append(
+        f"<p class='note threshold'>Clusters: average score at least {gm.threshold:.3f} "
+        f"({html.escape(_text(gm.threshold_source))}).</p>"
+    )
     if np.isfinite(fidelity):
         follows = "follow" if fidelity >= FAITHFUL_LAYOUT else "hardly follow"
         parts.append(

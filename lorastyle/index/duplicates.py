@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..io.sidecars import file_facts
-from .calibration import load_calibration
 from .keep import choose_copy
 from .store import LoraIndex
+from .thresholds import NEAR_DEFAULT, near_threshold
 
 __all__ = [
     "DuplicateReport",
@@ -48,8 +48,6 @@ __all__ = [
 NORM_RTOL = 0.01
 # the same delta-W gives the same sketch; only float16 storage of the sketches keeps it from exactly 1
 SAME_SCORE = 0.999
-# without a calibration for the index's settings (see lorastyle.index.calibration)
-NEAR_DEFAULT = 0.7
 # per-module strength ratios within this relative spread are one strength (float16 rounding: < 0.1%)
 STRENGTH_RTOL = 2 * NORM_RTOL
 
@@ -69,14 +67,15 @@ class DuplicateReport:
         One per near-duplicate pair not in one same-weights group: ``base``, ``paths`` (two),
         ``score``, ``titles`` (each file's, from its sidecars or its header, as ``inspect`` shows it),
         ``stale`` (as above), and ``strength`` (:func:`strength_of`, or None).
-    near_threshold : float
+    near_threshold : float or None
+        The families' threshold where they share one, else None (see ``thresholds``).
     thresholds : dict of str to dict
         Per base family of the index: ``threshold`` and ``why`` (:func:`near_thresholds`).
     """
 
     same_weights: list
     near: list
-    near_threshold: float
+    near_threshold: float | None
     thresholds: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -175,42 +174,23 @@ def strength_of(a: np.ndarray, b: np.ndarray) -> dict | None:
     return {"relation": "same directions per module", "factor_range": [lo, hi]}
 
 
-def near_thresholds(index: LoraIndex, near_threshold: float | None = None) -> dict[str, dict]:
+def near_thresholds(index: LoraIndex, near_threshold_given: float | None = None) -> dict[str, dict]:
     """The near-duplicate threshold of each base family of an index, and why it is that one.
 
     Parameters
     ----------
     index : LoraIndex
-    near_threshold : float, optional
+    near_threshold_given : float, optional
         Given by the user (``--threshold``): used for every family.
 
     Returns
     -------
     dict of str to dict
-        Per base family: ``threshold`` and ``why`` (one sentence).
+        Per base family: ``threshold`` and ``why`` (one sentence: :func:`lorastyle.index.thresholds.near_threshold`).
     """
-    calibration = load_calibration(index.descriptor, index.sketcher.settings)
     out = {}
     for base in sorted({g.base for g in index.groups.values()}):
-        if near_threshold is not None:
-            value, why = near_threshold, "given with --threshold"
-        elif calibration is None:
-            value, why = (
-                NEAR_DEFAULT,
-                f"the default: no calibration for the {index.descriptor} descriptor at these settings",
-            )
-        elif load_calibration(index.descriptor, index.sketcher.settings, base) is not None:
-            value = calibration.near_duplicate
-            why = (
-                f"calibrated on {calibration.calibrated_on}: halfway between the highest score of two unrelated "
-                "LoRAs and the lowest of two checkpoints of one run"
-            )
-        else:
-            value = calibration.near_duplicate
-            why = (
-                f"no calibration of its own: the value of {calibration.calibrated_on}; unrelated files of real "
-                "families score far lower, so a pair above it shares most of its update"
-            )
+        value, why = near_threshold(index, base, given=near_threshold_given)
         out[base] = {"threshold": float(value), "why": why}
     return out
 
@@ -231,9 +211,8 @@ def find_duplicates(
     index : LoraIndex
         Gone files already left out (:func:`lorastyle.index.freshness.without_files`).
     near_threshold : float, optional
-        Score from which a pair is a near-duplicate; default: per family, :func:`near_thresholds`
-        (the calibrated one for the index's settings, from the wild benchmark, else
-        :data:`NEAR_DEFAULT`).
+        Score from which a pair is a near-duplicate; default: per family
+        (:func:`lorastyle.index.thresholds.near_threshold`).
     changed : iterable of str, default=()
         Paths that changed since they were indexed (:func:`lorastyle.index.freshness.check_files`):
         the groups and pairs holding one list it as ``stale``.
@@ -244,9 +223,7 @@ def find_duplicates(
     """
     thresholds = near_thresholds(index, near_threshold)
     changed = set(changed)
-    if near_threshold is None:
-        calibration = load_calibration(index.descriptor, index.sketcher.settings)
-        near_threshold = calibration.near_duplicate if calibration is not None else NEAR_DEFAULT
+    shared = {t["threshold"] for t in thresholds.values()}
     same_groups, near = [], []
     for group in index.groups.values():
         records = group.records
@@ -297,5 +274,8 @@ def find_duplicates(
     near.sort(key=lambda x: (-x["score"], x["paths"]))
     same_groups.sort(key=lambda x: x["paths"])
     return DuplicateReport(
-        same_weights=same_groups, near=near, near_threshold=float(near_threshold), thresholds=thresholds
+        same_weights=same_groups,
+        near=near,
+        near_threshold=shared.pop() if len(shared) == 1 else None,
+        thresholds=thresholds,
     )

@@ -67,6 +67,26 @@ class FamilyNull:
         at_least = len(self.scores) - np.searchsorted(self.scores, float(score), side="left")
         return float((1 + at_least) / (1 + len(self.scores)))
 
+    def threshold(self, alpha: float) -> float | None:
+        """The lowest score whose p-value is at most ``alpha``, or None when no score's can be.
+
+        Parameters
+        ----------
+        alpha : float
+
+        Returns
+        -------
+        float or None
+            None when ``1 / (1 + #pairs) > alpha``: too few pairs for so small a p-value.
+        """
+        n = len(self.scores)
+        allowed = int(np.floor(alpha * (1 + n) + 1e-9)) - 1  # pairs that may score at least the threshold
+        if allowed < 0:
+            return None
+        if allowed >= n:
+            return -1.0
+        return float(np.nextafter(self.scores[n - allowed - 1], np.inf))
+
 
 def family_null(matrix, *, max_pairs: int = MAX_PAIRS, seed: int = 0) -> FamilyNull:
     """The null of one group's scores: every pair of its files, or ``max_pairs`` of them drawn with ``seed``.

@@ -260,12 +260,12 @@ class LoraIndex:
         order = order[:k]
         out = []
         if scorer == "cosine" and order:
-            from .duplicates import near_thresholds
             from .null import family_null
+            from .thresholds import near_threshold
             from .verdicts import verdict
 
             null = family_null(group.matrix)
-            near = near_thresholds(self)[group.base]["threshold"]
+            near, _ = near_threshold(self, group.base)
         for i in order:
             item = {"path": group.records[i].path, "score": float(scores[i])}
             if scorer == "cosine":
