@@ -231,21 +231,31 @@ def find_duplicates(
         if n < 2:
             continue
         cut = thresholds[group.base]["threshold"]
-        C = group.matrix.cosine_matrix()
-        iu, ju = np.triu_indices(n, 1)
-        same_pairs = [(i, j) for i, j in zip(iu.tolist(), ju.tolist()) if same_weights(records[i], records[j], C[i, j])]
+        # the pairs that can be either: those scoring at least the lower threshold (a block of pairs at a
+        # time, never n x n), and byte-identical files whatever they score (an all-zero update scores 0)
+        ii, jj, ss = group.matrix.pairs_at_least(min(cut, SAME_SCORE))
+        score = dict(zip(zip(ii.tolist(), jj.tolist()), ss.tolist()))
+        by_sha: dict[str, list[int]] = {}
+        for k, r in enumerate(records):
+            by_sha.setdefault(r.sha256, []).append(k)
+        extra = [(a, b) for ks in by_sha.values() for x, a in enumerate(ks) for b in ks[x + 1 :] if (a, b) not in score]
+        if extra:
+            rows_a, rows_b = np.array(extra).T
+            score.update(zip(extra, group.matrix.pair_cosines(rows_a, rows_b).tolist()))
+        pairs = sorted(score)
+        same_pairs = [(i, j) for i, j in pairs if same_weights(records[i], records[j], score[i, j])]
         member = {}
         for g in _groups(n, same_pairs):
             for i in g:
                 member[i] = len(same_groups)
-            sub = C[np.ix_(g, g)]
+            within = np.array([(a, b) for x, a in enumerate(g) for b in g[x + 1 :]]).T
             choice = choose_copy([records[i] for i in g])
             same_groups.append(
                 {
                     "base": group.base,
                     "paths": sorted(records[i].path for i in g),
                     "identical_bytes": len({records[i].sha256 for i in g}) == 1,
-                    "score": float(sub[np.triu_indices(len(g), 1)].min()),
+                    "score": float(group.matrix.pair_cosines(within[0], within[1]).min()),
                     "keep": choice.keep,
                     "keep_reason": choice.reason,
                     "stale": sorted(records[i].path for i in g if records[i].path in changed),
@@ -254,18 +264,19 @@ def find_duplicates(
         first = {}  # each same-weights group appears in near pairs through its first file only
         for i in range(n):
             first.setdefault(member.get(i, -1 - i), i)
-        for i, j in zip(iu.tolist(), ju.tolist()):
+        for i, j in pairs:
+            sc = score[i, j]
             representative = first[member.get(i, -1 - i)] == i and first[member.get(j, -1 - j)] == j
-            if C[i, j] >= cut and representative and not (i in member and member.get(j) == member[i]):
+            if sc >= cut and representative and not (i in member and member.get(j) == member[i]):
                 a, b = sorted((i, j), key=lambda k: records[k].path)
                 strength = None
-                if C[i, j] >= SAME_SCORE and list(records[a].layout.shapes) == list(records[b].layout.shapes):
+                if sc >= SAME_SCORE and list(records[a].layout.shapes) == list(records[b].layout.shapes):
                     strength = strength_of(np.asarray(records[a].module_norms), np.asarray(records[b].module_norms))
                 near.append(
                     {
                         "base": group.base,
                         "paths": [records[a].path, records[b].path],
-                        "score": float(C[i, j]),
+                        "score": float(sc),
                         "titles": [_title(records[k]) for k in (a, b)],
                         "strength": strength,
                         "stale": [records[k].path for k in (a, b) if records[k].path in changed],

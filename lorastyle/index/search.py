@@ -107,23 +107,76 @@ class SketchMatrix:
         return np.clip(np.nan_to_num(out, nan=0.0), -1.0, 1.0)
 
     def cosine_matrix(self) -> np.ndarray:
-        """Every pair's score at once, as :meth:`cosines` gives each row (for maps and duplicates).
+        """Every pair's score at once, as :meth:`cosines` gives each row (for maps of small families).
+
+        n x n: a large family's pairs are found by :meth:`pairs_at_least`, a block at a time.
 
         Returns
         -------
         ndarray of shape (n, n)
         """
-        n = len(self)
-        num, sq = np.zeros((n, n)), np.zeros((n, n))
+        every = np.arange(len(self))
+        return self.cosine_block(every, every)
+
+    def cosine_block(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The scores of every row of ``rows`` with every row of ``cols``, as :meth:`cosines` gives them.
+
+        Parameters
+        ----------
+        rows, cols : ndarray of int
+
+        Returns
+        -------
+        ndarray of shape (len(rows), len(cols))
+        """
+        rows, cols = np.asarray(rows, dtype=np.intp), np.asarray(cols, dtype=np.intp)
+        num = np.zeros((len(rows), len(cols)))
+        sq_rows, sq_cols = np.zeros_like(num), np.zeros_like(num)
         for p in self.parts:
-            V = self.unit[p].astype(np.float32)
             N = self.norms[p]
-            num += np.outer(N, N) * (V @ V.T).astype(np.float64)
-            present = (N > 0).astype(np.float64)
-            sq += np.outer(N**2, present)  # row i's energy on the parts column j also has
+            A = self.unit[p][rows].astype(np.float32)
+            B = A if rows is cols else self.unit[p][cols].astype(np.float32)
+            num += np.outer(N[rows], N[cols]) * (A @ B.T).astype(np.float64)
+            sq_rows += np.outer(N[rows] ** 2, N[cols] > 0)  # each side's energy on the parts the other also has
+            sq_cols += np.outer(N[rows] > 0, N[cols] ** 2)
         with np.errstate(divide="ignore", invalid="ignore"):
-            out = num / np.sqrt(sq * sq.T)
+            out = num / np.sqrt(sq_rows * sq_cols)
         return np.clip(np.nan_to_num(out, nan=0.0), -1.0, 1.0)
+
+    def pairs_at_least(self, threshold: float, *, block: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every pair ``i < j`` scoring at least ``threshold``, found a block of pairs at a time.
+
+        The scores are :meth:`cosine_block`'s; memory is a few ``block x block`` arrays whatever the
+        family's size (at 20,000 files the n x n of :meth:`cosine_matrix` is 3.2 GB per copy).
+
+        Parameters
+        ----------
+        threshold : float
+        block : int, default=2048
+
+        Returns
+        -------
+        i, j : ndarray of int
+            The pairs, ``i < j``, in increasing order of ``(i, j)``.
+        scores : ndarray of float
+        """
+        n = len(self)
+        found_i, found_j, found_s = [], [], []
+        for r0 in range(0, n, block):
+            rows = np.arange(r0, min(n, r0 + block))
+            for c0 in range(r0, n, block):
+                cols = rows if c0 == r0 else np.arange(c0, min(n, c0 + block))
+                S = self.cosine_block(rows, cols)
+                a, b = np.nonzero(S >= threshold)
+                keep = rows[a] < cols[b]
+                found_i.append(rows[a[keep]])
+                found_j.append(cols[b[keep]])
+                found_s.append(S[a[keep], b[keep]])
+        if not found_i:
+            return np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0)
+        i, j, scores = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
+        order = np.lexsort((j, i))
+        return i[order], j[order], scores[order]
 
     def pair_cosines(self, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
         """The scores of the pairs ``(rows_a[t], rows_b[t])``, as :meth:`cosine_matrix` gives them, without the n x n.

@@ -265,3 +265,38 @@ def test_each_family_says_its_threshold_and_why(tmp_path):
     assert near_thresholds(index, 0.9) == {
         b: {"threshold": 0.9, "why": "given with --threshold"} for b in ("sd1", "tiny")
     }
+
+
+def test_duplicates_never_form_the_n_by_n_matrix_and_find_what_it_found(folder, tmp_path, monkeypatch):
+    """Pairs come a block at a time; the report equals the one from every pair's score (brute force here)."""
+    from lorastyle.index.search import SketchMatrix
+    from lorastyle.index.thresholds import near_threshold
+
+    run = index_folder(folder, tmp_path / "idx.safetensors")
+    (group,) = run.index.groups.values()
+    C = group.matrix.cosine_matrix()  # the reference, before it is forbidden
+    monkeypatch.setattr(SketchMatrix, "cosine_matrix", lambda self: pytest.fail("n x n matrix formed"))
+    report = find_duplicates(run.index)
+    cut, _ = near_threshold(run.index, group.base)
+    names = [os.path.basename(r.path) for r in group.records]
+    n = len(names)
+    groups = [{os.path.basename(p) for p in g["paths"]} for g in report.same_weights]
+    first = {name: min(g, key=names.index) for g in groups for name in g}  # a group's first file stands for it
+    rep = [first.get(name, name) for name in names]
+    near_ref = {
+        frozenset((rep[i], rep[j])) for i in range(n) for j in range(i + 1, n) if C[i, j] >= cut and rep[i] != rep[j]
+    }
+    near_found = {frozenset(os.path.basename(p) for p in pair["paths"]) for pair in report.near}
+    assert near_found == near_ref and len(near_ref) >= 2
+    assert len(report.same_weights) == 1 and len(report.same_weights[0]["paths"]) == 5
+
+
+def test_byte_identical_empty_updates_are_the_same_weights(tmp_path):
+    """All-zero updates score 0 with each other: byte-identical files are grouped by their sha256 anyway."""
+    zero = {n: (np.zeros((4, i), np.float32), np.zeros((o, 4), np.float32)) for n, (o, i) in SHAPES.items()}
+    save_lora(tmp_path / "z0.safetensors", zero, alpha=4.0, base="tiny")
+    shutil.copy(tmp_path / "z0.safetensors", tmp_path / "z1.safetensors")
+    save_lora(tmp_path / "other.safetensors", factors(np.random.default_rng(3)), alpha=4.0, base="tiny")
+    run = index_folder(tmp_path, tmp_path.parent / f"{tmp_path.name}.idx")
+    groups = find_duplicates(run.index).same_weights
+    assert [sorted(os.path.basename(p) for p in g["paths"]) for g in groups] == [["z0.safetensors", "z1.safetensors"]]

@@ -1,0 +1,62 @@
+"""Scores of a family's sketches: blocks of pairs against every pair at once (brute force)."""
+
+import numpy as np
+import pytest
+
+from lorastyle.index.search import SketchMatrix
+
+# float16 keeps 11 bits: a stored unit sketch's norm is 1 within about 1e-3, which the scores inherit
+TOL = 2e-3
+
+
+def matrix(n=150, dim=48, seed=0):
+    rng = np.random.default_rng(seed)
+    unit, norms = {}, {}
+    for p in ("text_encoder", "unet"):
+        V = rng.standard_normal((n, dim)) + 2 * rng.standard_normal(dim)  # correlated rows: scores spread out
+        V /= np.linalg.norm(V, axis=1, keepdims=True)
+        unit[p] = V.astype(np.float16)
+        norms[p] = np.abs(rng.standard_normal(n)) * (rng.random(n) > 0.25)  # a quarter lack each part
+    return SketchMatrix(parts=("text_encoder", "unet"), unit=unit, norms=norms)
+
+
+def brute_force(m: SketchMatrix) -> np.ndarray:
+    """Each pair's score from its definition: the cosine of the full sketches over the parts both have."""
+    n = len(m)
+    out = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            shared = [p for p in m.parts if m.norms[p][i] > 0 and m.norms[p][j] > 0]
+            x = np.concatenate([m.norms[p][i] * m.unit[p][i].astype(np.float64) for p in shared] or [np.zeros(1)])
+            y = np.concatenate([m.norms[p][j] * m.unit[p][j].astype(np.float64) for p in shared] or [np.zeros(1)])
+            den = np.linalg.norm(x) * np.linalg.norm(y)
+            out[i, j] = x @ y / den if den > 0 else 0.0
+    return out
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1000])
+def test_pairs_at_least_finds_every_pair_above_the_threshold_block_by_block(block):
+    m = matrix()
+    reference = brute_force(m)
+    i, j, scores = m.pairs_at_least(0.3, block=block)
+    assert np.all(i < j) and list(zip(i, j)) == sorted(zip(i, j))
+    iu = np.triu_indices(len(m), 1)
+    want = reference[iu] >= 0.3
+    assert 0 < want.sum() < len(want)  # the threshold splits the pairs: the test could fail
+    # float16 unit sketches are unit to 1e-3: pairs that close to the threshold may fall either way
+    clear = np.abs(reference[iu] - 0.3) > TOL
+    found = set(zip(i.tolist(), j.tolist()))
+    for a, b, w in zip(iu[0][clear].tolist(), iu[1][clear].tolist(), want[clear]):
+        assert ((a, b) in found) == w
+    np.testing.assert_allclose(scores, reference[i, j], atol=TOL)
+
+
+def test_cosine_blocks_agree_with_each_row_and_with_brute_force():
+    m = matrix(n=40)
+    reference = brute_force(m)
+    np.testing.assert_allclose(m.cosine_matrix(), reference, atol=TOL)
+    rows, cols = np.array([3, 0, 17]), np.array([5, 39, 3, 8])
+    np.testing.assert_allclose(m.cosine_block(rows, cols), reference[np.ix_(rows, cols)], atol=TOL)
+    for r in rows:
+        q = {p: m.unit[p][r] for p in m.parts if m.norms[p][r] > 0}
+        np.testing.assert_allclose(m.cosines(q, {p: m.norms[p][r] for p in q}), reference[r], atol=TOL)
