@@ -802,6 +802,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             _print(f"error: lorastyle {args.command} needs {missing}: pip install 'lorastyle[{extra}]'", sys.stderr)
             return EXIT_BAD_INPUT
+        except MemoryError as exc:  # past the estimates: one line, never a traceback
+            what = f" ({exc})" if str(exc) else ""
+            _print(f"error: lorastyle {args.command} ran out of memory{what}", sys.stderr)
+            return EXIT_BAD_INPUT
         except KeyboardInterrupt:
             _print("interrupted", sys.stderr)
             return EXIT_INTERRUPTED

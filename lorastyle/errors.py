@@ -22,6 +22,7 @@ __all__ = [
     "IndexBusyError",
     "ClusterError",
     "WeightsChecksumError",
+    "NotEnoughMemoryError",
 ]
 
 
@@ -92,3 +93,7 @@ class WeightsChecksumError(LorastyleError, RuntimeError):
 
 class ClusterError(LorastyleError, RuntimeError):
     """A Dask cluster that cannot do the work: no scheduler at the address, no worker, a worker without lorastyle."""
+
+
+class NotEnoughMemoryError(LorastyleError, MemoryError):
+    """Work that would not fit in the memory this process may use, refused before it starts."""

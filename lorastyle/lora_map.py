@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._memory import check_fits
 from ._validation import check_option
 from .io.sidecars import PREVIEW_SUFFIXES, VIDEO_PREVIEW_SUFFIXES, file_facts, find_preview
 
@@ -106,6 +107,8 @@ _NO_BASE_MODEL = "(none named)"  # the base-model filter's value for files whose
 _SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star", "triangle-down", "pentagon", "hexagon")
 _MAX_IMAGE_PIXELS = 64_000_000  # a larger preview is not decoded (a decompression bomb)
 _GAP = 0.5  # space between two families' maps, in units of a map's width
+# n x n float64 arrays a family's map holds at once at most (the scores' terms, the scores, the distances)
+_N_BY_N_COPIES = 6
 
 Progress = Callable[..., Iterable]
 
@@ -527,6 +530,11 @@ def map_data(
     -------
     MapData
 
+    Raises
+    ------
+    NotEnoughMemoryError
+        For a family whose n x n scores would not fit in the memory available (before any is made).
+
     Warns
     -----
     UserWarning
@@ -547,6 +555,12 @@ def map_data(
         keep = [i for i, r in enumerate(g.records) if not wanted or _matches_base_model(facts[r.path], wanted)]
         if not keep:
             continue
+        check_fits(  # the n x n scores, their clustering and their layout: a few n x n float64 copies
+            _N_BY_N_COPIES * 8 * len(g.records) ** 2,
+            g.key,
+            f"mapping the {len(g.records):,} files of family {g.key}",
+            "map fewer files at a time (--base-model, or an index of one folder)",
+        )
         S = g.matrix.cosine_matrix()
         if len(keep) < len(g.records):
             S = S[np.ix_(keep, keep)]

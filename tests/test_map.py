@@ -718,3 +718,32 @@ def test_a_preview_video_is_linked_and_played_in_the_panel(mapped, browser, fold
     row.find_elements(By.TAG_NAME, "td")[1].click()
     video = page.execute_script("const v = document.querySelector('#panel video'); return v ? v.src : null;")
     assert video == want and "no preview image" not in _panel(page)["text"]
+
+
+def test_a_family_too_large_for_the_memory_is_one_error_before_any_work(mapped, capsys, tmp_path, monkeypatch):
+    import lorastyle._memory as memory
+
+    _, _, _, index = mapped
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
+    rc, out, err = _run(capsys, "map", index, "-o", tmp_path / "m.html")
+    assert rc == 2 and out == "" and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: tiny: mapping the 11 files of family tiny needs about ") and "--base-model" in line
+    assert not (tmp_path / "m.html").exists()
+
+
+def test_running_out_of_memory_anyway_is_one_line(mapped, capsys, tmp_path, monkeypatch):
+    import lorastyle.lora_map as lora_map
+
+    _, _, _, index = mapped
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError("Unable to allocate 3.00 GiB for an array with shape (20000, 20000)")
+
+    monkeypatch.setattr(lora_map, "map_data", exhausted)
+    rc, out, err = _run(capsys, "map", index, "-o", tmp_path / "m.html")
+    assert rc == 2 and "Traceback" not in err
+    assert (
+        err.strip()
+        == "error: lorastyle map ran out of memory (Unable to allocate 3.00 GiB for an array with shape (20000, 20000))"
+    )
