@@ -30,6 +30,7 @@ SCRIPTS = {
     "b6": "b6_cluster.py",
     "b7": "b7_rerank.py",
     "b8": "b8_family_fit.py",
+    "b9": "b9_library.py",
 }
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 
