@@ -248,6 +248,7 @@ def build_index(
         before = unchanged.get(key)
         if before is not None and _members(before) == _members(group):
             group.embedding, group.ann = before.embedding, before.ann  # the same rows: the same fit
+            group.null = before.null
         else:
             to_fit.append(group)
     for group in progress(to_fit, desc="fitting PCA per base family", total=len(to_fit)):

@@ -23,6 +23,7 @@ from ..descriptors import DESCRIPTORS, ModuleSelection
 from ..errors import IncomparableLorasError, LoraFormatError
 from ..io.safetensors import read_safetensors, write_safetensors
 from .ann import AnnIndex
+from .null import MAX_PAIRS, FamilyNull, family_null
 from .records import Record, record_from_row, record_row
 from .search import SCORERS, SketchMatrix
 from .sketches import Sketcher
@@ -72,6 +73,9 @@ class Group:
         The paper's calibrated PCA of the group's descriptors (None for fewer than 3 files).
     ann : AnnIndex or None
         Candidates for ``similar`` in a large group (:mod:`lorastyle.index.ann`); None: exact search.
+    null : FamilyNull
+        The scores of pairs of its files (:mod:`lorastyle.index.null`), made once (kept in the index
+        file: a query's p-values need not score 20,000 pairs again).
     """
 
     key: str
@@ -79,6 +83,7 @@ class Group:
     _embedding: object = field(default=None, repr=False)
     ann: object = None
     _matrix: SketchMatrix | None = field(default=None, repr=False)
+    _null: FamilyNull | None = field(default=None, repr=False)
     # a loaded embedding's checked arrays, made a StreamedPCA when first asked for: its module imports
     # scikit-learn (1.5 s), and a query scored by cosine never needs it
     _embedding_state: dict | None = field(default=None, repr=False)
@@ -96,6 +101,17 @@ class Group:
     @embedding.setter
     def embedding(self, value) -> None:
         self._embedding, self._embedding_state = value, None
+
+    @property
+    def null(self) -> FamilyNull:
+        """The family's null (:func:`lorastyle.index.null.family_null`), made when first asked for."""
+        if self._null is None:
+            self._null = family_null(self.matrix)
+        return self._null
+
+    @null.setter
+    def null(self, value: FamilyNull) -> None:
+        self._null = value
 
     @property
     def base(self) -> str:
@@ -260,11 +276,10 @@ class LoraIndex:
         order = order[:k]
         out = []
         if scorer == "cosine" and order:
-            from .null import family_null
             from .thresholds import near_threshold
             from .verdicts import verdict
 
-            null = family_null(group.matrix)
+            null = group.null
             near, _ = near_threshold(self, group.base)
         for i in order:
             item = {"path": group.records[i].path, "score": float(scores[i])}
@@ -363,13 +378,14 @@ class LoraIndex:
             if g.ann is not None:
                 for name, arr in g.ann.get_state().items():
                     tensors[f"g{gi}/ann/{name}"] = arr
+            tensors[f"g{gi}/null"] = g.null.scores.astype(np.float64)
             rows = []
             for r in g.records:
                 layouts.setdefault(r.layout.key, r.layout.to_json())
                 row = record_row(r)
                 del row["norms"]  # stacked with the sketches
                 rows.append({**row, "layout": r.layout.key})
-            groups.append({"key": key, "parts": list(m.parts), "records": rows})
+            groups.append({"key": key, "parts": list(m.parts), "records": rows, "null_sampled": g.null.sampled})
         select = None
         if self.select is not None:
             select = {
@@ -486,7 +502,19 @@ class LoraIndex:
             ann_state = {k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"g{gi}/ann/")}
             ann = AnnIndex.from_state(ann_state) if ann_state else None
             need(ann is None or len(ann.reduced_) == n, "the ANN index's size")
-            group = Group(key=str(g["key"]), records=records, ann=ann, _embedding_state=state or None)
+            null_scores = tensors.get(f"g{gi}/null")
+            null = None
+            if null_scores is not None:  # absent from an index of format 2: made when first asked for
+                sampled = bool(g.get("null_sampled", False))
+                need(
+                    null_scores.ndim == 1
+                    and (len(null_scores) <= MAX_PAIRS if sampled else len(null_scores) == n * (n - 1) // 2)
+                    and bool(np.all(np.isfinite(null_scores)))
+                    and bool(np.all(np.diff(null_scores) >= 0)),
+                    "the family's null",
+                )
+                null = FamilyNull(scores=null_scores, n_files=n, sampled=sampled)
+            group = Group(key=str(g["key"]), records=records, ann=ann, _embedding_state=state or None, _null=null)
             group._matrix = SketchMatrix(parts=tuple(parts), unit=unit, norms=norms)
             groups[group.key] = group
         skipped = [

@@ -19,7 +19,6 @@ Two scores matter for a family of an index:
 from __future__ import annotations
 
 from .calibration import load_calibration
-from .null import family_null
 
 __all__ = ["near_threshold", "related_threshold", "NEAR_DEFAULT", "RELATED_DEFAULT"]
 
@@ -86,7 +85,7 @@ def related_threshold(index, group, *, given: float | None = None) -> tuple[floa
     own = load_calibration(index.descriptor, settings, group.base)
     if own is not None:
         return own.threshold, f"the 'same source likely' score of {own.calibrated_on}"
-    null = family_null(group.matrix)
+    null = group.null
     from_null = null.threshold(ALPHA)
     if from_null is not None:
         return from_null, (

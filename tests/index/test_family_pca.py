@@ -149,3 +149,27 @@ def test_a_familys_sketches_are_held_once(folder):
         for part, sketch in record.sketches.items():
             assert np.shares_memory(sketch, group.matrix.unit[part])
             np.testing.assert_array_equal(sketch, group.matrix.unit[part][i])
+
+
+def test_the_familys_null_is_kept_in_the_index_and_checked(folder, tmp_path, monkeypatch):
+    """A query's p-values come from the null made when the index was: the same as one made again."""
+    import lorastyle.index.store as store
+    from lorastyle.errors import LoraFormatError
+    from lorastyle.index.null import family_null
+
+    index, _, _ = build_index(folder[:-1], descriptor="delta", n_components=2)
+    index.save(tmp_path / "index.safetensors")
+    loaded = LoraIndex.load(tmp_path / "index.safetensors")
+    (group,) = loaded.groups.values()
+    again = family_null(group.matrix)
+    np.testing.assert_array_equal(group.null.scores, again.scores)
+    assert group.null.n_pairs == 23 * 22 // 2 and not group.null.sampled
+    query = read_record(folder[-1], sketcher=loaded.sketcher, descriptor="delta")
+    monkeypatch.setattr(store, "family_null", lambda *a, **k: pytest.fail("the null was made again"))
+    found = loaded.similar(query, k=5)
+    assert [r["p_value"] for r in found] == [again.p_value(r["score"]) for r in found]
+    tensors, meta = read_safetensors(tmp_path / "index.safetensors")
+    for bad in (tensors["g0/null"][::-1].copy(), tensors["g0/null"][:-1], np.full_like(tensors["g0/null"], np.nan)):
+        write_safetensors(tmp_path / "bad.safetensors", {**tensors, "g0/null": bad}, meta)
+        with pytest.raises(LoraFormatError, match="the family's null"):
+            LoraIndex.load(tmp_path / "bad.safetensors")
