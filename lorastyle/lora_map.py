@@ -483,6 +483,9 @@ class MapData:
         its sidecar files and its header, by their precedence rule).
     base_models : list of str or None
         The ``base_models`` filter the map was made with.
+    duplicates : DuplicateReport or None
+        Same weights and near-duplicates among the mapped files
+        (:func:`lorastyle.index.duplicates.find_duplicates`, as ``lorastyle duplicates`` lists them).
     """
 
     groups: list
@@ -492,6 +495,7 @@ class MapData:
     videos: dict = field(default_factory=dict, repr=False)
     extra: dict = field(default_factory=dict, repr=False)
     base_models: list | None = None
+    duplicates: object = field(default=None, repr=False)
 
 
 def map_data(
@@ -587,6 +591,13 @@ def map_data(
     )
     records = [r for gm in groups for r in gm.records]
     data.extra = {r.path: facts[r.path] for r in records}
+    from .index.duplicates import find_duplicates
+
+    mapped = set(data.extra)
+    report = find_duplicates(index)
+    report.same_weights = [g for g in report.same_weights if set(g["paths"]) <= mapped]
+    report.near = [pair for pair in report.near if set(pair["paths"]) <= mapped]
+    data.duplicates = report
     if previews:
         for r in progress(records, desc="reading preview images", total=len(records)):
             image = find_preview(r.path)
@@ -1060,6 +1071,7 @@ def map_page(
             "positions.</p>\n"
         )
     clusters_html = "<section id='clusters'>\n<h2>Clusters</h2>\n" + "\n".join(lists) + "\n</section>\n"
+    clusters_html += _duplicates_list(data)
     map_html = (  # the panel comes first, so that the plot is drawn in the width the panel leaves it
         "<div class='row'>\n<div id='panel'><span class='note'>Hover over a point (or click a row) to see "
         "the file and its preview image.</span></div>\n<div class='plot'>\n" + plot + "\n</div>\n</div>\n"
@@ -1078,6 +1090,30 @@ def map_page(
             f"\n<script>{_JS.replace('NO_BASE_MODEL', json.dumps(_NO_BASE_MODEL))}</script>\n</body>\n</html>\n",
         ]
     )
+
+
+def _duplicates_list(data: MapData) -> str:
+    """Same weights and near-duplicates among the mapped files, as ``lorastyle duplicates`` lists them."""
+    report = data.duplicates
+    if report is None:
+        return ""
+    name = lambda p: html.escape(_text(os.path.basename(p)))  # noqa: E731
+    parts = ["<section id='duplicates'>\n<h2>Same weights and near-duplicates</h2>"]
+    if not report.same_weights and not report.near:
+        parts.append("<p class='note'>None: no two files share their weights or most of their update.</p>")
+    for g in report.same_weights:
+        others = ", ".join(name(p) for p in g["paths"] if p != g["keep"])
+        parts.append(
+            f"<p><b>same weights</b> ({g['base']}): keep {name(g['keep'])} ({html.escape(_text(g['keep_reason']))}); "
+            f"copies: {others}</p>"
+        )
+    for pair in report.near:
+        why = report.thresholds.get(pair["base"], {})
+        parts.append(
+            f"<p><b>near-duplicates</b> ({pair['base']}, score {pair['score']:.3f}, at least "
+            f"{why.get('threshold', float('nan')):.3f}): {name(pair['paths'][0])} and {name(pair['paths'][1])}</p>"
+        )
+    return "\n".join(parts) + "\n</section>\n"
 
 
 def _controls(data: MapData, files: list[dict]) -> str:

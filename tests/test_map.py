@@ -658,6 +658,8 @@ def test_files_of_the_same_weights_are_one_point_that_names_every_copy(tmp_path)
     ]
     assert sorted(Path(c).name for c in files[copies[0]]["copies"]) == ["a_copy.safetensors", "renamed.safetensors"]
     assert "tiny (6 files, 4 distinct)" in text and "and 2 identical files" in text
+    section = text.split("<section id='duplicates'>", 1)[1]
+    assert section.count("<b>same weights</b>") == 1 and "keep a.safetensors" in section
 
 
 def test_layout_fidelity_is_high_for_clusters_and_low_without_structure():
@@ -747,3 +749,18 @@ def test_running_out_of_memory_anyway_is_one_line(mapped, capsys, tmp_path, monk
         err.strip()
         == "error: lorastyle map ran out of memory (Unable to allocate 3.00 GiB for an array with shape (20000, 20000))"
     )
+
+
+def test_the_page_lists_what_lorastyle_duplicates_lists(mapped, capsys):
+    path, _, _, index = mapped
+    rc, out, err = _run(capsys, "duplicates", index, "--json")
+    assert rc == 0, err
+    report = json.loads(out)
+    section = path.read_text().split("<section id='duplicates'>", 1)[1].split("</section>", 1)[0]
+    pairs = report["near_duplicates"]
+    assert len(pairs) >= 3  # the near-copies of each style
+    for pair in pairs:
+        names = [Path(p).name for p in pair["paths"]]
+        assert f"score {pair['score']:.3f}" in section and f"{names[0]} and {names[1]}" in section
+    assert section.count("<b>near-duplicates</b>") == len(pairs)
+    assert section.count("<b>same weights</b>") == len(report["same_weights"])
