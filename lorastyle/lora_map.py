@@ -942,7 +942,7 @@ def map_page(
             c = int(labels[i])
             facts["group"] = gm.key
             facts["cluster"] = c
-            facts["cluster_text"] = f"{c} ({sizes[c]} files)" if sizes[c] > 1 else f"{c} (no other file)"
+            facts["cluster_text"] = f"{c} ({sizes[c]} files)" if sizes[c] > 1 else "none (no other file close enough)"
             near = [j for j in np.argsort(-S[i], kind="stable") if j != i][:3]
             facts["closest"] = [f"{_text(os.path.basename(gm.records[j].path))} ({S[i, j]:.3f})" for j in near]
             facts["video"] = data.videos.get(r.path, "")
@@ -1214,10 +1214,10 @@ def _group_list(gm: GroupMap, start: int, data: MapData, fidelity: float = float
                 cells = [f"{S[i, j]:.3f} {html.escape(_text(os.path.basename(gm.records[j].path)))}"]
             else:
                 cells = [""]
-            rows.append(_member_row(gm, start, data, m, _SINGLE, [f"{c['id']}"] + cells))
+            rows.append(_member_row(gm, start, data, m, _SINGLE, cells))
         parts.append(
             "<div class='cluster single'><b>in no cluster</b>"
-            "<table class='members'><tr><th></th><th>file</th><th>title</th><th>cluster id</th>"
+            "<table class='members'><tr><th></th><th>file</th><th>title</th>"
             "<th>closest file</th></tr>" + "".join(rows) + "</table></div>"
         )
     return "\n".join(parts)
