@@ -26,6 +26,7 @@ from .ann import ANN_MIN_RECORDS, AnnIndex
 from .cache import RecordCache
 from .distributed import read_files_on_cluster
 from .records import Record, read_files
+from .settings import IndexSettings
 from .sketches import Sketcher
 from .store import Group, LoraIndex, group_key
 from .walk import identity
@@ -157,12 +158,7 @@ def build_index(
     sketcher = sketcher or Sketcher()
     progress = progress or _no_progress
     paths = list(paths)
-    same_settings = (
-        previous is not None
-        and previous.descriptor == descriptor
-        and previous.sketcher.settings == sketcher.settings
-        and previous.select == select
-    )
+    same_settings = previous is not None and previous.settings == IndexSettings(descriptor, sketcher, select)
     known = {(r.path, r.identity): r for r in previous.records} if same_settings else {}
     refused = {(p, ident): reason for p, ident, reason in previous.skipped} if same_settings else {}
     stats = BuildStats()

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from ..io.atomic import remove_temporaries
 from .build import BuildStats, Progress, build_index
 from .cache import CACHE_SUFFIX, RecordCache
 from .freshness import Refresh, refresh_of
+from .settings import IndexSettings
 from .sketches import Sketcher
 from .store import LoraIndex
 from .walk import find_lora_files
@@ -190,13 +190,8 @@ def index_folder(
         problems = walk.refused + walk.unlisted
         if not walk.files:
             raise NotEnoughLorasError(root, "no LoRA files (.safetensors) found", problems)
-        settings = {
-            "descriptor": descriptor,
-            "sketch": sketcher.settings,
-            "select": json.dumps(repr(select)),
-            "format": "records",
-        }
-        cache = RecordCache(cache_dir, settings) if use_cache else None
+        settings = IndexSettings(descriptor, sketcher, select)
+        cache = RecordCache(cache_dir, {**settings.to_json(), "format": "records"}) if use_cache else None
         previous = _previous(output) if use_cache else None
         try:
             index, skipped, stats = build_index(
@@ -218,11 +213,7 @@ def index_folder(
         index.save(output)
         if cache is not None:
             cache.clear()
-    same_settings = previous is not None and (previous.descriptor, previous.sketcher.settings, previous.select) == (
-        index.descriptor,
-        index.sketcher.settings,
-        index.select,
-    )
+    same_settings = previous is not None and previous.settings == index.settings
     return IndexRun(
         index=index,
         skipped=walk.refused + skipped,

@@ -19,13 +19,14 @@ import numpy as np
 from .. import __version__
 from .._validation import check_option, check_positive_int, check_streamed_pca_state
 from ..comparability import Layout
-from ..descriptors import DESCRIPTORS, ModuleSelection
+from ..descriptors import ModuleSelection
 from ..errors import IncomparableLorasError, LoraFormatError
 from ..io.safetensors import read_safetensors, write_safetensors
 from .ann import AnnIndex
 from .null import MAX_PAIRS, FamilyNull, family_null
 from .records import Record, record_from_row, record_row
 from .search import SCORERS, SketchMatrix
+from .settings import IndexSettings
 from .sketches import Sketcher
 
 __all__ = ["Group", "LoraIndex", "INDEX_FORMAT", "group_key"]
@@ -150,6 +151,11 @@ class LoraIndex:
     select: ModuleSelection | None = None
     skipped: list = field(default_factory=list)
     fitted_with: tuple | None = None
+
+    @property
+    def settings(self) -> IndexSettings:
+        """The settings its records were made with (:class:`~lorastyle.index.settings.IndexSettings`)."""
+        return IndexSettings(self.descriptor, self.sketcher, self.select)
 
     @property
     def records(self) -> list:
@@ -332,9 +338,7 @@ class LoraIndex:
                 except (LoraFormatError, OSError) as exc:
                     warnings.warn(f"{group.records[i].path}: not rescored, it cannot be read ({exc})", stacklevel=3)
                     continue
-                if self.select is not None:
-                    lora.modules = self.select.modules(lora)
-                loaded[i] = lora
+                loaded[i] = self.settings.selected(lora)
             if not loaded:
                 continue
             try:
@@ -386,23 +390,13 @@ class LoraIndex:
                 del row["norms"]  # stacked with the sketches
                 rows.append({**row, "layout": r.layout.key})
             groups.append({"key": key, "parts": list(m.parts), "records": rows, "null_sampled": g.null.sampled})
-        select = None
-        if self.select is not None:
-            select = {
-                k: sorted(v) if v is not None else None
-                for k, v in (
-                    ("parts", self.select.parts),
-                    ("layers", self.select.layers),
-                    ("blocks", self.select.blocks),
-                    ("names", self.select.names),
-                )
-            }
+        settings = self.settings.to_json()
         meta = {
             "format": INDEX_FORMAT,
             "version": __version__,
-            "descriptor": self.descriptor,
-            "sketch": json.dumps(self.sketcher.settings),
-            "select": json.dumps(select),
+            "descriptor": settings["descriptor"],
+            "sketch": json.dumps(settings["sketch"]),
+            "select": json.dumps(settings["select"]),
             "groups": json.dumps(groups),
             "layouts": json.dumps(layouts),
             "skipped": json.dumps([[p, list(ident), reason] for p, ident, reason in self.skipped]),
@@ -445,14 +439,14 @@ class LoraIndex:
             if not condition:
                 raise ValueError(what)
 
-        descriptor = meta["descriptor"]
-        need(descriptor in DESCRIPTORS, f"unknown descriptor {descriptor!r}")
-        settings = json.loads(meta["sketch"])
-        need(isinstance(settings, dict), "sketch settings are not an object")
-        settings.setdefault("centre", False)  # made before centring was the default: scored as it was sketched
-        sketcher = Sketcher(**settings)
-        select_json = json.loads(meta["select"])
-        select = ModuleSelection(**select_json) if select_json else None
+        settings = IndexSettings.from_json(
+            {
+                "descriptor": meta["descriptor"],
+                "sketch": json.loads(meta["sketch"]),
+                "select": json.loads(meta["select"]),
+            }
+        )
+        descriptor, sketcher, select = settings.descriptor, settings.sketcher, settings.select
         layouts = {k: Layout.from_json(v) for k, v in json.loads(meta["layouts"]).items()}
         groups = {}
         for gi, g in enumerate(json.loads(meta["groups"])):
