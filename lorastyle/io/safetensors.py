@@ -330,10 +330,10 @@ def write_safetensors(
         )
         if code is None:
             raise ValueError(f"tensor {name!r}: dtype {arr.dtype} cannot be written to safetensors")
-        blob = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [offset, offset + len(blob)]}
+        blob = arr.astype(arr.dtype.newbyteorder("<"), copy=False)  # written from its own memory: no copy
+        header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [offset, offset + blob.nbytes]}
         blobs.append(blob)
-        offset += len(blob)
+        offset += blob.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # align the data section, as safetensors does
 
@@ -341,6 +341,7 @@ def write_safetensors(
         fh.write(struct.pack("<Q", len(raw)))
         fh.write(raw)
         for blob in blobs:
-            fh.write(blob)
+            if blob.nbytes:
+                fh.write(memoryview(blob.reshape(-1)).cast("B"))
 
     atomic_write(path, write)

@@ -526,3 +526,26 @@ def test_malicious_pickle_never_runs(tmp_path, name, protocol):
         read_safetensors(path)
     assert not marker.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_writing_takes_no_copy_of_the_tensors(tmp_path):
+    """An index of 20,000 files is 0.7 GB: writing it must not hold it twice."""
+    import subprocess
+    import sys
+
+    code = f"""
+import resource, numpy as np
+from lorastyle.io.safetensors import write_safetensors, read_safetensors
+a = np.ones((300, 1 << 19), dtype=np.float16)  # 300 MiB, touched
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+write_safetensors({str(tmp_path / "big.safetensors")!r}, {{"a": a, "b": np.arange(5, dtype=np.int64)}}, {{"k": "v"}})
+grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(grew)
+"""
+    grew = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert grew < 100, f"peak grew by {grew:.0f} MiB while writing 300 MiB"
+    from lorastyle.io.safetensors import read_safetensors
+
+    tensors, meta = read_safetensors(tmp_path / "big.safetensors")
+    assert meta == {"k": "v"} and tensors["a"].shape == (300, 1 << 19) and float(tensors["a"][-1, -1]) == 1.0
+    assert tensors["b"].tolist() == [0, 1, 2, 3, 4]
