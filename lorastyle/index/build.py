@@ -240,11 +240,12 @@ def build_index(
         key: g for key, g in (previous.groups.items() if same_settings and previous.fitted_with == fits else ())
     }
     to_fit = []
-    for key, group in groups.items():
+    for key, group in list(groups.items()):
         before = unchanged.get(key)
         if before is not None and _members(before) == _members(group):
-            group.embedding, group.ann = before.embedding, before.ann  # the same rows: the same fit
-            group.null = before.null
+            # the same files: the same group, its stacked sketches, fit and null kept as they are (not
+            # stacked again: an unchanged library of 20,000 files would hold its sketches twice)
+            groups[key] = before
         else:
             to_fit.append(group)
     for group in progress(to_fit, desc="fitting PCA per base family", total=len(to_fit)):
