@@ -86,10 +86,11 @@ def main() -> None:
         try:
             peak, wall, last = c.peak_rss_mb_of(cmd)
             runs[name] = {"peak_mb": peak, "wall_s": wall, "rc": 0, "last_line": last}
-        except RuntimeError as exc:
+        except RuntimeError as exc:  # "CMD failed (RC): STDERR"
             if ok:
                 raise
-            runs[name] = {"rc": "nonzero", "error": str(exc)[-600:]}
+            said = str(exc).split("): ", 1)[-1].strip().splitlines()
+            runs[name] = {"rc": "nonzero", "error": said[-1] if said else ""}
         print(name, runs[name], file=sys.stderr)
 
     if index.exists():
@@ -105,7 +106,7 @@ def main() -> None:
     ]
     met = runs["index"]["peak_mb"] <= INDEX_GOAL_MB
     map_run = runs["map (8 GiB limit)"]
-    map_said = map_run.get("last_line") or map_run.get("error", "").strip().splitlines()[-1]
+    map_said = map_run.get("last_line") or map_run.get("error", "")
     body = c.table(["command", "seconds", "peak (MB)"], rows)
     body += (
         f"\n\n{n:,} files, {size / 1e9:.2f} GB. Goal: `lorastyle index` peaks at most at {INDEX_GOAL_MB:,} MB: "

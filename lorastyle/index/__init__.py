@@ -8,7 +8,9 @@ One module per job:
 * :mod:`~lorastyle.index.search`: scores (cosine over shared model parts, or the PCA);
 * :mod:`~lorastyle.index.calibration`: the tiny model's thresholds, from the wild benchmark's labels;
 * :mod:`~lorastyle.index.null`: a family's null from the index's own pairs (p-values, no labels);
+* :mod:`~lorastyle.index.thresholds`: a family's near-duplicate and related scores, and why (one rule);
 * :mod:`~lorastyle.index.verdicts`: what a result is: same weights, same run, related, nothing close;
+* :mod:`~lorastyle.index.settings`: what records depend on (descriptor, sketch, selection), in one JSON form;
 * :mod:`~lorastyle.index.store`: :class:`LoraIndex`, its groups, saving and loading;
 * :mod:`~lorastyle.index.build`: building an index from files;
 * :mod:`~lorastyle.index.cache`: records of an interrupted run;
