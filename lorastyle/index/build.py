@@ -26,6 +26,7 @@ from .ann import ANN_MIN_RECORDS, AnnIndex
 from .cache import RecordCache
 from .distributed import read_files_on_cluster
 from .records import Record, read_files
+from .search import SketchRows
 from .settings import IndexSettings
 from .sketches import Sketcher
 from .store import Group, LoraIndex, group_key
@@ -167,8 +168,11 @@ def build_index(
     found: dict[int, tuple] = {}  # position -> ("record", Record) | ("skip", reason, lasting identity or None)
     layouts: dict = {}  # one Layout object per layout: a record's own copy is about 1 MB for an SDXL file
 
+    rows = SketchRows()  # the records' sketches in a few large blocks, not one allocation each
+
     def shared(record: Record) -> Record:
         record.layout = layouts.setdefault(record.layout.key, record.layout)
+        rows.take(record)
         return record
 
     to_read: list[int] = []
@@ -208,6 +212,7 @@ def build_index(
         else:
             lasting = (os.path.abspath(paths[i]), idents[i]) if outcome.lasting else None
             found[i] = ("skip", outcome.reason, lasting)
+    rows.close()
     records: list[Record] = []
     skipped: list[tuple[str, str]] = []
     lasting_skips: list[tuple[str, tuple, str]] = []  # skipped for a reason that holds while the file is unchanged

@@ -12,11 +12,47 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["SketchMatrix", "FullVectors", "SCORERS", "exact_cosines"]
+__all__ = ["SketchMatrix", "SketchRows", "FullVectors", "SCORERS", "exact_cosines"]
 
 SCORERS = ("cosine", "pca")
 # Rows converted from float16 at once: bounds the temporary float32 copy of a group's sketches.
 _CHUNK_ROWS = 512
+
+
+class SketchRows:
+    """Where records' sketches live while an index is built: rows of blocks of :data:`BLOCK_ROWS`.
+
+    Each record's sketch, a few tens of kB, would otherwise be its own small allocation; once
+    stacked into a family's :class:`SketchMatrix` those are freed but, small, stay in the process's
+    heap: a library's sketches were held twice (measured: 1.29 GB for 20,000 sketches of 32 kB,
+    instead of 0.70 GB). A block is one allocation, returned to the system when the last record
+    viewing it has been stacked.
+    """
+
+    BLOCK_ROWS = 1024
+
+    def __init__(self):
+        self._blocks: dict = {}  # (part, dim, dtype) -> (block, next free row)
+
+    def take(self, record) -> None:
+        """Copy the record's sketches into the current blocks; the record keeps views of its rows.
+
+        Parameters
+        ----------
+        record : Record
+        """
+        for part, sketch in record.sketches.items():
+            key = (part, len(sketch), sketch.dtype.str)
+            block, row = self._blocks.get(key, (None, self.BLOCK_ROWS))
+            if row == self.BLOCK_ROWS:
+                block, row = np.empty((self.BLOCK_ROWS, len(sketch)), dtype=sketch.dtype), 0
+            block[row] = sketch
+            record.sketches[part] = block[row]
+            self._blocks[key] = (block, row + 1)
+
+    def close(self) -> None:
+        """Drop the pool's own references: a block now lives as long as a record views it."""
+        self._blocks.clear()
 
 
 @dataclass

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lorastyle.index.search import SketchMatrix
+from lorastyle.index.search import SketchMatrix, SketchRows
 
 # float16 keeps 11 bits: a stored unit sketch's norm is 1 within about 1e-3, which the scores inherit
 TOL = 2e-3
@@ -60,3 +60,33 @@ def test_cosine_blocks_agree_with_each_row_and_with_brute_force():
     for r in rows:
         q = {p: m.unit[p][r] for p in m.parts if m.norms[p][r] > 0}
         np.testing.assert_allclose(m.cosines(q, {p: m.norms[p][r] for p in q}), reference[r], atol=TOL)
+
+
+def test_sketch_rows_hold_sketches_in_blocks_freed_once_stacked():
+    """Records' sketches live in a few blocks while read, and a block goes once its records are stacked."""
+    import gc
+    import weakref
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(1)
+    records = [
+        SimpleNamespace(
+            sketches={"unet": rng.standard_normal(16).astype(np.float16)}, norms={"unet": 1.0}, parts=("unet",)
+        )
+        for _ in range(5)
+    ]
+    values = [r.sketches["unet"].copy() for r in records]
+    rows = SketchRows()
+    for r in records:
+        rows.take(r)
+    block = records[0].sketches["unet"].base
+    assert all(r.sketches["unet"].base is block for r in records)  # one allocation for all five
+    for r, v in zip(records, values):
+        np.testing.assert_array_equal(r.sketches["unet"], v)
+    gone = weakref.ref(block)
+    del block
+    rows.close()
+    matrix = SketchMatrix.of(records)
+    gc.collect()
+    assert gone() is None  # stacked: the block is released
+    np.testing.assert_array_equal(matrix.unit["unet"], np.stack(values))
