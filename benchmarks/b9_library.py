@@ -4,8 +4,8 @@ LoRA managers' users keep 30,000 to 70,000 files. 20,000 distinct tiny-family Lo
 the wild benchmark's 72 files (``data/wild/loras``): file ``k`` is file ``k mod 72`` with each up
 factor plus Gaussian noise of its own standard deviation (seed ``k``), so that files of one source
 are related but not copies, and files of different sources unrelated. They are written once to
-``--tmp`` (kept between runs: a run resumes where the files stop). Each command is a fresh process
-whose peak resident memory its parent measures:
+``--tmp`` and kept for the next run, which resumes where the files stop (``--quick`` removes its own).
+Each command is a fresh process whose peak resident memory its parent measures:
 
 * ``lorastyle index DIR -o INDEX --no-cache`` (reads, hashes, sketches, fits);
 * the same again over the unchanged folder (nothing is read; an unchanged family keeps its fit);
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -113,6 +114,10 @@ def main() -> None:
         f"{c.fmt(runs['index']['peak_mb'])} MB, {c.verdict(met)}. The map under 8 GiB said: `{map_said}`; "
         f"traceback: {'yes' if 'Traceback' in json.dumps(map_run) else 'no'}."
     )
+    if args.quick:  # a check of the script: nothing kept
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        print(f"the files are kept in {root} for the next run (remove it to free {size / 1e9:.1f} GB)", file=sys.stderr)
     c.write_results(
         "b9",
         f"a library of {n:,} files",
