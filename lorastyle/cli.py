@@ -321,7 +321,7 @@ def _duplicates(args) -> int:
     if source is None:
         return EXIT_BAD_INPUT
     index, changed, _ = source  # the skipped files were reported as errors already
-    report = find_duplicates(index, near_threshold=args.threshold, changed=changed)
+    report = find_duplicates(index, near_threshold=args.threshold, changed=changed, progress=_progress)
     if args.json:
         print(json.dumps(report.to_json()))
     else:

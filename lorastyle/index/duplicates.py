@@ -202,7 +202,7 @@ def _title(record) -> str | None:
 
 
 def find_duplicates(
-    index: LoraIndex, *, near_threshold: float | None = None, changed: Iterable[str] = ()
+    index: LoraIndex, *, near_threshold: float | None = None, changed: Iterable[str] = (), progress=None
 ) -> DuplicateReport:
     """Groups of files of the same weights, and near-duplicate pairs, in every base family of an index.
 
@@ -216,6 +216,8 @@ def find_duplicates(
     changed : iterable of str, default=()
         Paths that changed since they were indexed (:func:`lorastyle.index.freshness.check_files`):
         the groups and pairs holding one list it as ``stale``.
+    progress : callable, optional
+        ``progress(iterable, desc=..., total=...)`` wraps the blocks of pairs of a large family.
 
     Returns
     -------
@@ -233,7 +235,7 @@ def find_duplicates(
         cut = thresholds[group.base]["threshold"]
         # the pairs that can be either: those scoring at least the lower threshold (a block of pairs at a
         # time, never n x n), and byte-identical files whatever they score (an all-zero update scores 0)
-        ii, jj, ss = group.matrix.pairs_at_least(min(cut, SAME_SCORE))
+        ii, jj, ss = group.matrix.pairs_at_least(min(cut, SAME_SCORE), progress=progress)
         score = dict(zip(zip(ii.tolist(), jj.tolist()), ss.tolist()))
         by_sha: dict[str, list[int]] = {}
         for k, r in enumerate(records):

@@ -179,7 +179,9 @@ class SketchMatrix:
             out = num / np.sqrt(sq_rows * sq_cols)
         return np.clip(np.nan_to_num(out, nan=0.0), -1.0, 1.0)
 
-    def pairs_at_least(self, threshold: float, *, block: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def pairs_at_least(
+        self, threshold: float, *, block: int = 2048, progress=None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every pair ``i < j`` scoring at least ``threshold``, found a block of pairs at a time.
 
         The scores are :meth:`cosine_block`'s; memory is a few ``block x block`` arrays whatever the
@@ -189,6 +191,8 @@ class SketchMatrix:
         ----------
         threshold : float
         block : int, default=2048
+        progress : callable, optional
+            ``progress(iterable, desc=..., total=...)`` wraps the row blocks (for example ``tqdm``).
 
         Returns
         -------
@@ -198,7 +202,10 @@ class SketchMatrix:
         """
         n = len(self)
         found_i, found_j, found_s = [], [], []
-        for r0 in range(0, n, block):
+        starts = range(0, n, block)
+        if progress is not None and len(starts) > 1:
+            starts = progress(starts, desc="scoring pairs (blocks of rows)", total=len(starts))
+        for r0 in starts:
             rows = np.arange(r0, min(n, r0 + block))
             for c0 in range(r0, n, block):
                 cols = rows if c0 == r0 else np.arange(c0, min(n, c0 + block))

@@ -90,3 +90,18 @@ def test_sketch_rows_hold_sketches_in_blocks_freed_once_stacked():
     gc.collect()
     assert gone() is None  # stacked: the block is released
     np.testing.assert_array_equal(matrix.unit["unet"], np.stack(values))
+
+
+def test_pairs_at_least_reports_its_blocks_to_a_progress_bar():
+    m = matrix(n=50)
+    seen = []
+
+    def progress(items, desc, total):
+        seen.append((desc, total))
+        return items
+
+    with_bar = m.pairs_at_least(0.3, block=16, progress=progress)
+    without = m.pairs_at_least(0.3, block=16)
+    assert seen == [("scoring pairs (blocks of rows)", 4)]
+    for a, b in zip(with_bar, without):
+        np.testing.assert_array_equal(a, b)
