@@ -241,9 +241,7 @@ def build_index(
         if kept:
             groups[key] = Group(key=key, records=kept)
     fits = (n_components, calibrate, random_state, ann_min_records)
-    unchanged = {
-        key: g for key, g in (previous.groups.items() if same_settings and previous.fitted_with == fits else ())
-    }
+    unchanged = previous.groups if same_settings and previous.fitted_with == fits else {}
     to_fit = []
     for key, group in list(groups.items()):
         before = unchanged.get(key)

@@ -110,10 +110,6 @@ class Group:
             self._null = family_null(self.matrix)
         return self._null
 
-    @null.setter
-    def null(self, value: FamilyNull) -> None:
-        self._null = value
-
     @property
     def base(self) -> str:
         """The records' base family."""
