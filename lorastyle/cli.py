@@ -208,11 +208,10 @@ def _similar(args) -> int:
         if os.path.isdir(path):  # the reader would only say "not a regular file"
             _error(path, f"is a folder: similar's {what} (to index a folder: lorastyle index {path} -o INDEX)")
             return EXIT_BAD_INPUT
-    from .index.freshness import check_files
+    from .index.freshness import FileChecks
 
     index = LoraIndex.load(args.index)
-    fresh = check_files(index)
-    _report_stale(args.index, fresh)
+    checks = FileChecks()  # the files ranked for this query, not the whole library
     # one read of the query: its record, and the loaded file for the exact re-ranking
     query, query_lora = read_query(
         args.query, sketcher=index.sketcher, descriptor=index.descriptor, select=index.select
@@ -228,9 +227,11 @@ def _similar(args) -> int:
         scorer=args.scorer,
         rerank=rerank,
         query_lora=query_lora,
-        exclude=fresh.gone,
         rerank_budget=budget,
+        keep=checks.keep,
     )
+    fresh = checks.freshness
+    _report_stale(args.index, fresh, ranked=True)
     changed = set(fresh.changed)
     for r in results:
         if r["path"] in changed:
@@ -262,8 +263,11 @@ def _list_paths(label: str, paths: list) -> None:
         _print(f"  ... and {len(paths) - _MAX_LISTED} more {label}", sys.stderr)
 
 
-def _report_stale(index_path, fresh) -> None:
-    """One warning line for the files of an index that are gone or changed since it was made, then their paths."""
+def _report_stale(index_path, fresh, *, ranked: bool = False) -> None:
+    """One warning line for the files of an index that are gone or changed since it was made, then their paths.
+
+    ``ranked``: only the files a query ranked were checked (:class:`lorastyle.index.freshness.FileChecks`).
+    """
     if not fresh.stale:
         return
     said = []
@@ -275,7 +279,8 @@ def _report_stale(index_path, fresh) -> None:
             f"{'it' if len(fresh.changed) == 1 else 'them'} are marked '{_STALE.strip()}')"
         )
     _print(
-        f"warning: {index_path}: of its {_count(fresh.n_files, 'file')}, {' and '.join(said)}; re-run "
+        f"warning: {index_path}: of {'the ' if ranked else 'its '}{_count(fresh.n_files, 'file')}"
+        f"{' ranked for this query' if ranked else ''}, {' and '.join(said)}; re-run "
         "`lorastyle index` on its folder, or give the folder with --index, to refresh it",
         sys.stderr,
     )

@@ -99,3 +99,24 @@ def chromium_driver():
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(120)
     return driver
+
+
+def index_of_format(tensors: dict, meta: dict, fmt: str) -> tuple[dict, dict]:
+    """An index file's parts written as format 2 or 3 did: every record's JSON in the header.
+
+    Parameters
+    ----------
+    tensors, meta : what ``read_safetensors`` returns for an index of the current format.
+    fmt : {"lorastyle-index-2", "lorastyle-index-3"}
+    """
+    import numpy as np
+
+    tensors = dict(tensors)
+    groups = []
+    for gi, g in enumerate(json.loads(meta["groups"])):
+        blob = tensors.pop(f"g{gi}/records").tobytes()
+        offsets = tensors.pop(f"g{gi}/record_offsets")
+        rows = [json.loads(blob[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
+        groups.append({k: v for k, v in g.items() if k != "n"} | {"records": rows})
+    tensors = {k: np.asarray(v) for k, v in tensors.items()}
+    return tensors, {**meta, "groups": json.dumps(groups), "format": fmt}

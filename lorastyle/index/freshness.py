@@ -2,7 +2,7 @@
 
 Every record keeps the file's identity when it was read (:attr:`Record.identity`: device, inode,
 size and mtime in ns). A command that reads an index file checks each file's size and mtime
-against it (:func:`check_files`):
+against it (:func:`check_files`; ``similar`` checks only the files it ranks: :class:`FileChecks`):
 
 * **gone**: the path no longer names a regular file (deleted, moved, its folder unmounted). Such a
   file is left out of every result (:func:`without_files`), never reported as a live result or
@@ -25,7 +25,7 @@ from .records import Record
 from .search import SketchMatrix
 from .store import Group, LoraIndex
 
-__all__ = ["Freshness", "Refresh", "check_files", "is_changed", "refresh_of", "without_files"]
+__all__ = ["Freshness", "FileChecks", "Refresh", "check_files", "is_changed", "refresh_of", "without_files"]
 
 
 def is_changed(record: Record, st: os.stat_result) -> bool:
@@ -68,6 +68,56 @@ class Freshness:
         return bool(self.gone or self.changed)
 
 
+class FileChecks:
+    """Files checked one at a time, when first asked about: a query checks the files it ranks.
+
+    ``similar`` over 70,000 files looks at a few of them; one ``os.stat`` per indexed file would
+    cost more than the query. Give :meth:`keep` to :meth:`lorastyle.index.LoraIndex.similar`.
+
+    Attributes
+    ----------
+    freshness : Freshness
+        What the checks found so far (``n_files``: the files checked).
+    """
+
+    def __init__(self):
+        self.freshness = Freshness()
+        self._seen: dict = {}
+
+    def keep(self, record: Record) -> bool:
+        """Whether the record's file is still there (it is checked once: gone or changed is noted).
+
+        Parameters
+        ----------
+        record : Record
+
+        Returns
+        -------
+        bool
+            False for a file that is gone.
+        """
+        seen = self._seen.get(record.path)
+        if seen is None:
+            seen = self._seen[record.path] = _check(record, self.freshness)
+        return seen
+
+
+def _check(record: Record, out: Freshness) -> bool:
+    """Check one file into ``out``; whether it is still there."""
+    out.n_files += 1
+    try:
+        st = os.stat(record.path)
+    except (OSError, ValueError):  # gone, unreachable, or a name the system cannot take
+        out.gone.append(record.path)
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        out.gone.append(record.path)
+        return False
+    if is_changed(record, st):
+        out.changed.append(record.path)
+    return True
+
+
 def check_files(index: LoraIndex) -> Freshness:
     """Check every indexed file with one ``os.stat`` (size and mtime against its record).
 
@@ -79,17 +129,9 @@ def check_files(index: LoraIndex) -> Freshness:
     -------
     Freshness
     """
-    out = Freshness(n_files=len(index.records))
+    out = Freshness()
     for record in index.records:
-        try:
-            st = os.stat(record.path)
-        except (OSError, ValueError):  # gone, unreachable, or a name the system cannot take
-            out.gone.append(record.path)
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            out.gone.append(record.path)
-        elif is_changed(record, st):
-            out.changed.append(record.path)
+        _check(record, out)
     return out
 
 

@@ -528,6 +528,7 @@ def record_from_row(
     need(all(np.isfinite(x) and x >= 0 for x in norms.values()), "norms")
     n_modules = int(row["n_modules"])
     need(np.shape(module_norms) == (n_modules,) and bool(np.all(np.isfinite(module_norms))), "module norms")
+    need(init is None or (np.ndim(init) == 1 and bool(np.all(np.isfinite(init)))), "init sketch")
     scales = row.get("scales")
     need(scales is None or (isinstance(scales, list) and all(np.isfinite(float(x)) for x in scales)), "scales")
     return Record(

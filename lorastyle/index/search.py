@@ -93,6 +93,8 @@ class SketchMatrix:
         norms = {p: np.zeros(len(records)) for p in parts}
         for i, r in enumerate(records):
             for p in r.sketches:
+                if not np.all(np.isfinite(r.sketches[p])):  # a record of a mapped index is checked when read
+                    raise ValueError(f"{r.path}: its sketch of {p} holds NaN or Inf")
                 unit[p][i] = r.sketches[p]
                 norms[p][i] = r.norms[p]
             r.sketches = {p: unit[p][i] for p in r.sketches}

@@ -9,9 +9,10 @@ read as hostile input like any other file: every array is checked for shape and 
 from __future__ import annotations
 
 import json
+import operator
 import os
 import warnings
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,10 +32,11 @@ from .sketches import Sketcher
 
 __all__ = ["Group", "LoraIndex", "INDEX_FORMAT", "group_key"]
 
-INDEX_FORMAT = "lorastyle-index-3"
-# Index files this version reads: format 2 held a kernel PCA (n x n to fit), which is not read; its
-# files are used as they are and the PCA is refitted by the next `lorastyle index`.
-READABLE_FORMATS = (INDEX_FORMAT, "lorastyle-index-2")
+INDEX_FORMAT = "lorastyle-index-4"
+# Index files this version reads: format 3 kept every record's JSON in the header (read whole);
+# format 2 also held a kernel PCA (n x n to fit), which is not read: its files are used as they are
+# and the PCA is refitted by the next `lorastyle index`.
+READABLE_FORMATS = (INDEX_FORMAT, "lorastyle-index-3", "lorastyle-index-2")
 # Files re-read by one batch of re-ranking (their factors in memory together)
 RERANK_BATCH_BYTES = 512 << 20
 
@@ -199,6 +201,7 @@ class LoraIndex:
         query_lora=None,
         exclude: Collection[str] = (),
         rerank_budget: int | None = None,
+        keep: Callable[[Record], bool] | None = None,
     ) -> list[dict]:
         """The ``k`` indexed files most similar to ``query``, best first.
 
@@ -227,6 +230,10 @@ class LoraIndex:
         rerank_budget : int, optional
             Bytes: ``rerank`` reads the best-scored files in order while their sizes add up to at
             most this (the others keep their sketches' scores); None: no limit.
+        keep : callable, optional
+            ``keep(record)`` is asked of each file in order of score until ``k`` are kept (a file
+            that is gone is left out: :class:`lorastyle.index.freshness.FileChecks`); the files
+            after them are never asked about.
 
         Returns
         -------
@@ -261,12 +268,16 @@ class LoraIndex:
                 scores = np.nan_to_num(Z @ z / (np.linalg.norm(Z, axis=1) * np.linalg.norm(z)))
         own = os.path.abspath(query.path)
         exclude = set(exclude)
-        candidates = [
-            i
-            for i in (range(len(group.records)) if rows is None else rows)
-            if group.records[i].path != own and group.records[i].path not in exclude
-        ]
-        order = sorted(candidates, key=lambda i: (-scores[i], group.records[i].path))
+        # best first, ties in index order; records are decoded (and files checked) only as they are reached
+        ranked = np.argsort(-scores, kind="stable") if rows is None else rows[np.argsort(-scores[rows], kind="stable")]
+        wanted = max(k, rerank if rerank and scorer == "cosine" else 0)
+        order = []
+        for i in ranked.tolist():
+            record = group.records[i]
+            if record.path != own and record.path not in exclude and (keep is None or keep(record)):
+                order.append(i)
+                if len(order) == wanted:
+                    break
         exact = set()
         if rerank and scorer == "cosine" and self.descriptor in ("gram", "delta"):
             if query_lora is None:
@@ -274,7 +285,8 @@ class LoraIndex:
             exact = self._rerank(
                 scores, group, order[: check_positive_int(rerank, "rerank")], query_lora, rerank_budget
             )
-            order = sorted(order, key=lambda i: (i not in exact, -scores[i], group.records[i].path))
+            rank = {i: r for r, i in enumerate(order)}
+            order = sorted(order, key=lambda i: (i not in exact, -scores[i], rank[i]))
         order = order[:k]
         out = []
         if scorer == "cosine" and order:
@@ -364,7 +376,7 @@ class LoraIndex:
         for gi, (key, g) in enumerate(self.groups.items()):
             m = g.matrix
             for p in m.parts:
-                tensors[f"g{gi}/{p}/unit"] = m.unit[p]
+                tensors[f"g{gi}/{p}/unit"] = getattr(m.unit[p], "raw", m.unit[p])  # a mapped file's rows: not read here
                 tensors[f"g{gi}/{p}/norm"] = m.norms[p]
             mn = [np.asarray(r.module_norms, np.float32) for r in g.records]
             tensors[f"g{gi}/module_norms"] = np.concatenate(mn) if mn else np.zeros(0, np.float32)
@@ -384,8 +396,11 @@ class LoraIndex:
                 layouts.setdefault(r.layout.key, r.layout.to_json())
                 row = record_row(r)
                 del row["norms"]  # stacked with the sketches
-                rows.append({**row, "layout": r.layout.key})
-            groups.append({"key": key, "parts": list(m.parts), "records": rows, "null_sampled": g.null.sampled})
+                rows.append(json.dumps({**row, "layout": r.layout.key}, separators=(",", ":")).encode("utf-8"))
+            # each record's JSON apart, so that a query decodes only the records it returns
+            tensors[f"g{gi}/records"] = np.frombuffer(b"".join(rows), np.uint8)
+            tensors[f"g{gi}/record_offsets"] = np.cumsum([0] + [len(x) for x in rows]).astype(np.int64)
+            groups.append({"key": key, "parts": list(m.parts), "n": len(rows), "null_sampled": g.null.sampled})
         settings = self.settings.to_json()
         meta = {
             "format": INDEX_FORMAT,
@@ -402,7 +417,11 @@ class LoraIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LoraIndex:
-        """Read an index written by :meth:`save`.
+        """Open an index written by :meth:`save`.
+
+        The file is mapped, not read: a record's facts are decoded, and its sketches read and
+        checked, when something uses them (a query of a library of 70,000 files reads its
+        candidates, not the library). What is read is checked as hostile input like any file.
 
         Parameters
         ----------
@@ -416,21 +435,22 @@ class LoraIndex:
         ------
         LoraFormatError
             If the file is not a lorastyle index, is of another format version, or any part of it
-            is missing or inconsistent (an index is a file like any other: damaged or hostile).
+            is missing or inconsistent (an index is a file like any other: damaged or hostile);
+            for a part read later, when it is read.
         """
         path = os.fspath(path)
-        tensors, meta = read_safetensors(path)
+        tensors, meta = read_safetensors(path, mapped=True)
         if meta.get("format") not in READABLE_FORMATS:
             found = meta.get("format")
             hint = "; rebuild it with `lorastyle index`" if str(found).startswith("lorastyle-index") else ""
             raise LoraFormatError(path, f"not a lorastyle index of format {INDEX_FORMAT} (format {found!r}){hint}")
         try:
-            return cls._from_parts(tensors, meta)
-        except (KeyError, ValueError, TypeError, IndexError, AttributeError, ZeroDivisionError) as exc:
+            return cls._from_parts(path, tensors, meta)
+        except _DAMAGE as exc:
             raise LoraFormatError(path, f"damaged lorastyle index ({type(exc).__name__}: {exc})") from None
 
     @classmethod
-    def _from_parts(cls, tensors: dict, meta: dict) -> LoraIndex:
+    def _from_parts(cls, path: str, tensors: dict, meta: dict) -> LoraIndex:
         def need(condition: bool, what: str) -> None:
             if not condition:
                 raise ValueError(what)
@@ -444,47 +464,63 @@ class LoraIndex:
         )
         descriptor, sketcher, select = settings.descriptor, settings.sketcher, settings.select
         layouts = {k: Layout.from_json(v) for k, v in json.loads(meta["layouts"]).items()}
+        current = meta["format"] == INDEX_FORMAT
         groups = {}
         for gi, g in enumerate(json.loads(meta["groups"])):
-            rows = g["records"]
-            n = len(rows)
+            if current:
+                n = int(g["n"])
+                blob, offsets = tensors[f"g{gi}/records"], tensors[f"g{gi}/record_offsets"]
+                need(
+                    blob.dtype == np.uint8
+                    and blob.ndim == 1
+                    and offsets.shape == (n + 1,)
+                    and offsets.dtype == np.int64
+                    and offsets[0] == 0
+                    and offsets[-1] == len(blob)
+                    and bool(np.all(np.diff(offsets) >= 0)),
+                    "the records' offsets",
+                )
+                row_of = _RowsOfBytes(blob, offsets)
+            else:  # formats 2 and 3 keep the records' JSON in the header
+                row_of = g["records"]
+                n = len(row_of)
             need(n >= 1, "an empty group")
             parts = [str(p) for p in g["parts"]]
             unit, norms = {}, {}
             for p in parts:
-                unit[p] = tensors[f"g{gi}/{p}/unit"]
-                norms[p] = tensors[f"g{gi}/{p}/norm"]
-                need(unit[p].shape == (n, sketcher.dim) and unit[p].dtype == np.float16, f"sketches of {p}")
+                raw, norms[p] = tensors[f"g{gi}/{p}/unit"], tensors[f"g{gi}/{p}/norm"]
+                need(raw.shape == (n, sketcher.dim) and raw.dtype == np.float16, f"sketches of {p}")
                 need(norms[p].shape == (n,) and bool(np.all(np.isfinite(norms[p]))), f"norms of {p}")
-                need(bool(np.all(np.isfinite(unit[p]))), f"sketches of {p} hold NaN or Inf")
+                unit[p] = CheckedRows(raw, path, f"sketches of {p}")
             init = tensors.get(f"g{gi}/init")
             need(init is None or init.shape[0] == n, "init sketches")
-            flat, offsets = tensors[f"g{gi}/module_norms"], tensors[f"g{gi}/module_norm_offsets"]
+            flat, norm_offsets = tensors[f"g{gi}/module_norms"], tensors[f"g{gi}/module_norm_offsets"]
             need(
-                offsets.shape == (n + 1,)
-                and offsets[0] == 0
-                and offsets[-1] == len(flat)
-                and bool(np.all(np.diff(offsets) >= 0))
-                and bool(np.all(np.isfinite(flat))),
+                norm_offsets.shape == (n + 1,)
+                and norm_offsets[0] == 0
+                and norm_offsets[-1] == len(flat)
+                and bool(np.all(np.diff(norm_offsets) >= 0)),
                 "module norms",
             )
-            records = []
-            for i, row in enumerate(rows):
+
+            def record(i: int, row: dict, unit=unit, norms=norms, flat=flat, norm_offsets=norm_offsets, init=init):
                 rparts = [str(p) for p in row["parts"]]
-                need(set(rparts) <= set(parts), "a record's parts")
-                records.append(
-                    record_from_row(
-                        row,
-                        layout=layouts[row["layout"]],
-                        sketches={p: unit[p][i] for p in rparts},
-                        norms={p: norms[p][i] for p in rparts},
-                        module_norms=flat[offsets[i] : offsets[i + 1]],
-                        init=None if init is None else init[i],
-                        checked_sketches=True,  # the stacked sketches were checked above
-                    )
+                need(set(rparts) <= set(unit), "a record's parts")
+                return record_from_row(
+                    row,
+                    layout=layouts[row["layout"]],
+                    sketches={p: unit[p].raw[i] for p in rparts},  # read and checked where scored
+                    norms={p: norms[p][i] for p in rparts},
+                    module_norms=flat[norm_offsets[i] : norm_offsets[i + 1]],
+                    init=None if init is None else init[i],
+                    checked_sketches=True,
                 )
+
+            records = StoredRecords(path, row_of, record)
+            if not current:
+                records = list(records)  # the previous formats are checked whole, as they were
             state = {k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"g{gi}/pca/")}
-            if meta["format"] != INDEX_FORMAT:
+            if meta["format"] == "lorastyle-index-2":
                 state = {}  # a kernel PCA of the previous format: refitted by the next `lorastyle index`
             if state:
                 rows, _, width = check_streamed_pca_state(state)
@@ -510,7 +546,7 @@ class LoraIndex:
         skipped = [
             (str(p), tuple(int(x) for x in ident), str(reason)) for p, ident, reason in json.loads(meta["skipped"])
         ]
-        fitted_with = json.loads(meta.get("fitted_with", "null")) if meta["format"] == INDEX_FORMAT else None
+        fitted_with = json.loads(meta.get("fitted_with", "null")) if meta["format"] != "lorastyle-index-2" else None
         need(fitted_with is None or (isinstance(fitted_with, list) and _plain(fitted_with)), "the fit's settings")
         return cls(
             descriptor=descriptor,
@@ -520,6 +556,106 @@ class LoraIndex:
             skipped=skipped,
             fitted_with=None if fitted_with is None else tuple(fitted_with),
         )
+
+
+# What a damaged index raises where it is decoded; each becomes a LoraFormatError naming the file.
+_DAMAGE = (KeyError, ValueError, TypeError, IndexError, AttributeError, ZeroDivisionError)
+
+
+class _RowsOfBytes:
+    """The records' JSON rows of an index file, each decoded when asked for."""
+
+    def __init__(self, blob: np.ndarray, offsets: np.ndarray):
+        self._blob, self._offsets = blob, offsets
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, i: int) -> dict:
+        return json.loads(self._blob[self._offsets[i] : self._offsets[i + 1]].tobytes())
+
+
+class StoredRecords(Sequence):
+    """The records of one group of an index file, each made (and checked) when first used.
+
+    A list in every way that matters (length, indexing, iteration); a query that returns ten
+    files of 70,000 decodes ten records.
+
+    Parameters
+    ----------
+    path : str
+        The index file (named in errors).
+    rows : sequence of dict
+        The records' JSON rows.
+    make : callable
+        ``make(i, row)`` -> the :class:`Record` of row ``i``.
+    """
+
+    def __init__(self, path: str, rows, make):
+        self._path, self._rows, self._make, self._made = path, rows, make, {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = operator.index(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"record {i} of {len(self)}")
+        made = self._made.get(i)
+        if made is None:
+            try:
+                made = self._made[i] = self._make(i, self._rows[i])
+            except _DAMAGE as exc:
+                raise LoraFormatError(
+                    self._path, f"damaged lorastyle index (record {i}: {type(exc).__name__}: {exc})"
+                ) from None
+        return made
+
+
+class CheckedRows:
+    """Rows of a mapped index file's sketches, checked (finite) as they are read.
+
+    Parameters
+    ----------
+    raw : ndarray of shape (n, dim)
+        The mapped rows (not read until indexed).
+    path : str
+        The index file (named in errors).
+    what : str
+
+    Attributes
+    ----------
+    raw : ndarray
+        The unchecked rows (written as they are when an index is saved again).
+    """
+
+    def __init__(self, raw: np.ndarray, path: str, what: str):
+        self.raw, self._path, self._what = raw, path, what
+
+    @property
+    def shape(self) -> tuple:
+        return self.raw.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.raw.dtype
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        out = self.raw[rows]
+        if not np.all(np.isfinite(out)):
+            raise LoraFormatError(self._path, f"damaged lorastyle index ({self._what} hold NaN or Inf)")
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
 
 
 def _plain(values) -> bool:

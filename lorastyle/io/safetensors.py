@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import stat
 import struct
@@ -209,7 +210,11 @@ def _decode(buf: memoryview, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def read_safetensors(
-    path: str | os.PathLike, *, data: bytes | memoryview | None = None, _header: tuple | None = None
+    path: str | os.PathLike,
+    *,
+    data: bytes | memoryview | None = None,
+    mapped: bool = False,
+    _header: tuple | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read every tensor of a safetensors file into numpy arrays, safely.
 
@@ -223,6 +228,10 @@ def read_safetensors(
         The file (named in errors).
     data : bytes, optional
         The file's bytes, already read: then the file is not opened.
+    mapped : bool, default=False
+        Map the file into memory instead of reading it: a tensor's bytes are read when used (an
+        index of 70,000 files is read only where a query looks). The values are then not checked
+        by anyone but the caller, and the file must not be truncated while the arrays live.
 
     Returns
     -------
@@ -239,6 +248,13 @@ def read_safetensors(
     entries, metadata, start = _header if _header is not None else read_safetensors_header(path, data=data)
     if data is not None:
         view = memoryview(data)[start:]
+    elif mapped:
+        try:
+            with open(path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                view = memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b"")[start:]
+        except (OSError, ValueError) as exc:
+            raise LoraFormatError(path, f"cannot map file: {getattr(exc, 'strerror', None) or exc}") from None
     else:
         try:
             with open(path, "rb") as fh:

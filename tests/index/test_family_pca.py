@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from sklearn.decomposition import PCA
+from support import index_of_format
 
 from lorastyle.embedding import calibration_factors
 from lorastyle.errors import IncomparableLorasError
@@ -118,7 +119,7 @@ def test_an_index_of_format_2_is_read_and_its_pca_is_left_for_the_next_run(folde
     tensors, meta = read_safetensors(tmp_path / "index.safetensors")
     old = {k: v for k, v in tensors.items() if "/pca/" not in k}
     old["g0/pca/dual_coef_"] = np.zeros((24, 4))  # format 2 kept a kernel PCA: not read
-    write_safetensors(tmp_path / "old.safetensors", old, {**meta, "format": "lorastyle-index-2"})
+    write_safetensors(tmp_path / "old.safetensors", *index_of_format(old, meta, "lorastyle-index-2"))
     loaded = LoraIndex.load(tmp_path / "old.safetensors")
     query = read_record(folder[0], sketcher=loaded.sketcher, descriptor="delta")
     assert len(loaded.similar(query, k=3)) == 3  # the sketches are used as they are

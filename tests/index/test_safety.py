@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import index_of_format
 
 import lorastyle.index.cache as cache_module
 import lorastyle.index.records as records_module
@@ -27,6 +28,7 @@ from lorastyle.errors import IndexBusyError, LoraFormatError
 from lorastyle.index import LoraIndex, index_folder, index_lock
 from lorastyle.index.cache import CACHE_SUFFIX
 from lorastyle.io import atomic
+from lorastyle.index.records import read_record
 from lorastyle.io.formats import save_lora
 from lorastyle.io.safetensors import read_safetensors, write_safetensors
 
@@ -410,33 +412,63 @@ def test_damaged_index_is_a_format_error(small_folder, tmp_path):
     out = tmp_path / "idx.safetensors"
     index_folder(small_folder, out, descriptor="delta")
     tensors, meta = read_safetensors(out)
-    groups = json.loads(meta["groups"])
+    offsets = tensors["g0/record_offsets"]
     cases = {
         "sketch shape": ({**tensors, "g0/unet/unit": tensors["g0/unet/unit"][:2]}, meta),
         "nan norms": ({**tensors, "g0/unet/norm": tensors["g0/unet/norm"] * np.nan}, meta),
         "pca": ({**tensors, "g0/pca/embedding_": tensors["g0/pca/embedding_"][:2]}, meta),
         "groups": (tensors, {**meta, "groups": json.dumps({"a": 1})}),
-        "sha256": (
-            tensors,
-            {
-                **meta,
-                "groups": json.dumps([{**groups[0], "records": [{**r, "sha256": "x"} for r in groups[0]["records"]]}]),
-            },
-        ),
+        "record offsets": ({**tensors, "g0/record_offsets": offsets[::-1].copy()}, meta),
         "descriptor": (tensors, {**meta, "descriptor": "pixels"}),
         "sketch": (tensors, {**meta, "sketch": json.dumps({"dim": 3})}),
         "layouts": (tensors, {**meta, "layouts": json.dumps({})}),
+        "format 3 sha256": index_of_format(tensors, meta, "lorastyle-index-3"),
     }
+    rows = json.loads(cases["format 3 sha256"][1]["groups"])
+    rows[0]["records"][1]["sha256"] = "x"
+    cases["format 3 sha256"] = (cases["format 3 sha256"][0], {**cases["format 3 sha256"][1], "groups": json.dumps(rows)})
     for what, (t, m) in cases.items():
         bad = tmp_path / f"bad_{what.replace(' ', '_')}.safetensors"
         write_safetensors(bad, t, m)
         with pytest.raises(LoraFormatError, match="damaged lorastyle index") as excinfo:
-            LoraIndex.load(bad)
+            LoraIndex.load(bad).records  # noqa: B018 (the records are decoded when used)
         assert excinfo.value.path == str(bad), what
     old = tmp_path / "old.safetensors"
     write_safetensors(old, {"x": np.zeros(1, np.float32)}, {"format": "lorastyle-index-1"})
     with pytest.raises(LoraFormatError, match="rebuild it with `lorastyle index`"):
         LoraIndex.load(old)
+
+
+def test_a_damaged_part_of_an_index_is_found_where_it_is_read(small_folder, tmp_path):
+    """An index is mapped, not read whole: a damaged record or sketch is an error when it is used."""
+    out = tmp_path / "idx.safetensors"
+    index_folder(small_folder, out, descriptor="delta")
+    tensors, meta = read_safetensors(out)
+    query = read_record(small_folder / "l0.safetensors", sketcher=LoraIndex.load(out).sketcher, descriptor="delta")
+    blob, offsets = tensors["g0/records"].tobytes(), tensors["g0/record_offsets"]
+    row = json.loads(blob[offsets[2] : offsets[3]])
+    damaged_row = json.dumps({**row, "sha256": "x" * len(row["sha256"])}).encode()
+    new_blob = blob[: offsets[2]] + damaged_row + blob[offsets[3] :]
+    new_offsets = offsets.copy()
+    new_offsets[3:] += len(damaged_row) - (offsets[3] - offsets[2])
+    unit = np.array(tensors["g0/unet/unit"])
+    unit[2, 5] = np.inf
+    for what, t in {
+        "record": {**tensors, "g0/records": np.frombuffer(new_blob, np.uint8), "g0/record_offsets": new_offsets},
+        "sketch": {**tensors, "g0/unet/unit": unit},
+    }.items():
+        bad = tmp_path / f"bad_{what}.safetensors"
+        write_safetensors(bad, t, meta)
+        index = LoraIndex.load(bad)  # nothing of record 2 is read yet
+        (group,) = index.groups.values()
+        assert len(group.records) == len(offsets) - 1
+        with pytest.raises(LoraFormatError, match="damaged lorastyle index") as excinfo:
+            if what == "record":
+                group.records[2]
+            else:
+                index.similar(query, k=2)
+        assert excinfo.value.path == str(bad)
+        assert ("record 2" in str(excinfo.value)) == (what == "record")
 
 
 def test_copy_renamed_to_a_pickle_suffix_is_refused(small_folder, tmp_path, capsys):
