@@ -29,6 +29,14 @@ __all__ = ["AnnIndex", "ANN_MIN_RECORDS", "choose_n_lists"]
 # hundred ms per query at the default sketch size).
 ANN_MIN_RECORDS = 50_000
 _CHUNK = 8192
+# Bytes of float32 full vectors held at once: the fit's sample, and each block of rows read (an SDXL
+# record's full vector is 49,152 numbers: 8,192 of them would be 1.6 GB)
+_FULL_BYTES = 256 << 20
+
+
+def _full_rows(d: int, most: int = _CHUNK) -> int:
+    """How many full vectors of ``d`` numbers fit in :data:`_FULL_BYTES` (at most ``most``, at least 1)."""
+    return int(max(1, min(most, _FULL_BYTES // (4 * max(d, 1)))))
 
 
 def choose_n_lists(n: int) -> int:
@@ -67,6 +75,7 @@ class AnnIndex:
     candidates : int, default=100
         Candidates re-ranked exactly per query.
     fit_sample : int, default=100_000
+        Rows the projection is fitted on, at most (and at most 256 MB of them).
     random_state : int, default=0
 
     Attributes
@@ -109,14 +118,17 @@ class AnnIndex:
         rng = np.random.default_rng(self.random_state)
         n, d = X.shape
         dim = min(self.reduce_dim, d, n)
-        sample = np.sort(rng.choice(n, size=min(n, self.fit_sample), replace=False))
+        # the sample: at most fit_sample rows and _FULL_BYTES, and never fewer rows than components
+        size = min(n, max(min(self.fit_sample, _full_rows(d, self.fit_sample)), 2 * self.reduce_dim))
+        sample = np.sort(rng.choice(n, size=size, replace=False))
         S = np.asarray(X[sample], dtype=np.float32)
         _, _, Vt = randomized_svd(S, dim, n_iter=4, random_state=self.random_state)
         self.components_ = Vt.astype(np.float32)
         del S
         reduced = np.empty((n, dim), np.float16)
-        for start in range(0, n, _CHUNK):
-            reduced[start : start + _CHUNK] = _rows(X, start, start + _CHUNK) @ self.components_.T
+        step = _full_rows(d)
+        for start in range(0, n, step):
+            reduced[start : start + step] = _rows(X, start, start + step) @ self.components_.T
         self.reduced_ = reduced
         lists = self.n_lists or choose_n_lists(n)
         train = reduced[np.sort(rng.choice(n, size=min(n, 64 * lists), replace=False))].astype(np.float32)
@@ -168,8 +180,9 @@ class AnnIndex:
         Q = np.asarray(X[queries], dtype=np.float32)
         k = min(self.k, n - 1)
         if exact_top is None:
+            step = _full_rows(X.shape[1])
             scores = np.concatenate(
-                [Q @ _rows(X, s, s + _CHUNK).T for s in range(0, n, _CHUNK)], axis=1
+                [Q @ _rows(X, s, s + step).T for s in range(0, n, step)], axis=1
             )  # (queries, n): exact, on the full vectors
             scores[np.arange(len(queries)), queries] = -np.inf  # a record is not its own neighbour
             truth = np.argsort(-scores, axis=1)[:, :k]
@@ -203,6 +216,45 @@ class AnnIndex:
         z = (np.asarray(q, np.float32) @ self.components_.T)[None, :]
         _, ids = index.search(np.ascontiguousarray(z), n_candidates or self.candidates)
         return ids[0][ids[0] >= 0]
+
+    def neighbour_pairs(self, n_neighbours: int, *, min_cosine: float, progress=None) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate pairs of the indexed rows: each row with its ``n_neighbours`` nearest (by the ANN).
+
+        A pair is kept where the cosine of the two compact vectors (:attr:`reduced_`) reaches
+        ``min_cosine``: two rows that nearly coincide have nearly equal projections, whatever part
+        of their energy the projection keeps. What ``duplicates`` scores exactly instead of every pair.
+
+        Parameters
+        ----------
+        n_neighbours : int
+        min_cosine : float
+        progress : callable, optional
+            ``progress(iterable, desc=..., total=...)`` wraps the blocks of rows.
+
+        Returns
+        -------
+        i, j : ndarray of int64
+            The pairs, ``i < j``, each once, in increasing order of ``(i, j)``.
+        """
+        index, _ = self._faiss
+        index.nprobe = self.n_probe_
+        n = len(self.reduced_)
+        norms = np.linalg.norm(self.reduced_.astype(np.float32), axis=1)
+        found = []
+        starts = range(0, n, _CHUNK)
+        if progress is not None and len(starts) > 1:
+            starts = progress(starts, desc="finding candidate pairs", total=len(starts))
+        for start in starts:
+            Q = _rows(self.reduced_, start, start + _CHUNK)
+            D, ids = index.search(Q, min(n, n_neighbours + 1))
+            rows = np.arange(start, start + len(Q))[:, None]
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # ids of -1: none found
+                cos = D / (norms[rows] * norms[np.maximum(ids, 0)])
+            ok = (ids >= 0) & (ids != rows) & (cos >= min_cosine)
+            pairs = np.stack([np.minimum(rows, ids)[ok], np.maximum(rows, ids)[ok]], axis=1)
+            found.append(pairs.astype(np.int64))
+        pairs = np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 2), np.int64)
+        return pairs[:, 0], pairs[:, 1]
 
     def search(self, Q: np.ndarray, k: int, *, X, exclude=None) -> list[np.ndarray]:
         """Top ``k`` rows of X per query: candidates re-ranked by exact inner products on X.

@@ -234,8 +234,9 @@ def find_duplicates(
             continue
         cut = thresholds[group.base]["threshold"]
         # the pairs that can be either: those scoring at least the lower threshold (a block of pairs at a
-        # time, never n x n), and byte-identical files whatever they score (an all-zero update scores 0)
-        ii, jj, ss = group.matrix.pairs_at_least(min(cut, SAME_SCORE), progress=progress)
+        # time, never n x n; the ANN's candidates in a large group), and byte-identical files whatever
+        # they score (an all-zero update scores 0)
+        ii, jj, ss = group.pairs_at_least(min(cut, SAME_SCORE), progress=progress)
         score = dict(zip(zip(ii.tolist(), jj.tolist()), ss.tolist()))
         by_sha: dict[str, list[int]] = {}
         for k, r in enumerate(records):

@@ -26,8 +26,8 @@ import numpy as np
 from ..comparability import Layout
 from ..descriptors import ModuleSelection
 from ..errors import LoraFormatError, UnreadableFileError
-from ..io.formats import LoRA, load_lora
-from ..io.safetensors import PICKLE_SUFFIXES, read_safetensors_header
+from ..io.formats import LoRA, ParsedHeader, load_lora, parse_header
+from ..io.safetensors import PICKLE_SUFFIXES
 from .sketches import Sketcher
 from .walk import file_kind, identity
 
@@ -202,7 +202,7 @@ def describe_lora(
 INFO_KEYS = ("kind", "title", "trigger_words", "base_model", "base_mismatch")
 
 
-def file_info(path: str, data: bytes | memoryview | None = None, *, _header: tuple | None = None) -> dict:
+def file_info(path: str, data: bytes | memoryview | None = None, *, _header: ParsedHeader | None = None) -> dict:
     """What people want to see of a file in a list or a map: kind, title, trigger words, base model.
 
     From :func:`lorastyle.io.metadata.describe_file` (the header and the alphas only), kept short:
@@ -259,7 +259,7 @@ def _read_and_parse(path: str, select: ModuleSelection | None) -> _Parsed:
     hasher = threading.Thread(target=_hash, args=(memoryview(data), digest), daemon=True)
     hasher.start()
     try:
-        header = read_safetensors_header(path, data=data)  # parsed once for both readers
+        header = parse_header(path, data=data)  # interpreted once for both readers
         lora = load_lora(path, data=data, _header=header)
         info = file_info(path, data, _header=header)
     finally:

@@ -37,6 +37,10 @@ INDEX_FORMAT = "lorastyle-index-4"
 # format 2 also held a kernel PCA (n x n to fit), which is not read: its files are used as they are
 # and the PCA is refitted by the next `lorastyle index`.
 READABLE_FORMATS = (INDEX_FORMAT, "lorastyle-index-3", "lorastyle-index-2")
+# Near-duplicate candidates of each file in a group with an ANN index, and how far below the threshold
+# the cosine of two files' compact vectors may be (their projections nearly coincide where they do)
+NEAR_NEIGHBOURS = 32
+NEAR_MARGIN = 0.2
 # Files re-read by one batch of re-ranking (their factors in memory together)
 RERANK_BATCH_BYTES = 512 << 20
 
@@ -111,6 +115,33 @@ class Group:
         if self._null is None:
             self._null = family_null(self.matrix)
         return self._null
+
+    def pairs_at_least(self, threshold: float, *, progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The pairs ``i < j`` of its files scoring at least ``threshold`` (exact scores).
+
+        Every pair, a block at a time (:meth:`SketchMatrix.pairs_at_least`), in a group without an
+        ANN index; in a group with one, the pairs among each file's :data:`NEAR_NEIGHBOURS` nearest
+        whose compact vectors' cosine is within :data:`NEAR_MARGIN` of ``threshold``
+        (:meth:`lorastyle.index.ann.AnnIndex.neighbour_pairs`): at 70,000 files every pair is 2.5
+        billion scores. A file with more near-duplicates than that keeps its nearest ones.
+
+        Parameters
+        ----------
+        threshold : float
+        progress : callable, optional
+
+        Returns
+        -------
+        i, j : ndarray of int
+            In increasing order of ``(i, j)``.
+        scores : ndarray of float
+        """
+        if self.ann is None:
+            return self.matrix.pairs_at_least(threshold, progress=progress)
+        i, j = self.ann.neighbour_pairs(NEAR_NEIGHBOURS, min_cosine=threshold - NEAR_MARGIN, progress=progress)
+        scores = self.matrix.pair_cosines(i, j)
+        keep = scores >= threshold
+        return i[keep], j[keep], scores[keep]
 
     @property
     def base(self) -> str:

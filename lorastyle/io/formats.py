@@ -55,7 +55,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -813,7 +813,9 @@ def _dtype_name(dtypes: set[str]) -> str:
 # ---------------------------------------------------------------------------
 
 
-def load_lora(path: str | os.PathLike, *, data: bytes | memoryview | None = None, _header: tuple | None = None) -> LoRA:
+def load_lora(
+    path: str | os.PathLike, *, data: bytes | memoryview | None = None, _header: ParsedHeader | None = None
+) -> LoRA:
     """Read a LoRA file of any supported layout.
 
     Factors keep their stored dtype (float16 stays float16, as views of the bytes read; bfloat16
@@ -846,10 +848,10 @@ def load_lora(path: str | os.PathLike, *, data: bytes | memoryview | None = None
     ('kohya', 'sd1', [8])
     """
     path = os.fspath(path)
-    # _header: what read_safetensors_header returned for these bytes (the index parses it once for two readers)
-    entries, header_metadata, start = _header if _header is not None else read_safetensors_header(path, data=data)
-    layout = read_layout(path, entries, header_metadata)  # names and shapes: what describe_file reads too
-    tensors, metadata = read_safetensors(path, data=data, _header=(entries, header_metadata, start))
+    # _header: parse_header's for these bytes (the index interprets a header once for two readers)
+    header = _header if _header is not None else parse_header(path, data=data)
+    entries, layout = header.entries, header.layout
+    tensors, metadata = read_safetensors(path, data=data, _header=(entries, header.metadata, header.data_start))
     for key, alpha in layout.metadata_alphas.items():
         tensors[key] = np.asarray(alpha, dtype=np.float32)
 
@@ -877,7 +879,7 @@ def load_lora(path: str | os.PathLike, *, data: bytes | memoryview | None = None
         metadata=metadata,
         extras={k: tensors[k] for k in layout.extras},
     )
-    lora.base = _detect_base(header_dims(path, entries, layout), metadata)
+    lora.base = header.base
     if lora.base == "flux":
         lora.modules = canonical_flux_modules(lora.modules, path)
     return lora
@@ -909,6 +911,61 @@ class HeaderLayout:
     extras: list[str]
     metadata_alphas: dict[str, float]
     dtype: str
+
+
+@dataclass(frozen=True, eq=False)
+class ParsedHeader:
+    """A file's header read and interpreted once: where :func:`load_lora` and ``describe_file`` both start.
+
+    Made by :func:`parse_header`. The index reads each file once and hands both readers this, so
+    that the header is parsed, grouped into modules and its base family detected once per file.
+
+    Attributes
+    ----------
+    path : str
+    entries, metadata, data_start
+        What :func:`lorastyle.io.safetensors.read_safetensors_header` returned.
+    layout : HeaderLayout
+    """
+
+    path: str
+    entries: dict
+    metadata: dict
+    data_start: int
+    layout: HeaderLayout
+
+    @cached_property
+    def dims(self) -> dict[str, tuple[str, int]]:
+        """Each module's part and input width, from the shapes (:func:`header_dims`)."""
+        return header_dims(self.path, self.entries, self.layout)
+
+    @cached_property
+    def base(self) -> str:
+        """The base family the shapes and the metadata say (``unknown`` if none)."""
+        return _detect_base(self.dims, self.metadata)
+
+
+def parse_header(path: str | os.PathLike, *, data: bytes | memoryview | None = None) -> ParsedHeader:
+    """Read a safetensors file's header and group its tensors into modules, without reading their bytes.
+
+    Parameters
+    ----------
+    path : str or path-like
+    data : bytes, optional
+        The file's bytes, already read: then the file is not opened.
+
+    Returns
+    -------
+    ParsedHeader
+
+    Raises
+    ------
+    LoraFormatError
+        As :func:`lorastyle.io.safetensors.read_safetensors_header` and :func:`read_layout`.
+    """
+    path = os.fspath(path)
+    entries, metadata, start = read_safetensors_header(path, data=data)
+    return ParsedHeader(path, entries, metadata, start, read_layout(path, entries, metadata))
 
 
 def read_layout(path: str, entries: dict, metadata: dict[str, str]) -> HeaderLayout:

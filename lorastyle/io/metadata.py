@@ -93,8 +93,8 @@ import numpy as np
 
 from ..errors import LoraFormatError
 from .flux import canonical_flux_modules
-from .formats import LoraModule, _detect_base, header_dims, module_shape, read_layout
-from .safetensors import _decode, read_safetensors_header
+from .formats import LoraModule, ParsedHeader, _detect_base, module_shape, parse_header
+from .safetensors import _decode
 from .sidecars import HEADER, resolve_facts
 
 __all__ = ["describe_file", "format_description", "adapter_kind", "HASH_CHUNK", "EMPTY_SHA256"]
@@ -481,7 +481,7 @@ def describe_file(
     *,
     hashes: bool = True,
     data: bytes | memoryview | None = None,
-    _header: tuple | None = None,
+    _header: ParsedHeader | None = None,
 ) -> dict:
     """Describe a LoRA file from its header: what ``lorastyle inspect`` prints.
 
@@ -521,8 +521,8 @@ def describe_file(
     """
     path = os.fspath(path)
     # _header: as in load_lora
-    entries, metadata, data_start = _header if _header is not None else read_safetensors_header(path, data=data)
-    layout = read_layout(path, entries, metadata)
+    parsed = _header if _header is not None else parse_header(path, data=data)
+    entries, metadata, data_start, layout = parsed.entries, parsed.metadata, parsed.data_start, parsed.layout
 
     alpha_keys = [k for roles in layout.modules.values() for r, k in roles.items() if r == "alpha" and k in entries]
     alphas = {**_read_alphas(path, entries, data_start, alpha_keys, data), **layout.metadata_alphas}
@@ -539,8 +539,7 @@ def describe_file(
         header[name] = (part, s.kind, s.shape, role_shapes, s.rank, alpha)
     header = dict(sorted(header.items()))
 
-    dims = header_dims(path, entries, layout)
-    base = _detect_base(dims, metadata)
+    dims, base = parsed.dims, parsed.base
     final = {name: name for name in header}
     if base == "flux":  # as load_lora: BFL names become diffusers', fused projections split
         final = _flux_names(path, header)

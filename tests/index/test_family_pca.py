@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 from sklearn.decomposition import PCA
-from support import index_of_format
 
 from lorastyle.embedding import calibration_factors
 from lorastyle.errors import IncomparableLorasError
@@ -14,6 +13,7 @@ from lorastyle.index.ann import ANN_MIN_RECORDS
 from lorastyle.index.records import read_record
 from lorastyle.io.formats import save_lora
 from lorastyle.io.safetensors import read_safetensors, write_safetensors
+from support import index_of_format
 
 UNET = [f"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_{p}" for p in "qkv"]
 TE = ["text_encoder.text_model.encoder.layers.0.self_attn.q_proj"]

@@ -79,3 +79,28 @@ def test_a_row_of_an_older_index_without_scales_is_read(record):
     row = record_row(record)
     del row["scales"]
     assert record_from_row(row, **arrays(record)).scales is None
+
+
+def test_a_file_read_for_the_index_has_its_header_interpreted_once(tmp_path, monkeypatch):
+    """One read, one header: its modules grouped once and its base family detected once, for both readers.
+
+    ``load_lora`` (the factors) and ``describe_file`` (title, trigger words) each interpreted the header
+    on their own before: two module groupings and two shape scans per file indexed.
+    """
+    import lorastyle.io.formats as formats
+
+    rng = np.random.default_rng(1)
+    fs = {n: (rng.standard_normal((4, i)), rng.standard_normal((o, 4))) for n, (o, i) in MODULES.items()}
+    save_lora(tmp_path / "b.safetensors", fs, alpha=2.0, base="tiny", metadata={"modelspec.title": "B"})
+    calls = {"read_layout": 0, "header_dims": 0}
+    for name in calls:
+        original = getattr(formats, name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(formats, name, counted)
+    record = read_record(tmp_path / "b.safetensors", sketcher=Sketcher(dim=256), descriptor="gram")
+    assert record.base == "tiny" and record.info["title"] == "B"  # both readers did their work
+    assert calls == {"read_layout": 1, "header_dims": 1}

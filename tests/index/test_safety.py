@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import index_of_format
 
 import lorastyle.index.cache as cache_module
 import lorastyle.index.records as records_module
@@ -27,10 +26,11 @@ from lorastyle.cli import main
 from lorastyle.errors import IndexBusyError, LoraFormatError
 from lorastyle.index import LoraIndex, index_folder, index_lock
 from lorastyle.index.cache import CACHE_SUFFIX
-from lorastyle.io import atomic
 from lorastyle.index.records import read_record
+from lorastyle.io import atomic
 from lorastyle.io.formats import save_lora
 from lorastyle.io.safetensors import read_safetensors, write_safetensors
+from support import index_of_format
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 MODULES = [f"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn{a}.to_{p}" for a in (1, 2) for p in "qkv"]
@@ -426,7 +426,10 @@ def test_damaged_index_is_a_format_error(small_folder, tmp_path):
     }
     rows = json.loads(cases["format 3 sha256"][1]["groups"])
     rows[0]["records"][1]["sha256"] = "x"
-    cases["format 3 sha256"] = (cases["format 3 sha256"][0], {**cases["format 3 sha256"][1], "groups": json.dumps(rows)})
+    cases["format 3 sha256"] = (
+        cases["format 3 sha256"][0],
+        {**cases["format 3 sha256"][1], "groups": json.dumps(rows)},
+    )
     for what, (t, m) in cases.items():
         bad = tmp_path / f"bad_{what.replace(' ', '_')}.safetensors"
         write_safetensors(bad, t, m)
