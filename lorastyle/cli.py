@@ -179,7 +179,8 @@ def _index(args) -> int:
     _print(
         f"indexed {len(index.paths)} of {_count(run.n_files, 'file')} in {len(index.groups)} base "
         f"famil{'y' if len(index.groups) == 1 else 'ies'}; skipped {len(run.skipped)}{walked}; read {stats.read}, "
-        f"{stats.reused} unchanged since the last run, {stats.from_cache} from the cache; wrote {args.output}",
+        f"{stats.reused} unchanged since the last run, {stats.from_cache} from the cache; "
+        + (f"wrote {args.output}" if run.written else f"{args.output} is up to date (not written again)"),
         sys.stderr,
     )
     return 0

@@ -27,7 +27,7 @@ from .cache import CACHE_SUFFIX, RecordCache
 from .freshness import Refresh, refresh_of
 from .settings import IndexSettings
 from .sketches import Sketcher
-from .store import LoraIndex
+from .store import INDEX_FORMAT, LoraIndex
 from .walk import find_lora_files
 
 try:  # POSIX; elsewhere index runs are not serialised (documented)
@@ -112,6 +112,9 @@ class IndexRun:
         What changed since the previous index at the output (new, changed and gone files); None
         when there was none to compare with (a first run, ``use_cache=False``, or an index of
         another format or settings, which is rebuilt).
+    written : bool
+        Whether the index file was written (not when the previous one, of this format, already
+        held exactly this index).
     """
 
     index: LoraIndex
@@ -121,6 +124,7 @@ class IndexRun:
     unlisted: list = field(default_factory=list)
     repeated: list = field(default_factory=list)
     refresh: Refresh | None = None
+    written: bool = True
 
 
 def _previous(output: str) -> LoraIndex | None:
@@ -131,6 +135,19 @@ def _previous(output: str) -> LoraIndex | None:
         return LoraIndex.load(output)
     except LoraFormatError:
         return None
+
+
+def _same_index(previous: LoraIndex | None, index: LoraIndex) -> bool:
+    """Whether ``index`` is ``previous`` again: the same groups (kept whole), skips and fit, in this format."""
+    return (
+        previous is not None
+        and previous.loaded_format == INDEX_FORMAT
+        and previous.settings == index.settings
+        and previous.fitted_with == index.fitted_with
+        and previous.skipped == index.skipped
+        and list(previous.groups) == list(index.groups)
+        and all(index.groups[k] is g for k, g in previous.groups.items())
+    )
 
 
 def index_folder(
@@ -210,7 +227,9 @@ def index_folder(
             )
         except NotEnoughLorasError as exc:
             raise NotEnoughLorasError(root, exc.reason, problems + exc.skipped) from None
-        index.save(output)
+        written = not _same_index(previous, index)
+        if written:  # an unchanged library is not written again (GBs at 70,000 files)
+            index.save(output)
         if cache is not None:
             cache.clear()
     same_settings = previous is not None and previous.settings == index.settings
@@ -222,4 +241,5 @@ def index_folder(
         unlisted=walk.unlisted,
         repeated=walk.repeated,
         refresh=refresh_of(previous, index) if same_settings else None,
+        written=written,
     )

@@ -172,6 +172,8 @@ class LoraIndex:
     fitted_with : tuple or None
         The fit's settings (components, calibration, seed, ANN size): a re-run with the same ones
         keeps the fit of every group whose files are unchanged. None: unknown (always refitted).
+    loaded_format : str or None
+        The format of the file it was loaded from (None: made in memory).
     """
 
     descriptor: str
@@ -180,6 +182,7 @@ class LoraIndex:
     select: ModuleSelection | None = None
     skipped: list = field(default_factory=list)
     fitted_with: tuple | None = None
+    loaded_format: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def settings(self) -> IndexSettings:
@@ -586,6 +589,7 @@ class LoraIndex:
             select=select,
             skipped=skipped,
             fitted_with=None if fitted_with is None else tuple(fitted_with),
+            loaded_format=meta["format"],
         )
 
 

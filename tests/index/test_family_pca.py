@@ -1,6 +1,7 @@
 """A family's PCA in an index: the PCA of its sketches, kept while its files are unchanged, nothing n x n."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -174,3 +175,27 @@ def test_the_familys_null_is_kept_in_the_index_and_checked(folder, tmp_path, mon
         write_safetensors(tmp_path / "bad.safetensors", {**tensors, "g0/null": bad}, meta)
         with pytest.raises(LoraFormatError, match="the family's null"):
             LoraIndex.load(tmp_path / "bad.safetensors")
+
+
+def test_an_unchanged_rerun_does_not_write_the_index_again(folder, tmp_path):
+    """The index file of an unchanged folder is left as it is; a changed file, or an older format, rewrites it."""
+    from lorastyle.index import index_folder
+
+    root = tmp_path
+    out = tmp_path / "out" / "library.index"
+    out.parent.mkdir()
+    index_folder(root, out, descriptor="delta", n_components=4)
+    first = os.stat(out)
+    run = index_folder(root, out, descriptor="delta", n_components=4)
+    again = os.stat(out)
+    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)  # not written
+    assert run.stats.read == 0 and sorted(run.index.paths) == sorted(folder) and not run.written
+    # an index of format 3 is rewritten in this format, even with nothing changed
+    tensors, meta = read_safetensors(out)
+    write_safetensors(out, *index_of_format(tensors, meta, "lorastyle-index-3"))
+    index_folder(root, out, descriptor="delta", n_components=4)
+    assert read_safetensors(out)[1]["format"] == LoraIndex.load(out).loaded_format == "lorastyle-index-4"
+    before = os.stat(out)
+    write(folder[3], 1234)  # one file changed: written
+    run = index_folder(root, out, descriptor="delta", n_components=4)
+    assert run.stats.read == 1 and os.stat(out).st_mtime_ns != before.st_mtime_ns
