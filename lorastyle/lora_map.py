@@ -58,6 +58,7 @@ __all__ = [
     "map_layout",
     "layout_fidelity",
     "FAITHFUL_LAYOUT",
+    "MAP_MAX_FILES",
     "clusters",
     "default_threshold",
     "find_preview",
@@ -73,6 +74,10 @@ __all__ = [
 DEFAULT_THRESHOLD = 0.5
 #: Groups of up to this many files are placed by metric MDS, larger ones by UMAP (see :func:`map_layout`).
 MDS_MAX_POINTS = 300
+#: A family of more files is placed from a seeded random sample of this many (its n x n scores are
+#: 128 MB; a browser draws 4,000 points at ease, 70,000 hardly): the page says so, and ``similar``
+#: and ``duplicates`` still cover every file.
+MAP_MAX_FILES = 4000
 #: Longest side, in pixels, of an embedded preview image.
 PREVIEW_SIZE = 256
 #: The Civitai Helper extension's info file, ``NAME.civitai.info`` (read with the other sidecars by
@@ -402,6 +407,9 @@ class GroupMap:
         The cluster threshold of this family (:func:`lorastyle.index.thresholds.related_threshold`).
     threshold_source : str
         Where it comes from, in words.
+    n_files : int or None
+        The family's files the map stands for (those of the base-model filter); more than
+        ``len(records)`` where a sample of :data:`MAP_MAX_FILES` was placed. None: ``len(records)``.
     """
 
     key: str
@@ -411,6 +419,12 @@ class GroupMap:
     positions: np.ndarray | None = field(default=None, repr=False)
     threshold: float = DEFAULT_THRESHOLD
     threshold_source: str = ""
+    n_files: int | None = None
+
+    @property
+    def sampled(self) -> bool:
+        """Whether only a sample of the family's files is placed (:data:`MAP_MAX_FILES`)."""
+        return self.n_files is not None and self.n_files > len(self.records)
 
     def cluster_list(self, extra: dict | None = None) -> list[dict]:
         """The clusters, largest first, as :func:`map_json` gives them.
@@ -559,15 +573,18 @@ def map_data(
         keep = [i for i, r in enumerate(g.records) if not wanted or _matches_base_model(facts[r.path], wanted)]
         if not keep:
             continue
+        n_files = len(keep)
+        if n_files > MAP_MAX_FILES:  # a seeded sample, in index order
+            rng = np.random.default_rng(random_state if isinstance(random_state, int) else 0)
+            keep = sorted(int(i) for i in rng.choice(keep, size=MAP_MAX_FILES, replace=False))
         check_fits(  # the n x n scores, their clustering and their layout: a few n x n float64 copies
-            _N_BY_N_COPIES * 8 * len(g.records) ** 2,
+            _N_BY_N_COPIES * 8 * len(keep) ** 2,
             g.key,
-            f"mapping the {len(g.records):,} files of family {g.key}",
+            f"mapping {len(keep):,} files of family {g.key}",
             "map fewer files at a time (--base-model, or an index of one folder)",
         )
-        S = g.matrix.cosine_matrix()
-        if len(keep) < len(g.records):
-            S = S[np.ix_(keep, keep)]
+        rows = np.asarray(keep, dtype=np.intp)
+        S = g.matrix.cosine_block(rows, rows)
         records = [g.records[i] for i in keep]
         cut, why = related_threshold(index, g, given=threshold)  # of the whole family, whatever is kept
         groups.append(
@@ -578,6 +595,7 @@ def map_data(
                 labels=clusters(S, cut),
                 threshold=cut,
                 threshold_source=why,
+                n_files=n_files,
             )
         )
     if layout:
@@ -628,9 +646,10 @@ def map_json(index, *, threshold: float | None = None, data: MapData | None = No
     -------
     dict
         ``descriptor``, ``base_models`` (the filter, or None), ``threshold`` (the one given, or None),
-        ``n_files`` and ``groups``: per group ``key``, ``base``, ``n_files``, ``threshold``,
-        ``threshold_source`` and ``clusters`` (:meth:`GroupMap.cluster_list`, largest first,
-        members without their ``index``). Every file is in exactly one cluster.
+        ``n_files`` and ``groups``: per group ``key``, ``base``, ``n_files``, ``n_placed`` (fewer
+        where a sample of :data:`MAP_MAX_FILES` was placed), ``threshold``, ``threshold_source`` and
+        ``clusters`` (:meth:`GroupMap.cluster_list`, largest first, members without their ``index``).
+        Every placed file is in exactly one cluster.
     """
     if data is None:
         data = map_data(index, threshold=threshold, layout=False, previews=False)
@@ -644,7 +663,8 @@ def map_json(index, *, threshold: float | None = None, data: MapData | None = No
             {
                 "key": gm.key,
                 "base": gm.records[0].base,
-                "n_files": len(gm.records),
+                "n_files": gm.n_files or len(gm.records),
+                "n_placed": len(gm.records),
                 "threshold": gm.threshold,
                 "threshold_source": gm.threshold_source,
                 "clusters": cl,
@@ -654,7 +674,7 @@ def map_json(index, *, threshold: float | None = None, data: MapData | None = No
         "descriptor": data.descriptor,
         "base_models": data.base_models,
         "threshold": data.threshold,
-        "n_files": sum(len(gm.records) for gm in data.groups),
+        "n_files": sum(gm.n_files or len(gm.records) for gm in data.groups),
         "groups": groups,
     }
 
@@ -974,7 +994,8 @@ def map_page(
         points.append(trace_points)
         n_points = len(copies)
         name = f"{gm.key} ({_n(len(gm.records), 'file')}"
-        name += f", {n_points} distinct)" if n_points < len(gm.records) else ")"
+        name += f", {n_points} distinct" if n_points < len(gm.records) else ""
+        name += f": a sample of {gm.n_files:,})" if gm.sampled else ")"
         fig.add_trace(
             go.Scatter(
                 x=xs,
@@ -1181,6 +1202,12 @@ def _group_list(gm: GroupMap, start: int, data: MapData, fidelity: float = float
         f"<h3 id='group-{key}'>{key}: {_n(len(gm.records), 'file')}, {_n(len(multi), 'cluster')} of 2 or more, "
         f"{_n(len(single), 'file')} in no cluster</h3>"
     ]
+    if gm.sampled:
+        parts.append(
+            f"<p class='note sample'>This family has {gm.n_files:,} files: the map places a random sample of "
+            f"{len(gm.records):,} of them (more would not draw in a browser). <code>lorastyle similar</code> and "
+            "<code>lorastyle duplicates</code> search them all.</p>"
+        )
     parts.append(
         f"<p class='note threshold'>Clusters: average score at least {gm.threshold:.3f} "
         f"({html.escape(_text(gm.threshold_source))}).</p>"

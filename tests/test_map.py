@@ -730,7 +730,7 @@ def test_a_family_too_large_for_the_memory_is_one_error_before_any_work(mapped, 
     rc, out, err = _run(capsys, "map", index, "-o", tmp_path / "m.html")
     assert rc == 2 and out == "" and "Traceback" not in err
     (line,) = err.strip().splitlines()
-    assert line.startswith("error: tiny: mapping the 11 files of family tiny needs about ") and "--base-model" in line
+    assert line.startswith("error: tiny: mapping 11 files of family tiny needs about ") and "--base-model" in line
     assert not (tmp_path / "m.html").exists()
 
 
@@ -764,3 +764,32 @@ def test_the_page_lists_what_lorastyle_duplicates_lists(mapped, capsys):
         assert f"score {pair['score']:.3f}" in section and f"{names[0]} and {names[1]}" in section
     assert section.count("<b>near-duplicates</b>") == len(pairs)
     assert section.count("<b>same weights</b>") == len(report["same_weights"])
+
+
+def test_a_family_larger_than_the_map_holds_is_placed_from_a_seeded_sample(mapped, capsys, tmp_path, monkeypatch):
+    """Above MAP_MAX_FILES a family's map is a sample: said on the page and in the JSON, scores exact."""
+    import lorastyle.lora_map as lora_map
+
+    _, _, _, index_path = mapped
+    monkeypatch.setattr(lora_map, "MAP_MAX_FILES", 5)
+    index = LoraIndex.load(index_path)
+    data = lora_map.map_data(index, layout=False, previews=False)
+    tiny = next(gm for gm in data.groups if gm.key == "tiny")
+    group = index.groups["tiny"]
+    assert tiny.sampled and tiny.n_files == len(group.records) == 11 and len(tiny.records) == 5
+    paths = [r.path for r in group.records]
+    rows = [paths.index(r.path) for r in tiny.records]
+    assert rows == sorted(rows)  # in index order
+    np.testing.assert_allclose(tiny.similarity, group.matrix.cosine_matrix()[np.ix_(rows, rows)], atol=1e-12)
+    again = lora_map.map_data(index, layout=False, previews=False)  # seeded: the same sample
+    assert [r.path for r in next(gm for gm in again.groups if gm.key == "tiny").records] == [
+        r.path for r in tiny.records
+    ]
+    rc, out, err = _run(capsys, "map", index_path, "-o", tmp_path / "m.html", "--json")
+    assert rc == 0, err
+    result = json.loads(out)
+    (entry,) = [g for g in result["groups"] if g["key"] == "tiny"]
+    assert (entry["n_files"], entry["n_placed"]) == (11, 5)
+    assert sum(c["size"] for c in entry["clusters"]) == 5
+    page = (tmp_path / "m.html").read_text()
+    assert "This family has 11 files: the map places a random sample of 5 of them" in page
