@@ -30,7 +30,7 @@ NOTEBOOKS := $(wildcard book/*.ipynb)
 # `make bench`: threads of the benchmarks (1 on a machine shared with `make data`), temporary folder
 BENCH_THREADS ?= $(OMP_NUM_THREADS)
 BENCH_TMP ?=
-BENCHMARKS := b1_throughput b2_weights_vs_images b3_memory b4_retrieval b5_lowrank b6_cluster b8_family_fit b9_library
+BENCHMARKS := b1_throughput b2_weights_vs_images b3_memory b4_retrieval b5_lowrank b6_cluster b8_family_fit b9_library b10_large_index
 
 # `make fuzz`: inputs of the long fuzzing run, and real LoRA files used as extra seeds (if present).
 FUZZ_INPUTS ?= 100000

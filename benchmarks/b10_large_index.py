@@ -14,10 +14,12 @@ each a fresh process whose peak resident memory its parent measures:
 * ``lorastyle similar INDEX QUERY --rerank 0`` with a real SDXL file as the query (made from the key
   layout ``invokeai_stripped__sdxl_kohya__Alien_Style``, rank 8): its read and sketch included;
 * ``lorastyle duplicates INDEX --json``: the same-weights groups and near pairs found, against those
-  planted.
+  planted;
+* ``lorastyle map INDEX -o PAGE``, then the page opened in headless Chromium (where installed): the
+  time until its plot is drawn, and any script error.
 
 The records, placeholders and index are written to ``--tmp`` and kept for the next run (the index is
-made again only when it is missing); ``--quick`` uses 3,000 records and removes its own.
+made again only when it is missing); ``--quick`` uses 800 records and removes its own.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(c.ROOT))
 
 SDXL = "invokeai_stripped__sdxl_kohya__Alien_Style"
-SIMILAR_GOAL_S, SIMILAR_GOAL_MB, DUPLICATES_GOAL_S = 1.0, 1000.0, 300.0
+SIMILAR_GOAL_S, SIMILAR_GOAL_MB, DUPLICATES_GOAL_S, MAP_GOAL_S = 1.0, 1000.0, 300.0, 300.0
 _CHUNK = 4096
 
 
@@ -149,13 +151,39 @@ def make_index(index_path: Path, scratch: Path, query: Path, n: int, planted: in
     return {"times": times, "planted": planted_pairs, "index_bytes": index_path.stat().st_size}
 
 
+def page_draws(page: Path) -> dict:
+    """Open the map page in headless Chromium: seconds until the plot's points are drawn, script errors."""
+    sys.path.insert(0, str(c.ROOT / "tests"))
+    from support import CHROMEDRIVER, CHROMIUM, chromium_driver
+
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        return {"drawn": None, "why": "no Chromium here"}
+    driver = chromium_driver()
+    try:
+        driver.execute_cdp_cmd(
+            "Page.addScriptToEvaluateOnNewDocument",
+            {"source": "window.__errors = []; window.addEventListener('error', e => window.__errors.push(e.message));"},
+        )
+        t = time.perf_counter()
+        driver.get(page.as_uri())
+        points = driver.execute_script("return document.querySelectorAll('.plotly-graph-div .point').length;")
+        return {
+            "drawn": points > 0,
+            "points": points,
+            "load_s": time.perf_counter() - t,
+            "errors": driver.execute_script("return window.__errors;"),
+        }
+    finally:
+        driver.quit()
+
+
 def main() -> None:
     p = c.parser(__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=None, help="records (default 70,000)")
     p.add_argument("--planted", type=int, default=None, help="same-weights copies, and near-duplicates (default 500)")
     args = p.parse_args()
-    n = args.n or (3000 if args.quick else 70_000)
-    planted = args.planted or (50 if args.quick else 500)
+    n = args.n or (800 if args.quick else 70_000)
+    planted = args.planted or (20 if args.quick else 500)
     from tools.layouts import layout_shapes, write_layout_file
 
     root = Path(args.tmp or tempfile.gettempdir()) / f"lorastyle-b10-{n}"
@@ -195,10 +223,15 @@ def main() -> None:
         "planted_near_found": float(near_recall),
     }
     print("duplicates", runs["duplicates"], file=sys.stderr)
-    sim, dup = runs["similar"], runs["duplicates"]
+    page = root / "map.html"
+    peak, wall, _ = c.peak_rss_mb_of([lorastyle, "map", str(index), "-o", str(page)])
+    runs["map"] = {"peak_mb": peak, "wall_s": wall, "page_mb": page.stat().st_size / 1e6, "browser": page_draws(page)}
+    print("map", runs["map"], file=sys.stderr)
+    sim, dup, mp = runs["similar"], runs["duplicates"], runs["map"]
     met = {
         "similar": sim["wall_s"] <= SIMILAR_GOAL_S and sim["peak_mb"] <= SIMILAR_GOAL_MB,
         "duplicates": dup["wall_s"] <= DUPLICATES_GOAL_S,
+        "map": mp["wall_s"] <= MAP_GOAL_S and mp["browser"]["drawn"] is not False and not mp["browser"].get("errors"),
     }
     body = c.table(
         ["command", "seconds", "peak (MB)", "goal", "met"],
@@ -207,6 +240,8 @@ def main() -> None:
              f"<= {SIMILAR_GOAL_S:g} s, <= {SIMILAR_GOAL_MB:,.0f} MB", c.verdict(met["similar"])],
             ["duplicates", c.fmt(dup["wall_s"]), c.fmt(dup["peak_mb"]), f"<= {DUPLICATES_GOAL_S:g} s",
              c.verdict(met["duplicates"])],
+            ["map", c.fmt(mp["wall_s"]), c.fmt(mp["peak_mb"]), f"<= {MAP_GOAL_S:g} s, drawn in Chromium",
+             c.verdict(met["map"])],
         ],
     )  # fmt: skip
     t = made["times"]
@@ -216,7 +251,13 @@ def main() -> None:
         f"{t['ann_s']:.0f} s, save {t['save_s']:.0f} s). `duplicates` found {dup['same_weights_groups']} "
         f"same-weights groups and {dup['near_pairs']} near pairs; of the {planted} planted same-weights copies "
         f"{dup['planted_same_found']:.0%} were found, of the {planted} planted near-duplicates "
-        f"{dup['planted_near_found']:.0%}."
+        f"{dup['planted_near_found']:.0%}. The map page is {mp['page_mb']:.1f} MB; "
+        + (
+            f"Chromium drew its {mp['browser']['points']:,} points in {mp['browser']['load_s']:.1f} s with "
+            f"{len(mp['browser']['errors'])} script errors."
+            if mp["browser"]["drawn"] is not None
+            else "it was not opened (no Chromium here)."
+        )
     )
     if args.quick:
         shutil.rmtree(root, ignore_errors=True)

@@ -64,6 +64,7 @@ __all__ = [
     "procrustes_disparity",
     "structure_table",
     "mcnemar_test",
+    "group_bootstrap",
     "paired_bootstrap",
 ]
 
@@ -799,6 +800,64 @@ def mcnemar_test(hits_a: ArrayLike, hits_b: ArrayLike) -> dict[str, float]:
     return {"n": a.size, "a": float(a.mean()), "b": float(b.mean()), "a_only": a_only, "b_only": b_only, "p_value": p}
 
 
+def group_bootstrap(
+    values: ArrayLike,
+    groups: ArrayLike,
+    *,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    random_state: RandomState = 0,
+) -> dict[str, float]:
+    """Bootstrap interval of the mean of per-query values, resampling whole groups.
+
+    Queries of one group (one artist) are not independent: they share paintings and neighbours,
+    so an interval that treats them as independent (Wilson's, the ordinary bootstrap) is too
+    narrow. Each resample draws as many groups as there are, with replacement, and keeps every
+    query of each group drawn; the interval is the percentile interval of the resampled means
+    (each a ratio of the drawn groups' sums to their sizes).
+
+    Parameters
+    ----------
+    values : array-like of float, shape (n_queries,)
+        Per-query values (a hit as 1 or 0, a difference of two hits).
+    groups : array-like of shape (n_queries,)
+        The group (e.g. artist) of each query.
+    n_resamples : int, default=2000
+    confidence : float, default=0.95
+        Coverage of the percentile interval, in (0, 1).
+    random_state : int, numpy.random.Generator or None, default=0
+        Seed of the resampling.
+
+    Returns
+    -------
+    dict
+        ``"mean"`` (observed), ``"low"``, ``"high"`` and ``"n_groups"``.
+
+    Raises
+    ------
+    ValueError
+        For no values, values and groups of different lengths, or a confidence outside (0, 1).
+    """
+    v = np.asarray(values, dtype=float).ravel()
+    if v.size == 0 or not np.all(np.isfinite(v)):
+        raise ValueError("values must be a non-empty array of finite numbers")
+    groups = _check_labels(groups, v.size, "groups", "values")
+    n_resamples = _check_positive_int(n_resamples, "n_resamples")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1); got {confidence}")
+    rng = np.random.default_rng(_check_random_state(random_state))
+    _, index = np.unique(groups, return_inverse=True)
+    n_groups = int(index.max()) + 1
+    # Per-group sums and sizes: a resample's mean is a ratio of sums over the groups drawn.
+    total = np.bincount(index, weights=v, minlength=n_groups)
+    size = np.bincount(index, minlength=n_groups).astype(float)
+    counts = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_resamples)
+    means = (counts @ total) / (counts @ size)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return {"mean": float(v.mean()), "low": float(low), "high": float(high), "n_groups": n_groups}
+
+
 def paired_bootstrap(
     hits_a: ArrayLike,
     hits_b: ArrayLike,
@@ -810,10 +869,8 @@ def paired_bootstrap(
 ) -> dict[str, float]:
     """Bootstrap interval of ``mean(hits_a) - mean(hits_b)``, resampling whole groups.
 
-    Queries of one group (one artist) are not independent: they share paintings and
-    neighbours. Each resample draws as many groups as there are, with replacement, and
-    keeps every query of each group drawn, for both methods at once (the pairing is kept);
-    the interval is the percentile interval of the differences.
+    :func:`group_bootstrap` of the per-query differences: both methods are resampled at once
+    (the pairing is kept).
 
     Parameters
     ----------
@@ -834,23 +891,16 @@ def paired_bootstrap(
         ``"difference"`` (observed, A minus B), ``"low"``, ``"high"`` and ``"n_groups"``.
     """
     a, b = _check_hits(hits_a, hits_b)
-    groups = _check_labels(groups, a.size, "groups", "hits_a")
-    n_resamples = _check_positive_int(n_resamples, "n_resamples")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1); got {confidence}")
-    rng = np.random.default_rng(_check_random_state(random_state))
-    _, index = np.unique(groups, return_inverse=True)
-    n_groups = int(index.max()) + 1
-    # Per-group sums and sizes: a resample's difference is a ratio of sums over the groups drawn.
-    diff_sum = np.bincount(index, weights=a.astype(float) - b.astype(float), minlength=n_groups)
-    size = np.bincount(index, minlength=n_groups).astype(float)
-    counts = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_resamples)
-    diffs = (counts @ diff_sum) / (counts @ size)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(diffs, [tail, 1 - tail])
+    boot = group_bootstrap(
+        a.astype(float) - b.astype(float),
+        groups,
+        n_resamples=n_resamples,
+        confidence=confidence,
+        random_state=random_state,
+    )
     return {
         "difference": float(a.mean() - b.mean()),
-        "low": float(low),
-        "high": float(high),
-        "n_groups": n_groups,
+        "low": boot["low"],
+        "high": boot["high"],
+        "n_groups": boot["n_groups"],
     }

@@ -670,3 +670,47 @@ def test_paired_bootstrap_widens_when_queries_of_a_group_move_together():
     by_artist = metrics.paired_bootstrap(a, b, np.repeat(np.arange(20), 5))
     by_query = metrics.paired_bootstrap(a, b, np.arange(100))
     assert by_artist["high"] - by_artist["low"] > 1.8 * (by_query["high"] - by_query["low"])
+
+
+def test_group_bootstrap_matches_the_exact_distribution_of_resampled_groups():
+    """Against enumeration: every way of drawing 4 groups from 4 with replacement, with its probability."""
+    import itertools
+    from math import factorial
+
+    from lorastyle.metrics import group_bootstrap
+
+    values = np.array([1, 1, 0, 1, 0, 0, 1, 1, 1], dtype=float)
+    groups = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3])
+    sums, sizes = np.array([2.0, 1.0, 0.0, 3.0]), np.array([3.0, 2.0, 1.0, 3.0])
+    means, probs = [], []
+    for counts in itertools.product(range(5), repeat=4):
+        if sum(counts) != 4:
+            continue
+        p = factorial(4) / np.prod([factorial(c) for c in counts]) / 4**4
+        c = np.array(counts, dtype=float)
+        means.append(c @ sums / (c @ sizes))
+        probs.append(p)
+    means, probs = np.array(means), np.array(probs)
+    out = group_bootstrap(values, groups, n_resamples=200_000, random_state=0)
+    # each end is a 2.5% / 97.5% quantile of the exact distribution (to Monte Carlo error)
+    for end, q in ((out["low"], 0.025), (out["high"], 0.975)):
+        assert probs[means < end - 1e-12].sum() <= q + 0.005 and probs[means <= end + 1e-12].sum() >= q - 0.005
+    assert out["mean"] == values.mean() and out["n_groups"] == 4
+
+
+def test_group_bootstrap_is_wider_than_independent_intervals_when_groups_agree_within():
+    """Queries of one group that all hit or all miss carry one group's worth of information, not n."""
+    from scipy.stats import bootstrap
+
+    from lorastyle.metrics import group_bootstrap
+
+    rng = np.random.default_rng(3)
+    hit_of_group = rng.random(20) < 0.6
+    groups = np.repeat(np.arange(20), 10)
+    values = hit_of_group[groups].astype(float)
+    grouped = group_bootstrap(values, groups, random_state=0)
+    plain = bootstrap((values,), np.mean, method="percentile", random_state=0).confidence_interval
+    assert grouped["high"] - grouped["low"] > 2 * (plain.high - plain.low)
+    # one query per group: the group bootstrap is the ordinary one (within Monte Carlo error)
+    alone = group_bootstrap(values, np.arange(len(values)), n_resamples=20_000, random_state=0)
+    assert alone["low"] == pytest.approx(plain.low, abs=0.02) and alone["high"] == pytest.approx(plain.high, abs=0.02)
