@@ -217,17 +217,18 @@ class AnnIndex:
         _, ids = index.search(np.ascontiguousarray(z), n_candidates or self.candidates)
         return ids[0][ids[0] >= 0]
 
-    def neighbour_pairs(self, n_neighbours: int, *, min_cosine: float, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    def neighbour_pairs(
+        self, n_neighbours: int, *, min_cosine: float = -np.inf, progress=None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Candidate pairs of the indexed rows: each row with its ``n_neighbours`` nearest (by the ANN).
 
-        A pair is kept where the cosine of the two compact vectors (:attr:`reduced_`) reaches
-        ``min_cosine``: two rows that nearly coincide have nearly equal projections, whatever part
-        of their energy the projection keeps. What ``duplicates`` scores exactly instead of every pair.
+        What ``duplicates`` looks at instead of every pair.
 
         Parameters
         ----------
         n_neighbours : int
-        min_cosine : float
+        min_cosine : float, default=-inf
+            Keep only pairs whose compact vectors' (:attr:`reduced_`) cosine reaches this.
         progress : callable, optional
             ``progress(iterable, desc=..., total=...)`` wraps the blocks of rows.
 

@@ -250,6 +250,45 @@ class SketchMatrix:
             out = num / np.sqrt(sq_a * sq_b)
         return np.clip(np.nan_to_num(out, nan=0.0), -1.0, 1.0)
 
+    def estimated_pair_cosines(self, rows_a: np.ndarray, rows_b: np.ndarray, *, dims: int = 1024) -> np.ndarray:
+        """:meth:`pair_cosines` estimated from the first ``dims`` numbers of each part's sketch.
+
+        A sketch's numbers are buckets into which every module's terms were hashed at random
+        (:mod:`lorastyle.index.sketches`), so any ``dims`` of them are a smaller sketch of the same
+        descriptor: the cosine of two such prefixes estimates the cosine of the whole sketches,
+        within about ``1 / sqrt(dims)``. Reads ``dims`` numbers per file and part, not all of them
+        (what :meth:`lorastyle.index.store.Group.pairs_at_least` screens a large family's pairs with).
+
+        Parameters
+        ----------
+        rows_a, rows_b : ndarray of int, of one length
+        dims : int, default=1024
+            At most the sketch's length.
+
+        Returns
+        -------
+        ndarray of shape (len(rows_a),)
+        """
+        rows_a, rows_b = np.asarray(rows_a, dtype=np.intp), np.asarray(rows_b, dtype=np.intp)
+        num, sq_a, sq_b = np.zeros(len(rows_a)), np.zeros(len(rows_a)), np.zeros(len(rows_a))
+        for p in self.parts:
+            N = self.norms[p]
+            P = np.ascontiguousarray(self.unit[p][:, :dims])  # n x dims, float16: each file's first numbers, read once
+            length = np.sqrt(np.einsum("ij,ij->i", P.astype(np.float32), P.astype(np.float32))).astype(np.float64)
+            na, nb = N[rows_a], N[rows_b]
+            for start in range(0, len(rows_a), _CHUNK_ROWS * 8):
+                part = slice(start, start + _CHUNK_ROWS * 8)
+                a, b = rows_a[part], rows_b[part]
+                dots = np.einsum("ij,ij->i", P[a].astype(np.float32), P[b].astype(np.float32)).astype(np.float64)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    cos = np.nan_to_num(dots / (length[a] * length[b]))
+                num[part] += na[part] * nb[part] * cos
+            sq_a += np.where(nb > 0, na**2, 0.0)
+            sq_b += np.where(na > 0, nb**2, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = num / np.sqrt(sq_a * sq_b)
+        return np.clip(np.nan_to_num(out, nan=0.0), -1.0, 1.0)
+
     def feature_vector(self, sketches: dict, norms: dict) -> np.ndarray:
         """A query's full sketch over this matrix's parts, norms restored (zeros for a part it lacks): the PCA's input.
 

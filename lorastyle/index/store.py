@@ -1,9 +1,14 @@
 """The index: records grouped by base family, searchable, saved as one safetensors file.
 
 An index file is a safetensors file (never a pickle): per group, its records' unit sketches
-(float16) and norms, and the fitted PCA embedding's arrays; a JSON block holds the records'
-facts, the layouts, the settings and the files that were skipped for a lasting reason. It is
-read as hostile input like any other file: every array is checked for shape and finiteness.
+(float16) and norms, each record's facts as JSON (one after another, with their offsets), the
+fitted PCA embedding's and ANN index's arrays and the family's null; the header's metadata holds
+the layouts, the settings and the files that were skipped for a lasting reason.
+
+It is mapped, not read (format 4): a query of a library of 70,000 files decodes the records it
+returns and reads the sketches of its candidates. It is hostile input like any other file: every
+array's shape is checked when it is opened, and every value where it is read (a record when it is
+decoded, sketches when they are scored).
 """
 
 from __future__ import annotations
@@ -37,10 +42,12 @@ INDEX_FORMAT = "lorastyle-index-4"
 # format 2 also held a kernel PCA (n x n to fit), which is not read: its files are used as they are
 # and the PCA is refitted by the next `lorastyle index`.
 READABLE_FORMATS = (INDEX_FORMAT, "lorastyle-index-3", "lorastyle-index-2")
-# Near-duplicate candidates of each file in a group with an ANN index, and how far below the threshold
-# the cosine of two files' compact vectors may be (their projections nearly coincide where they do)
+# Near-duplicate candidates of each file in a group with an ANN index; how many numbers of each sketch
+# estimate a candidate pair's score (within about 1/sqrt(1024) = 0.03), and how far below the threshold
+# an estimate may be for the pair to be scored exactly (3 times that)
 NEAR_NEIGHBOURS = 32
-NEAR_MARGIN = 0.2
+NEAR_ESTIMATE_DIMS = 1024
+NEAR_MARGIN = 0.1
 # Files re-read by one batch of re-ranking (their factors in memory together)
 RERANK_BATCH_BYTES = 512 << 20
 
@@ -120,10 +127,13 @@ class Group:
         """The pairs ``i < j`` of its files scoring at least ``threshold`` (exact scores).
 
         Every pair, a block at a time (:meth:`SketchMatrix.pairs_at_least`), in a group without an
-        ANN index; in a group with one, the pairs among each file's :data:`NEAR_NEIGHBOURS` nearest
-        whose compact vectors' cosine is within :data:`NEAR_MARGIN` of ``threshold``
-        (:meth:`lorastyle.index.ann.AnnIndex.neighbour_pairs`): at 70,000 files every pair is 2.5
-        billion scores. A file with more near-duplicates than that keeps its nearest ones.
+        ANN index. In a group with one (at 70,000 files every pair is 2.5 billion scores), each
+        file's :data:`NEAR_NEIGHBOURS` nearest by the ANN
+        (:meth:`lorastyle.index.ann.AnnIndex.neighbour_pairs`), screened by their score estimated
+        from the first :data:`NEAR_ESTIMATE_DIMS` numbers of each sketch
+        (:meth:`SketchMatrix.estimated_pair_cosines`: kept within :data:`NEAR_MARGIN` of
+        ``threshold``), then scored exactly. A file with more near-duplicates than that keeps its
+        nearest ones.
 
         Parameters
         ----------
@@ -138,7 +148,9 @@ class Group:
         """
         if self.ann is None:
             return self.matrix.pairs_at_least(threshold, progress=progress)
-        i, j = self.ann.neighbour_pairs(NEAR_NEIGHBOURS, min_cosine=threshold - NEAR_MARGIN, progress=progress)
+        i, j = self.ann.neighbour_pairs(NEAR_NEIGHBOURS, progress=progress)
+        likely = self.matrix.estimated_pair_cosines(i, j, dims=NEAR_ESTIMATE_DIMS) >= threshold - NEAR_MARGIN
+        i, j = i[likely], j[likely]
         scores = self.matrix.pair_cosines(i, j)
         keep = scores >= threshold
         return i[keep], j[keep], scores[keep]
