@@ -82,7 +82,9 @@ class AnnIndex:
     ----------
     components_ : ndarray of shape (reduce_dim, d), float32
     centroids_ : ndarray of shape (n_lists, reduce_dim), float32
-    reduced_ : ndarray of shape (n, reduce_dim), float16
+    reduced_ : ndarray of shape (n, reduce_dim), float32
+        Each row's compact vector (float32: what faiss takes, so a mapped index file's rows go to it as
+        they are; an index of 70,000 files holds 72 MB of them).
     lists_ : ndarray of shape (n,), int64
     n_probe_ : int
     recall_ : float
@@ -125,7 +127,7 @@ class AnnIndex:
         _, _, Vt = randomized_svd(S, dim, n_iter=4, random_state=self.random_state)
         self.components_ = Vt.astype(np.float32)
         del S
-        reduced = np.empty((n, dim), np.float16)
+        reduced = np.empty((n, dim), np.float32)
         step = _full_rows(d)
         for start in range(0, n, step):
             reduced[start : start + step] = _rows(X, start, start + step) @ self.components_.T
@@ -336,7 +338,7 @@ class AnnIndex:
             raise ValueError("ANN arrays do not fit together")
         ann = cls(k=k, candidates=candidates, reduce_dim=C.shape[0], n_lists=len(M))
         ann.components_, ann.centroids_ = C.astype(np.float32), M.astype(np.float32)
-        ann.reduced_, ann.lists_ = R.astype(np.float16), L
+        ann.reduced_, ann.lists_ = R.astype(np.float32, copy=False), L
         ann.n_probe_, ann.recall_ = n_probe, float(state["recall"][0])
         ann._build()
         return ann

@@ -113,6 +113,10 @@ COMPOUND_WORDS = sorted(
     key=lambda w: (-w.count("_"), w),
 )
 _COMPOUND_TOKENS = [tuple(w.split("_")) for w in COMPOUND_WORDS]
+# the compounds by their first word, longest first (a file's every module name is unmangled: ~1,000 in SDXL)
+_COMPOUNDS_BY_FIRST: dict[str, list[tuple[str, ...]]] = {}
+for _words in _COMPOUND_TOKENS:
+    _COMPOUNDS_BY_FIRST.setdefault(_words[0], []).append(_words)
 
 
 def unmangle(name: str) -> str:
@@ -132,7 +136,7 @@ def unmangle(name: str) -> str:
     out = []
     i = 0
     while i < len(tokens):
-        for words in _COMPOUND_TOKENS:  # longest compounds first
+        for words in _COMPOUNDS_BY_FIRST.get(tokens[i], ()):  # longest compounds first
             if tuple(tokens[i : i + len(words)]) == words:
                 out.append("_".join(words))
                 i += len(words)
