@@ -439,7 +439,8 @@ class LoraIndex:
             tensors[f"g{gi}/null"] = g.null.scores.astype(np.float64)
             rows = []
             for r in g.records:
-                layouts.setdefault(r.layout.key, r.layout.to_json())
+                if r.layout.key not in layouts:
+                    layouts[r.layout.key] = r.layout.to_json()
                 row = record_row(r)
                 del row["norms"]  # stacked with the sketches
                 rows.append(json.dumps({**row, "layout": r.layout.key}, separators=(",", ":")).encode("utf-8"))
