@@ -35,7 +35,7 @@ from .search import SCORERS, SketchMatrix
 from .settings import IndexSettings
 from .sketches import Sketcher
 
-__all__ = ["Group", "LoraIndex", "INDEX_FORMAT", "group_key"]
+__all__ = ["Group", "LoraIndex", "INDEX_FORMAT", "group_key", "StoredRecords", "CheckedRows"]
 
 INDEX_FORMAT = "lorastyle-index-4"
 # Index files this version reads: format 3 kept every record's JSON in the header (read whole);
