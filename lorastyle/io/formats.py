@@ -79,6 +79,8 @@ __all__ = [
     "header_dims",
     "module_shape",
     "read_layout",
+    "ParsedHeader",
+    "parse_header",
 ]
 
 BASE_FAMILIES = ("sd1", "sd2", "sdxl", "flux", "tiny", "unknown")
