@@ -219,46 +219,6 @@ class AnnIndex:
         _, ids = index.search(np.ascontiguousarray(z), n_candidates or self.candidates)
         return ids[0][ids[0] >= 0]
 
-    def neighbour_pairs(
-        self, n_neighbours: int, *, min_cosine: float = -np.inf, progress=None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Candidate pairs of the indexed rows: each row with its ``n_neighbours`` nearest (by the ANN).
-
-        What ``duplicates`` looks at instead of every pair.
-
-        Parameters
-        ----------
-        n_neighbours : int
-        min_cosine : float, default=-inf
-            Keep only pairs whose compact vectors' (:attr:`reduced_`) cosine reaches this.
-        progress : callable, optional
-            ``progress(iterable, desc=..., total=...)`` wraps the blocks of rows.
-
-        Returns
-        -------
-        i, j : ndarray of int64
-            The pairs, ``i < j``, each once, in increasing order of ``(i, j)``.
-        """
-        index, _ = self._faiss
-        index.nprobe = self.n_probe_
-        n = len(self.reduced_)
-        norms = np.linalg.norm(self.reduced_.astype(np.float32), axis=1)
-        found = []
-        starts = range(0, n, _CHUNK)
-        if progress is not None and len(starts) > 1:
-            starts = progress(starts, desc="finding candidate pairs", total=len(starts))
-        for start in starts:
-            Q = _rows(self.reduced_, start, start + _CHUNK)
-            D, ids = index.search(Q, min(n, n_neighbours + 1))
-            rows = np.arange(start, start + len(Q))[:, None]
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # ids of -1: none found
-                cos = D / (norms[rows] * norms[np.maximum(ids, 0)])
-            ok = (ids >= 0) & (ids != rows) & (cos >= min_cosine)
-            pairs = np.stack([np.minimum(rows, ids)[ok], np.maximum(rows, ids)[ok]], axis=1)
-            found.append(pairs.astype(np.int64))
-        pairs = np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 2), np.int64)
-        return pairs[:, 0], pairs[:, 1]
-
     def search(self, Q: np.ndarray, k: int, *, X, exclude=None) -> list[np.ndarray]:
         """Top ``k`` rows of X per query: candidates re-ranked by exact inner products on X.
 

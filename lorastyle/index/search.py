@@ -250,44 +250,38 @@ class SketchMatrix:
             out = num / np.sqrt(sq_a * sq_b)
         return np.clip(np.nan_to_num(out, nan=0.0), -1.0, 1.0)
 
-    def estimated_pair_cosines(self, rows_a: np.ndarray, rows_b: np.ndarray, *, dims: int = 1024) -> np.ndarray:
-        """:meth:`pair_cosines` estimated from the first ``dims`` numbers of each part's sketch.
+    def prefix_vectors(self, dims: int) -> np.ndarray:
+        """Each row's full unit sketch estimated from the first ``dims`` numbers of each part's.
 
         A sketch's numbers are buckets into which every module's terms were hashed at random
         (:mod:`lorastyle.index.sketches`), so any ``dims`` of them are a smaller sketch of the same
-        descriptor: the cosine of two such prefixes estimates the cosine of the whole sketches,
-        within about ``1 / sqrt(dims)``. Reads ``dims`` numbers per file and part, not all of them
-        (what :meth:`lorastyle.index.store.Group.pairs_at_least` screens a large family's pairs with).
+        descriptor: the inner product of two rows of this matrix estimates their score within
+        about ``1 / sqrt(dims * parts)`` (exactly where the two files adapt the same parts; a part
+        only one has lowers the estimate). It reads ``dims`` numbers per file and part, not all of
+        them: what :meth:`lorastyle.index.store.Group.pairs_at_least` searches a large family with.
 
         Parameters
         ----------
-        rows_a, rows_b : ndarray of int, of one length
-        dims : int, default=1024
-            At most the sketch's length.
+        dims : int
+            Numbers of each part's sketch used (at most its length).
 
         Returns
         -------
-        ndarray of shape (len(rows_a),)
+        ndarray of shape (n, dims * len(parts)), float32
+            Unit rows (zero for a row of no part).
         """
-        rows_a, rows_b = np.asarray(rows_a, dtype=np.intp), np.asarray(rows_b, dtype=np.intp)
-        num, sq_a, sq_b = np.zeros(len(rows_a)), np.zeros(len(rows_a)), np.zeros(len(rows_a))
-        for p in self.parts:
-            N = self.norms[p]
-            P = np.ascontiguousarray(self.unit[p][:, :dims])  # n x dims, float16: each file's first numbers, read once
-            length = np.sqrt(np.einsum("ij,ij->i", P.astype(np.float32), P.astype(np.float32))).astype(np.float64)
-            na, nb = N[rows_a], N[rows_b]
-            for start in range(0, len(rows_a), _CHUNK_ROWS * 8):
-                part = slice(start, start + _CHUNK_ROWS * 8)
-                a, b = rows_a[part], rows_b[part]
-                dots = np.einsum("ij,ij->i", P[a].astype(np.float32), P[b].astype(np.float32)).astype(np.float64)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    cos = np.nan_to_num(dots / (length[a] * length[b]))
-                num[part] += na[part] * nb[part] * cos
-            sq_a += np.where(nb > 0, na**2, 0.0)
-            sq_b += np.where(na > 0, nb**2, 0.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out = num / np.sqrt(sq_a * sq_b)
-        return np.clip(np.nan_to_num(out, nan=0.0), -1.0, 1.0)
+        n = len(self)
+        dims = min(int(dims), self.unit[self.parts[0]].shape[1])
+        V = np.zeros((n, dims * len(self.parts)), np.float32)
+        for k, p in enumerate(self.parts):
+            for start in range(0, n, _CHUNK_ROWS * 16):
+                rows = slice(start, start + _CHUNK_ROWS * 16)
+                P = self.unit[p][rows, :dims].astype(np.float32)
+                length = np.linalg.norm(P, axis=1, keepdims=True)
+                P = np.divide(P, length, out=np.zeros_like(P), where=length > 0)
+                V[rows, k * dims : (k + 1) * dims] = P * self.norms[p][rows, None].astype(np.float32)
+        norm = np.linalg.norm(V, axis=1, keepdims=True)
+        return np.divide(V, norm, out=np.zeros_like(V), where=norm > 0)
 
     def feature_vector(self, sketches: dict, norms: dict) -> np.ndarray:
         """A query's full sketch over this matrix's parts, norms restored (zeros for a part it lacks): the PCA's input.

@@ -42,12 +42,13 @@ INDEX_FORMAT = "lorastyle-index-4"
 # format 2 also held a kernel PCA (n x n to fit), which is not read: its files are used as they are
 # and the PCA is refitted by the next `lorastyle index`.
 READABLE_FORMATS = (INDEX_FORMAT, "lorastyle-index-3", "lorastyle-index-2")
-# Near-duplicate candidates of each file in a group with an ANN index; how many numbers of each sketch
-# estimate a candidate pair's score (within about 1/sqrt(1024) = 0.03), and how far below the threshold
-# an estimate may be for the pair to be scored exactly (3 times that)
+# A family of at least NEAR_SEARCH_MIN files finds its near pairs among each file's NEAR_NEIGHBOURS nearest
+# by a score estimated from NEAR_ESTIMATE_NUMBERS numbers of its sketches (within about
+# 1/sqrt(1024) = 0.03), kept for an exact score when within NEAR_MARGIN (4 times that) of the threshold
+NEAR_SEARCH_MIN = 10_000
 NEAR_NEIGHBOURS = 32
-NEAR_ESTIMATE_DIMS = 1024
-NEAR_MARGIN = 0.1
+NEAR_ESTIMATE_NUMBERS = 1024
+NEAR_MARGIN = 0.12
 # Files re-read by one batch of re-ranking (their factors in memory together)
 RERANK_BATCH_BYTES = 512 << 20
 
@@ -126,14 +127,13 @@ class Group:
     def pairs_at_least(self, threshold: float, *, progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The pairs ``i < j`` of its files scoring at least ``threshold`` (exact scores).
 
-        Every pair, a block at a time (:meth:`SketchMatrix.pairs_at_least`), in a group without an
-        ANN index. In a group with one (at 70,000 files every pair is 2.5 billion scores), each
-        file's :data:`NEAR_NEIGHBOURS` nearest by the ANN
-        (:meth:`lorastyle.index.ann.AnnIndex.neighbour_pairs`), screened by their score estimated
-        from the first :data:`NEAR_ESTIMATE_DIMS` numbers of each sketch
-        (:meth:`SketchMatrix.estimated_pair_cosines`: kept within :data:`NEAR_MARGIN` of
-        ``threshold``), then scored exactly. A file with more near-duplicates than that keeps its
-        nearest ones.
+        Every pair, a block at a time (:meth:`SketchMatrix.pairs_at_least`), in a family of fewer
+        than :data:`NEAR_SEARCH_MIN` files. In a larger one (at 70,000 files every pair is 2.5
+        billion scores of 49,152 numbers), each file's :data:`NEAR_NEIGHBOURS` nearest by their
+        scores estimated from :data:`NEAR_ESTIMATE_NUMBERS` numbers of each sketch
+        (:meth:`SketchMatrix.prefix_vectors`, searched exactly by faiss), kept within
+        :data:`NEAR_MARGIN` of ``threshold`` and then scored exactly. A file with more
+        near-duplicates than that keeps its nearest ones.
 
         Parameters
         ----------
@@ -146,11 +146,27 @@ class Group:
             In increasing order of ``(i, j)``.
         scores : ndarray of float
         """
-        if self.ann is None:
+        n = len(self.records)
+        if n < NEAR_SEARCH_MIN:
             return self.matrix.pairs_at_least(threshold, progress=progress)
-        i, j = self.ann.neighbour_pairs(NEAR_NEIGHBOURS, progress=progress)
-        likely = self.matrix.estimated_pair_cosines(i, j, dims=NEAR_ESTIMATE_DIMS) >= threshold - NEAR_MARGIN
-        i, j = i[likely], j[likely]
+        import faiss
+
+        V = self.matrix.prefix_vectors(max(64, NEAR_ESTIMATE_NUMBERS // len(self.matrix.parts)))
+        search = faiss.IndexFlatIP(V.shape[1])
+        search.add(V)
+        found = []
+        starts = range(0, n, 4096)
+        if progress is not None:
+            starts = progress(starts, desc="finding near pairs (blocks of files)", total=len(starts))
+        for start in starts:
+            estimate, ids = search.search(V[start : start + 4096], min(n, NEAR_NEIGHBOURS + 1))
+            rows = np.broadcast_to(np.arange(start, start + len(ids))[:, None], ids.shape)
+            keep = (ids >= 0) & (ids != rows) & (estimate >= threshold - NEAR_MARGIN)
+            # a pair found from either of its files (nearest neighbours are not mutual)
+            found.append(np.stack([np.minimum(rows, ids)[keep], np.maximum(rows, ids)[keep]], axis=1))
+        del search, V
+        pairs = np.unique(np.concatenate(found), axis=0)
+        i, j = pairs[:, 0], pairs[:, 1]
         scores = self.matrix.pair_cosines(i, j)
         keep = scores >= threshold
         return i[keep], j[keep], scores[keep]

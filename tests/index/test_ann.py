@@ -95,35 +95,3 @@ def test_index_with_ann_answers_as_exact_search(tmp_path):
         found.append(len({r["path"] for r in got} & set(top)) / 5)
         assert loaded.similar(query, k=5) == got
     assert np.mean(found) >= 0.8  # recall@5 of the ANN answer
-
-
-def test_near_pairs_through_candidates_match_every_pair_scored():
-    """A group with an ANN index finds its near pairs from candidates: exact scores, and nearly all pairs.
-
-    The reference is every pair scored, a block at a time (SketchMatrix.pairs_at_least). Planted
-    near-duplicates (a file plus noise: cosines 0.75 to 0.99, some of them chains of three) sit
-    among 3,000 clustered files whose ordinary pairs score below 0.5.
-    """
-    from lorastyle.index.search import SketchMatrix
-    from lorastyle.index.store import Group
-
-    rng = np.random.default_rng(2)
-    X = clustered(rng, 3000, d=256, clusters=60, noise=1.5)
-    for k in range(150):  # row 2k+1 := a noisy copy of row 2k; every tenth also of its copy again
-        noise = rng.uniform(0.1, 0.8)
-        v = X[2 * k] + noise * rng.standard_normal(256) / 16
-        X[2 * k + 1] = v / np.linalg.norm(v)
-    norms = rng.uniform(0.5, 2.0, len(X))
-    matrix = SketchMatrix(parts=("unet",), unit={"unet": X.astype(np.float16)}, norms={"unet": norms})
-    every = matrix.pairs_at_least(0.7)
-    assert 100 <= len(every[0]) < 400  # the planted pairs, not the clusters
-    group = Group(key="tiny", records=[])
-    group._matrix = matrix
-    group.ann = AnnIndex(reduce_dim=32, random_state=0).fit(matrix.full)
-    i, j, s = group.pairs_at_least(0.7)
-    truth = dict(zip(zip(every[0].tolist(), every[1].tolist()), every[2].tolist()))
-    found = dict(zip(zip(i.tolist(), j.tolist()), s.tolist()))
-    assert set(found) <= set(truth)
-    assert all(found[p] == pytest.approx(truth[p], abs=1e-6) for p in found)  # the scores are the exact ones
-    assert len(found) >= 0.95 * len(truth)
-    assert all(a < b for a, b in found)

@@ -123,12 +123,54 @@ def test_scores_estimated_from_a_sketch_prefix_follow_the_exact_ones_on_real_fil
     n = len(group.records)
     i, j = np.triu_indices(n, k=1)
     exact = group.matrix.pair_cosines(i, j)
-    estimate = group.matrix.estimated_pair_cosines(i, j, dims=1024)
+    V = group.matrix.prefix_vectors(1024)
+    estimate = np.einsum("ij,ij->i", V[i], V[j]).astype(np.float64)
     error = estimate - exact
     assert exact.max() > 0.7 and exact.min() < 0.1  # near and unrelated pairs alike
-    assert error.std() < 1.5 / np.sqrt(1024)  # a random subsample of buckets: about 1 / sqrt(dims)
+    parts = len(group.matrix.parts)
+    assert error.std() < 1.5 / np.sqrt(1024 * parts)  # a random subsample of buckets: about 1 / sqrt(numbers)
     near = exact >= 0.5  # the pairs a screen at a threshold minus 0.1 must keep
     assert near.sum() >= 20 and np.abs(error[near]).max() < 0.1
-    # the whole sketch: the exact score
-    whole = group.matrix.estimated_pair_cosines(i, j, dims=index.sketcher.dim)
-    np.testing.assert_allclose(whole, exact, atol=1e-5)
+    # the whole sketch, where both files adapt the same parts: the exact score
+    W = group.matrix.prefix_vectors(index.sketcher.dim)
+    same_parts = np.array([group.records[a].parts == group.records[b].parts for a, b in zip(i, j)])
+    assert same_parts.any()
+    whole = np.einsum("ij,ij->i", W[i], W[j])
+    np.testing.assert_allclose(whole[same_parts], exact[same_parts], atol=2e-3)
+
+
+def test_a_large_family_finds_its_near_pairs_as_every_pair_scored_does(monkeypatch):
+    """Above NEAR_SEARCH_MIN, near pairs come from estimated nearest neighbours: the same pairs, exact scores.
+
+    The reference is every pair scored, a block at a time. Planted near-duplicates (a file plus noise:
+    scores 0.6 to 0.99, some of them chains of three) sit among 3,000 files of 60 clustered styles
+    whose ordinary pairs score below 0.5; sketches of 2,048 numbers per part, of which 512 estimate.
+    """
+    import lorastyle.index.store as store
+    from lorastyle.index.store import Group
+
+    rng = np.random.default_rng(2)
+    n, dim = 3000, 2048
+    centres = rng.standard_normal((60, dim))
+    unit, norms = {}, {}
+    style = rng.integers(0, 60, n)
+    for p in ("text_encoder", "unet"):
+        X = centres[style] + 1.5 * rng.standard_normal((n, dim))
+        for k in range(150):  # row 2k+1 := a noisy copy of row 2k (the next planted pair may chain to it)
+            X[2 * k + 1] = X[2 * k] + rng.uniform(0.2, 1.4) * rng.standard_normal(dim) * np.linalg.norm(
+                X[2 * k]
+            ) / np.sqrt(dim)
+        unit[p] = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float16)
+        norms[p] = rng.uniform(0.5, 2.0, n)
+    matrix = SketchMatrix(parts=("text_encoder", "unet"), unit=unit, norms=norms)
+    every = matrix.pairs_at_least(0.6)
+    assert 100 <= len(every[0]) < 400  # the planted pairs, not the styles
+    group = Group(key="tiny", records=[None] * n)
+    group._matrix = matrix
+    monkeypatch.setattr(store, "NEAR_SEARCH_MIN", 1000)
+    i, j, s = group.pairs_at_least(0.6)
+    truth = dict(zip(zip(every[0].tolist(), every[1].tolist()), every[2].tolist()))
+    found = dict(zip(zip(i.tolist(), j.tolist()), s.tolist()))
+    assert set(found) <= set(truth) and all(a < b for a, b in found)
+    assert all(found[p] == pytest.approx(truth[p], abs=1e-6) for p in found)  # the exact scores
+    assert len(found) >= 0.98 * len(truth)
