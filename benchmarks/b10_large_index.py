@@ -4,7 +4,9 @@ People who keep LoRAs report libraries of 30,000 to 70,000 files; 70,000 real SD
 cannot exist here, so their records are simulated as B6 (b) makes its vectors, one part at a time
 at the default sketch size (16,384 numbers per part, the parts of a real SDXL file): a genre
 centre, plus an artist offset, plus each file's own noise, made unit; each part's norm drawn from a
-log-normal. Planted among them: ``--planted`` files of the same weights as another file (one sha256,
+log-normal. The hierarchy is weaker than B6's (scales 0.35 and 0.6 against the noise's 1, not 1
+and 0.8): two files of one artist score about 0.33 on average, where B6's would score about 0.62,
+as close as two checkpoints of one run (the near-duplicate threshold is 0.66). Planted among them: ``--planted`` files of the same weights as another file (one sha256,
 one sketch, one set of module norms) and as many near-duplicates (another file's sketch plus noise:
 scores 0.75 to 0.99). Each record names an empty placeholder file, made once, whose size and mtime it
 keeps (so ``similar`` finds the files there and unchanged). The index is fitted as ``lorastyle
@@ -40,6 +42,7 @@ sys.path.insert(0, str(c.ROOT))
 SDXL = "invokeai_stripped__sdxl_kohya__Alien_Style"
 SIMILAR_GOAL_S, SIMILAR_GOAL_MB, DUPLICATES_GOAL_S, MAP_GOAL_S = 1.0, 1000.0, 300.0, 300.0
 _CHUNK = 4096
+GENRE_SCALE, ARTIST_SCALE = 0.35, 0.6  # against a file's own noise of 1
 
 
 def _placeholders(folder: Path, n: int) -> list[tuple]:
@@ -60,8 +63,8 @@ def _placeholders(folder: Path, n: int) -> list[tuple]:
 def simulated_part(rng, n: int, dim: int, artist_of: np.ndarray, genre_of: np.ndarray, out: np.ndarray) -> None:
     """Fill ``out`` (n x dim float16) with unit rows: genre centre + artist offset + file noise."""
     genres, artists = genre_of.max() + 1, len(genre_of)
-    G = rng.standard_normal((genres, dim), dtype=np.float32)
-    A = G[genre_of] + 0.8 * rng.standard_normal((artists, dim), dtype=np.float32)
+    G = GENRE_SCALE * rng.standard_normal((genres, dim), dtype=np.float32)
+    A = G[genre_of] + ARTIST_SCALE * rng.standard_normal((artists, dim), dtype=np.float32)
     for s in range(0, n, _CHUNK):
         m = min(_CHUNK, n - s)
         V = A[artist_of[s : s + m]] + rng.standard_normal((m, dim), dtype=np.float32)
