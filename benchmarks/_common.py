@@ -69,6 +69,15 @@ def machine() -> dict:
     }
 
 
+def _stopped(pid: str) -> bool:
+    """Whether a process is stopped (SIGSTOP: a build paused while a benchmark runs does not share the machine)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
+
+
 def other_load() -> str:
     """A note of what shared the machine: a collection build or a test run, and the load average."""
     others = []
@@ -80,7 +89,8 @@ def other_load() -> str:
             out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
         except OSError:
             return "unknown"
-        if [pid for pid in out if int(pid) != os.getpid()]:
+        running = [pid for pid in out if int(pid) != os.getpid() and not _stopped(pid)]
+        if running:
             others.append(what)
     load = f"1-minute load average {os.getloadavg()[0]:.1f} at the end"
     if others:
