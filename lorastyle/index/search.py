@@ -105,7 +105,11 @@ class SketchMatrix:
 
     def _dots(self, part: str, q: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """Inner products of the unit rows of ``part`` (or only ``rows``) with a unit vector, in float32 chunks."""
-        U = self.unit[part] if rows is None else self.unit[part][rows]
+        stored = self.unit[part]
+        # a mapped index's rows (CheckedRows) are read unchecked here and checked through their products:
+        # a NaN or an infinity in a row makes its product NaN or infinite (0 * inf is NaN), at no extra pass
+        raw = getattr(stored, "raw", stored)
+        U = raw if rows is None else raw[rows]
         out = np.empty(len(U))
         q32 = q.astype(np.float32)
         for start in range(0, len(U), _CHUNK_ROWS):
@@ -114,6 +118,10 @@ class SketchMatrix:
             out[start : start + _CHUNK_ROWS] = np.einsum(
                 "ij,j->i", U[start : start + _CHUNK_ROWS].astype(np.float32), q32
             )
+        if raw is not stored and not np.all(np.isfinite(out)):
+            stored[
+                np.flatnonzero(~np.isfinite(out)) if rows is None else rows[~np.isfinite(out)]
+            ]  # raises, naming the file
         return out
 
     def cosines(self, sketches: dict, norms: dict, rows: np.ndarray | None = None) -> np.ndarray:
