@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["SketchMatrix", "SketchRows", "FullVectors", "SCORERS", "exact_cosines"]
+__all__ = ["SketchMatrix", "SketchRows", "FullVectors", "SCORERS", "exact_cosines", "score_group", "rescore_exactly"]
 
 SCORERS = ("cosine", "pca")
+# Files re-read by one batch of re-ranking (their factors in memory together)
+RERANK_BATCH_BYTES = 512 << 20
 # Rows converted from float16 at once: bounds the temporary float32 copy of a group's sketches.
 _CHUNK_ROWS = 512
 
@@ -403,3 +405,126 @@ def exact_cosines(descriptor: str, query, candidates: list, *, select=None, cent
         num = sum(table.cosines[name][0, j] for name, part in mine.items() if part in shared and name in theirs)
         out[j] = num / np.sqrt(n_q * n_c) if n_q and n_c else 0.0
     return np.clip(out, -1.0, 1.0)
+
+
+def score_group(group, query, *, scorer: str = "cosine", k: int = 10) -> tuple[np.ndarray, np.ndarray | None]:
+    """The scores of a query against the files of its group, as ``similar`` ranks them.
+
+    ``cosine``: the exact score of every file (:meth:`SketchMatrix.cosines`), or, in a group with an
+    ANN index, of its candidates only (the others score ``-inf``): a score never comes from the
+    approximation. ``pca``: the cosine in the group's calibrated PCA embedding.
+
+    Parameters
+    ----------
+    group : Group
+    query : Record
+    scorer : {"cosine", "pca"}, default="cosine"
+    k : int, default=10
+        Results wanted (the ANN proposes at least ``k + 1`` candidates).
+
+    Returns
+    -------
+    scores : ndarray of shape (n,)
+    rows : ndarray of int or None
+        The candidates scored (sorted), or None where every file was.
+
+    Raises
+    ------
+    IncomparableLorasError
+        For ``pca`` in a group without an embedding.
+    """
+    if scorer == "cosine" and group.ann is not None:
+        q = group.matrix.full_vector(query.sketches, query.norms)
+        rows = np.sort(group.ann.candidates_of(q, max(group.ann.candidates, k + 1)))
+        scores = np.full(len(group.records), -np.inf)
+        scores[rows] = group.matrix.cosines(query.sketches, query.norms, rows=rows)
+        return scores, rows
+    if scorer == "cosine":
+        return group.matrix.cosines(query.sketches, query.norms), None
+    if group.embedding is None:
+        from ..errors import IncomparableLorasError
+
+        raise IncomparableLorasError(
+            query.path,
+            f"group {group.key} of {len(group.records)} files has no PCA embedding "
+            "(it needs 3 files, and an index of format 3 or later: re-run `lorastyle index`): --scorer cosine",
+        )
+    z = group.embedding.project(group.matrix.feature_vector(query.sketches, query.norms)[None, :])[0]
+    Z = group.embedding.embedding_
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.nan_to_num(Z @ z / (np.linalg.norm(Z, axis=1) * np.linalg.norm(z))), None
+
+
+def rescore_exactly(scores: np.ndarray, group, rows: list, query_lora, *, settings, budget: int | None = None) -> set:
+    """Replace the scores of ``rows`` by exact ones (:func:`exact_cosines`), from the files read again.
+
+    Files are read in the order of ``rows`` while their sizes add up to at most ``budget`` bytes
+    (None: no limit), and scored in batches of at most :data:`RERANK_BATCH_BYTES` (memory holds
+    one batch's files, not all of them). A file that cannot be read, or changed so that it no longer
+    compares, keeps its sketch's score (with a warning).
+
+    Parameters
+    ----------
+    scores : ndarray
+        Changed in place.
+    group : Group
+    rows : list of int
+    query_lora : LoRA
+        The query's loaded file, with the index's selection applied.
+    settings : IndexSettings
+        The index's (descriptor, sketcher, selection).
+    budget : int, optional
+
+    Returns
+    -------
+    set of int
+        The rows rescored.
+    """
+    import os
+    import warnings
+
+    from ..errors import IncomparableLorasError, LoraFormatError
+    from ..io.formats import load_lora
+
+    chosen, total = [], 0
+    for i in rows:
+        try:
+            size = os.stat(group.records[i].path).st_size
+        except OSError:
+            size = 0  # reported when it is read
+        if budget is not None and total + size > budget:
+            break
+        chosen.append((i, size))
+        total += size
+    batches, current, current_bytes = [], [], 0
+    for i, size in chosen:
+        if current and current_bytes + size > RERANK_BATCH_BYTES:
+            batches.append(current)
+            current, current_bytes = [], 0
+        current.append(i)
+        current_bytes += size
+    if current:
+        batches.append(current)
+    rescored = set()
+    for batch in batches:
+        loaded = {}
+        for i in batch:
+            try:
+                lora = load_lora(group.records[i].path)
+            except (LoraFormatError, OSError) as exc:
+                warnings.warn(f"{group.records[i].path}: not rescored, it cannot be read ({exc})", stacklevel=3)
+                continue
+            loaded[i] = settings.selected(lora)
+        if not loaded:
+            continue
+        try:
+            exact = exact_cosines(
+                settings.descriptor, query_lora, list(loaded.values()), select=None, centre=settings.sketcher.centre
+            )
+        except IncomparableLorasError as exc:  # a file changed since it was indexed
+            warnings.warn(f"not rescored: {exc}", stacklevel=3)
+            continue
+        for i, score in zip(loaded, exact):
+            scores[i] = score
+        rescored |= set(loaded)
+    return rescored

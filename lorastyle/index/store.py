@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import operator
 import os
-import warnings
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -31,7 +30,7 @@ from ..io.safetensors import read_safetensors, write_safetensors
 from .ann import AnnIndex
 from .null import MAX_PAIRS, FamilyNull, family_null
 from .records import Record, record_from_row, record_row
-from .search import SCORERS, SketchMatrix
+from .search import SCORERS, SketchMatrix, rescore_exactly, score_group
 from .settings import IndexSettings
 from .sketches import Sketcher
 
@@ -49,8 +48,6 @@ NEAR_SEARCH_MIN = 10_000
 NEAR_NEIGHBOURS = 32
 NEAR_ESTIMATE_NUMBERS = 1024
 NEAR_MARGIN = 0.12
-# Files re-read by one batch of re-ranking (their factors in memory together)
-RERANK_BATCH_BYTES = 512 << 20
 
 
 def group_key(record: Record, descriptor: str) -> str:
@@ -308,26 +305,7 @@ class LoraIndex:
         k = check_positive_int(k, "k")
         check_option(scorer, "scorer", SCORERS)
         group = self.group_of(query)
-        rows = None
-        if scorer == "cosine" and group.ann is not None:  # candidates from the ANN index, exact scores
-            q = group.matrix.full_vector(query.sketches, query.norms)
-            rows = np.sort(group.ann.candidates_of(q, max(group.ann.candidates, k + 1)))
-            scores = np.full(len(group.records), -np.inf)
-            scores[rows] = group.matrix.cosines(query.sketches, query.norms, rows=rows)
-        elif scorer == "cosine":
-            scores = group.matrix.cosines(query.sketches, query.norms)
-        else:
-            if group.embedding is None:
-                raise IncomparableLorasError(
-                    query.path,
-                    f"group {group.key} of {len(group.records)} files has no PCA embedding "
-                    "(it needs 3 files, and an index of format 3: re-run `lorastyle index`): "
-                    "--scorer cosine",
-                )
-            z = group.embedding.project(group.matrix.feature_vector(query.sketches, query.norms)[None, :])[0]
-            Z = group.embedding.embedding_
-            with np.errstate(divide="ignore", invalid="ignore"):
-                scores = np.nan_to_num(Z @ z / (np.linalg.norm(Z, axis=1) * np.linalg.norm(z)))
+        scores, rows = score_group(group, query, scorer=scorer, k=k)
         own = os.path.abspath(query.path)
         exclude = set(exclude)
         # best first, ties in index order; records are decoded (and files checked) only as they are reached
@@ -344,8 +322,13 @@ class LoraIndex:
         if rerank and scorer == "cosine" and self.descriptor in ("gram", "delta"):
             if query_lora is None:
                 raise ValueError("rerank needs the query's loaded file (query_lora)")
-            exact = self._rerank(
-                scores, group, order[: check_positive_int(rerank, "rerank")], query_lora, rerank_budget
+            exact = rescore_exactly(
+                scores,
+                group,
+                order[: check_positive_int(rerank, "rerank")],
+                query_lora,
+                settings=self.settings,
+                budget=rerank_budget,
             )
             rank = {i: r for r, i in enumerate(order)}
             order = sorted(order, key=lambda i: (i not in exact, -scores[i], rank[i]))
@@ -368,60 +351,6 @@ class LoraIndex:
                 item["exact"] = i in exact
             out.append(item)
         return out
-
-    def _rerank(self, scores: np.ndarray, group: Group, rows: list, query_lora, budget: int | None = None) -> set:
-        """Replace the scores of ``rows`` by exact ones, from the files read again; the rows rescored.
-
-        Files are read in the order of ``rows`` while their sizes add up to at most ``budget`` bytes
-        (None: no limit), and scored in batches of at most :data:`RERANK_BATCH_BYTES` (memory holds
-        one batch's files, not all of them).
-        """
-        from ..errors import LoraFormatError
-        from ..io.formats import load_lora
-        from .search import exact_cosines
-
-        chosen, total = [], 0
-        for i in rows:
-            try:
-                size = os.stat(group.records[i].path).st_size
-            except OSError:
-                size = 0  # reported when it is read
-            if budget is not None and total + size > budget:
-                break
-            chosen.append((i, size))
-            total += size
-        batches, current, current_bytes = [], [], 0
-        for i, size in chosen:
-            if current and current_bytes + size > RERANK_BATCH_BYTES:
-                batches.append(current)
-                current, current_bytes = [], 0
-            current.append(i)
-            current_bytes += size
-        if current:
-            batches.append(current)
-        rescored = set()
-        for batch in batches:
-            loaded = {}
-            for i in batch:
-                try:
-                    lora = load_lora(group.records[i].path)
-                except (LoraFormatError, OSError) as exc:
-                    warnings.warn(f"{group.records[i].path}: not rescored, it cannot be read ({exc})", stacklevel=3)
-                    continue
-                loaded[i] = self.settings.selected(lora)
-            if not loaded:
-                continue
-            try:
-                exact = exact_cosines(
-                    self.descriptor, query_lora, list(loaded.values()), select=None, centre=self.sketcher.centre
-                )
-            except IncomparableLorasError as exc:  # a file changed since it was indexed
-                warnings.warn(f"not rescored: {exc}", stacklevel=3)
-                continue
-            for i, score in zip(loaded, exact):
-                scores[i] = score
-            rescored |= set(loaded)
-        return rescored
 
     # ------------------------------------------------------------------ saving
 

@@ -150,7 +150,7 @@ def test_an_index_made_before_centring_keeps_scoring_as_it_was_sketched(tmp_path
 def test_rerank_in_batches_and_within_a_budget_of_bytes(tmp_path, monkeypatch):
     import os
 
-    import lorastyle.index.store as store
+    import lorastyle.index.search as search
     from lorastyle.io.formats import save_lora
 
     rng = np.random.default_rng(3)
@@ -163,7 +163,7 @@ def test_rerank_in_batches_and_within_a_budget_of_bytes(tmp_path, monkeypatch):
     index, _, _ = build_index(paths, sketcher=Sketcher(dim=64, module_dim=16))
     query, q = read_record(paths[0], sketcher=index.sketcher), load_lora(paths[0])
     whole = index.similar(query, k=4, rerank=4, query_lora=q)
-    monkeypatch.setattr(store, "RERANK_BATCH_BYTES", 1)  # one file per batch
+    monkeypatch.setattr(search, "RERANK_BATCH_BYTES", 1)  # one file per batch
     assert index.similar(query, k=4, rerank=4, query_lora=q) == whole
     size = os.path.getsize(paths[1])
     budgeted = index.similar(query, k=4, rerank=4, query_lora=q, rerank_budget=2 * size + size // 2)
