@@ -102,6 +102,7 @@ def build_index(
     progress: Progress | None = None,
     client=None,
     ann_min_records: int = ANN_MIN_RECORDS,
+    identities: dict | None = None,
 ) -> tuple[LoraIndex, list[tuple[str, str]], BuildStats]:
     """Read, check, group and embed LoRA files.
 
@@ -137,6 +138,10 @@ def build_index(
     ann_min_records : int, default=ANN_MIN_RECORDS
         Groups of at least this many files get an approximate-nearest-neighbour index
         (:class:`~lorastyle.index.ann.AnnIndex`) for ``similar``; scores stay exact.
+    identities : dict of str to tuple, optional
+        Each path's identity, as a walk of the folder just found it
+        (:attr:`lorastyle.index.walk.FolderWalk.identities`); a path not in it is asked about.
+        A file that is read is checked again around its read whatever this says.
 
     Returns
     -------
@@ -180,7 +185,7 @@ def build_index(
     for i, path in enumerate(paths):
         absolute = os.path.abspath(path)
         try:
-            ident = identity(os.stat(path))
+            ident = identities[path] if identities and path in identities else identity(os.stat(path))
         except OSError as exc:
             found[i] = ("skip", f"cannot read file: {exc.strerror or exc}", None)
             continue

@@ -224,6 +224,7 @@ def index_folder(
                 cache=cache,
                 progress=progress,
                 client=client,
+                identities=walk.identities,
             )
         except NotEnoughLorasError as exc:
             raise NotEnoughLorasError(root, exc.reason, problems + exc.skipped) from None

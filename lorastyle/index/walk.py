@@ -78,12 +78,16 @@ class FolderWalk:
     repeated : list of (path, path)
         Folders already walked, reached again (a second link to one folder, a link back up the
         tree, or the folder itself after a link to it), with the path it was walked by: read once.
+    identities : dict of str to tuple
+        Each listed file's :func:`identity` when it was walked (the index compares it with its
+        records' instead of asking the system again: one ``stat`` per unchanged file).
     """
 
     files: list = field(default_factory=list)
     refused: list = field(default_factory=list)
     unlisted: list = field(default_factory=list)
     repeated: list = field(default_factory=list)
+    identities: dict = field(default_factory=dict)
 
     @property
     def n_files(self) -> int:
@@ -153,5 +157,6 @@ def find_lora_files(root: str | os.PathLike, *, exclude: Iterable[str | os.PathL
                 continue  # the same file through another link (hard links too)
             seen_files.add((st.st_dev, st.st_ino))
             found.append(entry.path)
+            walk.identities[entry.path] = identity(st)
         stack.extend(reversed(subfolders))  # depth first, in name order, like os.walk
     return walk

@@ -177,8 +177,11 @@ def test_the_familys_null_is_kept_in_the_index_and_checked(folder, tmp_path, mon
             LoraIndex.load(tmp_path / "bad.safetensors")
 
 
-def test_an_unchanged_rerun_does_not_write_the_index_again(folder, tmp_path):
-    """The index file of an unchanged folder is left as it is; a changed file, or an older format, rewrites it."""
+def test_an_unchanged_rerun_does_not_write_the_index_again(folder, tmp_path, monkeypatch):
+    """The index file of an unchanged folder is left as it is; a changed file, or an older format, rewrites it.
+
+    And each unchanged file is asked about once (the walk's ``stat``; the build asked again before).
+    """
     from lorastyle.index import index_folder
 
     root = tmp_path
@@ -186,7 +189,18 @@ def test_an_unchanged_rerun_does_not_write_the_index_again(folder, tmp_path):
     out.parent.mkdir()
     index_folder(root, out, descriptor="delta", n_components=4)
     first = os.stat(out)
+    asked = []
+    real_stat = os.stat
+
+    def counted(path, *args, **kwargs):
+        if os.fspath(path) in folder:
+            asked.append(os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", counted)
     run = index_folder(root, out, descriptor="delta", n_components=4)
+    monkeypatch.setattr(os, "stat", real_stat)
+    assert sorted(asked) == sorted(folder)  # once each
     again = os.stat(out)
     assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)  # not written
     assert run.stats.read == 0 and sorted(run.index.paths) == sorted(folder) and not run.written
