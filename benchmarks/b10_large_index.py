@@ -35,6 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import _common as c
@@ -78,7 +79,7 @@ def make_index(index_path: Path, scratch: Path, query: Path, n: int, planted: in
     """Write the simulated index; return what was planted (row pairs) and how long each step took."""
     from lorastyle.index.ann import ANN_MIN_RECORDS, AnnIndex
     from lorastyle.index.build import fit_group_embedding
-    from lorastyle.index.records import Record, read_record
+    from lorastyle.index.records import read_record
     from lorastyle.index.search import SketchMatrix
     from lorastyle.index.sketches import Sketcher
     from lorastyle.index.store import Group, LoraIndex, group_key
@@ -116,23 +117,16 @@ def make_index(index_path: Path, scratch: Path, query: Path, n: int, planted: in
     sha = [hashlib.sha256(f"simulated {k}".encode()).hexdigest() for k in range(n)]
     for a, b in same:
         sha[b], module_scale[b] = sha[a], module_scale[a]
-    records = [
-        Record(
+    records = [  # the query's record, of another path, identity, sha256, sketches and norms
+        replace(
+            q,
             path=path,
             sha256=sha[k],
             identity=identity,
-            format=q.format,
-            base=q.base,
-            dtype=q.dtype,
-            parts=q.parts,
-            ranks=q.ranks,
-            alphas=q.alphas,
-            scales=q.scales,
-            n_modules=q.n_modules,
-            layout=q.layout,
             sketches={p: unit[p][k] for p in q.parts},
             norms={p: float(norms[p][k]) for p in q.parts},
             module_norms=(q.module_norms * module_scale[k]).astype(np.float32),
+            info={},
         )
         for k, (path, identity) in enumerate(files)
     ]

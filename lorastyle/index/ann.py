@@ -121,7 +121,7 @@ class AnnIndex:
         n, d = X.shape
         dim = min(self.reduce_dim, d, n)
         # the sample: at most fit_sample rows and _FULL_BYTES, and never fewer rows than components
-        size = min(n, max(min(self.fit_sample, _full_rows(d, self.fit_sample)), 2 * self.reduce_dim))
+        size = min(n, max(_full_rows(d, self.fit_sample), 2 * self.reduce_dim))
         sample = np.sort(rng.choice(n, size=size, replace=False))
         S = np.asarray(X[sample], dtype=np.float32)
         _, _, Vt = randomized_svd(S, dim, n_iter=4, random_state=self.random_state)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import operator
 import os
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -258,7 +258,6 @@ class LoraIndex:
         scorer: str = "cosine",
         rerank: int = 0,
         query_lora=None,
-        exclude: Collection[str] = (),
         rerank_budget: int | None = None,
         keep: Callable[[Record], bool] | None = None,
     ) -> list[dict]:
@@ -282,17 +281,13 @@ class LoraIndex:
             strangers score 0.01-0.03). A file that cannot be read keeps its sketch's score.
         query_lora : LoRA, optional
             The query's loaded file, needed for ``rerank`` (with the index's selection applied).
-        exclude : collection of str, default=()
-            Indexed paths never to return (for example the files that are gone since the index
-            was made: :func:`lorastyle.index.freshness.check_files`); they are not read again by
-            ``rerank`` either.
         rerank_budget : int, optional
             Bytes: ``rerank`` reads the best-scored files in order while their sizes add up to at
             most this (the others keep their sketches' scores); None: no limit.
         keep : callable, optional
-            ``keep(record)`` is asked of each file in order of score until ``k`` are kept (a file
-            that is gone is left out: :class:`lorastyle.index.freshness.FileChecks`); the files
-            after them are never asked about.
+            ``keep(record)`` is asked of each file in order of score until ``k`` are kept: a file it
+            refuses (one that is gone: :class:`lorastyle.index.freshness.FileChecks`) is never
+            returned nor read again by ``rerank``, and the files after them are never asked about.
 
         Returns
         -------
@@ -307,14 +302,13 @@ class LoraIndex:
         group = self.group_of(query)
         scores, rows = score_group(group, query, scorer=scorer, k=k)
         own = os.path.abspath(query.path)
-        exclude = set(exclude)
         # best first, ties in index order; records are decoded (and files checked) only as they are reached
         ranked = np.argsort(-scores, kind="stable") if rows is None else rows[np.argsort(-scores[rows], kind="stable")]
         wanted = max(k, rerank if rerank and scorer == "cosine" else 0)
         order = []
         for i in ranked.tolist():
             record = group.records[i]
-            if record.path != own and record.path not in exclude and (keep is None or keep(record)):
+            if record.path != own and (keep is None or keep(record)):
                 order.append(i)
                 if len(order) == wanted:
                     break
